@@ -1,0 +1,12 @@
+//! sea-orm entities of the session server, one module per table.
+//!
+//! Every timestamp column holds UTC milliseconds since the Unix epoch (`BIGINT`): the same
+//! exact, sortable representation on SQLite, PostgreSQL and MySQL/MariaDB.
+
+pub mod channel;
+pub mod order;
+pub mod role;
+pub mod role_channel;
+pub mod session;
+pub mod user;
+pub mod user_role;

@@ -1,0 +1,173 @@
+//! The `memory` strategy: a bounded in-process cache (moka) with a per-user index, so one user's
+//! sessions can be dropped without scanning the cache.
+
+use super::{CacheError, CachedSession, SessionCache};
+use crate::token::TokenHash;
+use async_trait::async_trait;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+type UserIndex = Arc<Mutex<HashMap<i64, HashSet<TokenHash>>>>;
+
+pub struct MemoryCache {
+    /// Token hash -> session, at most `capacity` entries, none older than the cache TTL.
+    entries: Cache<TokenHash, Arc<CachedSession>>,
+    /// User id -> token hashes of that user's cached sessions; kept in step by the eviction
+    /// listener.
+    by_user: UserIndex,
+}
+
+fn unindex(index: &UserIndex, user_id: i64, key: &TokenHash) {
+    let mut map = index.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(keys) = map.get_mut(&user_id) {
+        keys.remove(key);
+        if keys.is_empty() {
+            map.remove(&user_id);
+        }
+    }
+}
+
+impl MemoryCache {
+    pub fn new(capacity: u64, ttl: Duration) -> Self {
+        let by_user: UserIndex = Arc::default();
+        let index = by_user.clone();
+        let entries = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .eviction_listener(move |key: Arc<TokenHash>, value: Arc<CachedSession>, cause| {
+                // A replacement keeps the key cached: its index entry must stay.
+                if cause != RemovalCause::Replaced {
+                    if let Some(user_id) = value.user_id() {
+                        unindex(&index, user_id, &key);
+                    }
+                }
+            })
+            .build();
+        MemoryCache { entries, by_user }
+    }
+
+    /// Entries currently held, after pending evictions have run (for tests and metrics).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Synchronous lookup, for the tiered strategy and the hot path.
+    pub fn get_sync(&self, key: &TokenHash) -> Option<Arc<CachedSession>> {
+        self.entries.get(key)
+    }
+}
+
+#[async_trait]
+impl SessionCache for MemoryCache {
+    async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
+        Ok(self.entries.get(key))
+    }
+
+    async fn set(&self, session: Arc<CachedSession>, _ttl: Duration) -> Result<(), CacheError> {
+        // Expiry is checked on every read, so the cache-wide TTL is enough here.
+        if let Some(user_id) = session.user_id() {
+            self.by_user
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(user_id)
+                .or_default()
+                .insert(session.token_hash);
+        }
+        self.entries.insert(session.token_hash, session);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
+        self.entries.invalidate(key);
+        Ok(())
+    }
+
+    async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {
+        let keys = self
+            .by_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&user_id)
+            .unwrap_or_default();
+        for key in keys {
+            self.entries.invalidate(&key);
+        }
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<(), CacheError> {
+        self.entries.invalidate_all();
+        self.by_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{CachedUser, SessionKind};
+    use crate::token;
+    use std::sync::atomic::AtomicI64;
+
+    fn session(user: Option<i64>) -> Arc<CachedSession> {
+        Arc::new(CachedSession {
+            id: 1,
+            token_hash: token::generate().hash,
+            kind: SessionKind::Authenticated,
+            user: user.map(|id| CachedUser {
+                id,
+                identifier: format!("user{id}"),
+                verified: true,
+                channels: vec![],
+            }),
+            authentication_strategy: None,
+            active_order_id: None,
+            active_channel_id: None,
+            created_at: 0,
+            token_issued_at: 0,
+            absolute_expires_at: i64::MAX,
+            remember_me: false,
+            ip_address: None,
+            user_agent: None,
+            last_active_at: AtomicI64::new(0),
+            persisted_active_at: AtomicI64::new(0),
+            loaded_at: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn capacity_bound_holds_under_more_inserts() {
+        let cache = MemoryCache::new(100, Duration::from_secs(60));
+        for i in 0..1000 {
+            cache.set(session(Some(i % 7)), Duration::from_secs(60)).await.unwrap();
+        }
+        assert!(cache.entry_count() <= 100, "held {}", cache.entry_count());
+        // Evicted entries leave the user index too, so it cannot grow without bound either.
+        let indexed: usize = cache.by_user.lock().unwrap().values().map(|s| s.len()).sum();
+        assert!(indexed <= 100, "index held {indexed}");
+    }
+
+    #[tokio::test]
+    async fn delete_user_drops_only_that_users_sessions() {
+        let cache = MemoryCache::new(100, Duration::from_secs(60));
+        let (a1, a2, b) = (session(Some(1)), session(Some(1)), session(Some(2)));
+        for s in [&a1, &a2, &b] {
+            cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
+        }
+        cache.delete_user(1).await.unwrap();
+        assert!(cache.get(&a1.token_hash).await.unwrap().is_none());
+        assert!(cache.get(&a2.token_hash).await.unwrap().is_none());
+        assert!(cache.get(&b.token_hash).await.unwrap().is_some());
+    }
+}

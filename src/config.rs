@@ -1,0 +1,291 @@
+//! Configuration: every setting is an environment variable and a `serve` flag (clap), with the
+//! defaults of the API contract. This is the only module that reads the environment.
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "session-server", version, about = "A GraphQL session server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(Box<Config>),
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
+    /// Print the GraphQL schema (SDL) to stdout, or write it to a file.
+    ExportSchema {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://session-server.db?mode=rwc";
+
+/// Which [`crate::cache::SessionCache`] strategy serves session lookups.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Bounded in-process cache (moka).
+    Memory,
+    /// Redis, shared by every instance.
+    Redis,
+    /// In-process cache in front of Redis.
+    Tiered,
+}
+
+/// Where session tokens are accepted from and sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenMethods {
+    pub cookie: bool,
+    pub bearer: bool,
+}
+
+fn parse_token_methods(s: &str) -> Result<TokenMethods, String> {
+    let mut methods = TokenMethods {
+        cookie: false,
+        bearer: false,
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.to_ascii_lowercase().as_str() {
+            "cookie" => methods.cookie = true,
+            "bearer" => methods.bearer = true,
+            other => return Err(format!("unknown token method '{other}': use cookie, bearer or cookie,bearer")),
+        }
+    }
+    if !methods.cookie && !methods.bearer {
+        return Err("at least one token method is needed: cookie, bearer or cookie,bearer".into());
+    }
+    Ok(methods)
+}
+
+/// Durations are written like `500ms`, `30s`, `15m`, `12h` or `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration '{s}' ({e}): expected a positive duration such as 500ms, 30s, 15m or 7d")
+    })
+}
+
+/// Settings of the `serve` command. Each field is also an environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:3000")]
+    pub bind: SocketAddr,
+
+    /// SQLite, PostgreSQL or MySQL/MariaDB connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Redis URL (`redis://host:port/db`); needed by the `redis` and `tiered` caches.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this server writes; `clear` deletes only keys under it.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "session-server:")]
+    pub redis_key_prefix: String,
+
+    /// A Redis reply slower than this is logged and treated as a cache miss.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Session cache strategy: memory, redis or tiered.
+    #[arg(long, env = "SESSION_CACHE", value_enum, default_value = "memory")]
+    pub session_cache: CacheMode,
+
+    /// A cached session older than this is re-read from the database.
+    #[arg(long, env = "SESSION_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub session_cache_ttl: Duration,
+
+    /// Most sessions held by the in-process cache.
+    #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub session_cache_capacity: u64,
+
+    /// A session unused this long expires.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+
+    /// A session expires this long after it was created, however active.
+    #[arg(long, env = "SESSION_ABSOLUTE_TIMEOUT", default_value = "30d", value_parser = parse_duration)]
+    pub session_absolute_timeout: Duration,
+
+    /// The stored last-activity time may lag the real one by at most this much.
+    #[arg(long, env = "SESSION_ACTIVITY_WRITE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub session_activity_write_interval: Duration,
+
+    /// When set, a session token stops working this long after it was issued (refresh it).
+    #[arg(long, env = "SESSION_TOKEN_TTL", value_parser = parse_duration)]
+    pub session_token_ttl: Option<Duration>,
+
+    /// A superseded refresh token presented within this window is refused without revoking.
+    #[arg(long, env = "REFRESH_REUSE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub refresh_reuse_grace: Duration,
+
+    /// Where tokens are read from: cookie, bearer, or both.
+    #[arg(long, env = "TOKEN_METHOD", default_value = "cookie,bearer", value_parser = parse_token_methods)]
+    pub token_method: TokenMethods,
+
+    /// Mark cookies `Secure` (sent over HTTPS only).
+    #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Take the client address from the first entry of `X-Forwarded-For`.
+    #[arg(long, env = "TRUST_PROXY", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub trust_proxy: bool,
+
+    /// Failed logins per identifier within `LOGIN_WINDOW` before logins are refused.
+    #[arg(long, env = "LOGIN_MAX_ATTEMPTS", default_value_t = 5)]
+    pub login_max_attempts: u32,
+
+    /// Failed logins per client address within `LOGIN_WINDOW` before logins are refused.
+    #[arg(long, env = "LOGIN_MAX_ATTEMPTS_PER_ADDRESS", default_value_t = 100)]
+    pub login_max_attempts_per_address: u32,
+
+    /// Window over which failed logins are counted.
+    #[arg(long, env = "LOGIN_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    pub login_window: Duration,
+
+    /// How often expired and invalidated sessions are deleted in the background.
+    #[arg(long, env = "CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub cleanup_interval: Duration,
+
+    /// Sessions deleted per statement by the clean-up.
+    #[arg(long, env = "CLEANUP_BATCH_SIZE", default_value_t = 1000)]
+    pub cleanup_batch_size: u64,
+
+    /// Identifier of the superadmin user created on first start.
+    #[arg(long, env = "SUPERADMIN_IDENTIFIER", default_value = "superadmin")]
+    pub superadmin_identifier: String,
+
+    /// Password of the superadmin user created on first start.
+    #[arg(long, env = "SUPERADMIN_PASSWORD", default_value = "superadmin", hide_env_values = true)]
+    pub superadmin_password: String,
+
+    /// Browser origins allowed to call the API with credentials (comma-separated). Empty: any
+    /// origin may call without credentials (bearer tokens), none with cookies.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Log filter in `tracing` syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// Defaults overlaid with the environment, as `serve` without flags sees them.
+    pub fn from_env() -> Result<Config, clap::Error> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        Only::try_parse_from(["session-server"]).map(|o| o.config)
+    }
+
+    /// Refuses settings the server cannot honour, with a message that names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("SESSION_IDLE_TIMEOUT", self.session_idle_timeout),
+            ("SESSION_ABSOLUTE_TIMEOUT", self.session_absolute_timeout),
+            ("SESSION_CACHE_TTL", self.session_cache_ttl),
+            ("SESSION_ACTIVITY_WRITE_INTERVAL", self.session_activity_write_interval),
+            ("LOGIN_WINDOW", self.login_window),
+            ("CLEANUP_INTERVAL", self.cleanup_interval),
+            ("REDIS_TIMEOUT", self.redis_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.session_token_ttl.is_some_and(|d| d.is_zero()) {
+            return Err("SESSION_TOKEN_TTL must be greater than zero when set".into());
+        }
+        if self.session_idle_timeout > self.session_absolute_timeout {
+            return Err(format!(
+                "SESSION_IDLE_TIMEOUT ({}) must not be longer than SESSION_ABSOLUTE_TIMEOUT ({})",
+                humantime::format_duration(self.session_idle_timeout),
+                humantime::format_duration(self.session_absolute_timeout)
+            ));
+        }
+        if self.session_cache_capacity == 0 {
+            return Err("SESSION_CACHE_CAPACITY must be at least 1".into());
+        }
+        if self.cleanup_batch_size == 0 {
+            return Err("CLEANUP_BATCH_SIZE must be at least 1".into());
+        }
+        if self.login_max_attempts == 0 || self.login_max_attempts_per_address == 0 {
+            return Err("LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1".into());
+        }
+        if self.session_cache != CacheMode::Memory && self.redis_url.is_none() {
+            return Err(format!(
+                "SESSION_CACHE={} needs REDIS_URL",
+                match self.session_cache {
+                    CacheMode::Redis => "redis",
+                    _ => "tiered",
+                }
+            ));
+        }
+        if self.superadmin_identifier.trim().is_empty() || self.superadmin_password.is_empty() {
+            return Err("SUPERADMIN_IDENTIFIER and SUPERADMIN_PASSWORD must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut argv = vec!["session-server"];
+        argv.extend_from_slice(args);
+        let c = Only::try_parse_from(argv).map_err(|e| e.to_string())?.config;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(7 * 86400));
+        assert_eq!(c.session_absolute_timeout, Duration::from_secs(30 * 86400));
+        assert_eq!(c.refresh_reuse_grace, Duration::from_secs(10));
+        assert!(c.token_method.cookie && c.token_method.bearer);
+        assert!(c.cookie_secure);
+        assert!(!c.trust_proxy);
+        assert_eq!(c.session_cache, CacheMode::Memory);
+    }
+
+    #[test]
+    fn bad_timeouts_are_refused_with_a_clear_message() {
+        let err = parse(&["--session-idle-timeout", "0s"]).unwrap_err();
+        assert!(err.contains("SESSION_IDLE_TIMEOUT"), "{err}");
+        let err = parse(&["--session-idle-timeout", "-5m"]).unwrap_err();
+        assert!(err.contains("positive duration"), "{err}");
+        let err = parse(&["--session-idle-timeout", "40d"]).unwrap_err();
+        assert!(err.contains("must not be longer"), "{err}");
+        let err = parse(&["--session-cache", "redis"]).unwrap_err();
+        assert!(err.contains("REDIS_URL"), "{err}");
+        assert!(parse(&["--token-method", "smoke"]).is_err());
+        assert!(parse(&["--cookie-secure", "false"]).is_ok_and(|c| !c.cookie_secure));
+    }
+}

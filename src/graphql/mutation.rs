@@ -1,0 +1,340 @@
+//! Mutation resolvers: validate, call one service function, map the result.
+
+use super::context::{
+    clear_cookies, issue_tokens, require_permission, require_session, require_user, services, CtxExt,
+};
+use super::types::*;
+use crate::error::AppError;
+use crate::permission::Permission;
+use crate::service::auth::LoginOutcome;
+use crate::service::directory::{NewRole, NewUser, RoleChanges, UserChanges};
+use async_graphql::{Context, Object, Result, ID};
+
+pub struct Mutation;
+
+fn ids(list: &[ID], what: &str) -> Result<Vec<i64>, AppError> {
+    list.iter().map(|i| parse_id(i, what)).collect()
+}
+
+#[Object]
+impl Mutation {
+    /// Starts an anonymous session; returns the current session instead if there is one.
+    async fn create_anonymous_session(&self, ctx: &Context<'_>) -> Result<Session> {
+        let req = ctx.request_ctx()?;
+        if let Some(s) = req.session() {
+            return Ok(Session::from_cached(&s));
+        }
+        let svc = services(ctx)?;
+        let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+        let issued = svc.create_anonymous_session(&req.client, channel).await?;
+        issue_tokens(ctx, &issued)?;
+        Ok(Session::from_cached(&issued.session))
+    }
+
+    /// Logs in with an identifier and password; always issues a new session token.
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        password: String,
+        remember_me: Option<bool>,
+    ) -> Result<LoginResult> {
+        let req = ctx.request_ctx()?;
+        let svc = services(ctx)?;
+        let outcome = svc
+            .login(&username, &password, remember_me.unwrap_or(false), req.session(), &req.client)
+            .await?;
+        Ok(match outcome {
+            LoginOutcome::Success { issued, user } => {
+                issue_tokens(ctx, &issued)?;
+                LoginResult::AuthenticationSuccess(AuthenticationSuccess {
+                    user: CurrentUser(user),
+                    session: Session::from_cached(&issued.session),
+                })
+            }
+            LoginOutcome::InvalidCredentials => LoginResult::InvalidCredentialsError(InvalidCredentialsError {
+                error_code: "INVALID_CREDENTIALS_ERROR".into(),
+                message: "the identifier or password is not correct".into(),
+            }),
+            LoginOutcome::NotVerified => LoginResult::NotVerifiedError(NotVerifiedError {
+                error_code: "NOT_VERIFIED_ERROR".into(),
+                message: "this account has not been verified".into(),
+            }),
+            LoginOutcome::TooManyAttempts { retry_after_seconds } => {
+                LoginResult::TooManyAttemptsError(TooManyAttemptsError {
+                    error_code: "TOO_MANY_ATTEMPTS_ERROR".into(),
+                    message: "too many failed logins; try again later".into(),
+                    retry_after_seconds: retry_after_seconds.min(i32::MAX as i64) as i32,
+                })
+            }
+        })
+    }
+
+    /// Ends this session only. False when there was no session.
+    async fn logout(&self, ctx: &Context<'_>) -> Result<bool> {
+        let req = ctx.request_ctx()?;
+        let Some(s) = req.session() else {
+            clear_cookies(ctx)?;
+            return Ok(false);
+        };
+        let ended = services(ctx)?.revoke_session(s.id, None).await?;
+        req.set_session(None);
+        clear_cookies(ctx)?;
+        Ok(ended)
+    }
+
+    /// Ends every session of the logged-in user; returns how many were live.
+    async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
+        let s = require_user(ctx)?;
+        let n = services(ctx)?.end_user_sessions(s.user_id().unwrap_or_default()).await?;
+        ctx.request_ctx()?.set_session(None);
+        clear_cookies(ctx)?;
+        Ok(n.min(i32::MAX as u64) as i32)
+    }
+
+    /// Rotates the session and refresh tokens (argument, else the `session_refresh` cookie).
+    async fn refresh_session(&self, ctx: &Context<'_>, refresh_token: Option<String>) -> Result<RefreshSessionResult> {
+        let req = ctx.request_ctx()?;
+        let presented = refresh_token.or_else(|| req.refresh_cookie.clone()).unwrap_or_default();
+        let svc = services(ctx)?;
+        Ok(match svc.refresh_session(&presented).await? {
+            Ok(issued) => {
+                issue_tokens(ctx, &issued)?;
+                let user = issued
+                    .session
+                    .user
+                    .clone()
+                    .ok_or_else(|| AppError::internal("refreshed session has no user"))?;
+                RefreshSessionResult::AuthenticationSuccess(AuthenticationSuccess {
+                    user: CurrentUser(user),
+                    session: Session::from_cached(&issued.session),
+                })
+            }
+            Err(reason) => RefreshSessionResult::InvalidRefreshTokenError(InvalidRefreshTokenError {
+                error_code: "INVALID_REFRESH_TOKEN_ERROR".into(),
+                message: match reason {
+                    crate::service::session::RefreshFailure::Unknown => "the refresh token is not valid",
+                    crate::service::session::RefreshFailure::Expired => "the session has expired",
+                    crate::service::session::RefreshFailure::Superseded => {
+                        "the refresh token was already used; use the newest one"
+                    }
+                    crate::service::session::RefreshFailure::Reused => {
+                        "a superseded refresh token was reused; the session has been revoked"
+                    }
+                }
+                .into(),
+                reason: reason.into(),
+            }),
+        })
+    }
+
+    /// Changes the caller's password and ends their other sessions.
+    async fn change_password(&self, ctx: &Context<'_>, current_password: String, new_password: String) -> Result<bool> {
+        let s = require_user(ctx)?;
+        services(ctx)?
+            .change_password(&s, &current_password, &new_password)
+            .await?;
+        Ok(true)
+    }
+
+    /// Revokes one of the caller's own sessions (a device). False if it is not theirs.
+    async fn revoke_my_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let s = require_user(ctx)?;
+        let id = parse_id(&id, "session")?;
+        let revoked = services(ctx)?.revoke_session(id, s.user_id()).await?;
+        if revoked && id == s.id {
+            ctx.request_ctx()?.set_session(None);
+            clear_cookies(ctx)?;
+        }
+        Ok(revoked)
+    }
+
+    /// Sets the session's active channel.
+    async fn set_active_channel(&self, ctx: &Context<'_>, token: String) -> Result<Session> {
+        let s = require_session(ctx)?;
+        let svc = services(ctx)?;
+        let ch = svc
+            .channels
+            .by_token(&svc.db, &token)
+            .await?
+            .ok_or_else(|| AppError::not_found("no channel has this token"))?;
+        let updated = svc.set_active(&s, s.active_order_id, Some(ch.id)).await?;
+        ctx.request_ctx()?.set_session(Some(updated.clone()));
+        Ok(Session::from_cached(&updated))
+    }
+
+    /// Creates an ACTIVE order owned by the caller and makes it the active order; starts an
+    /// anonymous session first when there is none.
+    async fn create_order(&self, ctx: &Context<'_>) -> Result<Order> {
+        let req = ctx.request_ctx()?;
+        let svc = services(ctx)?;
+        let s = match req.session() {
+            Some(s) => s,
+            None => {
+                let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+                let issued = svc.create_anonymous_session(&req.client, channel).await?;
+                issue_tokens(ctx, &issued)?;
+                issued.session
+            }
+        };
+        let (order, updated) = svc.create_order(&s, req.channel.id).await?;
+        req.set_session(Some(updated));
+        Ok(Order(order))
+    }
+
+    /// Makes one of the caller's orders the active order.
+    async fn set_active_order(&self, ctx: &Context<'_>, order_id: ID) -> Result<Session> {
+        let s = require_session(ctx)?;
+        let order_id = parse_id(&order_id, "order")?;
+        let updated = services(ctx)?.set_active_order(&s, order_id).await?;
+        ctx.request_ctx()?.set_session(Some(updated.clone()));
+        Ok(Session::from_cached(&updated))
+    }
+
+    async fn unset_active_order(&self, ctx: &Context<'_>) -> Result<Session> {
+        let s = require_session(ctx)?;
+        let updated = services(ctx)?.unset_active_order(&s).await?;
+        ctx.request_ctx()?.set_session(Some(updated.clone()));
+        Ok(Session::from_cached(&updated))
+    }
+
+    /// Moves the active order to PLACED and unsets it.
+    async fn place_order(&self, ctx: &Context<'_>) -> Result<Order> {
+        let s = require_session(ctx)?;
+        let svc = services(ctx)?;
+        let order = svc.place_order(&s).await?;
+        ctx.request_ctx()?
+            .set_session(Some(std::sync::Arc::new(s.with_active(None, s.active_channel_id))));
+        Ok(Order(order))
+    }
+
+    /// REVOKE_SESSION. False when there is no such live session.
+    async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        require_permission(ctx, Permission::RevokeSession)?;
+        let id = parse_id(&id, "session")?;
+        Ok(services(ctx)?.revoke_session(id, None).await?)
+    }
+
+    /// REVOKE_SESSION. Returns how many live sessions were ended.
+    async fn revoke_sessions_by_user(&self, ctx: &Context<'_>, user_id: ID) -> Result<i32> {
+        require_permission(ctx, Permission::RevokeSession)?;
+        let user_id = parse_id(&user_id, "user")?;
+        let n = services(ctx)?.end_user_sessions(user_id).await?;
+        Ok(n.min(i32::MAX as u64) as i32)
+    }
+
+    /// REVOKE_SESSION. Returns how many live sessions were ended.
+    async fn revoke_sessions_by_active_order(&self, ctx: &Context<'_>, order_id: ID) -> Result<i32> {
+        require_permission(ctx, Permission::RevokeSession)?;
+        let order_id = parse_id(&order_id, "order")?;
+        let n = services(ctx)?.revoke_sessions_by_active_order(order_id).await?;
+        Ok(n.min(i32::MAX as u64) as i32)
+    }
+
+    /// REVOKE_SESSION. Deletes expired and invalidated sessions; returns how many.
+    async fn clean_up_expired_sessions(&self, ctx: &Context<'_>) -> Result<i32> {
+        require_permission(ctx, Permission::RevokeSession)?;
+        let n = services(ctx)?.clean_up_expired_sessions().await?;
+        Ok(n.min(i32::MAX as u64) as i32)
+    }
+
+    /// SUPER_ADMIN. Empties the session cache; sessions are re-read from the database.
+    async fn clear_session_cache(&self, ctx: &Context<'_>) -> Result<bool> {
+        require_permission(ctx, Permission::SuperAdmin)?;
+        services(ctx)?.clear_cache().await?;
+        Ok(true)
+    }
+
+    /// WRITE_USER.
+    async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<User> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let role_ids = ids(input.role_ids.as_deref().unwrap_or_default(), "role")?;
+        let created = services(ctx)?
+            .create_user(NewUser {
+                identifier: input.identifier,
+                password: input.password,
+                verified: input.verified.unwrap_or(true),
+                role_ids,
+            })
+            .await?;
+        Ok(User(created))
+    }
+
+    /// WRITE_USER. Setting `verified: false` or a new password ends the user's sessions.
+    async fn update_user(&self, ctx: &Context<'_>, input: UpdateUserInput) -> Result<User> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let id = parse_id(&input.id, "user")?;
+        let updated = services(ctx)?
+            .update_user(UserChanges {
+                id,
+                identifier: input.identifier,
+                verified: input.verified,
+                password: input.password,
+            })
+            .await?;
+        Ok(User(updated))
+    }
+
+    /// WRITE_USER. Deletes the user and ends their sessions.
+    async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let id = parse_id(&id, "user")?;
+        Ok(services(ctx)?.delete_user(id).await?)
+    }
+
+    /// WRITE_USER.
+    async fn create_role(&self, ctx: &Context<'_>, input: CreateRoleInput) -> Result<Role> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let channel_ids = ids(&input.channel_ids, "channel")?;
+        let created = services(ctx)?
+            .create_role(NewRole {
+                code: input.code,
+                description: input.description.unwrap_or_default(),
+                permissions: input.permissions,
+                channel_ids,
+            })
+            .await?;
+        Ok(Role(created))
+    }
+
+    /// WRITE_USER. Takes effect on the next request of every holder of the role.
+    async fn update_role(&self, ctx: &Context<'_>, input: UpdateRoleInput) -> Result<Role> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let id = parse_id(&input.id, "role")?;
+        let channel_ids = input.channel_ids.as_deref().map(|l| ids(l, "channel")).transpose()?;
+        let updated = services(ctx)?
+            .update_role(RoleChanges {
+                id,
+                description: input.description,
+                permissions: input.permissions,
+                channel_ids,
+            })
+            .await?;
+        Ok(Role(updated))
+    }
+
+    /// WRITE_USER.
+    async fn assign_role(&self, ctx: &Context<'_>, user_id: ID, role_id: ID) -> Result<User> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let user_id = parse_id(&user_id, "user")?;
+        let role_id = parse_id(&role_id, "role")?;
+        Ok(User(services(ctx)?.assign_role(user_id, role_id).await?))
+    }
+
+    /// WRITE_USER.
+    async fn remove_role(&self, ctx: &Context<'_>, user_id: ID, role_id: ID) -> Result<User> {
+        require_permission(ctx, Permission::WriteUser)?;
+        let user_id = parse_id(&user_id, "user")?;
+        let role_id = parse_id(&role_id, "role")?;
+        Ok(User(services(ctx)?.remove_role(user_id, role_id).await?))
+    }
+
+    /// WRITE_CHANNEL. The token is generated when not given.
+    async fn create_channel(&self, ctx: &Context<'_>, input: CreateChannelInput) -> Result<Channel> {
+        require_permission(ctx, Permission::WriteChannel)?;
+        let created = services(ctx)?
+            .create_channel(&input.code, input.token.as_deref())
+            .await?;
+        Ok(Channel(std::sync::Arc::new(created)))
+    }
+}

@@ -1,0 +1,152 @@
+//! Query resolvers: validate, call one service function, map the result.
+
+use super::context::{require_permission, require_user, services, CtxExt};
+use super::types::*;
+use crate::error::AppError;
+use crate::permission::Permission;
+use crate::service::session_admin::SessionFilter;
+use async_graphql::{Context, Object, Result, ID};
+
+pub struct Query;
+
+fn opt_id(id: &Option<ID>, what: &str) -> Result<Option<i64>, AppError> {
+    id.as_ref().map(|i| parse_id(i, what)).transpose()
+}
+
+#[Object]
+impl Query {
+    /// The session making this request; null without a valid session.
+    async fn active_session(&self, ctx: &Context<'_>) -> Result<Option<Session>> {
+        Ok(ctx.request_ctx()?.session().map(|s| Session::from_cached(&s)))
+    }
+
+    /// The logged-in user with their permissions per channel; null unless logged in.
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<CurrentUser>> {
+        Ok(ctx
+            .request_ctx()?
+            .session()
+            .and_then(|s| s.user.clone())
+            .map(CurrentUser))
+    }
+
+    /// The channel of this request.
+    async fn active_channel(&self, ctx: &Context<'_>) -> Result<Channel> {
+        Ok(Channel(ctx.request_ctx()?.channel.clone()))
+    }
+
+    /// The session's active order, if any.
+    async fn active_order(&self, ctx: &Context<'_>) -> Result<Option<Order>> {
+        let Some(order_id) = ctx.request_ctx()?.session().and_then(|s| s.active_order_id) else {
+            return Ok(None);
+        };
+        Ok(services(ctx)?.order_by_id(order_id).await?.map(Order))
+    }
+
+    /// The logged-in user's live sessions (devices), newest first.
+    async fn my_sessions(&self, ctx: &Context<'_>) -> Result<Vec<Session>> {
+        let s = require_user(ctx)?;
+        let uid = s.user_id().unwrap_or_default();
+        let rows = services(ctx)?.sessions_of_user(uid).await?;
+        Ok(rows.into_iter().map(Session::from_model).collect())
+    }
+
+    /// Sessions newest first; expired and invalidated ones only when the filter asks. READ_SESSION.
+    async fn sessions(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<SessionFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<SessionConnection> {
+        require_permission(ctx, Permission::ReadSession)?;
+        let first = page_size(first)?;
+        let after = after.as_deref().map(decode_cursor).transpose()?;
+        let f = match filter {
+            Some(f) => SessionFilter {
+                user_id: opt_id(&f.user_id, "user")?,
+                kind: f.kind.map(|k| match k {
+                    GqlSessionKind::Anonymous => crate::cache::SessionKind::Anonymous,
+                    GqlSessionKind::Authenticated => crate::cache::SessionKind::Authenticated,
+                }),
+                channel_id: opt_id(&f.channel_id, "channel")?,
+                active_order_id: opt_id(&f.active_order_id, "order")?,
+                include_expired: f.include_expired.unwrap_or(false),
+                include_invalidated: f.include_invalidated.unwrap_or(false),
+            },
+            None => SessionFilter::default(),
+        };
+        let page = services(ctx)?.list_sessions(&f, first, after).await?;
+        Ok(SessionConnection {
+            page_info: PageInfo::new(
+                page.items.first().map(|m| m.id),
+                page.items.last().map(|m| m.id),
+                page.has_next,
+                page.has_previous,
+            ),
+            total_count: page.total.min(i32::MAX as u64) as i32,
+            rows: page.items,
+        })
+    }
+
+    /// One session by id, live or not. READ_SESSION.
+    async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Session>> {
+        require_permission(ctx, Permission::ReadSession)?;
+        let id = parse_id(&id, "session")?;
+        Ok(services(ctx)?.session_by_id(id).await?.map(Session::from_model))
+    }
+
+    /// Counts of sessions by state. READ_SESSION.
+    async fn session_stats(&self, ctx: &Context<'_>) -> Result<SessionStats> {
+        require_permission(ctx, Permission::ReadSession)?;
+        let (anonymous, authenticated, expired, invalidated) = services(ctx)?.session_stats().await?;
+        let clamp = |n: u64| n.min(i32::MAX as u64) as i32;
+        Ok(SessionStats {
+            anonymous: clamp(anonymous),
+            authenticated: clamp(authenticated),
+            expired_awaiting_cleanup: clamp(expired),
+            invalidated: clamp(invalidated),
+        })
+    }
+
+    /// Users in id order. READ_USER.
+    async fn users(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<UserConnection> {
+        require_permission(ctx, Permission::ReadUser)?;
+        let first = page_size(first)?;
+        let after = after.as_deref().map(decode_cursor).transpose()?;
+        let page = services(ctx)?.list_users(first, after).await?;
+        Ok(UserConnection {
+            page_info: PageInfo::new(
+                page.items.first().map(|m| m.id),
+                page.items.last().map(|m| m.id),
+                page.has_next,
+                page.has_previous,
+            ),
+            total_count: page.total.min(i32::MAX as u64) as i32,
+            rows: page.items,
+        })
+    }
+
+    /// One user by id. READ_USER.
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
+        require_permission(ctx, Permission::ReadUser)?;
+        let id = parse_id(&id, "user")?;
+        Ok(services(ctx)?.user_by_id(id).await?.map(User))
+    }
+
+    /// Every role. READ_USER.
+    async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
+        require_permission(ctx, Permission::ReadUser)?;
+        Ok(services(ctx)?.list_roles().await?.into_iter().map(Role).collect())
+    }
+
+    /// Every channel. READ_CHANNEL.
+    async fn channels(&self, ctx: &Context<'_>) -> Result<Vec<Channel>> {
+        require_permission(ctx, Permission::ReadChannel)?;
+        Ok(services(ctx)?
+            .list_channels()
+            .await?
+            .into_iter()
+            .map(|c| Channel(std::sync::Arc::new(c)))
+            .collect())
+    }
+}

@@ -1,0 +1,546 @@
+//! GraphQL types of the contract. They wrap service results; entities never double as
+//! GraphQL types.
+
+use super::context::{services, CtxExt};
+use crate::cache::{CachedSession, CachedUser, SessionKind};
+use crate::clock::rfc3339;
+use crate::error::AppError;
+use crate::permission::{Permission, PermissionSet};
+use async_graphql::{
+    ComplexObject, Context, Enum, InputObject, InputValueError, InputValueResult, Object, Result, Scalar,
+    ScalarType, SimpleObject, Union, Value, ID,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use entity::{channel, order, role, session, user};
+use std::sync::Arc;
+
+/// RFC 3339 timestamp in UTC, held as milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DateTime(pub i64);
+
+/// RFC 3339 date and time in UTC, e.g. `2026-11-23T10:00:00.000Z`.
+#[Scalar(name = "DateTime")]
+impl ScalarType for DateTime {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .map(|d| DateTime(d.timestamp_millis()))
+                .map_err(|_| InputValueError::custom("expected an RFC 3339 date and time")),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(rfc3339(self.0))
+    }
+}
+
+/// Parses a GraphQL ID into a database id: a positive decimal integer.
+pub fn parse_id(id: &ID, what: &str) -> Result<i64, AppError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0 && id.len() <= 19)
+        .ok_or_else(|| AppError::bad_input(format!("invalid {what} ID '{}'", super::context::clip(id, 40))))
+}
+
+fn id(n: i64) -> ID {
+    ID(n.to_string())
+}
+
+pub fn encode_cursor(id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("c:{id}"))
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<i64, AppError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("c:").and_then(|n| n.parse::<i64>().ok()))
+        .ok_or_else(|| AppError::bad_input("invalid cursor"))
+}
+
+/// Validates `first`: 0 to 100, 20 when absent.
+pub fn page_size(first: Option<i32>) -> Result<u64, AppError> {
+    match first {
+        None => Ok(20),
+        Some(n @ 0..=100) => Ok(n as u64),
+        Some(_) => Err(AppError::bad_input("first must be between 0 and 100")),
+    }
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "SessionKind")]
+pub enum GqlSessionKind {
+    Anonymous,
+    Authenticated,
+}
+
+impl From<SessionKind> for GqlSessionKind {
+    fn from(k: SessionKind) -> Self {
+        match k {
+            SessionKind::Anonymous => GqlSessionKind::Anonymous,
+            SessionKind::Authenticated => GqlSessionKind::Authenticated,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OrderState {
+    Active,
+    Placed,
+    Cancelled,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "RefreshFailure")]
+pub enum GqlRefreshFailure {
+    Unknown,
+    Expired,
+    Superseded,
+    Reused,
+}
+
+impl From<crate::service::session::RefreshFailure> for GqlRefreshFailure {
+    fn from(f: crate::service::session::RefreshFailure) -> Self {
+        use crate::service::session::RefreshFailure as F;
+        match f {
+            F::Unknown => GqlRefreshFailure::Unknown,
+            F::Expired => GqlRefreshFailure::Expired,
+            F::Superseded => GqlRefreshFailure::Superseded,
+            F::Reused => GqlRefreshFailure::Reused,
+        }
+    }
+}
+
+pub struct Channel(pub Arc<channel::Model>);
+
+#[Object]
+impl Channel {
+    async fn id(&self) -> ID {
+        id(self.0.id)
+    }
+    async fn code(&self) -> &str {
+        &self.0.code
+    }
+    async fn token(&self) -> &str {
+        &self.0.token
+    }
+    async fn created_at(&self) -> DateTime {
+        DateTime(self.0.created_at)
+    }
+}
+
+pub struct Role(pub role::Model);
+
+#[Object]
+impl Role {
+    async fn id(&self) -> ID {
+        id(self.0.id)
+    }
+    async fn code(&self) -> &str {
+        &self.0.code
+    }
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    async fn permissions(&self) -> Vec<Permission> {
+        PermissionSet::from_stored(&self.0.permissions).to_vec()
+    }
+    async fn channels(&self, ctx: &Context<'_>) -> Result<Vec<Channel>> {
+        let svc = services(ctx)?;
+        Ok(svc.channels_of_role(self.0.id).await?.into_iter().map(Channel).collect())
+    }
+}
+
+pub struct User(pub user::Model);
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        id(self.0.id)
+    }
+    async fn identifier(&self) -> &str {
+        &self.0.identifier
+    }
+    async fn verified(&self) -> bool {
+        self.0.verified
+    }
+    async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
+        let svc = services(ctx)?;
+        Ok(svc.roles_of_user(self.0.id).await?.into_iter().map(Role).collect())
+    }
+    async fn created_at(&self) -> DateTime {
+        DateTime(self.0.created_at)
+    }
+    async fn last_login_at(&self) -> Option<DateTime> {
+        self.0.last_login_at.map(DateTime)
+    }
+    async fn active_session_count(&self, ctx: &Context<'_>) -> Result<i32> {
+        let svc = services(ctx)?;
+        Ok(svc.count_live_sessions(self.0.id).await?.min(i32::MAX as u64) as i32)
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct ChannelPermissions {
+    pub channel_id: ID,
+    pub channel_code: String,
+    pub channel_token: String,
+    pub permissions: Vec<Permission>,
+}
+
+pub struct CurrentUser(pub CachedUser);
+
+#[Object]
+impl CurrentUser {
+    async fn id(&self) -> ID {
+        id(self.0.id)
+    }
+    async fn identifier(&self) -> &str {
+        &self.0.identifier
+    }
+    async fn verified(&self) -> bool {
+        self.0.verified
+    }
+    async fn channels(&self) -> Vec<ChannelPermissions> {
+        self.0
+            .channels
+            .iter()
+            .map(|c| ChannelPermissions {
+                channel_id: id(c.channel_id),
+                channel_code: c.code.clone(),
+                channel_token: c.token.clone(),
+                permissions: c.permissions.to_vec(),
+            })
+            .collect()
+    }
+}
+
+pub struct Order(pub order::Model);
+
+#[Object]
+impl Order {
+    async fn id(&self) -> ID {
+        id(self.0.id)
+    }
+    async fn code(&self) -> &str {
+        &self.0.code
+    }
+    async fn state(&self) -> OrderState {
+        match self.0.state.as_str() {
+            "PLACED" => OrderState::Placed,
+            "CANCELLED" => OrderState::Cancelled,
+            _ => OrderState::Active,
+        }
+    }
+    async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
+        let Some(uid) = self.0.user_id else { return Ok(None) };
+        Ok(services(ctx)?.user_by_id(uid).await?.map(User))
+    }
+    async fn channel(&self, ctx: &Context<'_>) -> Result<Channel> {
+        let svc = services(ctx)?;
+        let ch = svc
+            .channels
+            .by_id(&svc.db, self.0.channel_id)
+            .await?
+            .ok_or_else(|| AppError::internal("order channel missing"))?;
+        Ok(Channel(ch))
+    }
+    async fn created_at(&self) -> DateTime {
+        DateTime(self.0.created_at)
+    }
+    async fn updated_at(&self) -> DateTime {
+        DateTime(self.0.updated_at)
+    }
+}
+
+/// A session as shown to clients: built from the cached form (the caller's own) or a row.
+pub struct Session {
+    pub id: i64,
+    pub kind: SessionKind,
+    pub invalidated: bool,
+    pub user_id: Option<i64>,
+    pub authentication_strategy: Option<String>,
+    pub active_order_id: Option<i64>,
+    pub active_channel_id: Option<i64>,
+    pub created_at: i64,
+    pub last_active_at: i64,
+    pub absolute_expires_at: i64,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Session {
+    pub fn from_cached(s: &CachedSession) -> Session {
+        Session {
+            id: s.id,
+            kind: s.kind,
+            invalidated: false,
+            user_id: s.user_id(),
+            authentication_strategy: s.authentication_strategy.clone(),
+            active_order_id: s.active_order_id,
+            active_channel_id: s.active_channel_id,
+            created_at: s.created_at,
+            last_active_at: s.last_active(),
+            absolute_expires_at: s.absolute_expires_at,
+            ip_address: s.ip_address.clone(),
+            user_agent: s.user_agent.clone(),
+        }
+    }
+
+    pub fn from_model(m: session::Model) -> Session {
+        Session {
+            id: m.id,
+            kind: SessionKind::from_db(&m.kind),
+            invalidated: m.invalidated,
+            user_id: m.user_id,
+            authentication_strategy: m.authentication_strategy,
+            active_order_id: m.active_order_id,
+            active_channel_id: m.active_channel_id,
+            created_at: m.created_at,
+            last_active_at: m.last_active_at,
+            absolute_expires_at: m.absolute_expires_at,
+            ip_address: m.ip_address,
+            user_agent: m.user_agent,
+        }
+    }
+}
+
+#[Object(name = "Session")]
+impl Session {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+    async fn kind(&self) -> GqlSessionKind {
+        self.kind.into()
+    }
+    /// Whether this is the session making the request.
+    async fn current(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(ctx.request_ctx()?.session().is_some_and(|s| s.id == self.id))
+    }
+    async fn invalidated(&self) -> bool {
+        self.invalidated
+    }
+    async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
+        let Some(uid) = self.user_id else { return Ok(None) };
+        Ok(services(ctx)?.user_by_id(uid).await?.map(User))
+    }
+    async fn authentication_strategy(&self) -> Option<&str> {
+        self.authentication_strategy.as_deref()
+    }
+    async fn active_order(&self, ctx: &Context<'_>) -> Result<Option<Order>> {
+        let Some(oid) = self.active_order_id else { return Ok(None) };
+        Ok(services(ctx)?.order_by_id(oid).await?.map(Order))
+    }
+    async fn active_channel(&self, ctx: &Context<'_>) -> Result<Option<Channel>> {
+        let Some(cid) = self.active_channel_id else { return Ok(None) };
+        let svc = services(ctx)?;
+        Ok(svc.channels.by_id(&svc.db, cid).await?.map(Channel))
+    }
+    async fn created_at(&self) -> DateTime {
+        DateTime(self.created_at)
+    }
+    async fn last_active_at(&self) -> DateTime {
+        DateTime(self.last_active_at)
+    }
+    async fn expires_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
+        let lifetimes = services(ctx)?.lifetimes;
+        Ok(DateTime(lifetimes.expires_at(self.last_active_at, self.absolute_expires_at)))
+    }
+    async fn absolute_expires_at(&self) -> DateTime {
+        DateTime(self.absolute_expires_at)
+    }
+    async fn ip_address(&self) -> Option<&str> {
+        self.ip_address.as_deref()
+    }
+    async fn user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+    pub start_cursor: Option<String>,
+    pub end_cursor: Option<String>,
+}
+
+impl PageInfo {
+    pub fn new(first: Option<i64>, last: Option<i64>, has_next: bool, has_previous: bool) -> PageInfo {
+        PageInfo {
+            has_next_page: has_next,
+            has_previous_page: has_previous,
+            start_cursor: first.map(encode_cursor),
+            end_cursor: last.map(encode_cursor),
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct SessionEdge {
+    pub cursor: String,
+    pub node: Session,
+}
+
+/// A page of sessions. `nodes` mirrors `edges`; both are computed from one query.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct SessionConnection {
+    #[graphql(skip)]
+    pub rows: Vec<session::Model>,
+    pub page_info: PageInfo,
+    pub total_count: i32,
+}
+
+#[ComplexObject]
+impl SessionConnection {
+    async fn edges(&self) -> Vec<SessionEdge> {
+        self.rows
+            .iter()
+            .map(|m| SessionEdge {
+                cursor: encode_cursor(m.id),
+                node: Session::from_model(m.clone()),
+            })
+            .collect()
+    }
+    async fn nodes(&self) -> Vec<Session> {
+        self.rows.iter().cloned().map(Session::from_model).collect()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct UserEdge {
+    pub cursor: String,
+    pub node: User,
+}
+
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct UserConnection {
+    #[graphql(skip)]
+    pub rows: Vec<user::Model>,
+    pub page_info: PageInfo,
+    pub total_count: i32,
+}
+
+#[ComplexObject]
+impl UserConnection {
+    async fn edges(&self) -> Vec<UserEdge> {
+        self.rows
+            .iter()
+            .map(|m| UserEdge {
+                cursor: encode_cursor(m.id),
+                node: User(m.clone()),
+            })
+            .collect()
+    }
+    async fn nodes(&self) -> Vec<User> {
+        self.rows.iter().cloned().map(User).collect()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct SessionStats {
+    pub anonymous: i32,
+    pub authenticated: i32,
+    pub expired_awaiting_cleanup: i32,
+    pub invalidated: i32,
+}
+
+#[derive(InputObject)]
+#[graphql(name = "SessionFilter")]
+pub struct SessionFilterInput {
+    pub user_id: Option<ID>,
+    pub kind: Option<GqlSessionKind>,
+    pub channel_id: Option<ID>,
+    pub active_order_id: Option<ID>,
+    pub include_expired: Option<bool>,
+    pub include_invalidated: Option<bool>,
+}
+
+#[derive(InputObject)]
+pub struct CreateUserInput {
+    pub identifier: String,
+    pub password: String,
+    pub verified: Option<bool>,
+    pub role_ids: Option<Vec<ID>>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateUserInput {
+    pub id: ID,
+    pub identifier: Option<String>,
+    pub verified: Option<bool>,
+    pub password: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateRoleInput {
+    pub code: String,
+    pub description: Option<String>,
+    pub permissions: Vec<Permission>,
+    pub channel_ids: Vec<ID>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateRoleInput {
+    pub id: ID,
+    pub description: Option<String>,
+    pub permissions: Option<Vec<Permission>>,
+    pub channel_ids: Option<Vec<ID>>,
+}
+
+#[derive(InputObject)]
+pub struct CreateChannelInput {
+    pub code: String,
+    pub token: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct AuthenticationSuccess {
+    pub user: CurrentUser,
+    pub session: Session,
+}
+
+#[derive(SimpleObject)]
+pub struct InvalidCredentialsError {
+    pub error_code: String,
+    pub message: String,
+}
+
+#[derive(SimpleObject)]
+pub struct NotVerifiedError {
+    pub error_code: String,
+    pub message: String,
+}
+
+#[derive(SimpleObject)]
+pub struct TooManyAttemptsError {
+    pub error_code: String,
+    pub message: String,
+    pub retry_after_seconds: i32,
+}
+
+#[derive(SimpleObject)]
+pub struct InvalidRefreshTokenError {
+    pub error_code: String,
+    pub message: String,
+    pub reason: GqlRefreshFailure,
+}
+
+#[derive(Union)]
+pub enum LoginResult {
+    AuthenticationSuccess(AuthenticationSuccess),
+    InvalidCredentialsError(InvalidCredentialsError),
+    NotVerifiedError(NotVerifiedError),
+    TooManyAttemptsError(TooManyAttemptsError),
+}
+
+#[derive(Union)]
+pub enum RefreshSessionResult {
+    AuthenticationSuccess(AuthenticationSuccess),
+    InvalidRefreshTokenError(InvalidRefreshTokenError),
+}

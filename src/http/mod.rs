@@ -1,0 +1,302 @@
+//! HTTP: the router, the GraphQL endpoint with its transport rules (JSON bodies, size limit,
+//! no mutations over GET), the GraphiQL page, `/health` and `/metrics`.
+
+mod request;
+
+use crate::error::{AppError, ErrorCode};
+use crate::graphql::{context, AppSchema, RequestContext, TokenSource};
+use crate::metrics::Metrics;
+use crate::service::SharedServices;
+use async_graphql::http::GraphiQLSource;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: SharedServices,
+    pub schema: AppSchema,
+}
+
+pub fn router(state: AppState) -> Router {
+    let cors = cors(&state.services.config.cors_allowed_origins);
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(cors)
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+        }))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let exposed = [HeaderName::from_static("session-token"), HeaderName::from_static("refresh-token")];
+    let allowed_headers = [
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        HeaderName::from_static("channel-token"),
+    ];
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers(allowed_headers)
+        .expose_headers(exposed)
+        .max_age(Duration::from_secs(600));
+    let listed: Vec<HeaderValue> = origins
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    if listed.is_empty() {
+        base.allow_origin(Any)
+    } else {
+        base.allow_origin(AllowOrigin::list(listed)).allow_credentials(true)
+    }
+}
+
+/// A GraphQL-shaped error response for failures outside execution.
+fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn app_error_response(err: AppError) -> Response {
+    let status = match err.code() {
+        ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::OK,
+    };
+    let code = err.code();
+    error_response(status, code, &err.client_message())
+}
+
+fn peer(req: &Request) -> Option<SocketAddr> {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| {
+            let essence = essence.trim();
+            essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("application/graphql-response+json")
+        })
+}
+
+async fn graphql_post(State(app): State<AppState>, req: Request) -> Response {
+    let peer = peer(&req);
+    let (parts, body) = req.into_parts();
+    // Only JSON bodies: a form or text/plain POST from another site (CSRF) never runs.
+    if !is_json(&parts.headers) {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadUserInput,
+            "POST /graphql needs Content-Type: application/json",
+        );
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadUserInput,
+                "the request body is over 256 KiB or could not be read",
+            )
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("the body is not a GraphQL request in JSON: {e}");
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &msg);
+        }
+    };
+    execute(&app, &parts.headers, peer, request).await
+}
+
+#[derive(serde::Deserialize)]
+struct GetParams {
+    query: Option<String>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
+/// Whether the operation a request would run is a mutation (or subscription).
+fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
+    let Ok(doc) = async_graphql::parser::parse_query(query) else {
+        return false; // execution reports the syntax error
+    };
+    let ty = match &doc.operations {
+        DocumentOperations::Single(op) => Some(op.node.ty),
+        DocumentOperations::Multiple(ops) => match operation_name {
+            Some(name) => ops.get(name).map(|op| op.node.ty),
+            None => ops.values().next().filter(|_| ops.len() == 1).map(|op| op.node.ty),
+        },
+    };
+    matches!(ty, Some(OperationType::Mutation | OperationType::Subscription))
+}
+
+async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
+    let peer = peer(&req);
+    let params: GetParams = match axum::extract::Query::try_from_uri(req.uri()) {
+        Ok(axum::extract::Query(p)) => p,
+        Err(_) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, "malformed query string"),
+    };
+    let Some(query) = params.query else {
+        let wants_html = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+        if wants_html {
+            return Html(GraphiQLSource::build().endpoint("/graphql").title("session-server").finish()).into_response();
+        }
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadUserInput,
+            "GET /graphql needs a query parameter (or Accept: text/html for GraphiQL)",
+        );
+    };
+    if is_mutation(&query, params.operation_name.as_deref()) {
+        let mut resp = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadUserInput,
+            "mutations must be sent with POST",
+        );
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let mut request = async_graphql::Request::new(query);
+    if let Some(name) = params.operation_name {
+        request = request.operation_name(name);
+    }
+    if let Some(vars) = params.variables.filter(|v| !v.is_empty()) {
+        match serde_json::from_str::<async_graphql::Variables>(&vars) {
+            Ok(v) => request = request.variables(v),
+            Err(_) => {
+                return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, "variables must be a JSON object")
+            }
+        }
+    }
+    let (parts, _) = req.into_parts();
+    execute(&app, &parts.headers, peer, request).await
+}
+
+/// Resolves the caller's session and channel, runs the operation, and writes the response
+/// with any headers and cookies the resolvers set.
+async fn execute(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>, request: async_graphql::Request) -> Response {
+    let svc = &app.services;
+    Metrics::inc(&svc.metrics.graphql_requests);
+    let presented = request::presented_token(headers, svc.config.token_method);
+    let session = match presented.as_ref().and_then(|p| p.hash.as_ref()) {
+        Some(hash) => match svc.resolve_session(hash).await {
+            Ok(s) => s,
+            Err(e) => return app_error_response(e),
+        },
+        None => None,
+    };
+    let clear_cookie = session.is_none()
+        && presented.as_ref().is_some_and(|p| p.source == TokenSource::Cookie);
+
+    let channel = match headers.get("channel-token") {
+        Some(value) => {
+            let token = value.to_str().unwrap_or("");
+            match svc.channels.by_token(&svc.db, token).await {
+                Ok(Some(ch)) => ch,
+                Ok(None) => return error_response(StatusCode::OK, ErrorCode::NotFound, "no channel has this channel-token"),
+                Err(e) => return app_error_response(e),
+            }
+        }
+        None => match session.as_ref().and_then(|s| s.active_channel_id) {
+            Some(id) => match svc.channels.by_id(&svc.db, id).await {
+                Ok(ch) => ch.unwrap_or_else(|| svc.default_channel.clone()),
+                Err(e) => return app_error_response(e),
+            },
+            None => svc.default_channel.clone(),
+        },
+    };
+
+    let ctx = RequestContext::new(
+        session,
+        channel,
+        request::client_info(headers, peer, svc.config.trust_proxy),
+        presented.as_ref().map(|p| p.source),
+        request::cookie(headers, "session_refresh").map(str::to_string),
+    );
+    let mut response = app.schema.execute(request.data(ctx)).await;
+
+    // Errors raised before resolvers run (syntax, validation, variable coercion, limits) carry
+    // no code of their own: they are all about the request's input.
+    for err in response.errors.iter_mut() {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", ErrorCode::BadUserInput.as_str());
+        }
+    }
+    let http_headers = std::mem::take(&mut response.http_headers);
+    let body = match serde_json::to_vec(&response) {
+        Ok(b) => b,
+        Err(_) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error"),
+    };
+    let mut out = Response::new(Body::from(body));
+    let h = out.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if clear_cookie && svc.config.token_method.cookie {
+        if let Ok(v) = HeaderValue::from_str(&context::session_cookie("", svc.config.cookie_secure, Some(0))) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    for (name, value) in http_headers.iter() {
+        h.append(name.clone(), value.clone());
+    }
+    out
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let svc = &app.services;
+    let mut failing = Vec::new();
+    let db_ok = matches!(tokio::time::timeout(Duration::from_secs(2), svc.db.ping()).await, Ok(Ok(())));
+    if !db_ok {
+        failing.push("database");
+    }
+    if let Some(redis) = &svc.redis {
+        if redis.ping().await.is_err() {
+            failing.push("redis");
+        }
+    }
+    if failing.is_empty() {
+        (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "failing": failing })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.services.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,97 @@
+//! Entry point: parse the command line, then serve, migrate or export the schema.
+
+use clap::Parser;
+use migration::{Migrator, MigratorTrait};
+use session_server::config::{Cli, Command, Config};
+use session_server::startup::{connect_database, Application};
+use std::process::ExitCode;
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Config::from_env() {
+            Ok(config) => Command::Serve(Box::new(config)),
+            Err(e) => e.exit(),
+        },
+    };
+    match command {
+        Command::Serve(config) => {
+            init_tracing(&config.log);
+            let app = match Application::build(*config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    eprintln!("session-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = app.run_until_stopped(shutdown_signal()).await {
+                eprintln!("session-server: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Migrate { database_url } => {
+            init_tracing("info");
+            let result = async {
+                let db = connect_database(&database_url, 2).await?;
+                Migrator::up(&db, None).await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    println!("migrations applied");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("session-server: migration failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ExportSchema { output } => {
+            let sdl = session_server::graphql::sdl();
+            match output {
+                Some(path) => match std::fs::write(&path, sdl) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("session-server: cannot write {}: {e}", path.display());
+                        ExitCode::FAILURE
+                    }
+                },
+                None => {
+                    print!("{sdl}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Users, roles and channels, and the cached channel lookups every request makes.
+//!
+//! Every change that affects a user's permissions drops that user's cached sessions, so it
+//! takes effect on their next request.
+
+use super::auth::{check_identifier, validate_new_password, MAX_IDENTIFIER_BYTES};
+use super::Services;
+use crate::clock::now_ms;
+use crate::error::{AppError, AppResult};
+use crate::permission::{Permission, PermissionSet};
+use entity::{channel, role, role_channel, session, user, user_role};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+use std::sync::Arc;
+
+/// Channels never change once created, so lookups by token and id are cached for good.
+pub struct ChannelDirectory {
+    by_token: moka::sync::Cache<String, Arc<channel::Model>>,
+    by_id: moka::sync::Cache<i64, Arc<channel::Model>>,
+}
+
+impl Default for ChannelDirectory {
+    fn default() -> Self {
+        ChannelDirectory {
+            by_token: moka::sync::Cache::new(10_000),
+            by_id: moka::sync::Cache::new(10_000),
+        }
+    }
+}
+
+impl ChannelDirectory {
+    fn remember(&self, ch: channel::Model) -> Arc<channel::Model> {
+        let ch = Arc::new(ch);
+        self.by_token.insert(ch.token.clone(), ch.clone());
+        self.by_id.insert(ch.id, ch.clone());
+        ch
+    }
+
+    pub async fn by_token<C: ConnectionTrait>(&self, db: &C, token: &str) -> AppResult<Option<Arc<channel::Model>>> {
+        if let Some(ch) = self.by_token.get(token) {
+            return Ok(Some(ch));
+        }
+        if token.len() > 255 {
+            return Ok(None);
+        }
+        let found = channel::Entity::find()
+            .filter(channel::Column::Token.eq(token))
+            .one(db)
+            .await?;
+        Ok(found.map(|ch| self.remember(ch)))
+    }
+
+    pub async fn by_id<C: ConnectionTrait>(&self, db: &C, id: i64) -> AppResult<Option<Arc<channel::Model>>> {
+        if let Some(ch) = self.by_id.get(&id) {
+            return Ok(Some(ch));
+        }
+        let found = channel::Entity::find_by_id(id).one(db).await?;
+        Ok(found.map(|ch| self.remember(ch)))
+    }
+}
+
+/// A page of a listing ordered by id.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+    pub has_next: bool,
+    pub has_previous: bool,
+}
+
+pub struct NewUser {
+    pub identifier: String,
+    pub password: String,
+    pub verified: bool,
+    pub role_ids: Vec<i64>,
+}
+
+pub struct UserChanges {
+    pub id: i64,
+    pub identifier: Option<String>,
+    pub verified: Option<bool>,
+    pub password: Option<String>,
+}
+
+pub struct NewRole {
+    pub code: String,
+    pub description: String,
+    pub permissions: Vec<Permission>,
+    pub channel_ids: Vec<i64>,
+}
+
+pub struct RoleChanges {
+    pub id: i64,
+    pub description: Option<String>,
+    pub permissions: Option<Vec<Permission>>,
+    pub channel_ids: Option<Vec<i64>>,
+}
+
+fn check_code(what: &str, code: &str) -> AppResult<String> {
+    let code = code.trim();
+    if code.is_empty() || code.len() > 255 {
+        return Err(AppError::bad_input(format!("{what} must be 1 to 255 bytes")));
+    }
+    Ok(code.to_string())
+}
+
+impl Services {
+    // ---- users ----
+
+    pub async fn user_by_id(&self, id: i64) -> AppResult<Option<user::Model>> {
+        Ok(user::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    pub async fn list_users(&self, first: u64, after: Option<i64>) -> AppResult<Page<user::Model>> {
+        let total = user::Entity::find().count(&self.db).await?;
+        let mut q = user::Entity::find().order_by_asc(user::Column::Id);
+        if let Some(after) = after {
+            q = q.filter(user::Column::Id.gt(after));
+        }
+        let mut items = q.limit(first + 1).all(&self.db).await?;
+        let has_next = items.len() as u64 > first;
+        items.truncate(first as usize);
+        Ok(Page {
+            items,
+            total,
+            has_next,
+            has_previous: after.is_some(),
+        })
+    }
+
+    async fn require_roles<C: ConnectionTrait>(&self, db: &C, role_ids: &[i64]) -> AppResult<()> {
+        if role_ids.is_empty() {
+            return Ok(());
+        }
+        let found = role::Entity::find()
+            .filter(role::Column::Id.is_in(role_ids.to_vec()))
+            .count(db)
+            .await?;
+        let mut unique = role_ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if found != unique.len() as u64 {
+            return Err(AppError::not_found("one or more roles do not exist"));
+        }
+        Ok(())
+    }
+
+    pub async fn create_user(&self, new: NewUser) -> AppResult<user::Model> {
+        let identifier = new.identifier.trim().to_string();
+        if identifier.is_empty() {
+            return Err(AppError::bad_input("identifier must not be empty"));
+        }
+        check_identifier(&identifier)?;
+        validate_new_password(&new.password)?;
+        self.require_roles(&self.db, &new.role_ids).await?;
+        let hash = self.passwords.hash(&new.password).await?;
+        let txn = self.db.begin().await?;
+        let created = user::Entity::insert(user::ActiveModel {
+            identifier: Set(identifier),
+            password_hash: Set(hash),
+            verified: Set(new.verified),
+            created_at: Set(now_ms()),
+            last_login_at: Set(None),
+            ..Default::default()
+        })
+        .exec_with_returning(&txn)
+        .await
+        .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
+        link_roles(&txn, created.id, &new.role_ids).await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    pub async fn update_user(&self, changes: UserChanges) -> AppResult<user::Model> {
+        let existing = self
+            .user_by_id(changes.id)
+            .await?
+            .ok_or_else(|| AppError::not_found("no such user"))?;
+        let mut model: user::ActiveModel = existing.clone().into();
+        if let Some(identifier) = &changes.identifier {
+            let identifier = identifier.trim();
+            if identifier.is_empty() || identifier.len() > MAX_IDENTIFIER_BYTES {
+                return Err(AppError::bad_input(format!("identifier must be 1 to {MAX_IDENTIFIER_BYTES} bytes")));
+            }
+            model.identifier = Set(identifier.to_string());
+        }
+        if let Some(verified) = changes.verified {
+            model.verified = Set(verified);
+        }
+        let mut ends_sessions = changes.verified == Some(false);
+        if let Some(password) = &changes.password {
+            validate_new_password(password)?;
+            model.password_hash = Set(self.passwords.hash(password).await?);
+            ends_sessions = true;
+        }
+        let updated = user::Entity::update(model)
+            .exec(&self.db)
+            .await
+            .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
+        if ends_sessions {
+            self.end_user_sessions(updated.id).await?;
+        } else {
+            self.invalidate_user(updated.id).await;
+        }
+        Ok(updated)
+    }
+
+    pub async fn delete_user(&self, id: i64) -> AppResult<bool> {
+        if id == self.superadmin_user_id {
+            return Err(AppError::bad_input("the superadmin user cannot be deleted"));
+        }
+        if self.user_by_id(id).await?.is_none() {
+            return Ok(false);
+        }
+        self.end_user_sessions(id).await?;
+        let txn = self.db.begin().await?;
+        // Explicit deletes, so the outcome does not depend on the backend enforcing cascades.
+        session::Entity::delete_many()
+            .filter(session::Column::UserId.eq(id))
+            .exec(&txn)
+            .await?;
+        user_role::Entity::delete_many()
+            .filter(user_role::Column::UserId.eq(id))
+            .exec(&txn)
+            .await?;
+        entity::order::Entity::update_many()
+            .col_expr(entity::order::Column::UserId, Expr::value(Option::<i64>::None))
+            .filter(entity::order::Column::UserId.eq(id))
+            .exec(&txn)
+            .await?;
+        let deleted = user::Entity::delete_by_id(id).exec(&txn).await?;
+        txn.commit().await?;
+        self.invalidate_user(id).await;
+        Ok(deleted.rows_affected == 1)
+    }
+
+    pub async fn roles_of_user(&self, user_id: i64) -> AppResult<Vec<role::Model>> {
+        Ok(role::Entity::find()
+            .filter(
+                role::Column::Id.in_subquery(
+                    Query::select()
+                        .column(user_role::Column::RoleId)
+                        .from(user_role::Entity)
+                        .and_where(Expr::col(user_role::Column::UserId).eq(user_id))
+                        .to_owned(),
+                ),
+            )
+            .order_by_asc(role::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn assign_role(&self, user_id: i64, role_id: i64) -> AppResult<user::Model> {
+        let user = self
+            .user_by_id(user_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("no such user"))?;
+        self.require_roles(&self.db, &[role_id]).await?;
+        link_roles(&self.db, user_id, &[role_id]).await?;
+        self.invalidate_user(user_id).await;
+        Ok(user)
+    }
+
+    pub async fn remove_role(&self, user_id: i64, role_id: i64) -> AppResult<user::Model> {
+        let user = self
+            .user_by_id(user_id)
+            .await?
+            .ok_or_else(|| AppError::not_found("no such user"))?;
+        self.require_roles(&self.db, &[role_id]).await?;
+        if user_id == self.superadmin_user_id && role_id == self.super_admin_role_id {
+            return Err(AppError::bad_input("the superadmin user cannot lose the SUPER_ADMIN role"));
+        }
+        user_role::Entity::delete_many()
+            .filter(user_role::Column::UserId.eq(user_id))
+            .filter(user_role::Column::RoleId.eq(role_id))
+            .exec(&self.db)
+            .await?;
+        self.invalidate_user(user_id).await;
+        Ok(user)
+    }
+
+    // ---- roles ----
+
+    pub async fn list_roles(&self) -> AppResult<Vec<role::Model>> {
+        Ok(role::Entity::find()
+            .order_by_asc(role::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn channels_of_role(&self, role_id: i64) -> AppResult<Vec<Arc<channel::Model>>> {
+        let links = role_channel::Entity::find()
+            .filter(role_channel::Column::RoleId.eq(role_id))
+            .order_by_asc(role_channel::Column::ChannelId)
+            .all(&self.db)
+            .await?;
+        let mut out = Vec::with_capacity(links.len());
+        for link in links {
+            if let Some(ch) = self.channels.by_id(&self.db, link.channel_id).await? {
+                out.push(ch);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn require_channels(&self, channel_ids: &[i64]) -> AppResult<()> {
+        for id in channel_ids {
+            if self.channels.by_id(&self.db, *id).await?.is_none() {
+                return Err(AppError::not_found(format!("channel {id} does not exist")));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_role(&self, new: NewRole) -> AppResult<role::Model> {
+        let code = check_code("role code", &new.code)?;
+        self.require_channels(&new.channel_ids).await?;
+        let permissions: PermissionSet = new.permissions.into_iter().collect();
+        let txn = self.db.begin().await?;
+        let created = role::Entity::insert(role::ActiveModel {
+            code: Set(code),
+            description: Set(new.description),
+            permissions: Set(permissions.to_stored()),
+            created_at: Set(now_ms()),
+            ..Default::default()
+        })
+        .exec_with_returning(&txn)
+        .await
+        .map_err(|e| AppError::conflict(e, "a role with this code"))?;
+        link_channels(&txn, created.id, &new.channel_ids).await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    pub async fn update_role(&self, changes: RoleChanges) -> AppResult<role::Model> {
+        if changes.id == self.super_admin_role_id {
+            return Err(AppError::bad_input("the SUPER_ADMIN role cannot be changed"));
+        }
+        let existing = role::Entity::find_by_id(changes.id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| AppError::not_found("no such role"))?;
+        if let Some(ids) = &changes.channel_ids {
+            self.require_channels(ids).await?;
+        }
+        let mut model: role::ActiveModel = existing.into();
+        if let Some(description) = changes.description {
+            model.description = Set(description);
+        }
+        if let Some(permissions) = changes.permissions {
+            model.permissions = Set(permissions.into_iter().collect::<PermissionSet>().to_stored());
+        }
+        let txn = self.db.begin().await?;
+        let updated = role::Entity::update(model).exec(&txn).await?;
+        if let Some(ids) = &changes.channel_ids {
+            role_channel::Entity::delete_many()
+                .filter(role_channel::Column::RoleId.eq(updated.id))
+                .exec(&txn)
+                .await?;
+            link_channels(&txn, updated.id, ids).await?;
+        }
+        txn.commit().await?;
+        self.invalidate_role_holders(updated.id).await?;
+        Ok(updated)
+    }
+
+    /// Drops the cached sessions of everyone holding a role whose grants changed.
+    async fn invalidate_role_holders(&self, role_id: i64) -> AppResult<()> {
+        let holders: Vec<i64> = user_role::Entity::find()
+            .select_only()
+            .column(user_role::Column::UserId)
+            .filter(user_role::Column::RoleId.eq(role_id))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for user_id in holders {
+            self.invalidate_user(user_id).await;
+        }
+        Ok(())
+    }
+
+    // ---- channels ----
+
+    pub async fn list_channels(&self) -> AppResult<Vec<channel::Model>> {
+        Ok(channel::Entity::find()
+            .order_by_asc(channel::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn create_channel(&self, code: &str, token: Option<&str>) -> AppResult<channel::Model> {
+        let code = check_code("channel code", code)?;
+        let token = match token {
+            Some(t) => check_code("channel token", t)?,
+            None => crate::token::random_string(16),
+        };
+        let txn = self.db.begin().await?;
+        let created = channel::Entity::insert(channel::ActiveModel {
+            code: Set(code),
+            token: Set(token),
+            created_at: Set(now_ms()),
+            ..Default::default()
+        })
+        .exec_with_returning(&txn)
+        .await
+        .map_err(|e| AppError::conflict(e, "a channel with this code or token"))?;
+        // The SUPER_ADMIN role covers every channel, like Vendure's.
+        link_channels(&txn, self.super_admin_role_id, &[created.id]).await?;
+        txn.commit().await?;
+        self.invalidate_role_holders(self.super_admin_role_id).await?;
+        Ok(created)
+    }
+}
+
+async fn link_roles<C: ConnectionTrait>(db: &C, user_id: i64, role_ids: &[i64]) -> AppResult<()> {
+    let rows: Vec<user_role::ActiveModel> = unique(role_ids)
+        .into_iter()
+        .map(|role_id| user_role::ActiveModel {
+            user_id: Set(user_id),
+            role_id: Set(role_id),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    user_role::Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([user_role::Column::UserId, user_role::Column::RoleId])
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn link_channels<C: ConnectionTrait>(db: &C, role_id: i64, channel_ids: &[i64]) -> AppResult<()> {
+    let rows: Vec<role_channel::ActiveModel> = unique(channel_ids)
+        .into_iter()
+        .map(|channel_id| role_channel::ActiveModel {
+            role_id: Set(role_id),
+            channel_id: Set(channel_id),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    role_channel::Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([role_channel::Column::RoleId, role_channel::Column::ChannelId])
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+fn unique(ids: &[i64]) -> Vec<i64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}

@@ -1,0 +1,55 @@
+//! The service layer: every rule about sessions, users, roles, channels and orders lives here.
+//! Resolvers call one function of [`Services`] and map the result; no SQL or Redis above this.
+//!
+//! - `session`: resolve a token (cache, then database), create, extend, invalidate; refresh.
+//! - `session_admin`: listings, statistics, revocation, expiry clean-up.
+//! - `auth`: passwords, login throttling, login and password changes.
+//! - `directory`: users, roles and channels (and the cached channel lookups).
+//! - `order`: orders and the session's active order.
+//! - `activity`: the throttled, batched last-activity writer.
+
+pub mod activity;
+pub mod auth;
+pub mod directory;
+pub mod order;
+pub mod session;
+pub mod session_admin;
+
+use crate::cache::{RedisCache, SessionCache};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use entity::channel;
+use sea_orm::DatabaseConnection;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+pub use self::session::{ClientInfo, Issued};
+
+/// Shared state of the whole server; cheap to clone.
+pub type SharedServices = Arc<Services>;
+
+pub struct Services {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    /// The `SESSION_CACHE` strategy.
+    pub cache: Arc<dyn SessionCache>,
+    /// The Redis connection when one is configured (for `/health`).
+    pub redis: Option<Arc<RedisCache>>,
+    pub metrics: Arc<Metrics>,
+    /// Lifetimes in milliseconds, derived once from the configuration.
+    pub lifetimes: session::Lifetimes,
+    /// Token hashes known not to exist: garbage tokens stop here instead of the database.
+    pub unknown_tokens: moka::sync::Cache<crate::token::TokenHash, ()>,
+    /// Bumped by every invalidation; a database read that overlaps one is not cached.
+    pub cache_epoch: AtomicU64,
+    pub activity: activity::ActivityWriter,
+    pub channels: directory::ChannelDirectory,
+    pub passwords: auth::Passwords,
+    pub throttle: auth::LoginThrottle,
+    /// The channel with code `default`, used when a request names none.
+    pub default_channel: Arc<channel::Model>,
+    /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
+    pub super_admin_role_id: i64,
+    /// Id of the superadmin user, who cannot be deleted or lose that role.
+    pub superadmin_user_id: i64,
+}

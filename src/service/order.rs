@@ -1,0 +1,108 @@
+//! Orders and the session's active order.
+
+use super::Services;
+use crate::cache::CachedSession;
+use crate::clock::now_ms;
+use crate::error::{AppError, AppResult};
+use entity::{order, session};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use std::sync::Arc;
+
+pub const ACTIVE: &str = "ACTIVE";
+pub const PLACED: &str = "PLACED";
+
+/// Whether the order belongs to the caller: their user, or this guest session.
+fn owns(s: &CachedSession, o: &order::Model) -> bool {
+    match s.user_id() {
+        Some(uid) => o.user_id == Some(uid) || o.session_id == Some(s.id),
+        None => o.user_id.is_none() && o.session_id == Some(s.id),
+    }
+}
+
+impl Services {
+    pub async fn order_by_id(&self, id: i64) -> AppResult<Option<order::Model>> {
+        Ok(order::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    /// Creates an `ACTIVE` order owned by the caller and makes it the session's active order.
+    pub async fn create_order(&self, s: &CachedSession, channel_id: i64) -> AppResult<(order::Model, Arc<CachedSession>)> {
+        let now = now_ms();
+        let created = order::Entity::insert(order::ActiveModel {
+            code: Set(crate::token::random_string(12).to_uppercase()),
+            state: Set(ACTIVE.into()),
+            user_id: Set(s.user_id()),
+            session_id: Set(if s.user.is_some() { None } else { Some(s.id) }),
+            channel_id: Set(channel_id),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec_with_returning(&self.db)
+        .await?;
+        let updated = self.set_active(s, Some(created.id), s.active_channel_id).await?;
+        Ok((created, updated))
+    }
+
+    pub async fn set_active_order(&self, s: &CachedSession, order_id: i64) -> AppResult<Arc<CachedSession>> {
+        let o = self
+            .order_by_id(order_id)
+            .await?
+            .filter(|o| owns(s, o))
+            .ok_or_else(|| AppError::not_found("no such order among yours"))?;
+        if o.state != ACTIVE {
+            return Err(AppError::bad_input(format!("the order is {}, not ACTIVE", o.state)));
+        }
+        self.set_active(s, Some(o.id), s.active_channel_id).await
+    }
+
+    pub async fn unset_active_order(&self, s: &CachedSession) -> AppResult<Arc<CachedSession>> {
+        self.set_active(s, None, s.active_channel_id).await
+    }
+
+    /// Moves the active order to `PLACED` and unsets it on every session that has it active.
+    pub async fn place_order(&self, s: &CachedSession) -> AppResult<order::Model> {
+        let order_id = s
+            .active_order_id
+            .ok_or_else(|| AppError::bad_input("there is no active order to place"))?;
+        let o = self
+            .order_by_id(order_id)
+            .await?
+            .filter(|o| owns(s, o))
+            .ok_or_else(|| AppError::not_found("the active order no longer exists"))?;
+        if o.state != ACTIVE {
+            return Err(AppError::bad_input(format!("the order is {}, not ACTIVE", o.state)));
+        }
+        let now = now_ms();
+        let placed = order::Entity::update_many()
+            .col_expr(order::Column::State, Expr::value(PLACED))
+            .col_expr(order::Column::UpdatedAt, Expr::value(now))
+            .filter(order::Column::Id.eq(o.id))
+            .filter(order::Column::State.eq(ACTIVE))
+            .exec(&self.db)
+            .await?;
+        if placed.rows_affected != 1 {
+            return Err(AppError::bad_input("the order was placed or changed concurrently"));
+        }
+        let holders: Vec<String> = session::Entity::find()
+            .select_only()
+            .column(session::Column::TokenHash)
+            .filter(session::Column::ActiveOrderId.eq(o.id))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        session::Entity::update_many()
+            .col_expr(session::Column::ActiveOrderId, Expr::value(Option::<i64>::None))
+            .filter(session::Column::ActiveOrderId.eq(o.id))
+            .exec(&self.db)
+            .await?;
+        for hash in holders.iter().filter_map(|h| crate::token::TokenHash::from_hex(h)) {
+            self.invalidate_token(&hash).await;
+        }
+        Ok(order::Model {
+            state: PLACED.into(),
+            updated_at: now,
+            ..o
+        })
+    }
+}

@@ -1,0 +1,571 @@
+//! Sessions: resolve a presented token (cache first, then the database), create sessions,
+//! slide their expiry, invalidate them, and rotate refresh tokens.
+
+use super::Services;
+use crate::cache::{CachedSession, CachedUser, ChannelGrant, SessionKind};
+use crate::clock::{ms, now_ms};
+use crate::config::{CacheMode, Config};
+use crate::error::{AppError, AppResult};
+use crate::metrics::Metrics;
+use crate::permission::PermissionSet;
+use crate::token::{self, TokenHash};
+use entity::{role, role_channel, session, user, user_role};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Session lifetimes in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifetimes {
+    pub idle_ms: i64,
+    pub absolute_ms: i64,
+    /// Activity is written once it is this much newer than the stored value.
+    pub write_threshold_ms: i64,
+    pub write_interval_ms: i64,
+    pub token_ttl_ms: Option<i64>,
+    pub cache_ttl_ms: i64,
+    pub grace_ms: i64,
+}
+
+impl Lifetimes {
+    pub fn new(config: &Config, flush_every: Duration) -> Lifetimes {
+        let write_interval_ms = ms(config.session_activity_write_interval);
+        Lifetimes {
+            idle_ms: ms(config.session_idle_timeout),
+            absolute_ms: ms(config.session_absolute_timeout),
+            // Leave room for the writer's flush delay, so the stored value never lags by more
+            // than the configured interval.
+            write_threshold_ms: (write_interval_ms - ms(flush_every)).max(0),
+            write_interval_ms,
+            token_ttl_ms: config.session_token_ttl.map(ms),
+            cache_ttl_ms: ms(config.session_cache_ttl),
+            grace_ms: ms(config.refresh_reuse_grace),
+        }
+    }
+
+    pub fn expires_at(&self, last_active_at: i64, absolute_expires_at: i64) -> i64 {
+        last_active_at
+            .saturating_add(self.idle_ms)
+            .min(absolute_expires_at)
+    }
+}
+
+/// The client's address and user agent, recorded on the sessions it creates.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A session just created or rotated, with the tokens to hand to the client (once).
+pub struct Issued {
+    pub session: Arc<CachedSession>,
+    pub token: String,
+    pub refresh_token: Option<String>,
+}
+
+/// What a new session starts with.
+pub struct NewSession<'a> {
+    pub user: Option<CachedUser>,
+    pub authentication_strategy: Option<String>,
+    pub active_order_id: Option<i64>,
+    pub active_channel_id: Option<i64>,
+    pub remember_me: bool,
+    pub client: &'a ClientInfo,
+}
+
+/// Why a refresh token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshFailure {
+    Unknown,
+    Expired,
+    Superseded,
+    Reused,
+}
+
+impl CachedSession {
+    /// Builds the cache form from a row and its user (already with per-channel permissions).
+    pub fn from_model(m: &session::Model, user: Option<CachedUser>, now: i64) -> CachedSession {
+        CachedSession {
+            id: m.id,
+            token_hash: TokenHash::from_hex(&m.token_hash).unwrap_or(TokenHash([0; 32])),
+            kind: SessionKind::from_db(&m.kind),
+            user,
+            authentication_strategy: m.authentication_strategy.clone(),
+            active_order_id: m.active_order_id,
+            active_channel_id: m.active_channel_id,
+            created_at: m.created_at,
+            token_issued_at: m.token_issued_at,
+            absolute_expires_at: m.absolute_expires_at,
+            remember_me: m.remember_me,
+            ip_address: m.ip_address.clone(),
+            user_agent: m.user_agent.clone(),
+            last_active_at: AtomicI64::new(m.last_active_at),
+            persisted_active_at: AtomicI64::new(m.last_active_at),
+            loaded_at: now,
+        }
+    }
+
+    /// A copy with a different active order and channel, keeping the activity counters.
+    pub fn with_active(&self, order: Option<i64>, channel: Option<i64>) -> CachedSession {
+        CachedSession {
+            id: self.id,
+            token_hash: self.token_hash,
+            kind: self.kind,
+            user: self.user.clone(),
+            authentication_strategy: self.authentication_strategy.clone(),
+            active_order_id: order,
+            active_channel_id: channel,
+            created_at: self.created_at,
+            token_issued_at: self.token_issued_at,
+            absolute_expires_at: self.absolute_expires_at,
+            remember_me: self.remember_me,
+            ip_address: self.ip_address.clone(),
+            user_agent: self.user_agent.clone(),
+            last_active_at: AtomicI64::new(self.last_active()),
+            persisted_active_at: AtomicI64::new(self.persisted_active_at.load(Ordering::Relaxed)),
+            loaded_at: self.loaded_at,
+        }
+    }
+}
+
+/// The live-session condition: not revoked, not idle too long, not past the absolute expiry.
+pub fn live_condition(now: i64, lifetimes: &Lifetimes) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(session::Column::Invalidated.eq(false))
+        .add(session::Column::LastActiveAt.gt(now - lifetimes.idle_ms))
+        .add(session::Column::AbsoluteExpiresAt.gt(now))
+}
+
+impl Services {
+    /// The session for a presented token, or `None` when it is unknown, expired or revoked.
+    ///
+    /// Cached path: one cache lookup, an expiry check, and an atomic store to slide the expiry.
+    pub async fn resolve_session(&self, hash: &TokenHash) -> AppResult<Option<Arc<CachedSession>>> {
+        let now = now_ms();
+        let mut stale = None;
+        match self.cache.get(hash).await {
+            Ok(Some(s)) if now - s.loaded_at < self.lifetimes.cache_ttl_ms => {
+                Metrics::inc(&self.metrics.cache_hits);
+                return Ok(self.accept(s, now).await);
+            }
+            Ok(Some(s)) => stale = Some(s),
+            Ok(None) => {}
+            Err(e) => self.cache_failed("get", e),
+        }
+        if self.unknown_tokens.contains_key(hash) {
+            return Ok(None);
+        }
+        Metrics::inc(&self.metrics.cache_misses);
+        let epoch = self.cache_epoch.load(Ordering::Acquire);
+        let model = session::Entity::find()
+            .filter(session::Column::TokenHash.eq(hash.to_hex()))
+            .one(&self.db)
+            .await?;
+        let Some(model) = model.filter(|m| !m.invalidated) else {
+            self.unknown_tokens.insert(*hash, ());
+            return Ok(None);
+        };
+        let user = match model.user_id {
+            Some(user_id) => match self.load_cached_user(&self.db, user_id).await? {
+                Some(u) => Some(u),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let cached = CachedSession::from_model(&model, user, now_ms());
+        if let Some(pending) = self.activity.pending(model.id) {
+            cached.last_active_at.fetch_max(pending, Ordering::Relaxed);
+            cached.persisted_active_at.fetch_max(pending, Ordering::Relaxed);
+        }
+        if let Some(old) = stale {
+            // The stale entry may know of activity the database has not seen yet.
+            cached.last_active_at.fetch_max(old.last_active(), Ordering::Relaxed);
+            cached
+                .persisted_active_at
+                .fetch_max(old.persisted_active_at.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        let cached = Arc::new(cached);
+        if now < cached.expires_at(self.lifetimes.idle_ms) {
+            self.cache_put(cached.clone(), epoch).await;
+        }
+        Ok(self.accept(cached, now).await)
+    }
+
+    /// Checks expiry and token age, and slides the session forward.
+    async fn accept(&self, s: Arc<CachedSession>, now: i64) -> Option<Arc<CachedSession>> {
+        if now >= s.expires_at(self.lifetimes.idle_ms) {
+            if let Err(e) = self.cache.delete(&s.token_hash).await {
+                self.cache_failed("delete", e);
+            }
+            return None;
+        }
+        if let Some(ttl) = self.lifetimes.token_ttl_ms {
+            if now >= s.token_issued_at.saturating_add(ttl) {
+                return None;
+            }
+        }
+        s.last_active_at.fetch_max(now, Ordering::Relaxed);
+        let persisted = s.persisted_active_at.load(Ordering::Relaxed);
+        if now - persisted >= self.lifetimes.write_threshold_ms
+            && s
+                .persisted_active_at
+                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.activity.touch(s.id, now);
+            if self.config.session_cache != CacheMode::Memory {
+                // A shared cache holds a serialised copy: refresh its activity too, off the
+                // request path, so other instances see the session slide.
+                let cache = self.cache.clone();
+                let entry = s.clone();
+                let ttl = self.cache_ttl_for(&s, now);
+                tokio::spawn(async move {
+                    let _ = cache.set(entry, ttl).await;
+                });
+            }
+        }
+        Some(s)
+    }
+
+    /// How long an entry may stay cached: the cache TTL, or less if it expires sooner.
+    fn cache_ttl_for(&self, s: &CachedSession, now: i64) -> Duration {
+        let left = (s.expires_at(self.lifetimes.idle_ms) - now).max(1);
+        let ttl = (self.lifetimes.cache_ttl_ms - (now - s.loaded_at)).max(1);
+        Duration::from_millis(left.min(ttl) as u64)
+    }
+
+    pub(crate) fn cache_failed(&self, op: &str, err: crate::cache::CacheError) {
+        Metrics::inc(&self.metrics.cache_errors);
+        tracing::warn!(cache = self.cache.name(), op, error = %err, "session cache call failed; using the database");
+    }
+
+    /// Caches an entry read from the database, unless an invalidation overlapped the read.
+    async fn cache_put(&self, s: Arc<CachedSession>, epoch: u64) {
+        if self.cache_epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let ttl = self.cache_ttl_for(&s, now_ms());
+        if let Err(e) = self.cache.set(s.clone(), ttl).await {
+            self.cache_failed("set", e);
+            return;
+        }
+        // An invalidation that ran between the check above and the set must win.
+        if self.cache_epoch.load(Ordering::Acquire) != epoch {
+            let _ = self.cache.delete(&s.token_hash).await;
+        }
+    }
+
+    /// Replaces a cached entry after a write to its row (write-through).
+    pub(crate) async fn cache_replace(&self, s: Arc<CachedSession>) {
+        let epoch = self.cache_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.cache_put(s, epoch).await;
+    }
+
+    /// Drops one token's cached entry (after its row changed or was revoked).
+    pub async fn invalidate_token(&self, hash: &TokenHash) {
+        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.cache.delete(hash).await {
+            self.cache_failed("delete", e);
+        }
+    }
+
+    /// Drops every cached entry of one user (after a change to the user or their roles).
+    pub async fn invalidate_user(&self, user_id: i64) {
+        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.cache.delete_user(user_id).await {
+            self.cache_failed("delete_user", e);
+        }
+    }
+
+    /// Empties the session cache (`clearSessionCache`).
+    pub async fn clear_cache(&self) -> AppResult<()> {
+        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
+        self.unknown_tokens.invalidate_all();
+        self.cache.clear().await.map_err(|e| {
+            self.cache_failed("clear", e);
+            AppError::internal("the session cache could not be cleared")
+        })
+    }
+
+    /// A user with per-channel permissions, as cached with their sessions. `None` if deleted.
+    pub async fn load_cached_user<C: ConnectionTrait>(&self, db: &C, user_id: i64) -> AppResult<Option<CachedUser>> {
+        use sea_orm::ExprTrait as _;
+        let Some(u) = user::Entity::find_by_id(user_id).one(db).await? else {
+            return Ok(None);
+        };
+        let roles = role::Entity::find()
+            .filter(
+                role::Column::Id.in_subquery(
+                    Query::select()
+                        .column(user_role::Column::RoleId)
+                        .from(user_role::Entity)
+                        .and_where(Expr::col(user_role::Column::UserId).eq(user_id))
+                        .to_owned(),
+                ),
+            )
+            .all(db)
+            .await?;
+        let role_ids: Vec<i64> = roles.iter().map(|r| r.id).collect();
+        let links = if role_ids.is_empty() {
+            vec![]
+        } else {
+            role_channel::Entity::find()
+                .filter(role_channel::Column::RoleId.is_in(role_ids))
+                .all(db)
+                .await?
+        };
+        let mut grants: BTreeMap<i64, PermissionSet> = BTreeMap::new();
+        for link in &links {
+            if let Some(r) = roles.iter().find(|r| r.id == link.role_id) {
+                let perms = PermissionSet::from_stored(&r.permissions);
+                let slot = grants.entry(link.channel_id).or_default();
+                *slot = slot.union(perms);
+            }
+        }
+        let mut channels = Vec::with_capacity(grants.len());
+        for (channel_id, permissions) in grants {
+            if let Some(ch) = self.channels.by_id(db, channel_id).await? {
+                channels.push(ChannelGrant {
+                    channel_id,
+                    code: ch.code.clone(),
+                    token: ch.token.clone(),
+                    permissions,
+                });
+            }
+        }
+        Ok(Some(CachedUser {
+            id: u.id,
+            identifier: u.identifier,
+            verified: u.verified,
+            channels,
+        }))
+    }
+
+    /// Inserts a session and returns it with its tokens. Authenticated sessions get a refresh
+    /// token; anonymous ones do not. Nothing is cached here: callers cache after commit.
+    pub async fn insert_session<C: ConnectionTrait>(&self, db: &C, new: NewSession<'_>) -> AppResult<Issued> {
+        let now = now_ms();
+        let token = token::generate();
+        let refresh = new.user.as_ref().map(|_| token::generate());
+        let kind = if new.user.is_some() {
+            SessionKind::Authenticated
+        } else {
+            SessionKind::Anonymous
+        };
+        let user_agent = new
+            .client
+            .user_agent
+            .as_ref()
+            .map(|ua| truncate(ua, 512).to_string());
+        let model = session::ActiveModel {
+            kind: Set(kind.as_db().to_string()),
+            token_hash: Set(token.hash.to_hex()),
+            token_issued_at: Set(now),
+            refresh_hash: Set(refresh.as_ref().map(|r| r.hash.to_hex())),
+            previous_refresh_hash: Set(None),
+            refresh_rotated_at: Set(None),
+            user_id: Set(new.user.as_ref().map(|u| u.id)),
+            authentication_strategy: Set(new.authentication_strategy.clone()),
+            active_order_id: Set(new.active_order_id),
+            active_channel_id: Set(new.active_channel_id),
+            invalidated: Set(false),
+            remember_me: Set(new.remember_me),
+            created_at: Set(now),
+            last_active_at: Set(now),
+            absolute_expires_at: Set(now.saturating_add(self.lifetimes.absolute_ms)),
+            ip_address: Set(new.client.ip_address.clone()),
+            user_agent: Set(user_agent),
+            ..Default::default()
+        };
+        let inserted = session::Entity::insert(model).exec_with_returning(db).await?;
+        Metrics::inc(&self.metrics.sessions_created);
+        Ok(Issued {
+            session: Arc::new(CachedSession::from_model(&inserted, new.user, now)),
+            token: token.token,
+            refresh_token: refresh.map(|r| r.token),
+        })
+    }
+
+    /// `createAnonymousSession`, and the implicit session of `createOrder`.
+    pub async fn create_anonymous_session(&self, client: &ClientInfo, channel_id: Option<i64>) -> AppResult<Issued> {
+        let issued = self
+            .insert_session(
+                &self.db,
+                NewSession {
+                    user: None,
+                    authentication_strategy: None,
+                    active_order_id: None,
+                    active_channel_id: channel_id,
+                    remember_me: false,
+                    client,
+                },
+            )
+            .await?;
+        // Pre-populate the cache: the client's next request is a hit.
+        self.cache_replace(issued.session.clone()).await;
+        Ok(issued)
+    }
+
+    /// Marks sessions invalidated and drops them from the cache. Returns how many of them were
+    /// live (not already invalidated or expired).
+    pub async fn invalidate_sessions(&self, filter: sea_orm::Condition) -> AppResult<u64> {
+        let now = now_ms();
+        let targets: Vec<(i64, String, i64, i64)> = session::Entity::find()
+            .select_only()
+            .columns([
+                session::Column::Id,
+                session::Column::TokenHash,
+                session::Column::LastActiveAt,
+                session::Column::AbsoluteExpiresAt,
+            ])
+            .filter(filter)
+            .filter(session::Column::Invalidated.eq(false))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = targets.iter().map(|t| t.0).collect();
+        for chunk in ids.chunks(1000) {
+            session::Entity::update_many()
+                .col_expr(session::Column::Invalidated, Expr::value(true))
+                .filter(session::Column::Id.is_in(chunk.to_vec()))
+                .exec(&self.db)
+                .await?;
+        }
+        let mut live = 0;
+        for (id, hash, last_active, absolute) in &targets {
+            if let Some(hash) = TokenHash::from_hex(hash) {
+                self.invalidate_token(&hash).await;
+            }
+            let last_active = (*last_active).max(self.activity.pending(*id).unwrap_or(0));
+            if now < self.lifetimes.expires_at(last_active, *absolute) {
+                live += 1;
+            }
+        }
+        Metrics::add(&self.metrics.sessions_revoked, live);
+        Ok(live)
+    }
+
+    /// Ends every session of a user, in the database and in every cache.
+    pub async fn end_user_sessions(&self, user_id: i64) -> AppResult<u64> {
+        let n = self
+            .invalidate_sessions(sea_orm::Condition::all().add(session::Column::UserId.eq(user_id)))
+            .await?;
+        self.invalidate_user(user_id).await;
+        Ok(n)
+    }
+
+    /// Updates a session's active order and channel, in the database and the cache.
+    pub async fn set_active(&self, s: &CachedSession, order: Option<i64>, channel: Option<i64>) -> AppResult<Arc<CachedSession>> {
+        session::Entity::update_many()
+            .col_expr(session::Column::ActiveOrderId, Expr::value(order))
+            .col_expr(session::Column::ActiveChannelId, Expr::value(channel))
+            .filter(session::Column::Id.eq(s.id))
+            .exec(&self.db)
+            .await?;
+        let updated = Arc::new(s.with_active(order, channel));
+        self.cache_replace(updated.clone()).await;
+        Ok(updated)
+    }
+
+    /// Rotates both tokens of the session that owns `refresh_token`.
+    ///
+    /// The rotation is a compare-and-swap on the stored refresh hash, so of several concurrent
+    /// refreshes with one token exactly one succeeds; the others see `SUPERSEDED`.
+    pub async fn refresh_session(&self, refresh_token: &str) -> AppResult<Result<Issued, RefreshFailure>> {
+        let Some(hash) = token::parse(refresh_token) else {
+            return Ok(Err(RefreshFailure::Unknown));
+        };
+        let hex = hash.to_hex();
+        let now = now_ms();
+        let current = session::Entity::find()
+            .filter(session::Column::RefreshHash.eq(hex.clone()))
+            .one(&self.db)
+            .await?;
+        if let Some(s) = current {
+            if s.invalidated {
+                return Ok(Err(RefreshFailure::Unknown));
+            }
+            let last_active = s.last_active_at.max(self.activity.pending(s.id).unwrap_or(0));
+            if now >= self.lifetimes.expires_at(last_active, s.absolute_expires_at) {
+                return Ok(Err(RefreshFailure::Expired));
+            }
+            let Some(user_id) = s.user_id else {
+                return Ok(Err(RefreshFailure::Unknown));
+            };
+            let token = token::generate();
+            let refresh = token::generate();
+            let rotated = session::Entity::update_many()
+                .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
+                .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
+                .col_expr(session::Column::RefreshHash, Expr::value(refresh.hash.to_hex()))
+                .col_expr(session::Column::PreviousRefreshHash, Expr::value(hex.clone()))
+                .col_expr(session::Column::RefreshRotatedAt, Expr::value(now))
+                .col_expr(session::Column::LastActiveAt, Expr::value(now.max(s.last_active_at)))
+                .filter(session::Column::Id.eq(s.id))
+                .filter(session::Column::RefreshHash.eq(hex))
+                .filter(session::Column::Invalidated.eq(false))
+                .exec(&self.db)
+                .await?;
+            if rotated.rows_affected != 1 {
+                return Ok(Err(RefreshFailure::Superseded));
+            }
+            if let Some(old) = TokenHash::from_hex(&s.token_hash) {
+                self.invalidate_token(&old).await;
+            }
+            let Some(user) = self.load_cached_user(&self.db, user_id).await? else {
+                return Ok(Err(RefreshFailure::Unknown));
+            };
+            let mut model = s;
+            model.token_hash = token.hash.to_hex();
+            model.token_issued_at = now;
+            model.last_active_at = now.max(model.last_active_at);
+            let session = Arc::new(CachedSession::from_model(&model, Some(user), now));
+            self.cache_replace(session.clone()).await;
+            Metrics::inc(&self.metrics.sessions_refreshed);
+            return Ok(Ok(Issued {
+                session,
+                token: token.token,
+                refresh_token: Some(refresh.token),
+            }));
+        }
+        let superseded = session::Entity::find()
+            .filter(session::Column::PreviousRefreshHash.eq(hex))
+            .one(&self.db)
+            .await?;
+        let Some(s) = superseded else {
+            return Ok(Err(RefreshFailure::Unknown));
+        };
+        if s.invalidated {
+            return Ok(Err(RefreshFailure::Unknown));
+        }
+        if now - s.refresh_rotated_at.unwrap_or(0) <= self.lifetimes.grace_ms {
+            return Ok(Err(RefreshFailure::Superseded));
+        }
+        // A rotated-out token used after the grace window: assume it was stolen, end the session.
+        tracing::warn!(session_id = s.id, "superseded refresh token reused; revoking the session");
+        self.invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.eq(s.id)))
+            .await?;
+        Ok(Err(RefreshFailure::Reused))
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,187 @@
+//! The admin view of sessions: filtered listings with cursor pagination, statistics,
+//! revocation, and the clean-up of expired and invalidated sessions.
+
+use super::directory::Page;
+use super::session::live_condition;
+use super::Services;
+use crate::cache::SessionKind;
+use crate::clock::now_ms;
+use crate::error::AppResult;
+use crate::metrics::Metrics;
+use entity::session;
+use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+/// Filters of the `sessions` listing (already validated).
+#[derive(Default)]
+pub struct SessionFilter {
+    pub user_id: Option<i64>,
+    pub kind: Option<SessionKind>,
+    pub channel_id: Option<i64>,
+    pub active_order_id: Option<i64>,
+    pub include_expired: bool,
+    pub include_invalidated: bool,
+}
+
+impl Services {
+    fn filter_condition(&self, f: &SessionFilter, now: i64) -> Condition {
+        let mut cond = Condition::all();
+        if let Some(id) = f.user_id {
+            cond = cond.add(session::Column::UserId.eq(id));
+        }
+        if let Some(kind) = f.kind {
+            cond = cond.add(session::Column::Kind.eq(kind.as_db()));
+        }
+        if let Some(id) = f.channel_id {
+            // A session without an active channel is in the default channel.
+            cond = if id == self.default_channel.id {
+                cond.add(
+                    Condition::any()
+                        .add(session::Column::ActiveChannelId.eq(id))
+                        .add(session::Column::ActiveChannelId.is_null()),
+                )
+            } else {
+                cond.add(session::Column::ActiveChannelId.eq(id))
+            };
+        }
+        if let Some(id) = f.active_order_id {
+            cond = cond.add(session::Column::ActiveOrderId.eq(id));
+        }
+        if !f.include_invalidated {
+            cond = cond.add(session::Column::Invalidated.eq(false));
+        }
+        if !f.include_expired {
+            cond = cond
+                .add(session::Column::LastActiveAt.gt(now - self.lifetimes.idle_ms))
+                .add(session::Column::AbsoluteExpiresAt.gt(now));
+        }
+        cond
+    }
+
+    /// Sessions newest first; `after` is the id of the last session of the previous page.
+    pub async fn list_sessions(&self, f: &SessionFilter, first: u64, after: Option<i64>) -> AppResult<Page<session::Model>> {
+        let cond = self.filter_condition(f, now_ms());
+        let total = session::Entity::find()
+            .filter(cond.clone())
+            .count(&self.db)
+            .await?;
+        let mut q = session::Entity::find()
+            .filter(cond)
+            .order_by_desc(session::Column::Id);
+        if let Some(after) = after {
+            q = q.filter(session::Column::Id.lt(after));
+        }
+        let mut items = q.limit(first + 1).all(&self.db).await?;
+        let has_next = items.len() as u64 > first;
+        items.truncate(first as usize);
+        Ok(Page {
+            items,
+            total,
+            has_next,
+            has_previous: after.is_some(),
+        })
+    }
+
+    pub async fn session_by_id(&self, id: i64) -> AppResult<Option<session::Model>> {
+        Ok(session::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    /// The live sessions of one user, newest first.
+    pub async fn sessions_of_user(&self, user_id: i64) -> AppResult<Vec<session::Model>> {
+        Ok(session::Entity::find()
+            .filter(live_condition(now_ms(), &self.lifetimes))
+            .filter(session::Column::UserId.eq(user_id))
+            .order_by_desc(session::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn count_live_sessions(&self, user_id: i64) -> AppResult<u64> {
+        Ok(session::Entity::find()
+            .filter(live_condition(now_ms(), &self.lifetimes))
+            .filter(session::Column::UserId.eq(user_id))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Revokes one session; `owner` restricts it to that user's sessions. False when there is
+    /// no such (live) session.
+    pub async fn revoke_session(&self, id: i64, owner: Option<i64>) -> AppResult<bool> {
+        let mut cond = Condition::all().add(session::Column::Id.eq(id));
+        if let Some(user_id) = owner {
+            cond = cond.add(session::Column::UserId.eq(user_id));
+        }
+        Ok(self.invalidate_sessions(cond).await? > 0)
+    }
+
+    pub async fn revoke_sessions_by_active_order(&self, order_id: i64) -> AppResult<u64> {
+        self.invalidate_sessions(Condition::all().add(session::Column::ActiveOrderId.eq(order_id)))
+            .await
+    }
+
+    /// `(anonymous live, authenticated live, expired awaiting clean-up, invalidated)`.
+    pub async fn session_stats(&self) -> AppResult<(u64, u64, u64, u64)> {
+        let now = now_ms();
+        let live = live_condition(now, &self.lifetimes);
+        let count = |cond: Condition| session::Entity::find().filter(cond).count(&self.db);
+        let anonymous = count(live.clone().add(session::Column::Kind.eq(SessionKind::Anonymous.as_db()))).await?;
+        let authenticated = count(live.add(session::Column::Kind.eq(SessionKind::Authenticated.as_db()))).await?;
+        let expired = count(
+            Condition::all().add(session::Column::Invalidated.eq(false)).add(
+                Condition::any()
+                    .add(session::Column::LastActiveAt.lte(now - self.lifetimes.idle_ms))
+                    .add(session::Column::AbsoluteExpiresAt.lte(now)),
+            ),
+        )
+        .await?;
+        let invalidated = count(Condition::all().add(session::Column::Invalidated.eq(true))).await?;
+        Ok((anonymous, authenticated, expired, invalidated))
+    }
+
+    /// Deletes expired and invalidated sessions in batches of `CLEANUP_BATCH_SIZE` until none
+    /// is left; returns how many were deleted.
+    pub async fn clean_up_expired_sessions(&self) -> AppResult<u64> {
+        let now = now_ms();
+        // The stored activity may lag by up to the write interval: never delete a session that
+        // could still be in use.
+        let idle_cutoff = now - self.lifetimes.idle_ms - self.lifetimes.write_interval_ms;
+        let doomed = Condition::any()
+            .add(session::Column::Invalidated.eq(true))
+            .add(session::Column::LastActiveAt.lt(idle_cutoff))
+            .add(session::Column::AbsoluteExpiresAt.lte(now));
+        let mut total = 0u64;
+        loop {
+            let ids: Vec<i64> = session::Entity::find()
+                .select_only()
+                .column(session::Column::Id)
+                .filter(doomed.clone())
+                .order_by_asc(session::Column::Id)
+                .limit(self.config.cleanup_batch_size)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            // Guest orders keep existing without their session.
+            entity::order::Entity::update_many()
+                .col_expr(
+                    entity::order::Column::SessionId,
+                    sea_orm::sea_query::Expr::value(Option::<i64>::None),
+                )
+                .filter(entity::order::Column::SessionId.is_in(ids.clone()))
+                .exec(&self.db)
+                .await?;
+            let deleted = session::Entity::delete_many()
+                .filter(session::Column::Id.is_in(ids))
+                .exec(&self.db)
+                .await?;
+            total += deleted.rows_affected;
+            tokio::task::yield_now().await;
+        }
+        Metrics::add(&self.metrics.sessions_cleaned_up, total);
+        if total > 0 {
+            tracing::info!(deleted = total, "cleaned up expired and invalidated sessions");
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,279 @@
+//! Building and running the application: database connection and migrations, the cache
+//! strategy, bootstrap data (default channel, `SUPER_ADMIN` role, superadmin user), background
+//! tasks, and the HTTP listener.
+
+use crate::cache::{MemoryCache, RedisCache, SessionCache};
+use crate::clock::now_ms;
+use crate::config::{CacheMode, Config};
+use crate::error::AppError;
+use crate::graphql::build_schema;
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::permission::{Permission, PermissionSet};
+use crate::service::{activity::ActivityWriter, auth, directory, session::Lifetimes, Services, SharedServices};
+use entity::{channel, role, user, user_role};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, QueryFilter};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(thiserror::Error, Debug)]
+pub enum StartupError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to the database: {0}")]
+    Database(#[source] sea_orm::DbErr),
+    #[error("cannot apply database migrations: {0}")]
+    Migration(#[source] sea_orm::DbErr),
+    #[error("cannot connect to Redis: {0}")]
+    Redis(#[source] crate::cache::CacheError),
+    #[error("cannot create the default channel, role or superadmin: {0}")]
+    Bootstrap(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    port: u16,
+}
+
+/// Connects with settings that suit each backend (WAL and a busy timeout for SQLite).
+pub async fn connect_database(url: &str, max_connections: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    Database::connect(opts).await
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        config.validate().map_err(StartupError::Config)?;
+        let db = connect_database(&config.database_url, config.database_max_connections)
+            .await
+            .map_err(StartupError::Database)?;
+        Migrator::up(&db, None).await.map_err(StartupError::Migration)?;
+
+        let redis = match &config.redis_url {
+            Some(url) if config.session_cache != CacheMode::Memory => Some(Arc::new(
+                RedisCache::connect(url, &config.redis_key_prefix, config.redis_timeout)
+                    .await
+                    .map_err(StartupError::Redis)?,
+            )),
+            _ => None,
+        };
+        let cache: Arc<dyn SessionCache> = match (config.session_cache, &redis) {
+            (CacheMode::Memory, _) | (_, None) => {
+                Arc::new(MemoryCache::new(config.session_cache_capacity, config.session_cache_ttl))
+            }
+            (CacheMode::Redis, Some(r)) => r.clone(),
+            (CacheMode::Tiered, Some(_)) => {
+                return Err(StartupError::Config(
+                    "SESSION_CACHE=tiered is not available yet; use memory or redis".into(),
+                ))
+            }
+        };
+
+        let passwords = auth::Passwords::new()
+            .await
+            .map_err(|e| StartupError::Bootstrap(e.client_message()))?;
+        let channels = directory::ChannelDirectory::default();
+        let boot = bootstrap(&db, &passwords, &config)
+            .await
+            .map_err(|e| StartupError::Bootstrap(format!("{e:?}")))?;
+
+        // Activity is flushed at least every second, and often enough to honour short intervals.
+        let flush_every = (config.session_activity_write_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let services: SharedServices = Arc::new(Services {
+            lifetimes: Lifetimes::new(&config, flush_every),
+            unknown_tokens: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(config.session_cache_ttl.min(Duration::from_secs(300)))
+                .build(),
+            cache_epoch: AtomicU64::new(0),
+            activity: ActivityWriter::start(db.clone(), flush_every),
+            throttle: auth::LoginThrottle::new(
+                config.login_window,
+                config.login_max_attempts,
+                config.login_max_attempts_per_address,
+            ),
+            metrics: Arc::new(Metrics::default()),
+            default_channel: Arc::new(boot.default_channel),
+            super_admin_role_id: boot.super_admin_role_id,
+            superadmin_user_id: boot.superadmin_user_id,
+            channels,
+            passwords,
+            cache,
+            redis,
+            db,
+            config,
+        });
+
+        let addr = services.config.bind;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?.port();
+        spawn_cleanup(services.clone());
+        let schema = build_schema(services.clone());
+        Ok(Application {
+            listener,
+            state: AppState { services, schema },
+            port,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn services(&self) -> SharedServices {
+        self.state.services.clone()
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests and writes pending
+    /// session activity.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let services = self.state.services.clone();
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        tracing::info!(port = self.port, "session-server listening");
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        services.activity.flush().await;
+        served
+    }
+}
+
+/// Deletes expired and invalidated sessions every `CLEANUP_INTERVAL`.
+fn spawn_cleanup(services: SharedServices) {
+    let every = services.config.cleanup_interval;
+    let weak = Arc::downgrade(&services);
+    drop(services);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            // Stop once the application is gone (tests build many in one process).
+            let Some(services) = weak.upgrade() else { return };
+            if let Err(e) = services.clean_up_expired_sessions().await {
+                tracing::warn!(error = %e.client_message(), "background session clean-up failed");
+            }
+        }
+    });
+}
+
+struct Bootstrapped {
+    default_channel: channel::Model,
+    super_admin_role_id: i64,
+    superadmin_user_id: i64,
+}
+
+/// Makes sure the default channel, the `SUPER_ADMIN` role and the superadmin user exist. Safe
+/// to run concurrently from several instances: a lost insert race re-reads the winner's row.
+async fn bootstrap(db: &DatabaseConnection, passwords: &auth::Passwords, config: &Config) -> Result<Bootstrapped, AppError> {
+    let now = now_ms();
+    let find_channel = || channel::Entity::find().filter(channel::Column::Code.eq("default")).one(db);
+    let default_channel = match find_channel().await? {
+        Some(c) => c,
+        None => {
+            let inserted = channel::Entity::insert(channel::ActiveModel {
+                code: Set("default".into()),
+                token: Set(crate::token::random_string(16)),
+                created_at: Set(now),
+                ..Default::default()
+            })
+            .exec_with_returning(db)
+            .await;
+            match inserted {
+                Ok(c) => c,
+                Err(_) => find_channel().await?.ok_or_else(|| AppError::internal("default channel missing"))?,
+            }
+        }
+    };
+
+    let find_role = || role::Entity::find().filter(role::Column::Code.eq("SUPER_ADMIN")).one(db);
+    let super_role = match find_role().await? {
+        Some(r) => r,
+        None => {
+            let all: PermissionSet = Permission::ALL.into_iter().collect();
+            let inserted = role::Entity::insert(role::ActiveModel {
+                code: Set("SUPER_ADMIN".into()),
+                description: Set("Super administrator: every permission in every channel".into()),
+                permissions: Set(all.to_stored()),
+                created_at: Set(now),
+                ..Default::default()
+            })
+            .exec_with_returning(db)
+            .await;
+            match inserted {
+                Ok(r) => r,
+                Err(_) => find_role().await?.ok_or_else(|| AppError::internal("SUPER_ADMIN role missing"))?,
+            }
+        }
+    };
+    let channel_ids: Vec<i64> = channel::Entity::find().all(db).await?.into_iter().map(|c| c.id).collect();
+    directory::link_channels(db, super_role.id, &channel_ids).await?;
+
+    let identifier = config.superadmin_identifier.trim();
+    let find_user = || user::Entity::find().filter(user::Column::Identifier.eq(identifier)).one(db);
+    let admin = match find_user().await? {
+        Some(u) => u,
+        None => {
+            let hash = passwords.hash(&config.superadmin_password).await?;
+            let inserted = user::Entity::insert(user::ActiveModel {
+                identifier: Set(identifier.to_string()),
+                password_hash: Set(hash),
+                verified: Set(true),
+                created_at: Set(now),
+                last_login_at: Set(None),
+                ..Default::default()
+            })
+            .exec_with_returning(db)
+            .await;
+            match inserted {
+                Ok(u) => u,
+                Err(_) => find_user().await?.ok_or_else(|| AppError::internal("superadmin missing"))?,
+            }
+        }
+    };
+    let linked = user_role::Entity::find()
+        .filter(user_role::Column::UserId.eq(admin.id))
+        .filter(user_role::Column::RoleId.eq(super_role.id))
+        .one(db)
+        .await?;
+    if linked.is_none() {
+        let _ = user_role::Entity::insert(user_role::ActiveModel {
+            user_id: Set(admin.id),
+            role_id: Set(super_role.id),
+        })
+        .exec(db)
+        .await;
+    }
+    if config.superadmin_password == "superadmin" {
+        tracing::warn!(
+            "SUPERADMIN_PASSWORD is the default 'superadmin': set a strong password before exposing this server"
+        );
+    }
+    Ok(Bootstrapped {
+        default_channel,
+        super_admin_role_id: super_role.id,
+        superadmin_user_id: admin.id,
+    })
+}

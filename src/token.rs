@@ -1,0 +1,132 @@
+//! Session and refresh tokens: 32 bytes from the OS random source, base64url without padding.
+//!
+//! Only the SHA-256 of a token is ever stored, cached or compared; a malformed token is rejected
+//! here, before it can reach a cache or the database.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Length of an encoded token: 32 bytes in unpadded base64url.
+pub const TOKEN_LEN: usize = 43;
+
+/// SHA-256 digest of a token: the only form in which a token is stored or cached.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(TokenHash(out))
+    }
+}
+
+/// Logs and debug output show a short digest prefix only, never enough to look a session up.
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({}…)", &hex::encode(&self.0[..4]))
+    }
+}
+
+impl serde::Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        TokenHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("invalid token hash"))
+    }
+}
+
+/// A freshly issued token and its digest. The token goes to the client once and is then dropped.
+pub struct IssuedToken {
+    pub token: String,
+    pub hash: TokenHash,
+}
+
+/// Fill `buf` from the operating system's random source.
+pub fn os_random(buf: &mut [u8]) {
+    // The OS source failing is unrecoverable: issuing a predictable token would be worse.
+    rand::rngs::OsRng
+        .try_fill_bytes(buf)
+        .expect("the operating system's random source failed");
+}
+
+/// A new random token (256 bits of entropy).
+pub fn generate() -> IssuedToken {
+    let mut bytes = [0u8; 32];
+    os_random(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = TokenHash::of(&token);
+    IssuedToken { token, hash }
+}
+
+/// A random URL-safe string of `bytes` random bytes, for channel tokens and order codes.
+pub fn random_string(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    os_random(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Validates the shape of a presented token (length, alphabet, canonical encoding) and returns
+/// its digest, or `None` for anything malformed.
+pub fn parse(raw: &str) -> Option<TokenHash> {
+    if raw.len() != TOKEN_LEN {
+        return None;
+    }
+    let mut decoded = [0u8; 33];
+    // The decoder rejects characters outside the alphabet and non-zero trailing bits.
+    match URL_SAFE_NO_PAD.decode_slice(raw.as_bytes(), &mut decoded) {
+        Ok(32) => Some(TokenHash::of(raw)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_and_hash_consistently() {
+        let t = generate();
+        assert_eq!(t.token.len(), TOKEN_LEN);
+        assert_eq!(parse(&t.token), Some(t.hash));
+        assert_ne!(generate().token, t.token);
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        let t = generate().token;
+        assert_eq!(parse(&t[..42]), None);
+        assert_eq!(parse(&format!("{t}A")), None);
+        let mut bad = t.clone();
+        bad.replace_range(0..1, "!");
+        assert_eq!(parse(&bad), None);
+        // Non-canonical trailing bits: 'B' sets a bit the encoding of 32 bytes leaves zero.
+        let mut noncanon = t[..42].to_string();
+        noncanon.push('B');
+        assert_eq!(parse(&noncanon), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let h = generate().hash;
+        assert_eq!(TokenHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(TokenHash::from_hex("zz"), None);
+    }
+}
