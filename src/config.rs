@@ -59,7 +59,11 @@ fn parse_token_methods(s: &str) -> Result<TokenMethods, String> {
         match part.to_ascii_lowercase().as_str() {
             "cookie" => methods.cookie = true,
             "bearer" => methods.bearer = true,
-            other => return Err(format!("unknown token method '{other}': use cookie, bearer or cookie,bearer")),
+            other => {
+                return Err(format!(
+                    "unknown token method '{other}': use cookie, bearer or cookie,bearer"
+                ))
+            }
         }
     }
     if !methods.cookie && !methods.bearer {
@@ -171,12 +175,22 @@ pub struct Config {
     pub superadmin_identifier: String,
 
     /// Password of the superadmin user created on first start.
-    #[arg(long, env = "SUPERADMIN_PASSWORD", default_value = "superadmin", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SUPERADMIN_PASSWORD",
+        default_value = "superadmin",
+        hide_env_values = true
+    )]
     pub superadmin_password: String,
 
     /// Browser origins allowed to call the API with credentials (comma-separated). Empty: any
     /// origin may call without credentials (bearer tokens), none with cookies.
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub cors_allowed_origins: Vec<String>,
 
     /// Log filter in `tracing` syntax.
@@ -201,7 +215,10 @@ impl Config {
             ("SESSION_IDLE_TIMEOUT", self.session_idle_timeout),
             ("SESSION_ABSOLUTE_TIMEOUT", self.session_absolute_timeout),
             ("SESSION_CACHE_TTL", self.session_cache_ttl),
-            ("SESSION_ACTIVITY_WRITE_INTERVAL", self.session_activity_write_interval),
+            (
+                "SESSION_ACTIVITY_WRITE_INTERVAL",
+                self.session_activity_write_interval,
+            ),
             ("LOGIN_WINDOW", self.login_window),
             ("CLEANUP_INTERVAL", self.cleanup_interval),
             ("REDIS_TIMEOUT", self.redis_timeout),
@@ -228,7 +245,9 @@ impl Config {
             return Err("CLEANUP_BATCH_SIZE must be at least 1".into());
         }
         if self.login_max_attempts == 0 || self.login_max_attempts_per_address == 0 {
-            return Err("LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1".into());
+            return Err(
+                "LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1".into(),
+            );
         }
         if self.session_cache != CacheMode::Memory && self.redis_url.is_none() {
             return Err(format!(
@@ -258,7 +277,9 @@ mod tests {
         }
         let mut argv = vec!["session-server"];
         argv.extend_from_slice(args);
-        let c = Only::try_parse_from(argv).map_err(|e| e.to_string())?.config;
+        let c = Only::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .config;
         c.validate()?;
         Ok(c)
     }

@@ -112,13 +112,17 @@ impl AppError {
 
 /// True when an error means the database cannot be reached, rather than a bad statement.
 fn is_unavailable(err: &DbErr) -> bool {
-    use sea_orm::RuntimeErr;
     use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::RuntimeErr;
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
             e.as_ref(),
-            Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Tls(_)
+            Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Tls(_)
         ),
         _ => false,
     }

@@ -115,6 +115,9 @@ mod tests {
         assert_eq!(PermissionSet::from_stored(&set.to_stored()), set);
         assert!(set.contains(Permission::ReadSession));
         assert!(!set.contains(Permission::SuperAdmin));
-        assert_eq!(PermissionSet::from_stored("BOGUS,,READ_USER").to_vec(), vec![Permission::ReadUser]);
+        assert_eq!(
+            PermissionSet::from_stored("BOGUS,,READ_USER").to_vec(),
+            vec![Permission::ReadUser]
+        );
     }
 }

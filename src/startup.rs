@@ -10,10 +10,15 @@ use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::permission::{Permission, PermissionSet};
-use crate::service::{activity::ActivityWriter, auth, directory, session::Lifetimes, Services, SharedServices};
+use crate::service::{
+    activity::ActivityWriter, auth, directory, session::Lifetimes, Services, SharedServices,
+};
 use entity::{channel, role, user, user_role};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
+    QueryFilter,
+};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -34,7 +39,10 @@ pub enum StartupError {
     #[error("cannot create the default channel, role or superadmin: {0}")]
     Bootstrap(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct Application {
@@ -44,7 +52,10 @@ pub struct Application {
 }
 
 /// Connects with settings that suit each backend (WAL and a busy timeout for SQLite).
-pub async fn connect_database(url: &str, max_connections: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
+pub async fn connect_database(
+    url: &str,
+    max_connections: u32,
+) -> Result<DatabaseConnection, sea_orm::DbErr> {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.max_connections(max_connections)
         .min_connections(1)
@@ -67,7 +78,9 @@ impl Application {
         let db = connect_database(&config.database_url, config.database_max_connections)
             .await
             .map_err(StartupError::Database)?;
-        Migrator::up(&db, None).await.map_err(StartupError::Migration)?;
+        Migrator::up(&db, None)
+            .await
+            .map_err(StartupError::Migration)?;
 
         let redis = match &config.redis_url {
             Some(url) if config.session_cache != CacheMode::Memory => Some(Arc::new(
@@ -78,9 +91,10 @@ impl Application {
             _ => None,
         };
         let cache: Arc<dyn SessionCache> = match (config.session_cache, &redis) {
-            (CacheMode::Memory, _) | (_, None) => {
-                Arc::new(MemoryCache::new(config.session_cache_capacity, config.session_cache_ttl))
-            }
+            (CacheMode::Memory, _) | (_, None) => Arc::new(MemoryCache::new(
+                config.session_cache_capacity,
+                config.session_cache_ttl,
+            )),
             (CacheMode::Redis, Some(r)) => r.clone(),
             (CacheMode::Tiered, Some(_)) => {
                 return Err(StartupError::Config(
@@ -98,7 +112,8 @@ impl Application {
             .map_err(|e| StartupError::Bootstrap(format!("{e:?}")))?;
 
         // Activity is flushed at least every second, and often enough to honour short intervals.
-        let flush_every = (config.session_activity_write_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let flush_every = (config.session_activity_write_interval / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let services: SharedServices = Arc::new(Services {
             lifetimes: Lifetimes::new(&config, flush_every),
             unknown_tokens: moka::sync::Cache::builder()
@@ -128,7 +143,10 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?
+            .port();
         spawn_cleanup(services.clone());
         let schema = build_schema(services.clone());
         Ok(Application {
@@ -149,11 +167,16 @@ impl Application {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and writes pending
     /// session activity.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let services = self.state.services.clone();
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         tracing::info!(port = self.port, "session-server listening");
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
         services.activity.flush().await;
         served
     }
@@ -171,7 +194,9 @@ fn spawn_cleanup(services: SharedServices) {
         loop {
             tick.tick().await;
             // Stop once the application is gone (tests build many in one process).
-            let Some(services) = weak.upgrade() else { return };
+            let Some(services) = weak.upgrade() else {
+                return;
+            };
             if let Err(e) = services.clean_up_expired_sessions().await {
                 tracing::warn!(error = %e.client_message(), "background session clean-up failed");
             }
@@ -187,9 +212,17 @@ struct Bootstrapped {
 
 /// Makes sure the default channel, the `SUPER_ADMIN` role and the superadmin user exist. Safe
 /// to run concurrently from several instances: a lost insert race re-reads the winner's row.
-async fn bootstrap(db: &DatabaseConnection, passwords: &auth::Passwords, config: &Config) -> Result<Bootstrapped, AppError> {
+async fn bootstrap(
+    db: &DatabaseConnection,
+    passwords: &auth::Passwords,
+    config: &Config,
+) -> Result<Bootstrapped, AppError> {
     let now = now_ms();
-    let find_channel = || channel::Entity::find().filter(channel::Column::Code.eq("default")).one(db);
+    let find_channel = || {
+        channel::Entity::find()
+            .filter(channel::Column::Code.eq("default"))
+            .one(db)
+    };
     let default_channel = match find_channel().await? {
         Some(c) => c,
         None => {
@@ -203,12 +236,18 @@ async fn bootstrap(db: &DatabaseConnection, passwords: &auth::Passwords, config:
             .await;
             match inserted {
                 Ok(c) => c,
-                Err(_) => find_channel().await?.ok_or_else(|| AppError::internal("default channel missing"))?,
+                Err(_) => find_channel()
+                    .await?
+                    .ok_or_else(|| AppError::internal("default channel missing"))?,
             }
         }
     };
 
-    let find_role = || role::Entity::find().filter(role::Column::Code.eq("SUPER_ADMIN")).one(db);
+    let find_role = || {
+        role::Entity::find()
+            .filter(role::Column::Code.eq("SUPER_ADMIN"))
+            .one(db)
+    };
     let super_role = match find_role().await? {
         Some(r) => r,
         None => {
@@ -224,15 +263,26 @@ async fn bootstrap(db: &DatabaseConnection, passwords: &auth::Passwords, config:
             .await;
             match inserted {
                 Ok(r) => r,
-                Err(_) => find_role().await?.ok_or_else(|| AppError::internal("SUPER_ADMIN role missing"))?,
+                Err(_) => find_role()
+                    .await?
+                    .ok_or_else(|| AppError::internal("SUPER_ADMIN role missing"))?,
             }
         }
     };
-    let channel_ids: Vec<i64> = channel::Entity::find().all(db).await?.into_iter().map(|c| c.id).collect();
+    let channel_ids: Vec<i64> = channel::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     directory::link_channels(db, super_role.id, &channel_ids).await?;
 
     let identifier = config.superadmin_identifier.trim();
-    let find_user = || user::Entity::find().filter(user::Column::Identifier.eq(identifier)).one(db);
+    let find_user = || {
+        user::Entity::find()
+            .filter(user::Column::Identifier.eq(identifier))
+            .one(db)
+    };
     let admin = match find_user().await? {
         Some(u) => u,
         None => {
@@ -249,7 +299,9 @@ async fn bootstrap(db: &DatabaseConnection, passwords: &auth::Passwords, config:
             .await;
             match inserted {
                 Ok(u) => u,
-                Err(_) => find_user().await?.ok_or_else(|| AppError::internal("superadmin missing"))?,
+                Err(_) => find_user()
+                    .await?
+                    .ok_or_else(|| AppError::internal("superadmin missing"))?,
             }
         }
     };

@@ -289,16 +289,40 @@ impl MigrationTrait for Migration {
 
         for stmt in [
             index("idx_session_user", Session::Table, &["user_id"]),
-            index("idx_session_prev_refresh", Session::Table, &["previous_refresh_hash"]),
-            index("idx_session_active_order", Session::Table, &["active_order_id"]),
-            index("idx_session_active_channel", Session::Table, &["active_channel_id"]),
+            index(
+                "idx_session_prev_refresh",
+                Session::Table,
+                &["previous_refresh_hash"],
+            ),
+            index(
+                "idx_session_active_order",
+                Session::Table,
+                &["active_order_id"],
+            ),
+            index(
+                "idx_session_active_channel",
+                Session::Table,
+                &["active_channel_id"],
+            ),
             // Expiry clean-up and the live/expired filters of the admin listing.
-            index("idx_session_last_active", Session::Table, &["last_active_at"]),
-            index("idx_session_absolute_expiry", Session::Table, &["absolute_expires_at"]),
+            index(
+                "idx_session_last_active",
+                Session::Table,
+                &["last_active_at"],
+            ),
+            index(
+                "idx_session_absolute_expiry",
+                Session::Table,
+                &["absolute_expires_at"],
+            ),
             index("idx_session_invalidated", Session::Table, &["invalidated"]),
             index("idx_order_user", Order::Table, &["user_id"]),
             index("idx_order_session", Order::Table, &["session_id"]),
-            index("idx_role_channel_channel", RoleChannel::Table, &["channel_id"]),
+            index(
+                "idx_role_channel_channel",
+                RoleChannel::Table,
+                &["channel_id"],
+            ),
         ] {
             manager.create_index(stmt).await?;
         }

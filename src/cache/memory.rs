@@ -37,14 +37,16 @@ impl MemoryCache {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
-            .eviction_listener(move |key: Arc<TokenHash>, value: Arc<CachedSession>, cause| {
-                // A replacement keeps the key cached: its index entry must stay.
-                if cause != RemovalCause::Replaced {
-                    if let Some(user_id) = value.user_id() {
-                        unindex(&index, user_id, &key);
+            .eviction_listener(
+                move |key: Arc<TokenHash>, value: Arc<CachedSession>, cause| {
+                    // A replacement keeps the key cached: its index entry must stay.
+                    if cause != RemovalCause::Replaced {
+                        if let Some(user_id) = value.user_id() {
+                            unindex(&index, user_id, &key);
+                        }
                     }
-                }
-            })
+                },
+            )
             .build();
         MemoryCache { entries, by_user }
     }
@@ -150,11 +152,20 @@ mod tests {
     async fn capacity_bound_holds_under_more_inserts() {
         let cache = MemoryCache::new(100, Duration::from_secs(60));
         for i in 0..1000 {
-            cache.set(session(Some(i % 7)), Duration::from_secs(60)).await.unwrap();
+            cache
+                .set(session(Some(i % 7)), Duration::from_secs(60))
+                .await
+                .unwrap();
         }
         assert!(cache.entry_count() <= 100, "held {}", cache.entry_count());
         // Evicted entries leave the user index too, so it cannot grow without bound either.
-        let indexed: usize = cache.by_user.lock().unwrap().values().map(|s| s.len()).sum();
+        let indexed: usize = cache
+            .by_user
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| s.len())
+            .sum();
         assert!(indexed <= 100, "index held {indexed}");
     }
 

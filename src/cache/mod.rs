@@ -87,9 +87,10 @@ pub struct CachedUser {
 impl CachedUser {
     /// Whether the user holds `SUPER_ADMIN` in any channel: that passes every check.
     pub fn is_super_admin(&self) -> bool {
-        self.channels
-            .iter()
-            .any(|c| c.permissions.contains(crate::permission::Permission::SuperAdmin))
+        self.channels.iter().any(|c| {
+            c.permissions
+                .contains(crate::permission::Permission::SuperAdmin)
+        })
     }
 
     pub fn permissions_in(&self, channel_id: i64) -> PermissionSet {

@@ -68,7 +68,10 @@ impl RedisCache {
         format!("{}u:{}", self.prefix, user_id)
     }
 
-    async fn bounded<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(CacheError::Timeout(self.timeout)),
@@ -78,7 +81,9 @@ impl RedisCache {
     /// Answers PING within the timeout (for `/health`).
     pub async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(|_| ())
+        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -108,9 +113,20 @@ impl SessionCache for RedisCache {
             let index = self.user_key(user_id);
             // The index outlives every member it names; stale members point at expired keys
             // and go when the index itself expires.
-            pipe.cmd("SADD").arg(&index).arg(session.token_hash.to_hex()).ignore();
-            pipe.cmd("PEXPIRE").arg(&index).arg(ttl_ms.max(1)).arg("GT").ignore();
-            pipe.cmd("PEXPIRE").arg(&index).arg(ttl_ms.max(1)).arg("NX").ignore();
+            pipe.cmd("SADD")
+                .arg(&index)
+                .arg(session.token_hash.to_hex())
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&index)
+                .arg(ttl_ms.max(1))
+                .arg("GT")
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&index)
+                .arg(ttl_ms.max(1))
+                .arg("NX")
+                .ignore();
         }
         let mut conn = self.conn.clone();
         self.bounded(pipe.query_async::<()>(&mut conn)).await
@@ -126,7 +142,9 @@ impl SessionCache for RedisCache {
         let session_prefix = format!("{}s:", self.prefix);
         let mut invocation = self.delete_user_script.key(self.user_key(user_id));
         invocation.arg(session_prefix);
-        self.bounded(invocation.invoke_async::<i64>(&mut conn)).await.map(|_| ())
+        self.bounded(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
     }
 
     async fn clear(&self) -> Result<(), CacheError> {

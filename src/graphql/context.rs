@@ -45,7 +45,10 @@ impl RequestContext {
     }
 
     pub fn session(&self) -> Option<Arc<CachedSession>> {
-        self.session.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_session(&self, s: Option<Arc<CachedSession>>) {
@@ -90,12 +93,16 @@ pub fn require_user(ctx: &Context<'_>) -> Result<Arc<CachedSession>, AppError> {
 }
 
 /// The caller's session if they hold `permission` in the request's channel (or `SUPER_ADMIN`).
-pub fn require_permission(ctx: &Context<'_>, permission: Permission) -> Result<Arc<CachedSession>, AppError> {
+pub fn require_permission(
+    ctx: &Context<'_>,
+    permission: Permission,
+) -> Result<Arc<CachedSession>, AppError> {
     let s = require_user(ctx)?;
     let channel_id = ctx.request_ctx()?.channel.id;
-    let allowed = s.user.as_ref().is_some_and(|u| {
-        u.is_super_admin() || u.permissions_in(channel_id).contains(permission)
-    });
+    let allowed = s
+        .user
+        .as_ref()
+        .is_some_and(|u| u.is_super_admin() || u.permissions_in(channel_id).contains(permission));
     if !allowed {
         return Err(AppError::forbidden(format!(
             "the {} permission is required in this channel",
@@ -106,7 +113,14 @@ pub fn require_permission(ctx: &Context<'_>, permission: Permission) -> Result<A
 }
 
 /// Session cookie attributes shared by setting and clearing.
-fn cookie(name: &str, value: &str, same_site: &str, path: &str, secure: bool, max_age: Option<i64>) -> String {
+fn cookie(
+    name: &str,
+    value: &str,
+    same_site: &str,
+    path: &str,
+    secure: bool,
+    max_age: Option<i64>,
+) -> String {
     let mut c = format!("{name}={value}; HttpOnly; SameSite={same_site}; Path={path}");
     if secure {
         c.push_str("; Secure");
@@ -122,7 +136,14 @@ pub fn session_cookie(token: &str, secure: bool, max_age: Option<i64>) -> String
 }
 
 pub fn refresh_cookie(token: &str, secure: bool, max_age: Option<i64>) -> String {
-    cookie("session_refresh", token, "Strict", "/graphql", secure, max_age)
+    cookie(
+        "session_refresh",
+        token,
+        "Strict",
+        "/graphql",
+        secure,
+        max_age,
+    )
 }
 
 /// Hands newly issued tokens to the client: `session-token` / `refresh-token` headers, and in
@@ -139,9 +160,15 @@ pub fn issue_tokens(ctx: &Context<'_>, issued: &Issued) -> Result<(), AppError> 
             .session
             .remember_me
             .then(|| config.session_absolute_timeout.as_secs() as i64);
-        ctx.append_http_header("set-cookie", session_cookie(&issued.token, config.cookie_secure, max_age));
+        ctx.append_http_header(
+            "set-cookie",
+            session_cookie(&issued.token, config.cookie_secure, max_age),
+        );
         if let Some(refresh) = &issued.refresh_token {
-            ctx.append_http_header("set-cookie", refresh_cookie(refresh, config.cookie_secure, max_age));
+            ctx.append_http_header(
+                "set-cookie",
+                refresh_cookie(refresh, config.cookie_secure, max_age),
+            );
         }
     }
     ctx.request_ctx()?.set_session(Some(issued.session.clone()));

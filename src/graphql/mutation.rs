@@ -1,7 +1,8 @@
 //! Mutation resolvers: validate, call one service function, map the result.
 
 use super::context::{
-    clear_cookies, issue_tokens, require_permission, require_session, require_user, services, CtxExt,
+    clear_cookies, issue_tokens, require_permission, require_session, require_user, services,
+    CtxExt,
 };
 use super::types::*;
 use crate::error::AppError;
@@ -42,7 +43,13 @@ impl Mutation {
         let req = ctx.request_ctx()?;
         let svc = services(ctx)?;
         let outcome = svc
-            .login(&username, &password, remember_me.unwrap_or(false), req.session(), &req.client)
+            .login(
+                &username,
+                &password,
+                remember_me.unwrap_or(false),
+                req.session(),
+                &req.client,
+            )
             .await?;
         Ok(match outcome {
             LoginOutcome::Success { issued, user } => {
@@ -52,21 +59,23 @@ impl Mutation {
                     session: Session::from_cached(&issued.session),
                 })
             }
-            LoginOutcome::InvalidCredentials => LoginResult::InvalidCredentialsError(InvalidCredentialsError {
-                error_code: "INVALID_CREDENTIALS_ERROR".into(),
-                message: "the identifier or password is not correct".into(),
-            }),
+            LoginOutcome::InvalidCredentials => {
+                LoginResult::InvalidCredentialsError(InvalidCredentialsError {
+                    error_code: "INVALID_CREDENTIALS_ERROR".into(),
+                    message: "the identifier or password is not correct".into(),
+                })
+            }
             LoginOutcome::NotVerified => LoginResult::NotVerifiedError(NotVerifiedError {
                 error_code: "NOT_VERIFIED_ERROR".into(),
                 message: "this account has not been verified".into(),
             }),
-            LoginOutcome::TooManyAttempts { retry_after_seconds } => {
-                LoginResult::TooManyAttemptsError(TooManyAttemptsError {
-                    error_code: "TOO_MANY_ATTEMPTS_ERROR".into(),
-                    message: "too many failed logins; try again later".into(),
-                    retry_after_seconds: retry_after_seconds.min(i32::MAX as i64) as i32,
-                })
-            }
+            LoginOutcome::TooManyAttempts {
+                retry_after_seconds,
+            } => LoginResult::TooManyAttemptsError(TooManyAttemptsError {
+                error_code: "TOO_MANY_ATTEMPTS_ERROR".into(),
+                message: "too many failed logins; try again later".into(),
+                retry_after_seconds: retry_after_seconds.min(i32::MAX as i64) as i32,
+            }),
         })
     }
 
@@ -86,16 +95,24 @@ impl Mutation {
     /// Ends every session of the logged-in user; returns how many were live.
     async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
         let s = require_user(ctx)?;
-        let n = services(ctx)?.end_user_sessions(s.user_id().unwrap_or_default()).await?;
+        let n = services(ctx)?
+            .end_user_sessions(s.user_id().unwrap_or_default())
+            .await?;
         ctx.request_ctx()?.set_session(None);
         clear_cookies(ctx)?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
     /// Rotates the session and refresh tokens (argument, else the `session_refresh` cookie).
-    async fn refresh_session(&self, ctx: &Context<'_>, refresh_token: Option<String>) -> Result<RefreshSessionResult> {
+    async fn refresh_session(
+        &self,
+        ctx: &Context<'_>,
+        refresh_token: Option<String>,
+    ) -> Result<RefreshSessionResult> {
         let req = ctx.request_ctx()?;
-        let presented = refresh_token.or_else(|| req.refresh_cookie.clone()).unwrap_or_default();
+        let presented = refresh_token
+            .or_else(|| req.refresh_cookie.clone())
+            .unwrap_or_default();
         let svc = services(ctx)?;
         Ok(match svc.refresh_session(&presented).await? {
             Ok(issued) => {
@@ -110,26 +127,37 @@ impl Mutation {
                     session: Session::from_cached(&issued.session),
                 })
             }
-            Err(reason) => RefreshSessionResult::InvalidRefreshTokenError(InvalidRefreshTokenError {
-                error_code: "INVALID_REFRESH_TOKEN_ERROR".into(),
-                message: match reason {
-                    crate::service::session::RefreshFailure::Unknown => "the refresh token is not valid",
-                    crate::service::session::RefreshFailure::Expired => "the session has expired",
-                    crate::service::session::RefreshFailure::Superseded => {
-                        "the refresh token was already used; use the newest one"
+            Err(reason) => {
+                RefreshSessionResult::InvalidRefreshTokenError(InvalidRefreshTokenError {
+                    error_code: "INVALID_REFRESH_TOKEN_ERROR".into(),
+                    message: match reason {
+                        crate::service::session::RefreshFailure::Unknown => {
+                            "the refresh token is not valid"
+                        }
+                        crate::service::session::RefreshFailure::Expired => {
+                            "the session has expired"
+                        }
+                        crate::service::session::RefreshFailure::Superseded => {
+                            "the refresh token was already used; use the newest one"
+                        }
+                        crate::service::session::RefreshFailure::Reused => {
+                            "a superseded refresh token was reused; the session has been revoked"
+                        }
                     }
-                    crate::service::session::RefreshFailure::Reused => {
-                        "a superseded refresh token was reused; the session has been revoked"
-                    }
-                }
-                .into(),
-                reason: reason.into(),
-            }),
+                    .into(),
+                    reason: reason.into(),
+                })
+            }
         })
     }
 
     /// Changes the caller's password and ends their other sessions.
-    async fn change_password(&self, ctx: &Context<'_>, current_password: String, new_password: String) -> Result<bool> {
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> Result<bool> {
         let s = require_user(ctx)?;
         services(ctx)?
             .change_password(&s, &current_password, &new_password)
@@ -203,8 +231,9 @@ impl Mutation {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
         let order = svc.place_order(&s).await?;
-        ctx.request_ctx()?
-            .set_session(Some(std::sync::Arc::new(s.with_active(None, s.active_channel_id))));
+        ctx.request_ctx()?.set_session(Some(std::sync::Arc::new(
+            s.with_active(None, s.active_channel_id),
+        )));
         Ok(Order(order))
     }
 
@@ -224,10 +253,16 @@ impl Mutation {
     }
 
     /// REVOKE_SESSION. Returns how many live sessions were ended.
-    async fn revoke_sessions_by_active_order(&self, ctx: &Context<'_>, order_id: ID) -> Result<i32> {
+    async fn revoke_sessions_by_active_order(
+        &self,
+        ctx: &Context<'_>,
+        order_id: ID,
+    ) -> Result<i32> {
         require_permission(ctx, Permission::RevokeSession)?;
         let order_id = parse_id(&order_id, "order")?;
-        let n = services(ctx)?.revoke_sessions_by_active_order(order_id).await?;
+        let n = services(ctx)?
+            .revoke_sessions_by_active_order(order_id)
+            .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
@@ -301,7 +336,11 @@ impl Mutation {
     async fn update_role(&self, ctx: &Context<'_>, input: UpdateRoleInput) -> Result<Role> {
         require_permission(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "role")?;
-        let channel_ids = input.channel_ids.as_deref().map(|l| ids(l, "channel")).transpose()?;
+        let channel_ids = input
+            .channel_ids
+            .as_deref()
+            .map(|l| ids(l, "channel"))
+            .transpose()?;
         let updated = services(ctx)?
             .update_role(RoleChanges {
                 id,
@@ -330,7 +369,11 @@ impl Mutation {
     }
 
     /// WRITE_CHANNEL. The token is generated when not given.
-    async fn create_channel(&self, ctx: &Context<'_>, input: CreateChannelInput) -> Result<Channel> {
+    async fn create_channel(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateChannelInput,
+    ) -> Result<Channel> {
         require_permission(ctx, Permission::WriteChannel)?;
         let created = services(ctx)?
             .create_channel(&input.code, input.token.as_deref())

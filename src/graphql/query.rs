@@ -17,7 +17,10 @@ fn opt_id(id: &Option<ID>, what: &str) -> Result<Option<i64>, AppError> {
 impl Query {
     /// The session making this request; null without a valid session.
     async fn active_session(&self, ctx: &Context<'_>) -> Result<Option<Session>> {
-        Ok(ctx.request_ctx()?.session().map(|s| Session::from_cached(&s)))
+        Ok(ctx
+            .request_ctx()?
+            .session()
+            .map(|s| Session::from_cached(&s)))
     }
 
     /// The logged-in user with their permissions per channel; null unless logged in.
@@ -92,13 +95,17 @@ impl Query {
     async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Session>> {
         require_permission(ctx, Permission::ReadSession)?;
         let id = parse_id(&id, "session")?;
-        Ok(services(ctx)?.session_by_id(id).await?.map(Session::from_model))
+        Ok(services(ctx)?
+            .session_by_id(id)
+            .await?
+            .map(Session::from_model))
     }
 
     /// Counts of sessions by state. READ_SESSION.
     async fn session_stats(&self, ctx: &Context<'_>) -> Result<SessionStats> {
         require_permission(ctx, Permission::ReadSession)?;
-        let (anonymous, authenticated, expired, invalidated) = services(ctx)?.session_stats().await?;
+        let (anonymous, authenticated, expired, invalidated) =
+            services(ctx)?.session_stats().await?;
         let clamp = |n: u64| n.min(i32::MAX as u64) as i32;
         Ok(SessionStats {
             anonymous: clamp(anonymous),
@@ -109,7 +116,12 @@ impl Query {
     }
 
     /// Users in id order. READ_USER.
-    async fn users(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<UserConnection> {
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<UserConnection> {
         require_permission(ctx, Permission::ReadUser)?;
         let first = page_size(first)?;
         let after = after.as_deref().map(decode_cursor).transpose()?;
@@ -136,7 +148,12 @@ impl Query {
     /// Every role. READ_USER.
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         require_permission(ctx, Permission::ReadUser)?;
-        Ok(services(ctx)?.list_roles().await?.into_iter().map(Role).collect())
+        Ok(services(ctx)?
+            .list_roles()
+            .await?
+            .into_iter()
+            .map(Role)
+            .collect())
     }
 
     /// Every channel. READ_CHANNEL.

@@ -7,8 +7,8 @@ use crate::clock::rfc3339;
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
 use async_graphql::{
-    ComplexObject, Context, Enum, InputObject, InputValueError, InputValueResult, Object, Result, Scalar,
-    ScalarType, SimpleObject, Union, Value, ID,
+    ComplexObject, Context, Enum, InputObject, InputValueError, InputValueResult, Object, Result,
+    Scalar, ScalarType, SimpleObject, Union, Value, ID,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -41,7 +41,12 @@ pub fn parse_id(id: &ID, what: &str) -> Result<i64, AppError> {
     id.parse::<i64>()
         .ok()
         .filter(|n| *n > 0 && id.len() <= 19)
-        .ok_or_else(|| AppError::bad_input(format!("invalid {what} ID '{}'", super::context::clip(id, 40))))
+        .ok_or_else(|| {
+            AppError::bad_input(format!(
+                "invalid {what} ID '{}'",
+                super::context::clip(id, 40)
+            ))
+        })
 }
 
 fn id(n: i64) -> ID {
@@ -150,7 +155,12 @@ impl Role {
     }
     async fn channels(&self, ctx: &Context<'_>) -> Result<Vec<Channel>> {
         let svc = services(ctx)?;
-        Ok(svc.channels_of_role(self.0.id).await?.into_iter().map(Channel).collect())
+        Ok(svc
+            .channels_of_role(self.0.id)
+            .await?
+            .into_iter()
+            .map(Channel)
+            .collect())
     }
 }
 
@@ -169,7 +179,12 @@ impl User {
     }
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let svc = services(ctx)?;
-        Ok(svc.roles_of_user(self.0.id).await?.into_iter().map(Role).collect())
+        Ok(svc
+            .roles_of_user(self.0.id)
+            .await?
+            .into_iter()
+            .map(Role)
+            .collect())
     }
     async fn created_at(&self) -> DateTime {
         DateTime(self.0.created_at)
@@ -179,7 +194,10 @@ impl User {
     }
     async fn active_session_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let svc = services(ctx)?;
-        Ok(svc.count_live_sessions(self.0.id).await?.min(i32::MAX as u64) as i32)
+        Ok(svc
+            .count_live_sessions(self.0.id)
+            .await?
+            .min(i32::MAX as u64) as i32)
     }
 }
 
@@ -236,7 +254,9 @@ impl Order {
         }
     }
     async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(uid) = self.0.user_id else { return Ok(None) };
+        let Some(uid) = self.0.user_id else {
+            return Ok(None);
+        };
         Ok(services(ctx)?.user_by_id(uid).await?.map(User))
     }
     async fn channel(&self, ctx: &Context<'_>) -> Result<Channel> {
@@ -318,24 +338,33 @@ impl Session {
     }
     /// Whether this is the session making the request.
     async fn current(&self, ctx: &Context<'_>) -> Result<bool> {
-        Ok(ctx.request_ctx()?.session().is_some_and(|s| s.id == self.id))
+        Ok(ctx
+            .request_ctx()?
+            .session()
+            .is_some_and(|s| s.id == self.id))
     }
     async fn invalidated(&self) -> bool {
         self.invalidated
     }
     async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(uid) = self.user_id else { return Ok(None) };
+        let Some(uid) = self.user_id else {
+            return Ok(None);
+        };
         Ok(services(ctx)?.user_by_id(uid).await?.map(User))
     }
     async fn authentication_strategy(&self) -> Option<&str> {
         self.authentication_strategy.as_deref()
     }
     async fn active_order(&self, ctx: &Context<'_>) -> Result<Option<Order>> {
-        let Some(oid) = self.active_order_id else { return Ok(None) };
+        let Some(oid) = self.active_order_id else {
+            return Ok(None);
+        };
         Ok(services(ctx)?.order_by_id(oid).await?.map(Order))
     }
     async fn active_channel(&self, ctx: &Context<'_>) -> Result<Option<Channel>> {
-        let Some(cid) = self.active_channel_id else { return Ok(None) };
+        let Some(cid) = self.active_channel_id else {
+            return Ok(None);
+        };
         let svc = services(ctx)?;
         Ok(svc.channels.by_id(&svc.db, cid).await?.map(Channel))
     }
@@ -347,7 +376,9 @@ impl Session {
     }
     async fn expires_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
         let lifetimes = services(ctx)?.lifetimes;
-        Ok(DateTime(lifetimes.expires_at(self.last_active_at, self.absolute_expires_at)))
+        Ok(DateTime(
+            lifetimes.expires_at(self.last_active_at, self.absolute_expires_at),
+        ))
     }
     async fn absolute_expires_at(&self) -> DateTime {
         DateTime(self.absolute_expires_at)
@@ -369,7 +400,12 @@ pub struct PageInfo {
 }
 
 impl PageInfo {
-    pub fn new(first: Option<i64>, last: Option<i64>, has_next: bool, has_previous: bool) -> PageInfo {
+    pub fn new(
+        first: Option<i64>,
+        last: Option<i64>,
+        has_next: bool,
+        has_previous: bool,
+    ) -> PageInfo {
         PageInfo {
             has_next_page: has_next,
             has_previous_page: has_previous,

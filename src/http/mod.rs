@@ -39,13 +39,20 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error",
+            )
         }))
         .with_state(state)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
-    let exposed = [HeaderName::from_static("session-token"), HeaderName::from_static("refresh-token")];
+    let exposed = [
+        HeaderName::from_static("session-token"),
+        HeaderName::from_static("refresh-token"),
+    ];
     let allowed_headers = [
         header::CONTENT_TYPE,
         header::AUTHORIZATION,
@@ -64,14 +71,21 @@ fn cors(origins: &[String]) -> CorsLayer {
     if listed.is_empty() {
         base.allow_origin(Any)
     } else {
-        base.allow_origin(AllowOrigin::list(listed)).allow_credentials(true)
+        base.allow_origin(AllowOrigin::list(listed))
+            .allow_credentials(true)
     }
 }
 
 /// A GraphQL-shaped error response for failures outside execution.
 fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] });
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let body =
+        json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn app_error_response(err: AppError) -> Response {
@@ -85,7 +99,9 @@ fn app_error_response(err: AppError) -> Response {
 }
 
 fn peer(req: &Request) -> Option<SocketAddr> {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -95,7 +111,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .is_some_and(|essence| {
             let essence = essence.trim();
-            essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case("application/graphql-response+json")
+            essence.eq_ignore_ascii_case("application/json")
+                || essence.eq_ignore_ascii_case("application/graphql-response+json")
         })
 }
 
@@ -147,17 +164,30 @@ fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
         DocumentOperations::Single(op) => Some(op.node.ty),
         DocumentOperations::Multiple(ops) => match operation_name {
             Some(name) => ops.get(name).map(|op| op.node.ty),
-            None => ops.values().next().filter(|_| ops.len() == 1).map(|op| op.node.ty),
+            None => ops
+                .values()
+                .next()
+                .filter(|_| ops.len() == 1)
+                .map(|op| op.node.ty),
         },
     };
-    matches!(ty, Some(OperationType::Mutation | OperationType::Subscription))
+    matches!(
+        ty,
+        Some(OperationType::Mutation | OperationType::Subscription)
+    )
 }
 
 async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
     let peer = peer(&req);
     let params: GetParams = match axum::extract::Query::try_from_uri(req.uri()) {
         Ok(axum::extract::Query(p)) => p,
-        Err(_) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, "malformed query string"),
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadUserInput,
+                "malformed query string",
+            )
+        }
     };
     let Some(query) = params.query else {
         let wants_html = req
@@ -166,7 +196,13 @@ async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/html"));
         if wants_html {
-            return Html(GraphiQLSource::build().endpoint("/graphql").title("session-server").finish()).into_response();
+            return Html(
+                GraphiQLSource::build()
+                    .endpoint("/graphql")
+                    .title("session-server")
+                    .finish(),
+            )
+            .into_response();
         }
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -180,7 +216,8 @@ async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
             ErrorCode::BadUserInput,
             "mutations must be sent with POST",
         );
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
     let mut request = async_graphql::Request::new(query);
@@ -191,7 +228,11 @@ async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
         match serde_json::from_str::<async_graphql::Variables>(&vars) {
             Ok(v) => request = request.variables(v),
             Err(_) => {
-                return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, "variables must be a JSON object")
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadUserInput,
+                    "variables must be a JSON object",
+                )
             }
         }
     }
@@ -201,7 +242,12 @@ async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
 
 /// Resolves the caller's session and channel, runs the operation, and writes the response
 /// with any headers and cookies the resolvers set.
-async fn execute(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>, request: async_graphql::Request) -> Response {
+async fn execute(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    request: async_graphql::Request,
+) -> Response {
     let svc = &app.services;
     Metrics::inc(&svc.metrics.graphql_requests);
     let presented = request::presented_token(headers, svc.config.token_method);
@@ -213,14 +259,22 @@ async fn execute(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>, 
         None => None,
     };
     let clear_cookie = session.is_none()
-        && presented.as_ref().is_some_and(|p| p.source == TokenSource::Cookie);
+        && presented
+            .as_ref()
+            .is_some_and(|p| p.source == TokenSource::Cookie);
 
     let channel = match headers.get("channel-token") {
         Some(value) => {
             let token = value.to_str().unwrap_or("");
             match svc.channels.by_token(&svc.db, token).await {
                 Ok(Some(ch)) => ch,
-                Ok(None) => return error_response(StatusCode::OK, ErrorCode::NotFound, "no channel has this channel-token"),
+                Ok(None) => {
+                    return error_response(
+                        StatusCode::OK,
+                        ErrorCode::NotFound,
+                        "no channel has this channel-token",
+                    )
+                }
                 Err(e) => return app_error_response(e),
             }
         }
@@ -253,14 +307,27 @@ async fn execute(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>, 
     let http_headers = std::mem::take(&mut response.http_headers);
     let body = match serde_json::to_vec(&response) {
         Ok(b) => b,
-        Err(_) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error"),
+        Err(_) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error",
+            )
+        }
     };
     let mut out = Response::new(Body::from(body));
     let h = out.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if clear_cookie && svc.config.token_method.cookie {
-        if let Ok(v) = HeaderValue::from_str(&context::session_cookie("", svc.config.cookie_secure, Some(0))) {
+        if let Ok(v) = HeaderValue::from_str(&context::session_cookie(
+            "",
+            svc.config.cookie_secure,
+            Some(0),
+        )) {
             h.append(header::SET_COOKIE, v);
         }
     }
@@ -273,7 +340,10 @@ async fn execute(app: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>, 
 async fn health(State(app): State<AppState>) -> Response {
     let svc = &app.services;
     let mut failing = Vec::new();
-    let db_ok = matches!(tokio::time::timeout(Duration::from_secs(2), svc.db.ping()).await, Ok(Ok(())));
+    let db_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), svc.db.ping()).await,
+        Ok(Ok(()))
+    );
     if !db_ok {
         failing.push("database");
     }

@@ -82,27 +82,54 @@ mod tests {
     fn bearer_wins_over_cookie_and_malformed_tokens_have_no_hash() {
         let good = token::generate();
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_str(&format!("a=b; session={}", good.token)).unwrap());
-        let both = TokenMethods { cookie: true, bearer: true };
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; session={}", good.token)).unwrap(),
+        );
+        let both = TokenMethods {
+            cookie: true,
+            bearer: true,
+        };
         let p = presented_token(&h, both).unwrap();
         assert_eq!(p.source, TokenSource::Cookie);
         assert_eq!(p.hash, Some(good.hash));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer not-a-token"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer not-a-token"),
+        );
         let p = presented_token(&h, both).unwrap();
         assert_eq!(p.source, TokenSource::Bearer);
         assert_eq!(p.hash, None);
-        let cookie_only = TokenMethods { cookie: true, bearer: false };
-        assert_eq!(presented_token(&h, cookie_only).unwrap().source, TokenSource::Cookie);
+        let cookie_only = TokenMethods {
+            cookie: true,
+            bearer: false,
+        };
+        assert_eq!(
+            presented_token(&h, cookie_only).unwrap().source,
+            TokenSource::Cookie
+        );
     }
 
     #[test]
     fn forwarded_address_only_behind_a_trusted_proxy() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.0.0.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 10.0.0.1"),
+        );
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(client_info(&h, Some(peer), false).ip_address.as_deref(), Some("127.0.0.1"));
-        assert_eq!(client_info(&h, Some(peer), true).ip_address.as_deref(), Some("203.0.113.9"));
+        assert_eq!(
+            client_info(&h, Some(peer), false).ip_address.as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            client_info(&h, Some(peer), true).ip_address.as_deref(),
+            Some("203.0.113.9")
+        );
         h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(client_info(&h, Some(peer), true).ip_address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            client_info(&h, Some(peer), true).ip_address.as_deref(),
+            Some("127.0.0.1")
+        );
     }
 }

@@ -33,18 +33,29 @@ impl Passwords {
         let permits = Arc::new(Semaphore::new(workers));
         let placeholder = crate::token::random_string(24);
         let dummy_hash = tokio::task::spawn_blocking(move || hash_blocking(&placeholder)).await??;
-        Ok(Passwords { permits, dummy_hash })
+        Ok(Passwords {
+            permits,
+            dummy_hash,
+        })
     }
 
     pub async fn hash(&self, password: &str) -> AppResult<String> {
-        let _permit = self.permits.acquire().await.map_err(|_| AppError::internal("hasher closed"))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AppError::internal("hasher closed"))?;
         let password = password.to_string();
         Ok(tokio::task::spawn_blocking(move || hash_blocking(&password)).await??)
     }
 
     /// Verifies `password` against `hash`, or against a dummy hash when there is no user.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> AppResult<bool> {
-        let _permit = self.permits.acquire().await.map_err(|_| AppError::internal("hasher closed"))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AppError::internal("hasher closed"))?;
         let password = password.to_string();
         let (hash, real) = match hash {
             Some(h) => (h.to_string(), true),
@@ -52,7 +63,11 @@ impl Passwords {
         };
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await?;
@@ -106,10 +121,18 @@ impl LoginThrottle {
             if which == 1 && address.is_none() {
                 continue;
             }
-            let max = if which == 0 { self.max_per_identifier } else { self.max_per_address };
+            let max = if which == 0 {
+                self.max_per_identifier
+            } else {
+                self.max_per_address
+            };
             if let Some(times) = self.failures.get(&key) {
                 let times = times.lock().unwrap_or_else(PoisonError::into_inner);
-                let recent: Vec<i64> = times.iter().copied().filter(|t| now - t < self.window_ms).collect();
+                let recent: Vec<i64> = times
+                    .iter()
+                    .copied()
+                    .filter(|t| now - t < self.window_ms)
+                    .collect();
                 if recent.len() >= max as usize {
                     // Free again when the oldest failure that keeps the count at `max` ages out.
                     let oldest = recent[recent.len() - max as usize];
@@ -126,7 +149,11 @@ impl LoginThrottle {
             if which == 1 && address.is_none() {
                 continue;
             }
-            let max = if which == 0 { self.max_per_identifier } else { self.max_per_address } as usize;
+            let max = if which == 0 {
+                self.max_per_identifier
+            } else {
+                self.max_per_address
+            } as usize;
             let entry = self.failures.get_with(key, Arc::default);
             let mut times = entry.lock().unwrap_or_else(PoisonError::into_inner);
             times.retain(|t| now - t < self.window_ms);
@@ -139,7 +166,8 @@ impl LoginThrottle {
     }
 
     pub fn clear_identifier(&self, identifier: &str) {
-        self.failures.invalidate(&format!("id:{}", identifier.to_lowercase()));
+        self.failures
+            .invalidate(&format!("id:{}", identifier.to_lowercase()));
     }
 }
 
@@ -153,14 +181,18 @@ pub enum LoginOutcome {
 
 pub fn check_identifier(identifier: &str) -> AppResult<()> {
     if identifier.len() > MAX_IDENTIFIER_BYTES {
-        return Err(AppError::bad_input(format!("identifier must be at most {MAX_IDENTIFIER_BYTES} bytes")));
+        return Err(AppError::bad_input(format!(
+            "identifier must be at most {MAX_IDENTIFIER_BYTES} bytes"
+        )));
     }
     Ok(())
 }
 
 pub fn check_password(password: &str) -> AppResult<()> {
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(AppError::bad_input(format!("password must be at most {MAX_PASSWORD_BYTES} bytes")));
+        return Err(AppError::bad_input(format!(
+            "password must be at most {MAX_PASSWORD_BYTES} bytes"
+        )));
     }
     Ok(())
 }
@@ -181,7 +213,9 @@ impl Services {
         let now = now_ms();
         let address = client.ip_address.as_deref();
         if let Some(secs) = self.throttle.retry_after(identifier, address, now) {
-            return Ok(LoginOutcome::TooManyAttempts { retry_after_seconds: secs });
+            return Ok(LoginOutcome::TooManyAttempts {
+                retry_after_seconds: secs,
+            });
         }
         let found = if identifier.is_empty() {
             None
@@ -263,7 +297,12 @@ impl Services {
     }
 
     /// Changes the caller's password and ends their other sessions.
-    pub async fn change_password(&self, current: &CachedSession, old_password: &str, new_password: &str) -> AppResult<()> {
+    pub async fn change_password(
+        &self,
+        current: &CachedSession,
+        old_password: &str,
+        new_password: &str,
+    ) -> AppResult<()> {
         let Some(user_id) = current.user_id() else {
             return Err(AppError::unauthenticated("log in to change your password"));
         };
@@ -273,7 +312,11 @@ impl Services {
             .one(&self.db)
             .await?
             .ok_or_else(|| AppError::unauthenticated("the user no longer exists"))?;
-        if !self.passwords.verify(old_password, Some(&found.password_hash)).await? {
+        if !self
+            .passwords
+            .verify(old_password, Some(&found.password_hash))
+            .await?
+        {
             return Err(AppError::bad_input("the current password is not correct"));
         }
         let hash = self.passwords.hash(new_password).await?;

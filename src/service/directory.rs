@@ -11,8 +11,8 @@ use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use std::sync::Arc;
 
@@ -39,7 +39,11 @@ impl ChannelDirectory {
         ch
     }
 
-    pub async fn by_token<C: ConnectionTrait>(&self, db: &C, token: &str) -> AppResult<Option<Arc<channel::Model>>> {
+    pub async fn by_token<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        token: &str,
+    ) -> AppResult<Option<Arc<channel::Model>>> {
         if let Some(ch) = self.by_token.get(token) {
             return Ok(Some(ch));
         }
@@ -53,7 +57,11 @@ impl ChannelDirectory {
         Ok(found.map(|ch| self.remember(ch)))
     }
 
-    pub async fn by_id<C: ConnectionTrait>(&self, db: &C, id: i64) -> AppResult<Option<Arc<channel::Model>>> {
+    pub async fn by_id<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        id: i64,
+    ) -> AppResult<Option<Arc<channel::Model>>> {
         if let Some(ch) = self.by_id.get(&id) {
             return Ok(Some(ch));
         }
@@ -101,7 +109,9 @@ pub struct RoleChanges {
 fn check_code(what: &str, code: &str) -> AppResult<String> {
     let code = code.trim();
     if code.is_empty() || code.len() > 255 {
-        return Err(AppError::bad_input(format!("{what} must be 1 to 255 bytes")));
+        return Err(AppError::bad_input(format!(
+            "{what} must be 1 to 255 bytes"
+        )));
     }
     Ok(code.to_string())
 }
@@ -182,7 +192,9 @@ impl Services {
         if let Some(identifier) = &changes.identifier {
             let identifier = identifier.trim();
             if identifier.is_empty() || identifier.len() > MAX_IDENTIFIER_BYTES {
-                return Err(AppError::bad_input(format!("identifier must be 1 to {MAX_IDENTIFIER_BYTES} bytes")));
+                return Err(AppError::bad_input(format!(
+                    "identifier must be 1 to {MAX_IDENTIFIER_BYTES} bytes"
+                )));
             }
             model.identifier = Set(identifier.to_string());
         }
@@ -226,7 +238,10 @@ impl Services {
             .exec(&txn)
             .await?;
         entity::order::Entity::update_many()
-            .col_expr(entity::order::Column::UserId, Expr::value(Option::<i64>::None))
+            .col_expr(
+                entity::order::Column::UserId,
+                Expr::value(Option::<i64>::None),
+            )
             .filter(entity::order::Column::UserId.eq(id))
             .exec(&txn)
             .await?;
@@ -270,7 +285,9 @@ impl Services {
             .ok_or_else(|| AppError::not_found("no such user"))?;
         self.require_roles(&self.db, &[role_id]).await?;
         if user_id == self.superadmin_user_id && role_id == self.super_admin_role_id {
-            return Err(AppError::bad_input("the superadmin user cannot lose the SUPER_ADMIN role"));
+            return Err(AppError::bad_input(
+                "the superadmin user cannot lose the SUPER_ADMIN role",
+            ));
         }
         user_role::Entity::delete_many()
             .filter(user_role::Column::UserId.eq(user_id))
@@ -336,7 +353,9 @@ impl Services {
 
     pub async fn update_role(&self, changes: RoleChanges) -> AppResult<role::Model> {
         if changes.id == self.super_admin_role_id {
-            return Err(AppError::bad_input("the SUPER_ADMIN role cannot be changed"));
+            return Err(AppError::bad_input(
+                "the SUPER_ADMIN role cannot be changed",
+            ));
         }
         let existing = role::Entity::find_by_id(changes.id)
             .one(&self.db)
@@ -350,7 +369,10 @@ impl Services {
             model.description = Set(description);
         }
         if let Some(permissions) = changes.permissions {
-            model.permissions = Set(permissions.into_iter().collect::<PermissionSet>().to_stored());
+            model.permissions = Set(permissions
+                .into_iter()
+                .collect::<PermissionSet>()
+                .to_stored());
         }
         let txn = self.db.begin().await?;
         let updated = role::Entity::update(model).exec(&txn).await?;
@@ -390,7 +412,11 @@ impl Services {
             .await?)
     }
 
-    pub async fn create_channel(&self, code: &str, token: Option<&str>) -> AppResult<channel::Model> {
+    pub async fn create_channel(
+        &self,
+        code: &str,
+        token: Option<&str>,
+    ) -> AppResult<channel::Model> {
         let code = check_code("channel code", code)?;
         let token = match token {
             Some(t) => check_code("channel token", t)?,
@@ -409,7 +435,8 @@ impl Services {
         // The SUPER_ADMIN role covers every channel, like Vendure's.
         link_channels(&txn, self.super_admin_role_id, &[created.id]).await?;
         txn.commit().await?;
-        self.invalidate_role_holders(self.super_admin_role_id).await?;
+        self.invalidate_role_holders(self.super_admin_role_id)
+            .await?;
         Ok(created)
     }
 }
@@ -432,7 +459,11 @@ async fn link_roles<C: ConnectionTrait>(db: &C, user_id: i64, role_ids: &[i64]) 
     Ok(())
 }
 
-pub(crate) async fn link_channels<C: ConnectionTrait>(db: &C, role_id: i64, channel_ids: &[i64]) -> AppResult<()> {
+pub(crate) async fn link_channels<C: ConnectionTrait>(
+    db: &C,
+    role_id: i64,
+    channel_ids: &[i64],
+) -> AppResult<()> {
     let rows: Vec<role_channel::ActiveModel> = unique(channel_ids)
         .into_iter()
         .map(|channel_id| role_channel::ActiveModel {
@@ -444,7 +475,10 @@ pub(crate) async fn link_channels<C: ConnectionTrait>(db: &C, role_id: i64, chan
         return Ok(());
     }
     role_channel::Entity::insert_many(rows)
-        .on_conflict_do_nothing_on([role_channel::Column::RoleId, role_channel::Column::ChannelId])
+        .on_conflict_do_nothing_on([
+            role_channel::Column::RoleId,
+            role_channel::Column::ChannelId,
+        ])
         .exec(db)
         .await?;
     Ok(())

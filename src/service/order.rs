@@ -26,7 +26,11 @@ impl Services {
     }
 
     /// Creates an `ACTIVE` order owned by the caller and makes it the session's active order.
-    pub async fn create_order(&self, s: &CachedSession, channel_id: i64) -> AppResult<(order::Model, Arc<CachedSession>)> {
+    pub async fn create_order(
+        &self,
+        s: &CachedSession,
+        channel_id: i64,
+    ) -> AppResult<(order::Model, Arc<CachedSession>)> {
         let now = now_ms();
         let created = order::Entity::insert(order::ActiveModel {
             code: Set(crate::token::random_string(12).to_uppercase()),
@@ -40,18 +44,27 @@ impl Services {
         })
         .exec_with_returning(&self.db)
         .await?;
-        let updated = self.set_active(s, Some(created.id), s.active_channel_id).await?;
+        let updated = self
+            .set_active(s, Some(created.id), s.active_channel_id)
+            .await?;
         Ok((created, updated))
     }
 
-    pub async fn set_active_order(&self, s: &CachedSession, order_id: i64) -> AppResult<Arc<CachedSession>> {
+    pub async fn set_active_order(
+        &self,
+        s: &CachedSession,
+        order_id: i64,
+    ) -> AppResult<Arc<CachedSession>> {
         let o = self
             .order_by_id(order_id)
             .await?
             .filter(|o| owns(s, o))
             .ok_or_else(|| AppError::not_found("no such order among yours"))?;
         if o.state != ACTIVE {
-            return Err(AppError::bad_input(format!("the order is {}, not ACTIVE", o.state)));
+            return Err(AppError::bad_input(format!(
+                "the order is {}, not ACTIVE",
+                o.state
+            )));
         }
         self.set_active(s, Some(o.id), s.active_channel_id).await
     }
@@ -71,7 +84,10 @@ impl Services {
             .filter(|o| owns(s, o))
             .ok_or_else(|| AppError::not_found("the active order no longer exists"))?;
         if o.state != ACTIVE {
-            return Err(AppError::bad_input(format!("the order is {}, not ACTIVE", o.state)));
+            return Err(AppError::bad_input(format!(
+                "the order is {}, not ACTIVE",
+                o.state
+            )));
         }
         let now = now_ms();
         let placed = order::Entity::update_many()
@@ -82,7 +98,9 @@ impl Services {
             .exec(&self.db)
             .await?;
         if placed.rows_affected != 1 {
-            return Err(AppError::bad_input("the order was placed or changed concurrently"));
+            return Err(AppError::bad_input(
+                "the order was placed or changed concurrently",
+            ));
         }
         let holders: Vec<String> = session::Entity::find()
             .select_only()
@@ -92,11 +110,17 @@ impl Services {
             .all(&self.db)
             .await?;
         session::Entity::update_many()
-            .col_expr(session::Column::ActiveOrderId, Expr::value(Option::<i64>::None))
+            .col_expr(
+                session::Column::ActiveOrderId,
+                Expr::value(Option::<i64>::None),
+            )
             .filter(session::Column::ActiveOrderId.eq(o.id))
             .exec(&self.db)
             .await?;
-        for hash in holders.iter().filter_map(|h| crate::token::TokenHash::from_hex(h)) {
+        for hash in holders
+            .iter()
+            .filter_map(|h| crate::token::TokenHash::from_hex(h))
+        {
             self.invalidate_token(&hash).await;
         }
         Ok(order::Model {

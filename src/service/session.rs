@@ -181,14 +181,19 @@ impl Services {
         let cached = CachedSession::from_model(&model, user, now_ms());
         if let Some(pending) = self.activity.pending(model.id) {
             cached.last_active_at.fetch_max(pending, Ordering::Relaxed);
-            cached.persisted_active_at.fetch_max(pending, Ordering::Relaxed);
+            cached
+                .persisted_active_at
+                .fetch_max(pending, Ordering::Relaxed);
         }
         if let Some(old) = stale {
             // The stale entry may know of activity the database has not seen yet.
-            cached.last_active_at.fetch_max(old.last_active(), Ordering::Relaxed);
             cached
-                .persisted_active_at
-                .fetch_max(old.persisted_active_at.load(Ordering::Relaxed), Ordering::Relaxed);
+                .last_active_at
+                .fetch_max(old.last_active(), Ordering::Relaxed);
+            cached.persisted_active_at.fetch_max(
+                old.persisted_active_at.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
         }
         let cached = Arc::new(cached);
         if now < cached.expires_at(self.lifetimes.idle_ms) {
@@ -213,8 +218,7 @@ impl Services {
         s.last_active_at.fetch_max(now, Ordering::Relaxed);
         let persisted = s.persisted_active_at.load(Ordering::Relaxed);
         if now - persisted >= self.lifetimes.write_threshold_ms
-            && s
-                .persisted_active_at
+            && s.persisted_active_at
                 .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
@@ -294,7 +298,11 @@ impl Services {
     }
 
     /// A user with per-channel permissions, as cached with their sessions. `None` if deleted.
-    pub async fn load_cached_user<C: ConnectionTrait>(&self, db: &C, user_id: i64) -> AppResult<Option<CachedUser>> {
+    pub async fn load_cached_user<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        user_id: i64,
+    ) -> AppResult<Option<CachedUser>> {
         use sea_orm::ExprTrait as _;
         let Some(u) = user::Entity::find_by_id(user_id).one(db).await? else {
             return Ok(None);
@@ -349,7 +357,11 @@ impl Services {
 
     /// Inserts a session and returns it with its tokens. Authenticated sessions get a refresh
     /// token; anonymous ones do not. Nothing is cached here: callers cache after commit.
-    pub async fn insert_session<C: ConnectionTrait>(&self, db: &C, new: NewSession<'_>) -> AppResult<Issued> {
+    pub async fn insert_session<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        new: NewSession<'_>,
+    ) -> AppResult<Issued> {
         let now = now_ms();
         let token = token::generate();
         let refresh = new.user.as_ref().map(|_| token::generate());
@@ -383,7 +395,9 @@ impl Services {
             user_agent: Set(user_agent),
             ..Default::default()
         };
-        let inserted = session::Entity::insert(model).exec_with_returning(db).await?;
+        let inserted = session::Entity::insert(model)
+            .exec_with_returning(db)
+            .await?;
         Metrics::inc(&self.metrics.sessions_created);
         Ok(Issued {
             session: Arc::new(CachedSession::from_model(&inserted, new.user, now)),
@@ -393,7 +407,11 @@ impl Services {
     }
 
     /// `createAnonymousSession`, and the implicit session of `createOrder`.
-    pub async fn create_anonymous_session(&self, client: &ClientInfo, channel_id: Option<i64>) -> AppResult<Issued> {
+    pub async fn create_anonymous_session(
+        &self,
+        client: &ClientInfo,
+        channel_id: Option<i64>,
+    ) -> AppResult<Issued> {
         let issued = self
             .insert_session(
                 &self.db,
@@ -464,7 +482,12 @@ impl Services {
     }
 
     /// Updates a session's active order and channel, in the database and the cache.
-    pub async fn set_active(&self, s: &CachedSession, order: Option<i64>, channel: Option<i64>) -> AppResult<Arc<CachedSession>> {
+    pub async fn set_active(
+        &self,
+        s: &CachedSession,
+        order: Option<i64>,
+        channel: Option<i64>,
+    ) -> AppResult<Arc<CachedSession>> {
         session::Entity::update_many()
             .col_expr(session::Column::ActiveOrderId, Expr::value(order))
             .col_expr(session::Column::ActiveChannelId, Expr::value(channel))
@@ -480,7 +503,10 @@ impl Services {
     ///
     /// The rotation is a compare-and-swap on the stored refresh hash, so of several concurrent
     /// refreshes with one token exactly one succeeds; the others see `SUPERSEDED`.
-    pub async fn refresh_session(&self, refresh_token: &str) -> AppResult<Result<Issued, RefreshFailure>> {
+    pub async fn refresh_session(
+        &self,
+        refresh_token: &str,
+    ) -> AppResult<Result<Issued, RefreshFailure>> {
         let Some(hash) = token::parse(refresh_token) else {
             return Ok(Err(RefreshFailure::Unknown));
         };
@@ -494,8 +520,14 @@ impl Services {
             if s.invalidated {
                 return Ok(Err(RefreshFailure::Unknown));
             }
-            let last_active = s.last_active_at.max(self.activity.pending(s.id).unwrap_or(0));
-            if now >= self.lifetimes.expires_at(last_active, s.absolute_expires_at) {
+            let last_active = s
+                .last_active_at
+                .max(self.activity.pending(s.id).unwrap_or(0));
+            if now
+                >= self
+                    .lifetimes
+                    .expires_at(last_active, s.absolute_expires_at)
+            {
                 return Ok(Err(RefreshFailure::Expired));
             }
             let Some(user_id) = s.user_id else {
@@ -506,10 +538,19 @@ impl Services {
             let rotated = session::Entity::update_many()
                 .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
                 .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
-                .col_expr(session::Column::RefreshHash, Expr::value(refresh.hash.to_hex()))
-                .col_expr(session::Column::PreviousRefreshHash, Expr::value(hex.clone()))
+                .col_expr(
+                    session::Column::RefreshHash,
+                    Expr::value(refresh.hash.to_hex()),
+                )
+                .col_expr(
+                    session::Column::PreviousRefreshHash,
+                    Expr::value(hex.clone()),
+                )
                 .col_expr(session::Column::RefreshRotatedAt, Expr::value(now))
-                .col_expr(session::Column::LastActiveAt, Expr::value(now.max(s.last_active_at)))
+                .col_expr(
+                    session::Column::LastActiveAt,
+                    Expr::value(now.max(s.last_active_at)),
+                )
                 .filter(session::Column::Id.eq(s.id))
                 .filter(session::Column::RefreshHash.eq(hex))
                 .filter(session::Column::Invalidated.eq(false))
@@ -551,7 +592,10 @@ impl Services {
             return Ok(Err(RefreshFailure::Superseded));
         }
         // A rotated-out token used after the grace window: assume it was stolen, end the session.
-        tracing::warn!(session_id = s.id, "superseded refresh token reused; revoking the session");
+        tracing::warn!(
+            session_id = s.id,
+            "superseded refresh token reused; revoking the session"
+        );
         self.invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.eq(s.id)))
             .await?;
         Ok(Err(RefreshFailure::Reused))

@@ -9,7 +9,9 @@ use crate::clock::now_ms;
 use crate::error::AppResult;
 use crate::metrics::Metrics;
 use entity::session;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
 /// Filters of the `sessions` listing (already validated).
 #[derive(Default)]
@@ -58,7 +60,12 @@ impl Services {
     }
 
     /// Sessions newest first; `after` is the id of the last session of the previous page.
-    pub async fn list_sessions(&self, f: &SessionFilter, first: u64, after: Option<i64>) -> AppResult<Page<session::Model>> {
+    pub async fn list_sessions(
+        &self,
+        f: &SessionFilter,
+        first: u64,
+        after: Option<i64>,
+    ) -> AppResult<Page<session::Model>> {
         let cond = self.filter_condition(f, now_ms());
         let total = session::Entity::find()
             .filter(cond.clone())
@@ -123,17 +130,25 @@ impl Services {
         let now = now_ms();
         let live = live_condition(now, &self.lifetimes);
         let count = |cond: Condition| session::Entity::find().filter(cond).count(&self.db);
-        let anonymous = count(live.clone().add(session::Column::Kind.eq(SessionKind::Anonymous.as_db()))).await?;
-        let authenticated = count(live.add(session::Column::Kind.eq(SessionKind::Authenticated.as_db()))).await?;
-        let expired = count(
-            Condition::all().add(session::Column::Invalidated.eq(false)).add(
-                Condition::any()
-                    .add(session::Column::LastActiveAt.lte(now - self.lifetimes.idle_ms))
-                    .add(session::Column::AbsoluteExpiresAt.lte(now)),
-            ),
+        let anonymous = count(
+            live.clone()
+                .add(session::Column::Kind.eq(SessionKind::Anonymous.as_db())),
         )
         .await?;
-        let invalidated = count(Condition::all().add(session::Column::Invalidated.eq(true))).await?;
+        let authenticated =
+            count(live.add(session::Column::Kind.eq(SessionKind::Authenticated.as_db()))).await?;
+        let expired = count(
+            Condition::all()
+                .add(session::Column::Invalidated.eq(false))
+                .add(
+                    Condition::any()
+                        .add(session::Column::LastActiveAt.lte(now - self.lifetimes.idle_ms))
+                        .add(session::Column::AbsoluteExpiresAt.lte(now)),
+                ),
+        )
+        .await?;
+        let invalidated =
+            count(Condition::all().add(session::Column::Invalidated.eq(true))).await?;
         Ok((anonymous, authenticated, expired, invalidated))
     }
 
@@ -180,7 +195,10 @@ impl Services {
         }
         Metrics::add(&self.metrics.sessions_cleaned_up, total);
         if total > 0 {
-            tracing::info!(deleted = total, "cleaned up expired and invalidated sessions");
+            tracing::info!(
+                deleted = total,
+                "cleaned up expired and invalidated sessions"
+            );
         }
         Ok(total)
     }

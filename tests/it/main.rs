@@ -1,0 +1,14 @@
+//! The integration suite: one binary, every test drives a real server over HTTP on port 0 with
+//! its own database and Redis namespace. See `helpers.rs` for the backend variants.
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod bad_input;
+mod contract;
+mod invalidation;
+mod lifetimes;
+mod refresh;
+mod storefront;
+mod transport;

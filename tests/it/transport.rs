@@ -1,0 +1,80 @@
+//! Transport rules: JSON bodies only, body size limit, malformed input, mutations over GET,
+//! GraphiQL, health and metrics, token extraction and cookies, query limits.
+
+use crate::helpers::{TestApp, Variant};
+use crate::sqlite_only;
+use serde_json::json;
+
+sqlite_only!(health_and_metrics_answer, graphiql_is_served_to_browsers);
+
+async fn health_and_metrics_answer(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({ "status": "ok" })
+    );
+    app.gql("{ __typename }", json!({})).await.ok();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("session_server_graphql_requests_total 1"),
+        "{text}"
+    );
+}
+
+async fn graphiql_is_served_to_browsers(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let r = app
+        .client
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_lowercase().contains("graphiql"));
+}
+
+crate::variants!(anonymous_session_round_trip);
+
+async fn anonymous_session_round_trip(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let r = app
+        .gql(
+            "mutation { createAnonymousSession { id kind current } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["createAnonymousSession"]["kind"], "ANONYMOUS");
+    let token = r.session_token().expect("session-token header");
+    assert_eq!(token.len(), 43);
+    let cookie = r.cookie("session").expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    assert!(!cookie.contains("Max-Age"), "{cookie}");
+    let by_bearer = app.active_session(&token).await;
+    assert_eq!(by_bearer["id"], r.data()["createAnonymousSession"]["id"]);
+    assert_eq!(by_bearer["current"], true);
+    let by_cookie = app
+        .gql_cookie(&token, "{ activeSession { id } }", json!({}))
+        .await
+        .ok();
+    assert_eq!(by_cookie.data()["activeSession"]["id"], by_bearer["id"]);
+}
