@@ -84,9 +84,14 @@ impl Application {
 
         let redis = match &config.redis_url {
             Some(url) if config.session_cache != CacheMode::Memory => Some(Arc::new(
-                RedisCache::connect(url, &config.redis_key_prefix, config.redis_timeout)
-                    .await
-                    .map_err(StartupError::Redis)?,
+                RedisCache::connect(
+                    url,
+                    &config.redis_key_prefix,
+                    config.redis_timeout,
+                    config.session_cache_ttl,
+                )
+                .await
+                .map_err(StartupError::Redis)?,
             )),
             _ => None,
         };

@@ -20,6 +20,8 @@ pub struct RedisCache {
     prefix: String,
     /// Longest wait for any single Redis call.
     timeout: Duration,
+    /// The cache TTL: no entry lives longer, so a user index kept this long outlives them all.
+    index_ttl: Duration,
     /// Deletes a user's index and every session it names, atomically.
     delete_user_script: redis::Script,
 }
@@ -37,7 +39,12 @@ fn glob_escape(s: &str) -> String {
 }
 
 impl RedisCache {
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        index_ttl: Duration,
+    ) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2).max(timeout)))
@@ -49,6 +56,7 @@ impl RedisCache {
             conn,
             prefix: prefix.to_string(),
             timeout,
+            index_ttl,
             delete_user_script: redis::Script::new(
                 r"
                 local members = redis.call('SMEMBERS', KEYS[1])
@@ -111,22 +119,14 @@ impl SessionCache for RedisCache {
             .ignore();
         if let Some(user_id) = session.user_id() {
             let index = self.user_key(user_id);
-            // The index outlives every member it names; stale members point at expired keys
-            // and go when the index itself expires.
+            // Every set pushes the index's expiry to a full cache TTL, past every member's own
+            // expiry; members whose keys expired go with the index when the user goes quiet.
+            let index_ttl_ms = self.index_ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
             pipe.cmd("SADD")
                 .arg(&index)
                 .arg(session.token_hash.to_hex())
                 .ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(&index)
-                .arg(ttl_ms.max(1))
-                .arg("GT")
-                .ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(&index)
-                .arg(ttl_ms.max(1))
-                .arg("NX")
-                .ignore();
+            pipe.cmd("PEXPIRE").arg(&index).arg(index_ttl_ms).ignore();
         }
         let mut conn = self.conn.clone();
         self.bounded(pipe.query_async::<()>(&mut conn)).await

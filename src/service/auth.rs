@@ -238,11 +238,13 @@ impl Services {
             return Ok(LoginOutcome::NotVerified);
         }
         self.throttle.clear_identifier(identifier);
-
-        let txn = self.db.begin().await?;
-        let Some(user) = self.load_cached_user(&txn, found.id).await? else {
+        let Some(user) = self.load_cached_user(&self.db, found.id).await? else {
             return Ok(LoginOutcome::InvalidCredentials);
         };
+
+        // Only writes inside the transaction: on SQLite a transaction that reads first and then
+        // writes can fail to upgrade its lock under concurrency.
+        let txn = self.db.begin().await?;
         // The presented session is replaced: claim it (only one login may consume it).
         let mut carried = (None, None);
         if let Some(old) = &current {
@@ -290,7 +292,7 @@ impl Services {
         if let Some(old) = &current {
             self.invalidate_token(&old.token_hash).await;
         }
-        self.cache_replace(issued.session.clone()).await;
+        self.cache_new(issued.session.clone()).await;
         Metrics::inc(&self.metrics.logins_succeeded);
         tracing::info!(user_id = found.id, session_id = issued.session.id, "login");
         Ok(LoginOutcome::Success { issued, user })

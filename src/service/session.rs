@@ -271,6 +271,13 @@ impl Services {
         self.cache_put(s, epoch).await;
     }
 
+    /// Caches a session just created, so the client's next request is a hit. A brand-new token
+    /// cannot have a stale entry anywhere, so no invalidation epoch is needed.
+    pub(crate) async fn cache_new(&self, s: Arc<CachedSession>) {
+        let epoch = self.cache_epoch.load(Ordering::Acquire);
+        self.cache_put(s, epoch).await;
+    }
+
     /// Drops one token's cached entry (after its row changed or was revoked).
     pub async fn invalidate_token(&self, hash: &TokenHash) {
         self.cache_epoch.fetch_add(1, Ordering::AcqRel);
@@ -425,8 +432,7 @@ impl Services {
                 },
             )
             .await?;
-        // Pre-populate the cache: the client's next request is a hit.
-        self.cache_replace(issued.session.clone()).await;
+        self.cache_new(issued.session.clone()).await;
         Ok(issued)
     }
 
