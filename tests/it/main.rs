@@ -6,6 +6,8 @@ mod helpers;
 mod admin;
 mod auth;
 mod bad_input;
+mod cache;
+mod cli;
 mod contract;
 mod invalidation;
 mod lifetimes;

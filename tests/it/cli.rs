@@ -1,0 +1,72 @@
+//! The binary: start-up refuses bad lifetimes with a clear message, `export-schema` prints the
+//! committed schema, `migrate` applies the migrations.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-server"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/cli.db?mode=rwc", dir.path().display()),
+        )
+        .env("BIND", "127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+fn refused(env: &[(&str, &str)], expect: &str) {
+    let out = run(&[], env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with {env:?}");
+    assert!(
+        stderr.contains(expect),
+        "stderr for {env:?} lacks {expect:?}: {stderr}"
+    );
+}
+
+#[test]
+fn start_up_refuses_bad_lifetimes() {
+    refused(
+        &[("SESSION_IDLE_TIMEOUT", "0s")],
+        "SESSION_IDLE_TIMEOUT must be greater than zero",
+    );
+    refused(
+        &[("SESSION_ABSOLUTE_TIMEOUT", "0s")],
+        "SESSION_ABSOLUTE_TIMEOUT must be greater than zero",
+    );
+    refused(&[("SESSION_IDLE_TIMEOUT", "-5m")], "positive duration");
+    refused(
+        &[
+            ("SESSION_IDLE_TIMEOUT", "2d"),
+            ("SESSION_ABSOLUTE_TIMEOUT", "1d"),
+        ],
+        "must not be longer than SESSION_ABSOLUTE_TIMEOUT",
+    );
+    refused(&[("SESSION_CACHE", "redis")], "needs REDIS_URL");
+}
+
+#[test]
+fn export_schema_prints_the_committed_schema() {
+    let out = run(&["export-schema"], &[]);
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[test]
+fn migrate_applies_the_migrations() {
+    let out = run(&["migrate"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+}
