@@ -1,1 +1,505 @@
-//! (being written)
+//! Authentication: login (headers, cookies, rememberMe, carry-over from an anonymous session,
+//! lastLoginAt), login failures and rate limits, logout, logoutEverywhere, changePassword, `me`.
+
+use crate::helpers::{TestApp, Variant};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+crate::variants!(
+    login_issues_tokens_and_cookies,
+    remember_me_adds_max_age,
+    login_from_anonymous_session_carries_over,
+    login_sets_last_login_at,
+    unknown_user_and_wrong_password_look_the_same,
+    unverified_user_gets_not_verified_error,
+    too_many_attempts_per_identifier_then_window_passes,
+    too_many_attempts_per_address,
+    logout_ends_only_this_session,
+    logout_everywhere_ends_all_sessions,
+    change_password_ends_other_sessions,
+    change_password_with_wrong_current_password,
+    me_is_null_when_anonymous_and_lists_permissions,
+);
+
+const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Boolean) {
+    login(username: $u, password: $p, rememberMe: $r) {
+        __typename
+        ... on AuthenticationSuccess { user { id identifier } session { id kind } }
+        ... on InvalidCredentialsError { errorCode message }
+        ... on NotVerifiedError { errorCode message }
+        ... on TooManyAttemptsError { errorCode message retryAfterSeconds }
+    } }";
+
+async fn setup_user(app: &TestApp, identifier: &str, password: &str) -> String {
+    let admin = app.admin_token().await;
+    app.create_user(&admin, identifier, password, &[]).await
+}
+
+fn typename(r: &crate::helpers::Gql) -> String {
+    r.data()["login"]["__typename"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no login result: {}", r.body))
+        .to_string()
+}
+
+/// A `Set-Cookie` line that deletes its cookie.
+fn is_clearing(cookie: &str) -> bool {
+    let lower = cookie.to_ascii_lowercase();
+    lower.contains("max-age=0") || lower.contains("1970")
+}
+
+async fn login_issues_tokens_and_cookies(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let user_id = setup_user(&app, "alice", "alice-password-1").await;
+    let r = app
+        .gql(LOGIN, json!({ "u": "alice", "p": "alice-password-1" }))
+        .await
+        .ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess");
+    assert_eq!(r.data()["login"]["user"]["id"], user_id.as_str());
+    assert_eq!(r.data()["login"]["user"]["identifier"], "alice");
+    assert_eq!(r.data()["login"]["session"]["kind"], "AUTHENTICATED");
+    let token = r.session_token().expect("session-token header");
+    let refresh = r.refresh_token().expect("refresh-token header");
+    assert_eq!(token.len(), 43);
+    assert_eq!(refresh.len(), 43);
+    assert_ne!(token, refresh);
+    let session = r.cookie("session").expect("session cookie");
+    assert!(
+        session.starts_with(&format!("session={token}")),
+        "{session}"
+    );
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure"] {
+        assert!(session.contains(attr), "{session} lacks {attr}");
+    }
+    let rc = r.cookie("session_refresh").expect("session_refresh cookie");
+    assert!(
+        rc.starts_with(&format!("session_refresh={refresh}")),
+        "{rc}"
+    );
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/graphql", "Secure"] {
+        assert!(rc.contains(attr), "{rc} lacks {attr}");
+    }
+    assert!(!session.contains("Max-Age"), "{session}");
+    assert!(!rc.contains("Max-Age"), "{rc}");
+    let s = app.active_session(&token).await;
+    assert_eq!(s["kind"], "AUTHENTICATED");
+    assert_eq!(s["user"]["id"], user_id.as_str());
+    assert_eq!(s["id"], r.data()["login"]["session"]["id"]);
+}
+
+async fn remember_me_adds_max_age(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "bob", "bob-password-1").await;
+    let r = app
+        .gql(
+            LOGIN,
+            json!({ "u": "bob", "p": "bob-password-1", "r": true }),
+        )
+        .await
+        .ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess");
+    for name in ["session", "session_refresh"] {
+        let c = r.cookie(name).unwrap_or_else(|| panic!("{name} cookie"));
+        let max_age = c
+            .split(';')
+            .map(str::trim)
+            .find_map(|a| a.strip_prefix("Max-Age="))
+            .unwrap_or_else(|| panic!("{c} lacks Max-Age"));
+        let secs: i64 = max_age.parse().unwrap();
+        assert!(secs > 0, "{c}");
+    }
+    let r = app
+        .gql(
+            LOGIN,
+            json!({ "u": "bob", "p": "bob-password-1", "r": false }),
+        )
+        .await
+        .ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess");
+    for name in ["session", "session_refresh"] {
+        let c = r.cookie(name).unwrap_or_else(|| panic!("{name} cookie"));
+        assert!(!c.contains("Max-Age"), "{c}");
+    }
+}
+
+async fn login_from_anonymous_session_carries_over(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let user_id = app
+        .create_user(&admin, "carol", "carol-password-1", &[])
+        .await;
+    let r = app
+        .gql_as(
+            &admin,
+            "mutation { createChannel(input: { code: \"eu\" }) { token } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let eu_token = r.data()["createChannel"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A guest: anonymous session in channel `eu` with an active order.
+    let r = app
+        .gql("mutation { createAnonymousSession { id } }", json!({}))
+        .await
+        .ok();
+    let anon = r.session_token().unwrap();
+    let anon_id = r.data()["createAnonymousSession"]["id"].clone();
+    app.gql_as(
+        &anon,
+        "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
+        json!({ "t": eu_token }),
+    )
+    .await
+    .ok();
+    let r = app
+        .gql_as(
+            &anon,
+            "mutation { createOrder { id user { id } channel { code } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let order = r.data()["createOrder"].clone();
+    assert!(order["user"].is_null());
+    assert_eq!(order["channel"]["code"], "eu");
+
+    let r = app
+        .gql_as(
+            &anon,
+            LOGIN,
+            json!({ "u": "carol", "p": "carol-password-1" }),
+        )
+        .await
+        .ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+    let token = r.session_token().expect("a new session token");
+    assert_ne!(token, anon);
+    assert!(
+        app.active_session(&anon).await.is_null(),
+        "the anonymous token still works"
+    );
+    let r = app
+        .gql_as(
+            &token,
+            "{ activeChannel { code }
+               activeOrder { id state user { id } }
+               activeSession { id kind user { id } activeChannel { code } activeOrder { id } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let d = r.data();
+    assert_eq!(d["activeChannel"]["code"], "eu", "{d}");
+    assert_eq!(d["activeSession"]["activeChannel"]["code"], "eu", "{d}");
+    assert_eq!(d["activeOrder"]["id"], order["id"], "{d}");
+    assert_eq!(d["activeOrder"]["state"], "ACTIVE", "{d}");
+    assert_eq!(d["activeSession"]["activeOrder"]["id"], order["id"], "{d}");
+    assert_eq!(d["activeOrder"]["user"]["id"], user_id.as_str(), "{d}");
+    assert_eq!(d["activeSession"]["kind"], "AUTHENTICATED");
+    assert_eq!(d["activeSession"]["user"]["id"], user_id.as_str());
+    let _ = anon_id;
+}
+
+async fn login_sets_last_login_at(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let id = app
+        .create_user(&admin, "dave", "dave-password-1", &[])
+        .await;
+    let query = "query($id: ID!) { user(id: $id) { id lastLoginAt } }";
+    let r = app.gql_as(&admin, query, json!({ "id": id })).await.ok();
+    assert!(r.data()["user"]["lastLoginAt"].is_null(), "{}", r.body);
+    app.login("dave", "dave-password-1").await;
+    let r = app.gql_as(&admin, query, json!({ "id": id })).await.ok();
+    let at = r.data()["user"]["lastLoginAt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("lastLoginAt not set: {}", r.body));
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
+    let age = chrono::Utc::now().signed_duration_since(at);
+    assert!(age.num_seconds().abs() < 60, "{at}");
+}
+
+async fn unknown_user_and_wrong_password_look_the_same(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "erin", "erin-password-1").await;
+    let unknown = app.try_login("nobody-here", "whatever-1").await.ok();
+    let wrong = app.try_login("erin", "not-the-password").await.ok();
+    assert_eq!(
+        unknown.data()["login"]["__typename"],
+        "InvalidCredentialsError"
+    );
+    assert_eq!(
+        wrong.data()["login"]["__typename"],
+        "InvalidCredentialsError"
+    );
+    assert_eq!(unknown.data()["login"], wrong.data()["login"]);
+    assert!(unknown.data()["login"]["errorCode"].is_string());
+    assert!(unknown.data()["login"]["message"].is_string());
+    for r in [&unknown, &wrong] {
+        assert!(r.session_token().is_none());
+        assert!(r.refresh_token().is_none());
+        assert!(r.cookie("session_refresh").is_none());
+    }
+}
+
+async fn unverified_user_gets_not_verified_error(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    app.gql_as(
+        &admin,
+        "mutation($i: CreateUserInput!) { createUser(input: $i) { id verified } }",
+        json!({ "i": { "identifier": "frank", "password": "frank-password-1", "verified": false } }),
+    )
+    .await
+    .ok();
+    let r = app.try_login("frank", "frank-password-1").await.ok();
+    assert_eq!(
+        r.data()["login"]["__typename"],
+        "NotVerifiedError",
+        "{}",
+        r.body
+    );
+    assert!(r.data()["login"]["errorCode"].is_string());
+    assert!(r.session_token().is_none());
+    // The wrong password still gives InvalidCredentialsError (no verification oracle).
+    let r = app.try_login("frank", "wrong-password").await.ok();
+    assert_eq!(r.data()["login"]["__typename"], "InvalidCredentialsError");
+}
+
+async fn too_many_attempts_per_identifier_then_window_passes(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.login_max_attempts = 3;
+        c.login_window = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    setup_user(&app, "gina", "gina-password-1").await;
+    for i in 0..3 {
+        let r = app.try_login("gina", "wrong-password").await.ok();
+        let t = typename(&r);
+        if i < 2 {
+            assert_eq!(t, "InvalidCredentialsError", "attempt {i}: {}", r.body);
+        } else {
+            assert!(
+                t == "InvalidCredentialsError" || t == "TooManyAttemptsError",
+                "{}",
+                r.body
+            );
+        }
+    }
+    let r = app.try_login("gina", "gina-password-1").await.ok();
+    assert_eq!(typename(&r), "TooManyAttemptsError", "{}", r.body);
+    assert!(r.data()["login"]["retryAfterSeconds"].as_i64().unwrap() > 0);
+    assert!(r.session_token().is_none());
+    // Another identifier is not affected.
+    let admin = app.try_login("superadmin", "superadmin").await.ok();
+    assert_eq!(typename(&admin), "AuthenticationSuccess");
+
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let r = app.try_login("gina", "gina-password-1").await.ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+}
+
+async fn too_many_attempts_per_address(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.login_max_attempts = 100;
+        c.login_max_attempts_per_address = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    setup_user(&app, "hank", "hank-password-1").await;
+    for who in ["ivy", "jack", "kim"] {
+        let r = app.try_login(who, "wrong-password").await.ok();
+        let t = typename(&r);
+        assert!(
+            t == "InvalidCredentialsError" || t == "TooManyAttemptsError",
+            "{}",
+            r.body
+        );
+    }
+    let r = app.try_login("hank", "hank-password-1").await.ok();
+    assert_eq!(typename(&r), "TooManyAttemptsError", "{}", r.body);
+    assert!(r.data()["login"]["retryAfterSeconds"].as_i64().unwrap() > 0);
+}
+
+async fn logout_ends_only_this_session(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "lena", "lena-password-1").await;
+    let first = app.login("lena", "lena-password-1").await;
+    let second = app.login("lena", "lena-password-1").await;
+    // Log out via cookie, so the response clears it.
+    let r = app
+        .gql_cookie(&first.token, "mutation { logout }", json!({}))
+        .await
+        .ok();
+    assert_eq!(r.data()["logout"], true);
+    let cleared = r
+        .cookie("session")
+        .expect("logout clears the session cookie");
+    assert!(is_clearing(&cleared), "{cleared}");
+    assert!(app.active_session(&first.token).await.is_null());
+    let s = app.active_session(&second.token).await;
+    assert_eq!(s["kind"], "AUTHENTICATED");
+    // Its refresh token is dead too.
+    let r = app
+        .gql(
+            "mutation($r: String) { refreshSession(refreshToken: $r) { __typename } }",
+            json!({ "r": first.refresh_token }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        r.data()["refreshSession"]["__typename"],
+        "InvalidRefreshTokenError"
+    );
+    // Bearer logout works as well.
+    let r = app
+        .gql_as(&second.token, "mutation { logout }", json!({}))
+        .await
+        .ok();
+    assert_eq!(r.data()["logout"], true);
+    assert!(app.active_session(&second.token).await.is_null());
+}
+
+async fn logout_everywhere_ends_all_sessions(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "mona", "mona-password-1").await;
+    let mut sessions = vec![];
+    for _ in 0..3 {
+        sessions.push(app.login("mona", "mona-password-1").await);
+    }
+    let admin = app.admin_token().await;
+    let r = app
+        .gql_as(
+            &sessions[0].token,
+            "mutation { logoutEverywhere }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["logoutEverywhere"], 3, "{}", r.body);
+    for s in &sessions {
+        assert!(app.active_session(&s.token).await.is_null());
+    }
+    // Other users are unaffected.
+    assert!(!app.active_session(&admin).await.is_null());
+}
+
+async fn change_password_ends_other_sessions(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "nina", "nina-password-1").await;
+    let current = app.login("nina", "nina-password-1").await;
+    let other = app.login("nina", "nina-password-1").await;
+    let r = app
+        .gql_as(
+            &current.token,
+            "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }",
+            json!({ "c": "nina-password-1", "n": "nina-password-2" }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["changePassword"], true);
+    assert!(!app.active_session(&current.token).await.is_null());
+    assert!(app.active_session(&other.token).await.is_null());
+    let r = app.try_login("nina", "nina-password-1").await.ok();
+    assert_eq!(typename(&r), "InvalidCredentialsError");
+    app.login("nina", "nina-password-2").await;
+    // The current session keeps working afterwards as well.
+    assert!(!app.active_session(&current.token).await.is_null());
+}
+
+async fn change_password_with_wrong_current_password(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "olga", "olga-password-1").await;
+    let current = app.login("olga", "olga-password-1").await;
+    let other = app.login("olga", "olga-password-1").await;
+    let r = app
+        .gql_as(
+            &current.token,
+            "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }",
+            json!({ "c": "not-my-password", "n": "olga-password-2" }),
+        )
+        .await;
+    assert_eq!(r.error_code(), Some("BAD_USER_INPUT"), "{}", r.body);
+    assert!(!app.active_session(&current.token).await.is_null());
+    assert!(!app.active_session(&other.token).await.is_null());
+    app.login("olga", "olga-password-1").await;
+    let r = app.try_login("olga", "olga-password-2").await.ok();
+    assert_eq!(typename(&r), "InvalidCredentialsError");
+}
+
+async fn me_is_null_when_anonymous_and_lists_permissions(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let query = "{ me { id identifier verified channels { channelId channelCode channelToken permissions } } }";
+    let r = app.gql(query, json!({})).await.ok();
+    assert!(r.data()["me"].is_null());
+    let anon = app
+        .gql("mutation { createAnonymousSession { id } }", json!({}))
+        .await
+        .ok()
+        .session_token()
+        .unwrap();
+    let r = app.gql_as(&anon, query, json!({})).await.ok();
+    assert!(r.data()["me"].is_null());
+
+    let admin = app.admin_token().await;
+    let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
+    let user_id = app
+        .create_user(&admin, "paul", "paul-password-1", &[&role])
+        .await;
+    let default_id = app.default_channel_id(&admin).await;
+    let paul = app.login("paul", "paul-password-1").await;
+    let r = app.gql_as(&paul.token, query, json!({})).await.ok();
+    let me = &r.data()["me"];
+    assert_eq!(me["id"], user_id.as_str());
+    assert_eq!(me["identifier"], "paul");
+    assert_eq!(me["verified"], true);
+    let channels = me["channels"].as_array().expect("channels");
+    assert_eq!(channels.len(), 1, "{me}");
+    assert_eq!(channels[0]["channelId"], default_id.as_str());
+    assert_eq!(channels[0]["channelCode"], "default");
+    assert!(channels[0]["channelToken"].is_string());
+    assert_eq!(channels[0]["permissions"], json!(["READ_SESSION"]));
+
+    // The superadmin has SUPER_ADMIN in the default channel.
+    let r = app.gql_as(&admin, query, json!({})).await.ok();
+    let perms: Vec<Value> = r.data()["me"]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channelCode"] == "default")
+        .flat_map(|c| c["permissions"].as_array().unwrap().clone())
+        .collect();
+    assert!(perms.contains(&json!("SUPER_ADMIN")), "{}", r.body);
+}
