@@ -265,7 +265,7 @@ async fn sessions_newest_first_with_every_filter(v_: Variant) {
 
 async fn expired_and_invalidated_sessions_only_on_request(v_: Variant) {
     let Some(app) = TestApp::spawn_with(v_, |c| {
-        c.session_idle_timeout = Duration::from_secs(2);
+        c.session_idle_timeout = Duration::from_secs(3);
         c.session_activity_write_interval = Duration::from_millis(200);
     })
     .await
@@ -273,7 +273,7 @@ async fn expired_and_invalidated_sessions_only_on_request(v_: Variant) {
         return;
     };
     let (expired, expired_sid) = anon(&app).await;
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let (admin, admin_sid) = login(&app, ADMIN, ADMIN_PASSWORD).await;
     let (_live, live_sid) = anon(&app).await;
     let (_revoked, revoked_sid) = anon(&app).await;
@@ -495,7 +495,7 @@ async fn revoke_sessions_by_active_order(v_: Variant) {
 
 async fn clean_up_deletes_every_batch_in_one_call(v_: Variant) {
     let Some(app) = TestApp::spawn_with(v_, |c| {
-        c.session_idle_timeout = Duration::from_secs(2);
+        c.session_idle_timeout = Duration::from_secs(3);
         c.session_activity_write_interval = Duration::from_millis(200);
         c.cleanup_batch_size = 2;
     })
@@ -507,7 +507,7 @@ async fn clean_up_deletes_every_batch_in_one_call(v_: Variant) {
     for _ in 0..3 {
         doomed.push(anon(&app).await.1);
     }
-    tokio::time::sleep(Duration::from_millis(2800)).await;
+    tokio::time::sleep(Duration::from_millis(3800)).await;
     let (admin, admin_sid) = login(&app, ADMIN, ADMIN_PASSWORD).await;
     for _ in 0..3 {
         let id = anon(&app).await.1;
@@ -556,7 +556,7 @@ async fn clean_up_deletes_every_batch_in_one_call(v_: Variant) {
 
 async fn background_clean_up_runs_by_itself(v_: Variant) {
     let Some(app) = TestApp::spawn_with(v_, |c| {
-        c.session_idle_timeout = Duration::from_secs(1);
+        c.session_idle_timeout = Duration::from_secs(2);
         c.session_activity_write_interval = Duration::from_millis(100);
         c.cleanup_interval = Duration::from_millis(500);
     })
