@@ -258,6 +258,15 @@ impl Config {
                 }
             ));
         }
+        if let Some(url) = &self.redis_url {
+            crate::cache::redis::RedisTarget::parse(url)?;
+        }
+        if self.redis_key_prefix.contains(['{', '}']) {
+            return Err(
+                "REDIS_KEY_PREFIX must not contain braces (they are Redis Cluster hash tags)"
+                    .into(),
+            );
+        }
         if self.superadmin_identifier.trim().is_empty() || self.superadmin_password.is_empty() {
             return Err("SUPERADMIN_IDENTIFIER and SUPERADMIN_PASSWORD must not be empty".into());
         }
@@ -300,7 +309,7 @@ mod tests {
     fn bad_timeouts_are_refused_with_a_clear_message() {
         let err = parse(&["--session-idle-timeout", "0s"]).unwrap_err();
         assert!(err.contains("SESSION_IDLE_TIMEOUT"), "{err}");
-        let err = parse(&["--session-idle-timeout", "-5m"]).unwrap_err();
+        let err = parse(&["--session-idle-timeout=-5m"]).unwrap_err();
         assert!(err.contains("positive duration"), "{err}");
         let err = parse(&["--session-idle-timeout", "40d"]).unwrap_err();
         assert!(err.contains("must not be longer"), "{err}");

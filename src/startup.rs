@@ -2,7 +2,7 @@
 //! strategy, bootstrap data (default channel, `SUPER_ADMIN` role, superadmin user), background
 //! tasks, and the HTTP listener.
 
-use crate::cache::{MemoryCache, RedisCache, SessionCache};
+use crate::cache::{MemoryCache, RedisCache, SessionCache, TieredCache};
 use crate::clock::now_ms;
 use crate::config::{CacheMode, Config};
 use crate::error::AppError;
@@ -95,17 +95,14 @@ impl Application {
             )),
             _ => None,
         };
+        let cache_epoch = Arc::new(AtomicU64::new(0));
+        let memory = || MemoryCache::new(config.session_cache_capacity, config.session_cache_ttl);
         let cache: Arc<dyn SessionCache> = match (config.session_cache, &redis) {
-            (CacheMode::Memory, _) | (_, None) => Arc::new(MemoryCache::new(
-                config.session_cache_capacity,
-                config.session_cache_ttl,
-            )),
             (CacheMode::Redis, Some(r)) => r.clone(),
-            (CacheMode::Tiered, Some(_)) => {
-                return Err(StartupError::Config(
-                    "SESSION_CACHE=tiered is not available yet; use memory or redis".into(),
-                ))
+            (CacheMode::Tiered, Some(r)) => {
+                TieredCache::start(memory(), r.clone(), cache_epoch.clone())
             }
+            _ => Arc::new(memory()),
         };
 
         let passwords = auth::Passwords::new()
@@ -125,7 +122,7 @@ impl Application {
                 .max_capacity(10_000)
                 .time_to_live(config.session_cache_ttl.min(Duration::from_secs(300)))
                 .build(),
-            cache_epoch: AtomicU64::new(0),
+            cache_epoch,
             activity: ActivityWriter::start(db.clone(), flush_every),
             throttle: auth::LoginThrottle::new(
                 config.login_window,

@@ -61,6 +61,42 @@ impl MemoryCache {
     pub fn get_sync(&self, key: &TokenHash) -> Option<Arc<CachedSession>> {
         self.entries.get(key)
     }
+
+    pub fn insert_sync(&self, session: Arc<CachedSession>) {
+        if let Some(user_id) = session.user_id() {
+            self.by_user
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(user_id)
+                .or_default()
+                .insert(session.token_hash);
+        }
+        self.entries.insert(session.token_hash, session);
+    }
+
+    pub fn delete_sync(&self, key: &TokenHash) {
+        self.entries.invalidate(key);
+    }
+
+    pub fn delete_user_sync(&self, user_id: i64) {
+        let keys = self
+            .by_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&user_id)
+            .unwrap_or_default();
+        for key in keys {
+            self.entries.invalidate(&key);
+        }
+    }
+
+    pub fn clear_sync(&self) {
+        self.entries.invalidate_all();
+        self.by_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
 }
 
 #[async_trait]
@@ -71,42 +107,22 @@ impl SessionCache for MemoryCache {
 
     async fn set(&self, session: Arc<CachedSession>, _ttl: Duration) -> Result<(), CacheError> {
         // Expiry is checked on every read, so the cache-wide TTL is enough here.
-        if let Some(user_id) = session.user_id() {
-            self.by_user
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(user_id)
-                .or_default()
-                .insert(session.token_hash);
-        }
-        self.entries.insert(session.token_hash, session);
+        self.insert_sync(session);
         Ok(())
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
-        self.entries.invalidate(key);
+        self.delete_sync(key);
         Ok(())
     }
 
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {
-        let keys = self
-            .by_user
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&user_id)
-            .unwrap_or_default();
-        for key in keys {
-            self.entries.invalidate(&key);
-        }
+        self.delete_user_sync(user_id);
         Ok(())
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
-        self.entries.invalidate_all();
-        self.by_user
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.clear_sync();
         Ok(())
     }
 

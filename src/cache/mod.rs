@@ -5,10 +5,12 @@
 //! fallible; the session service treats any cache error as a miss.
 
 mod memory;
-mod redis;
+pub mod redis;
+mod tiered;
 
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
+pub use self::tiered::TieredCache;
 
 use crate::permission::PermissionSet;
 use crate::token::TokenHash;
@@ -25,6 +27,8 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("cached entry could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A cache of sessions keyed by token hash, shared by all requests of a process.
@@ -124,7 +128,8 @@ pub struct CachedSession {
     pub last_active_at: AtomicI64,
     /// Latest activity written (or queued to be written) to the database (ms).
     pub persisted_active_at: AtomicI64,
-    /// When this entry was read from the database (ms); older than the cache TTL means stale.
+    /// When the database read that produced this entry started (ms): older than the cache TTL
+    /// means stale, and a user invalidation after it means the entry must not be cached.
     pub loaded_at: i64,
 }
 

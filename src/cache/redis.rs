@@ -1,29 +1,134 @@
-//! The `redis` strategy: entries shared by every instance, under a configurable key prefix.
+//! The `redis` strategy: entries shared by every instance, under a configurable key prefix, on
+//! a single Redis or a Redis Cluster.
 //!
-//! Keys: `<prefix>s:<token-hash-hex>` holds a session (JSON) with a TTL of the shorter of the
-//! cache TTL and the time left to expiry; `<prefix>u:<user-id>` is a set of that user's token
-//! hashes, so one user's sessions are dropped without a scan. Every call is bounded by
-//! `REDIS_TIMEOUT`; the caller treats errors and timeouts as misses.
+//! Keys (`P` is `REDIS_KEY_PREFIX`; the `{…}` part is the cluster hash tag):
+//! - `P{t:<token-hash>}`: an anonymous session (JSON), or `@<user-id>` pointing at the user's
+//!   slot, or `!` (a tombstone: this token was revoked; kept a minute so that a read of the
+//!   database that raced the revocation cannot cache the session again).
+//! - `P{u:<id>}:s:<token-hash>`: an authenticated session (JSON).
+//! - `P{u:<id>}:idx`: the set of that user's cached token hashes.
+//! - `P{u:<id>}:inv`: when the user's sessions were last dropped (ms); entries read from the
+//!   database before that are refused.
+//!
+//! A user's index, entries and invalidation mark share one hash slot, so dropping them all is
+//! one atomic script even on a cluster. Entry TTLs are the shorter of the cache TTL and the time
+//! left to expiry. Every call is bounded by `REDIS_TIMEOUT`; the caller treats errors and
+//! timeouts as misses.
 
 use super::{CacheError, CachedSession, SessionCache};
 use crate::token::TokenHash;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct RedisCache {
-    conn: ConnectionManager,
-    /// Namespace of every key written; `clear` deletes only keys under it.
-    prefix: String,
-    /// Longest wait for any single Redis call.
-    timeout: Duration,
-    /// The cache TTL: no entry lives longer, so a user index kept this long outlives them all.
-    index_ttl: Duration,
-    /// Deletes a user's index and every session it names, atomically.
-    delete_user_script: redis::Script,
+/// How long a revoked token's tombstone stays: longer than any database read it must outlast.
+const TOMBSTONE_MS: u64 = 60_000;
+
+/// Where Redis is: one server, or the seed nodes of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// `redis://host:port/db` (or `rediss://`) is one server; `redis-cluster://h1:p1,h2:p2`
+    /// names the seed nodes of a cluster.
+    pub fn parse(url: &str) -> Result<RedisTarget, String> {
+        if let Some(rest) = url.strip_prefix("redis-cluster://") {
+            let nodes: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{}", n.trim_end_matches('/')))
+                .collect();
+            if nodes.is_empty() {
+                return Err("redis-cluster:// needs at least one host:port".into());
+            }
+            Ok(RedisTarget::Cluster(nodes))
+        } else if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+        {
+            Ok(RedisTarget::Single(url.to_string()))
+        } else {
+            Err(format!(
+                "REDIS_URL must start with redis://, rediss:// or redis-cluster:// (got '{url}')"
+            ))
+        }
+    }
+
+    /// A plain URL for a single-node connection (pub/sub needs one node, any node of a cluster).
+    pub fn any_node(&self) -> &str {
+        match self {
+            RedisTarget::Single(u) => u,
+            RedisTarget::Cluster(nodes) => &nodes[0],
+        }
+    }
+}
+
+/// A connection to a single Redis or a cluster; both reconnect on their own.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Connects to `target`; calls wait at most `timeout`.
+pub async fn connect(target: &RedisTarget, timeout: Duration) -> Result<RedisConn, CacheError> {
+    let connect_timeout = Duration::from_secs(2).max(timeout);
+    match target {
+        RedisTarget::Single(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Ok(RedisConn::Single(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+        RedisTarget::Cluster(nodes) => {
+            let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .connection_timeout(connect_timeout)
+                .response_timeout(timeout)
+                .build()?;
+            Ok(RedisConn::Cluster(client.get_async_connection().await?))
+        }
+    }
 }
 
 /// Escapes the glob characters of a prefix for `SCAN MATCH`.
@@ -38,6 +143,67 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// Shared Redis access: the session cache, and the namespaced keys other parts keep there
+/// (login throttling, invalidation messages).
+pub struct RedisCache {
+    conn: RedisConn,
+    target: RedisTarget,
+    /// Namespace of every key written; `clear` deletes only keys under it.
+    prefix: String,
+    /// Longest wait for any single Redis call.
+    timeout: Duration,
+    /// The cache TTL: no entry lives longer, so a user index kept this long outlives them all.
+    index_ttl: Duration,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    /// KEYS: pointer. ARGV: value, ttl ms. Sets unless the token has a tombstone.
+    set_unless_revoked: redis::Script,
+    /// KEYS: entry, index, invalidation mark. ARGV: value, ttl ms, token hash, loaded-at ms,
+    /// index ttl ms. Sets unless the user's sessions were dropped after the entry was read.
+    set_user_entry: redis::Script,
+    /// KEYS: index, invalidation mark. ARGV: entry key prefix, now ms, mark ttl ms.
+    drop_user: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            set_unless_revoked: redis::Script::new(
+                r"
+                if redis.call('GET', KEYS[1]) == '!' then return 0 end
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                return 1
+                ",
+            ),
+            set_user_entry: redis::Script::new(
+                r"
+                local mark = tonumber(redis.call('GET', KEYS[3]) or '0')
+                if mark >= tonumber(ARGV[4]) then return 0 end
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                redis.call('SADD', KEYS[2], ARGV[3])
+                redis.call('PEXPIRE', KEYS[2], ARGV[5])
+                return 1
+                ",
+            ),
+            drop_user: redis::Script::new(
+                r"
+                local members = redis.call('SMEMBERS', KEYS[1])
+                for _, m in ipairs(members) do redis.call('DEL', ARGV[1] .. m) end
+                redis.call('DEL', KEYS[1])
+                redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+                return #members
+                ",
+            ),
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
 impl RedisCache {
     pub async fn connect(
         url: &str,
@@ -45,38 +211,40 @@ impl RedisCache {
         timeout: Duration,
         index_ttl: Duration,
     ) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2).max(timeout)))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let target = RedisTarget::parse(url).map_err(CacheError::Config)?;
+        let conn = connect(&target, timeout).await?;
         Ok(RedisCache {
             conn,
+            target,
             prefix: prefix.to_string(),
             timeout,
             index_ttl,
-            delete_user_script: redis::Script::new(
-                r"
-                local members = redis.call('SMEMBERS', KEYS[1])
-                for _, m in ipairs(members) do redis.call('DEL', ARGV[1] .. m) end
-                redis.call('DEL', KEYS[1])
-                return #members
-                ",
-            ),
+            scripts: Scripts::new(),
         })
     }
 
-    fn session_key(&self, hash: &TokenHash) -> String {
-        format!("{}s:{}", self.prefix, hash.to_hex())
+    pub fn target(&self) -> &RedisTarget {
+        &self.target
     }
 
-    fn user_key(&self, user_id: i64) -> String {
-        format!("{}u:{}", self.prefix, user_id)
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
-    async fn bounded<T>(
+    pub fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    fn pointer_key(&self, hash: &TokenHash) -> String {
+        format!("{}{{t:{}}}", self.prefix, hash.to_hex())
+    }
+
+    fn user_slot(&self, user_id: i64) -> String {
+        format!("{}{{u:{}}}", self.prefix, user_id)
+    }
+
+    /// Runs a Redis call within `REDIS_TIMEOUT`.
+    pub async fn bounded<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, CacheError> {
@@ -93,85 +261,151 @@ impl RedisCache {
             .await
             .map(|_| ())
     }
+
+    /// The master nodes of the cluster (or the one server), for per-node commands like SCAN.
+    async fn masters(&self) -> Result<Vec<String>, CacheError> {
+        let RedisTarget::Cluster(_) = &self.target else {
+            return Ok(vec![self.target.any_node().to_string()]);
+        };
+        let mut conn = self.conn.clone();
+        let nodes: String = self
+            .bounded(redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn))
+            .await?;
+        Ok(nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|addr| format!("redis://{}", addr.split('@').next().unwrap_or(addr)))
+            .collect())
+    }
 }
 
 #[async_trait]
 impl SessionCache for RedisCache {
     async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = self.bounded(conn.get(self.session_key(key))).await?;
-        match raw {
-            Some(bytes) => Ok(Some(Arc::new(serde_json::from_slice(&bytes)?))),
-            None => Ok(None),
-        }
+        let raw: Option<Vec<u8>> = self
+            .bounded(
+                redis::cmd("GET")
+                    .arg(self.pointer_key(key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let bytes = match raw {
+            None => return Ok(None),
+            Some(b) if b == b"!" => return Ok(None),
+            Some(b) if b.first() == Some(&b'@') => {
+                let user_id = std::str::from_utf8(&b[1..])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                let Some(user_id) = user_id else {
+                    return Ok(None);
+                };
+                let entry_key = format!("{}:s:{}", self.user_slot(user_id), key.to_hex());
+                let raw: Option<Vec<u8>> = self
+                    .bounded(redis::cmd("GET").arg(entry_key).query_async(&mut conn))
+                    .await?;
+                match raw {
+                    Some(b) => b,
+                    None => return Ok(None),
+                }
+            }
+            Some(b) => b,
+        };
+        Ok(Some(Arc::new(serde_json::from_slice(&bytes)?)))
     }
 
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
-        let ttl_ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
         let body = serde_json::to_vec(&*session)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(self.session_key(&session.token_hash))
-            .arg(body)
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore();
-        if let Some(user_id) = session.user_id() {
-            let index = self.user_key(user_id);
-            // Every set pushes the index's expiry to a full cache TTL, past every member's own
-            // expiry; members whose keys expired go with the index when the user goes quiet.
-            let index_ttl_ms = self.index_ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
-            pipe.cmd("SADD")
-                .arg(&index)
-                .arg(session.token_hash.to_hex())
-                .ignore();
-            pipe.cmd("PEXPIRE").arg(&index).arg(index_ttl_ms).ignore();
-        }
         let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        let pointer = self.pointer_key(&session.token_hash);
+        let pointer_value: Vec<u8> = match session.user_id() {
+            None => body,
+            Some(user_id) => {
+                let slot = self.user_slot(user_id);
+                let hex = session.token_hash.to_hex();
+                let mut call = self.scripts.set_user_entry.key(format!("{slot}:s:{hex}"));
+                call.key(format!("{slot}:idx"))
+                    .key(format!("{slot}:inv"))
+                    .arg(body)
+                    .arg(ms(ttl))
+                    .arg(&hex)
+                    .arg(session.loaded_at)
+                    .arg(ms(self.index_ttl));
+                let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+                if stored == 0 {
+                    return Ok(()); // read before the user's sessions were dropped: stale
+                }
+                format!("@{user_id}").into_bytes()
+            }
+        };
+        let mut call = self.scripts.set_unless_revoked.key(pointer);
+        call.arg(pointer_value).arg(ms(ttl));
+        self.bounded(call.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        self.bounded(conn.del::<_, ()>(self.session_key(key))).await
+        self.bounded(
+            redis::cmd("SET")
+                .arg(self.pointer_key(key))
+                .arg("!")
+                .arg("PX")
+                .arg(TOMBSTONE_MS)
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        let session_prefix = format!("{}s:", self.prefix);
-        let mut invocation = self.delete_user_script.key(self.user_key(user_id));
-        invocation.arg(session_prefix);
-        self.bounded(invocation.invoke_async::<i64>(&mut conn))
+        let slot = self.user_slot(user_id);
+        let mut call = self.scripts.drop_user.key(format!("{slot}:idx"));
+        call.key(format!("{slot}:inv"))
+            .arg(format!("{slot}:s:"))
+            .arg(crate::clock::now_ms())
+            .arg(ms(self.index_ttl).max(TOMBSTONE_MS));
+        self.bounded(call.invoke_async::<i64>(&mut conn))
             .await
             .map(|_| ())
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
-        // SCAN + DEL of our own namespace only: never FLUSHDB, other tenants share the server.
+        // SCAN + UNLINK of our own namespace on every master: never FLUSHDB, other tenants
+        // may share the server.
         let pattern = format!("{}*", glob_escape(&self.prefix));
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .bounded(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
+        for node in self.masters().await? {
+            let client = redis::Client::open(node.as_str())?;
+            let mut conn = self
+                .bounded(client.get_multiplexed_async_connection())
                 .await?;
-            if !keys.is_empty() {
-                self.bounded(conn.del::<_, ()>(keys)).await?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = self
+                    .bounded(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                for key in keys {
+                    // One key per call: on a cluster, keys of one node may span many slots.
+                    self.bounded(redis::cmd("UNLINK").arg(key).query_async::<()>(&mut conn))
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
         }
+        Ok(())
     }
 
     fn name(&self) -> &'static str {
@@ -181,10 +415,27 @@ impl SessionCache for RedisCache {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_escape;
+    use super::*;
 
     #[test]
     fn prefix_globs_are_escaped() {
         assert_eq!(glob_escape("app:*[x]"), "app:\\*\\[x\\]");
+    }
+
+    #[test]
+    fn redis_urls_parse() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379/0"),
+            Ok(RedisTarget::Single("redis://127.0.0.1:6379/0".into()))
+        );
+        assert_eq!(
+            RedisTarget::parse("redis-cluster://127.0.0.1:7000,127.0.0.1:7001"),
+            Ok(RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ]))
+        );
+        assert!(RedisTarget::parse("http://x").is_err());
+        assert!(RedisTarget::parse("redis-cluster://").is_err());
     }
 }

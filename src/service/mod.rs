@@ -41,7 +41,7 @@ pub struct Services {
     /// Token hashes known not to exist: garbage tokens stop here instead of the database.
     pub unknown_tokens: moka::sync::Cache<crate::token::TokenHash, ()>,
     /// Bumped by every invalidation; a database read that overlaps one is not cached.
-    pub cache_epoch: AtomicU64,
+    pub cache_epoch: Arc<AtomicU64>,
     pub activity: activity::ActivityWriter,
     pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,

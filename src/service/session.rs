@@ -5,7 +5,7 @@ use super::Services;
 use crate::cache::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::clock::{ms, now_ms};
 use crate::config::{CacheMode, Config};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::metrics::Metrics;
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};
@@ -151,8 +151,13 @@ impl Services {
         let mut stale = None;
         match self.cache.get(hash).await {
             Ok(Some(s)) if now - s.loaded_at < self.lifetimes.cache_ttl_ms => {
-                Metrics::inc(&self.metrics.cache_hits);
-                return Ok(self.accept(s, now).await);
+                if now < s.expires_at(self.lifetimes.idle_ms) {
+                    Metrics::inc(&self.metrics.cache_hits);
+                    return Ok(self.accept(s, now).await);
+                }
+                // Expired as far as this copy knows; activity seen elsewhere (another instance,
+                // the pending writes) may say otherwise, so the database decides.
+                stale = Some(s);
             }
             Ok(Some(s)) => stale = Some(s),
             Ok(None) => {}
@@ -178,14 +183,16 @@ impl Services {
             },
             None => None,
         };
-        let cached = CachedSession::from_model(&model, user, now_ms());
+        // `loaded_at` is when the read started: a Redis cache refuses the entry if the user's
+        // sessions were dropped after that.
+        let cached = CachedSession::from_model(&model, user, now);
         if let Some(pending) = self.activity.pending(model.id) {
             cached.last_active_at.fetch_max(pending, Ordering::Relaxed);
             cached
                 .persisted_active_at
                 .fetch_max(pending, Ordering::Relaxed);
         }
-        if let Some(old) = stale {
+        if let Some(old) = &stale {
             // The stale entry may know of activity the database has not seen yet.
             cached
                 .last_active_at
@@ -196,9 +203,15 @@ impl Services {
             );
         }
         let cached = Arc::new(cached);
-        if now < cached.expires_at(self.lifetimes.idle_ms) {
-            self.cache_put(cached.clone(), epoch).await;
+        if now >= cached.expires_at(self.lifetimes.idle_ms) {
+            // Expired sessions never come back: remember the token as dead.
+            self.unknown_tokens.insert(*hash, ());
+            if stale.is_some() {
+                self.invalidate_token(hash).await;
+            }
+            return Ok(None);
         }
+        self.cache_put(cached.clone(), epoch).await;
         Ok(self.accept(cached, now).await)
     }
 
@@ -280,28 +293,44 @@ impl Services {
 
     /// Drops one token's cached entry (after its row changed or was revoked).
     pub async fn invalidate_token(&self, hash: &TokenHash) {
-        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.cache.delete(hash).await {
-            self.cache_failed("delete", e);
-        }
+        self.invalidate(Invalidation::Token(*hash)).await;
     }
 
     /// Drops every cached entry of one user (after a change to the user or their roles).
     pub async fn invalidate_user(&self, user_id: i64) {
-        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.cache.delete_user(user_id).await {
-            self.cache_failed("delete_user", e);
-        }
+        self.invalidate(Invalidation::User(user_id)).await;
     }
 
     /// Empties the session cache (`clearSessionCache`).
     pub async fn clear_cache(&self) -> AppResult<()> {
-        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
         self.unknown_tokens.invalidate_all();
-        self.cache.clear().await.map_err(|e| {
-            self.cache_failed("clear", e);
-            AppError::internal("the session cache could not be cleared")
-        })
+        self.invalidate(Invalidation::Clear).await;
+        Ok(())
+    }
+
+    /// Applies an invalidation to the cache. If the cache cannot take it now (Redis down or
+    /// slow), it is retried in the background until it succeeds or every entry it could
+    /// concern has expired anyway (one cache TTL).
+    async fn invalidate(&self, what: Invalidation) {
+        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
+        let Err(e) = what.apply(self.cache.as_ref()).await else {
+            return;
+        };
+        self.cache_failed(what.op(), e);
+        let cache = self.cache.clone();
+        let give_up_after = Duration::from_millis(self.lifetimes.cache_ttl_ms as u64);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut delay = Duration::from_millis(100);
+            while started.elapsed() < give_up_after {
+                tokio::time::sleep(delay).await;
+                if what.apply(cache.as_ref()).await.is_ok() {
+                    tracing::info!(op = what.op(), "deferred cache invalidation applied");
+                    return;
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        });
     }
 
     /// A user with per-channel permissions, as cached with their sessions. `None` if deleted.
@@ -618,4 +647,33 @@ pub fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// A cache invalidation, kept so it can be retried.
+#[derive(Clone, Copy)]
+enum Invalidation {
+    Token(TokenHash),
+    User(i64),
+    Clear,
+}
+
+impl Invalidation {
+    async fn apply(
+        &self,
+        cache: &dyn crate::cache::SessionCache,
+    ) -> Result<(), crate::cache::CacheError> {
+        match self {
+            Invalidation::Token(hash) => cache.delete(hash).await,
+            Invalidation::User(id) => cache.delete_user(*id).await,
+            Invalidation::Clear => cache.clear().await,
+        }
+    }
+
+    fn op(&self) -> &'static str {
+        match self {
+            Invalidation::Token(_) => "delete",
+            Invalidation::User(_) => "delete_user",
+            Invalidation::Clear => "clear",
+        }
+    }
 }
