@@ -82,21 +82,30 @@ impl Application {
             .await
             .map_err(StartupError::Migration)?;
 
+        let metrics = Arc::new(Metrics::default());
         let redis = match &config.redis_url {
-            Some(url) if config.session_cache != CacheMode::Memory => Some(Arc::new(
+            // Configured Redis also holds the login throttling counters, whatever the cache.
+            Some(url) => Some(Arc::new(
                 RedisCache::connect(
                     url,
                     &config.redis_key_prefix,
                     config.redis_timeout,
                     config.session_cache_ttl,
+                    metrics.clone(),
                 )
                 .await
                 .map_err(StartupError::Redis)?,
             )),
-            _ => None,
+            None => None,
         };
         let cache_epoch = Arc::new(AtomicU64::new(0));
-        let memory = || MemoryCache::new(config.session_cache_capacity, config.session_cache_ttl);
+        let memory = || {
+            MemoryCache::new(
+                config.session_cache_capacity,
+                config.session_cache_ttl,
+                metrics.clone(),
+            )
+        };
         let cache: Arc<dyn SessionCache> = match (config.session_cache, &redis) {
             (CacheMode::Redis, Some(r)) => r.clone(),
             (CacheMode::Tiered, Some(r)) => {
@@ -128,8 +137,9 @@ impl Application {
                 config.login_window,
                 config.login_max_attempts,
                 config.login_max_attempts_per_address,
+                redis.clone(),
             ),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             default_channel: Arc::new(boot.default_channel),
             super_admin_role_id: boot.super_admin_role_id,
             superadmin_user_id: boot.superadmin_user_id,

@@ -2,6 +2,7 @@
 //! sessions can be dropped without scanning the cache.
 
 use super::{CacheError, CachedSession, SessionCache};
+use crate::metrics::Metrics;
 use crate::token::TokenHash;
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
@@ -18,6 +19,7 @@ pub struct MemoryCache {
     /// User id -> token hashes of that user's cached sessions; kept in step by the eviction
     /// listener.
     by_user: UserIndex,
+    metrics: Arc<Metrics>,
 }
 
 fn unindex(index: &UserIndex, user_id: i64, key: &TokenHash) {
@@ -31,7 +33,7 @@ fn unindex(index: &UserIndex, user_id: i64, key: &TokenHash) {
 }
 
 impl MemoryCache {
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
+    pub fn new(capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Self {
         let by_user: UserIndex = Arc::default();
         let index = by_user.clone();
         let entries = Cache::builder()
@@ -48,7 +50,11 @@ impl MemoryCache {
                 },
             )
             .build();
-        MemoryCache { entries, by_user }
+        MemoryCache {
+            entries,
+            by_user,
+            metrics,
+        }
     }
 
     /// Entries currently held, after pending evictions have run (for tests and metrics).
@@ -59,7 +65,9 @@ impl MemoryCache {
 
     /// Synchronous lookup, for the tiered strategy and the hot path.
     pub fn get_sync(&self, key: &TokenHash) -> Option<Arc<CachedSession>> {
-        self.entries.get(key)
+        let found = self.entries.get(key);
+        self.metrics.cache_lookup("memory", found.is_some());
+        found
     }
 
     pub fn insert_sync(&self, session: Arc<CachedSession>) {
@@ -102,7 +110,7 @@ impl MemoryCache {
 #[async_trait]
 impl SessionCache for MemoryCache {
     async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
-        Ok(self.entries.get(key))
+        Ok(self.get_sync(key))
     }
 
     async fn set(&self, session: Arc<CachedSession>, _ttl: Duration) -> Result<(), CacheError> {
@@ -166,7 +174,7 @@ mod tests {
 
     #[tokio::test]
     async fn capacity_bound_holds_under_more_inserts() {
-        let cache = MemoryCache::new(100, Duration::from_secs(60));
+        let cache = MemoryCache::new(100, Duration::from_secs(60), Arc::default());
         for i in 0..1000 {
             cache
                 .set(session(Some(i % 7)), Duration::from_secs(60))
@@ -187,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn delete_user_drops_only_that_users_sessions() {
-        let cache = MemoryCache::new(100, Duration::from_secs(60));
+        let cache = MemoryCache::new(100, Duration::from_secs(60), Arc::default());
         let (a1, a2, b) = (session(Some(1)), session(Some(1)), session(Some(2)));
         for s in [&a1, &a2, &b] {
             cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();

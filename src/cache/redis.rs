@@ -155,6 +155,7 @@ pub struct RedisCache {
     /// The cache TTL: no entry lives longer, so a user index kept this long outlives them all.
     index_ttl: Duration,
     scripts: Scripts,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 struct Scripts {
@@ -210,6 +211,7 @@ impl RedisCache {
         prefix: &str,
         timeout: Duration,
         index_ttl: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
         let target = RedisTarget::parse(url).map_err(CacheError::Config)?;
         let conn = connect(&target, timeout).await?;
@@ -220,6 +222,7 @@ impl RedisCache {
             timeout,
             index_ttl,
             scripts: Scripts::new(),
+            metrics,
         })
     }
 
@@ -278,11 +281,9 @@ impl RedisCache {
             .map(|addr| format!("redis://{}", addr.split('@').next().unwrap_or(addr)))
             .collect())
     }
-}
 
-#[async_trait]
-impl SessionCache for RedisCache {
-    async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
+    /// Follows the token's pointer to its entry (anonymous entries sit at the pointer).
+    async fn lookup(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
         let mut conn = self.conn.clone();
         let raw: Option<Vec<u8>> = self
             .bounded(
@@ -313,6 +314,15 @@ impl SessionCache for RedisCache {
             Some(b) => b,
         };
         Ok(Some(Arc::new(serde_json::from_slice(&bytes)?)))
+    }
+}
+
+#[async_trait]
+impl SessionCache for RedisCache {
+    async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
+        let found = self.lookup(key).await?;
+        self.metrics.cache_lookup("redis", found.is_some());
+        Ok(found)
     }
 
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {

@@ -159,7 +159,7 @@ pub fn issue_tokens(ctx: &Context<'_>, issued: &Issued) -> Result<(), AppError> 
         let max_age = issued
             .session
             .remember_me
-            .then(|| config.session_absolute_timeout.as_secs() as i64);
+            .then_some(config.session_absolute_timeout.as_secs() as i64);
         ctx.append_http_header(
             "set-cookie",
             session_cookie(&issued.token, config.cookie_secure, max_age),

@@ -26,7 +26,10 @@ fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 }
 
 pub fn build_schema(services: SharedServices) -> AppSchema {
-    builder().data(services).finish()
+    builder()
+        .extension(crate::metrics::RequestMetrics(services.metrics.clone()))
+        .data(services)
+        .finish()
 }
 
 /// The schema in SDL, as written to `schema.graphql` by `export-schema`.

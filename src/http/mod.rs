@@ -5,7 +5,6 @@ mod request;
 
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::{context, AppSchema, RequestContext, TokenSource};
-use crate::metrics::Metrics;
 use crate::service::SharedServices;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
@@ -249,12 +248,14 @@ async fn execute(
     request: async_graphql::Request,
 ) -> Response {
     let svc = &app.services;
-    Metrics::inc(&svc.metrics.graphql_requests);
     let presented = request::presented_token(headers, svc.config.token_method);
     let session = match presented.as_ref().and_then(|p| p.hash.as_ref()) {
         Some(hash) => match svc.resolve_session(hash).await {
             Ok(s) => s,
-            Err(e) => return app_error_response(e),
+            Err(e) => {
+                svc.metrics.error("database");
+                return app_error_response(e);
+            }
         },
         None => None,
     };
@@ -300,8 +301,14 @@ async fn execute(
     // no code of their own: they are all about the request's input.
     for err in response.errors.iter_mut() {
         let ext = err.extensions.get_or_insert_with(Default::default);
-        if ext.get("code").is_none() {
-            ext.set("code", ErrorCode::BadUserInput.as_str());
+        match ext.get("code") {
+            None => ext.set("code", ErrorCode::BadUserInput.as_str()),
+            Some(async_graphql::Value::String(code))
+                if code == ErrorCode::ServiceUnavailable.as_str() =>
+            {
+                svc.metrics.error("database")
+            }
+            Some(_) => {}
         }
     }
     let http_headers = std::mem::take(&mut response.http_headers);

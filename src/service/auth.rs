@@ -3,10 +3,9 @@
 
 use super::session::{ClientInfo, Issued, NewSession};
 use super::Services;
-use crate::cache::{CachedSession, CachedUser};
+use crate::cache::{CachedSession, CachedUser, RedisCache};
 use crate::clock::{ms, now_ms};
 use crate::error::{AppError, AppResult, InternalError};
-use crate::metrics::Metrics;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use entity::{order, session, user};
@@ -86,88 +85,179 @@ fn hash_blocking(password: &str) -> Result<String, InternalError> {
 }
 
 /// Failed-login counters over a sliding window, per identifier and per client address.
+///
+/// With Redis configured the counters live there (a sorted set of failure times per key), so
+/// every instance sees the same counts; each instance also keeps its own, which answer while
+/// Redis does not.
 pub struct LoginThrottle {
     /// Key -> times (ms) of recent failures, newest last; at most `max` kept per key.
     failures: moka::sync::Cache<String, Arc<Mutex<Vec<i64>>>>,
+    redis: Option<Arc<RedisCache>>,
     window_ms: i64,
     max_per_identifier: u32,
     max_per_address: u32,
 }
 
+/// One counter a login attempt is checked against.
+struct Counter {
+    key: String,
+    max: usize,
+}
+
 impl LoginThrottle {
-    pub fn new(window: Duration, max_per_identifier: u32, max_per_address: u32) -> LoginThrottle {
+    pub fn new(
+        window: Duration,
+        max_per_identifier: u32,
+        max_per_address: u32,
+        redis: Option<Arc<RedisCache>>,
+    ) -> LoginThrottle {
         LoginThrottle {
             failures: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_idle(window)
                 .build(),
+            redis,
             window_ms: ms(window),
             max_per_identifier,
             max_per_address,
         }
     }
 
-    fn keys(identifier: &str, address: Option<&str>) -> [(String, u32); 2] {
-        [
-            (format!("id:{}", identifier.to_lowercase()), 0),
-            (format!("ip:{}", address.unwrap_or("")), 1),
-        ]
+    fn counters(&self, identifier: &str, address: Option<&str>) -> Vec<Counter> {
+        let mut out = vec![Counter {
+            key: format!("id:{}", identifier.to_lowercase()),
+            max: self.max_per_identifier as usize,
+        }];
+        if let Some(addr) = address {
+            out.push(Counter {
+                key: format!("ip:{addr}"),
+                max: self.max_per_address as usize,
+            });
+        }
+        out
     }
 
-    /// Seconds until a login may be tried again, if either counter is full.
-    pub fn retry_after(&self, identifier: &str, address: Option<&str>, now: i64) -> Option<i64> {
-        let mut wait = None;
-        for (key, which) in Self::keys(identifier, address) {
-            if which == 1 && address.is_none() {
-                continue;
-            }
-            let max = if which == 0 {
-                self.max_per_identifier
-            } else {
-                self.max_per_address
-            };
-            if let Some(times) = self.failures.get(&key) {
-                let times = times.lock().unwrap_or_else(PoisonError::into_inner);
-                let recent: Vec<i64> = times
-                    .iter()
-                    .copied()
-                    .filter(|t| now - t < self.window_ms)
-                    .collect();
-                if recent.len() >= max as usize {
-                    // Free again when the oldest failure that keeps the count at `max` ages out.
-                    let oldest = recent[recent.len() - max as usize];
-                    let secs = ((oldest + self.window_ms - now) as f64 / 1000.0).ceil() as i64;
-                    wait = Some(wait.unwrap_or(0).max(secs.max(1)));
+    /// The Redis key of a counter: hashed, so identifiers are neither stored nor able to
+    /// smuggle hash-tag braces into the key.
+    fn redis_key(redis: &RedisCache, key: &str) -> String {
+        format!(
+            "{}{{th:{}}}",
+            redis.prefix(),
+            &crate::token::TokenHash::of(key).to_hex()[..32]
+        )
+    }
+
+    /// Recent failure times of a counter: from Redis when it answers, else from this process.
+    async fn recent(&self, key: &str, now: i64) -> Vec<i64> {
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.conn();
+            let read = redis
+                .bounded(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(Self::redis_key(redis, key))
+                        .arg(now - self.window_ms + 1)
+                        .arg("+inf")
+                        .query_async::<Vec<String>>(&mut conn),
+                )
+                .await;
+            match read {
+                Ok(members) => {
+                    let mut times: Vec<i64> = members
+                        .iter()
+                        .filter_map(|m| m.split(':').next()?.parse().ok())
+                        .collect();
+                    times.sort_unstable();
+                    return times;
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "login throttle: Redis unavailable, using this instance's counters")
+                }
+            }
+        }
+        match self.failures.get(key) {
+            Some(times) => times
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .copied()
+                .filter(|t| now - t < self.window_ms)
+                .collect(),
+            None => vec![],
+        }
+    }
+
+    /// Seconds until a login may be tried again, if any counter is full.
+    pub async fn retry_after(
+        &self,
+        identifier: &str,
+        address: Option<&str>,
+        now: i64,
+    ) -> Option<i64> {
+        let mut wait = None;
+        for counter in self.counters(identifier, address) {
+            let recent = self.recent(&counter.key, now).await;
+            if recent.len() >= counter.max {
+                // Free again when the oldest failure that keeps the count at `max` ages out.
+                let oldest = recent[recent.len() - counter.max];
+                let secs = ((oldest + self.window_ms - now) as f64 / 1000.0).ceil() as i64;
+                wait = Some(wait.unwrap_or(0).max(secs.max(1)));
             }
         }
         wait
     }
 
-    pub fn record_failure(&self, identifier: &str, address: Option<&str>, now: i64) {
-        for (key, which) in Self::keys(identifier, address) {
-            if which == 1 && address.is_none() {
-                continue;
+    pub async fn record_failure(&self, identifier: &str, address: Option<&str>, now: i64) {
+        for counter in self.counters(identifier, address) {
+            let entry = self.failures.get_with(counter.key.clone(), Arc::default);
+            {
+                let mut times = entry.lock().unwrap_or_else(PoisonError::into_inner);
+                times.retain(|t| now - t < self.window_ms);
+                times.push(now);
+                if times.len() > counter.max {
+                    let excess = times.len() - counter.max;
+                    times.drain(..excess);
+                }
             }
-            let max = if which == 0 {
-                self.max_per_identifier
-            } else {
-                self.max_per_address
-            } as usize;
-            let entry = self.failures.get_with(key, Arc::default);
-            let mut times = entry.lock().unwrap_or_else(PoisonError::into_inner);
-            times.retain(|t| now - t < self.window_ms);
-            times.push(now);
-            if times.len() > max {
-                let excess = times.len() - max;
-                times.drain(..excess);
+            if let Some(redis) = &self.redis {
+                let key = Self::redis_key(redis, &counter.key);
+                let member = format!("{now}:{}", crate::token::random_string(6));
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("ZADD")
+                    .arg(&key)
+                    .arg(now)
+                    .arg(member)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now - self.window_ms)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(self.window_ms)
+                    .ignore();
+                let mut conn = redis.conn();
+                if let Err(e) = redis.bounded(pipe.query_async::<()>(&mut conn)).await {
+                    tracing::warn!(error = %e, "login throttle: could not record a failure in Redis");
+                }
             }
         }
     }
 
-    pub fn clear_identifier(&self, identifier: &str) {
-        self.failures
-            .invalidate(&format!("id:{}", identifier.to_lowercase()));
+    pub async fn clear_identifier(&self, identifier: &str) {
+        let key = format!("id:{}", identifier.to_lowercase());
+        self.failures.invalidate(&key);
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.conn();
+            let _ = redis
+                .bounded(
+                    redis::cmd("DEL")
+                        .arg(Self::redis_key(redis, &key))
+                        .query_async::<()>(&mut conn),
+                )
+                .await;
+        }
     }
 }
 
@@ -212,7 +302,8 @@ impl Services {
         check_password(password)?;
         let now = now_ms();
         let address = client.ip_address.as_deref();
-        if let Some(secs) = self.throttle.retry_after(identifier, address, now) {
+        if let Some(secs) = self.throttle.retry_after(identifier, address, now).await {
+            self.metrics.login("throttled");
             return Ok(LoginOutcome::TooManyAttempts {
                 retry_after_seconds: secs,
             });
@@ -230,14 +321,15 @@ impl Services {
             .verify(password, found.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         let Some(found) = found.filter(|_| ok) else {
-            self.throttle.record_failure(identifier, address, now);
-            Metrics::inc(&self.metrics.logins_failed);
+            self.throttle.record_failure(identifier, address, now).await;
+            self.metrics.login("invalid_credentials");
             return Ok(LoginOutcome::InvalidCredentials);
         };
         if !found.verified {
+            self.metrics.login("not_verified");
             return Ok(LoginOutcome::NotVerified);
         }
-        self.throttle.clear_identifier(identifier);
+        self.throttle.clear_identifier(identifier).await;
         let Some(user) = self.load_cached_user(&self.db, found.id).await? else {
             return Ok(LoginOutcome::InvalidCredentials);
         };
@@ -293,7 +385,7 @@ impl Services {
             self.invalidate_token(&old.token_hash).await;
         }
         self.cache_new(issued.session.clone()).await;
-        Metrics::inc(&self.metrics.logins_succeeded);
+        self.metrics.login("success");
         tracing::info!(user_id = found.id, session_id = issued.session.id, "login");
         Ok(LoginOutcome::Success { issued, user })
     }

@@ -6,7 +6,6 @@ use crate::cache::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::clock::{ms, now_ms};
 use crate::config::{CacheMode, Config};
 use crate::error::AppResult;
-use crate::metrics::Metrics;
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};
 use entity::{role, role_channel, session, user, user_role};
@@ -152,7 +151,6 @@ impl Services {
         match self.cache.get(hash).await {
             Ok(Some(s)) if now - s.loaded_at < self.lifetimes.cache_ttl_ms => {
                 if now < s.expires_at(self.lifetimes.idle_ms) {
-                    Metrics::inc(&self.metrics.cache_hits);
                     return Ok(self.accept(s, now).await);
                 }
                 // Expired as far as this copy knows; activity seen elsewhere (another instance,
@@ -166,7 +164,6 @@ impl Services {
         if self.unknown_tokens.contains_key(hash) {
             return Ok(None);
         }
-        Metrics::inc(&self.metrics.cache_misses);
         let epoch = self.cache_epoch.load(Ordering::Acquire);
         let model = session::Entity::find()
             .filter(session::Column::TokenHash.eq(hash.to_hex()))
@@ -258,7 +255,7 @@ impl Services {
     }
 
     pub(crate) fn cache_failed(&self, op: &str, err: crate::cache::CacheError) {
-        Metrics::inc(&self.metrics.cache_errors);
+        self.metrics.error("redis");
         tracing::warn!(cache = self.cache.name(), op, error = %err, "session cache call failed; using the database");
     }
 
@@ -434,7 +431,7 @@ impl Services {
         let inserted = session::Entity::insert(model)
             .exec_with_returning(db)
             .await?;
-        Metrics::inc(&self.metrics.sessions_created);
+        self.metrics.session_event("created", 1);
         Ok(Issued {
             session: Arc::new(CachedSession::from_model(&inserted, new.user, now)),
             token: token.token,
@@ -503,7 +500,7 @@ impl Services {
                 live += 1;
             }
         }
-        Metrics::add(&self.metrics.sessions_revoked, live);
+        self.metrics.session_event("revoked", live);
         Ok(live)
     }
 
@@ -606,7 +603,7 @@ impl Services {
             model.last_active_at = now.max(model.last_active_at);
             let session = Arc::new(CachedSession::from_model(&model, Some(user), now));
             self.cache_replace(session.clone()).await;
-            Metrics::inc(&self.metrics.sessions_refreshed);
+            self.metrics.session_event("refreshed", 1);
             return Ok(Ok(Issued {
                 session,
                 token: token.token,

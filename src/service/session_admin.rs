@@ -7,7 +7,6 @@ use super::Services;
 use crate::cache::SessionKind;
 use crate::clock::now_ms;
 use crate::error::AppResult;
-use crate::metrics::Metrics;
 use entity::session;
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -193,7 +192,7 @@ impl Services {
             total += deleted.rows_affected;
             tokio::task::yield_now().await;
         }
-        Metrics::add(&self.metrics.sessions_cleaned_up, total);
+        self.metrics.session_event("cleaned_up", total);
         if total > 0 {
             tracing::info!(
                 deleted = total,

@@ -18,6 +18,8 @@ async fn health_and_metrics_answer(v: Variant) {
         json!({ "status": "ok" })
     );
     app.gql("{ __typename }", json!({})).await.ok();
+    let token = app.admin_token().await;
+    app.active_session(&token).await;
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -27,10 +29,15 @@ async fn health_and_metrics_answer(v: Variant) {
         .text()
         .await
         .unwrap();
-    assert!(
-        text.contains("session_server_graphql_requests_total 1"),
-        "{text}"
-    );
+    for expected in [
+        "session_server_graphql_requests_total{operation=\"query.__typename\"} 1",
+        "session_server_graphql_request_duration_seconds_count{operation=\"query.__typename\"} 1",
+        "session_server_logins_total{outcome=\"success\"} 1",
+        "session_server_sessions_total{event=\"created\"} 1",
+        "session_server_cache_lookups_total{tier=\"memory\",result=\"hit\"} 1",
+    ] {
+        assert!(text.contains(expected), "metrics lack {expected}:\n{text}");
+    }
 }
 
 async fn graphiql_is_served_to_browsers(v: Variant) {
