@@ -94,6 +94,10 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
+    /// Longest wait for a database connection; past it the request gets SERVICE_UNAVAILABLE.
+    #[arg(long, env = "DATABASE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub database_timeout: Duration,
+
     /// Redis URL (`redis://host:port/db`); needed by the `redis` and `tiered` caches.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -222,6 +226,7 @@ impl Config {
             ("LOGIN_WINDOW", self.login_window),
             ("CLEANUP_INTERVAL", self.cleanup_interval),
             ("REDIS_TIMEOUT", self.redis_timeout),
+            ("DATABASE_TIMEOUT", self.database_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {

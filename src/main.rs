@@ -63,7 +63,8 @@ async fn main() -> ExitCode {
         Command::Migrate { database_url } => {
             init_tracing("info");
             let result = async {
-                let db = connect_database(&database_url, 2).await?;
+                let db =
+                    connect_database(&database_url, 2, std::time::Duration::from_secs(10)).await?;
                 Migrator::up(&db, None).await
             }
             .await;

@@ -19,7 +19,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
     QueryFilter,
 };
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -55,12 +55,13 @@ pub struct Application {
 pub async fn connect_database(
     url: &str,
     max_connections: u32,
+    timeout: Duration,
 ) -> Result<DatabaseConnection, sea_orm::DbErr> {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.max_connections(max_connections)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
+        .connect_timeout(timeout)
+        .acquire_timeout(timeout)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -75,9 +76,13 @@ pub async fn connect_database(
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         config.validate().map_err(StartupError::Config)?;
-        let db = connect_database(&config.database_url, config.database_max_connections)
-            .await
-            .map_err(StartupError::Database)?;
+        let db = connect_database(
+            &config.database_url,
+            config.database_max_connections,
+            config.database_timeout,
+        )
+        .await
+        .map_err(StartupError::Database)?;
         Migrator::up(&db, None)
             .await
             .map_err(StartupError::Migration)?;
@@ -177,8 +182,8 @@ impl Application {
         self.state.services.clone()
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests and writes pending
-    /// session activity.
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (for at most [`DRAIN_LIMIT`]), and writes pending session activity before returning.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -186,13 +191,41 @@ impl Application {
         let services = self.state.services.clone();
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         tracing::info!(port = self.port, "session-server listening");
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-        services.activity.flush().await;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let serve = axum::serve(self.listener, app)
+            .with_graceful_shutdown(signal)
+            .into_future();
+        let drain_deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_LIMIT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = serve => served,
+            _ = drain_deadline => {
+                tracing::warn!("in-flight requests did not finish within {DRAIN_LIMIT:?}; stopping anyway");
+                Ok(())
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(1), services.activity.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("pending session activity could not be written before exit");
+        }
+        tracing::info!("session-server stopped");
         served
     }
 }
+
+/// How long a shutdown waits for in-flight requests, leaving time to flush within 10 s.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(8);
 
 /// Deletes expired and invalidated sessions every `CLEANUP_INTERVAL`.
 fn spawn_cleanup(services: SharedServices) {
