@@ -2,24 +2,16 @@
 //! requests and latency per operation, cache lookups per tier, session lifecycle events,
 //! logins, and database and Redis errors.
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest,
-};
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationType, Selection,
-};
-use async_graphql::{Response, ServerResult, Variables};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::collections::HashMap;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
-    /// `query.<root field>` or `mutation.<root field>` (bounded by the schema), or `invalid`.
+    /// `query.<root field>` or `mutation.<root field>` (bounded by the schema), or `other`.
     operation: String,
 }
 
@@ -103,12 +95,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, operation: String, seconds: f64) {
-        let labels = OperationLabels { operation };
-        self.requests.get_or_create(&labels).inc();
-        self.latency.get_or_create(&labels).observe(seconds);
-    }
-
     /// A cache lookup in `tier` (`memory` or `redis`).
     pub fn cache_lookup(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
@@ -145,73 +131,182 @@ impl Metrics {
     }
 }
 
-/// Times every GraphQL request and labels it with its operation type and first root field.
-pub struct RequestMetrics(pub Arc<Metrics>);
+/// Counter and histogram of one operation label, created up front so a request allocates nothing.
+#[derive(Clone)]
+pub struct OperationHandles {
+    requests: Counter,
+    latency: Histogram,
+}
 
-impl ExtensionFactory for RequestMetrics {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestTimer {
-            metrics: self.0.clone(),
-            label: Mutex::new(None),
-        })
+impl OperationHandles {
+    pub fn record(&self, seconds: f64) {
+        self.requests.inc();
+        self.latency.observe(seconds);
     }
 }
 
-struct RequestTimer {
-    metrics: Arc<Metrics>,
-    label: Mutex<Option<String>>,
+/// Labels requests by operation type and first root field (`query.activeSession`) without
+/// parsing the document: a short scan of its first tokens, checked against the schema's root
+/// fields, so label cardinality is bounded by the schema. Anything else is `other`.
+pub struct OperationLabeler {
+    queries: HashMap<String, OperationHandles>,
+    mutations: HashMap<String, OperationHandles>,
+    other: OperationHandles,
 }
 
-fn label_of(doc: &ExecutableDocument) -> String {
-    let op = match &doc.operations {
-        DocumentOperations::Single(op) => Some(&op.node),
-        // Several named operations: label by the first; still bounded by the schema.
-        DocumentOperations::Multiple(ops) => ops.values().next().map(|op| &op.node),
-    };
-    let Some(op) = op else {
-        return "invalid".into();
-    };
-    let kind = match op.ty {
-        OperationType::Query => "query",
-        OperationType::Mutation => "mutation",
-        OperationType::Subscription => "subscription",
-    };
-    let field = op
-        .selection_set
-        .node
-        .items
-        .iter()
-        .find_map(|sel| match &sel.node {
-            Selection::Field(f) => Some(f.node.name.node.to_string()),
-            _ => None,
-        });
-    format!("{kind}.{}", field.unwrap_or_else(|| "fragment".into()))
-}
-
-#[async_trait::async_trait]
-impl Extension for RequestTimer {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let started = Instant::now();
-        let response = next.run(ctx).await;
-        let label = self
-            .label
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or_else(|| "invalid".into());
-        self.metrics.request(label, started.elapsed().as_secs_f64());
-        response
+impl OperationLabeler {
+    pub fn new(
+        metrics: &Metrics,
+        query_fields: &[String],
+        mutation_fields: &[String],
+    ) -> OperationLabeler {
+        let handles = |label: String| {
+            let labels = OperationLabels { operation: label };
+            OperationHandles {
+                requests: metrics.requests.get_or_create(&labels).clone(),
+                latency: metrics.latency.get_or_create(&labels).clone(),
+            }
+        };
+        OperationLabeler {
+            queries: query_fields
+                .iter()
+                .map(|f| (f.clone(), handles(format!("query.{f}"))))
+                .collect(),
+            mutations: mutation_fields
+                .iter()
+                .map(|f| (f.clone(), handles(format!("mutation.{f}"))))
+                .collect(),
+            other: handles("other".into()),
+        }
     }
 
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        *self.label.lock().unwrap_or_else(PoisonError::into_inner) = Some(label_of(&doc));
-        Ok(doc)
+    pub fn handles(&self, query: &str) -> &OperationHandles {
+        let found = match first_root_field(query) {
+            Some((false, field)) => self.queries.get(field),
+            Some((true, field)) => self.mutations.get(field),
+            None => None,
+        };
+        found.unwrap_or(&self.other)
+    }
+}
+
+/// Skips white space, commas, comments and a byte-order mark.
+fn skip_ignored(b: &[u8], i: &mut usize) {
+    while *i < b.len() {
+        match b[*i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b',' => *i += 1,
+            0xEF if b[*i..].starts_with(&[0xEF, 0xBB, 0xBF]) => *i += 3,
+            b'#' => {
+                while *i < b.len() && b[*i] != b'\n' {
+                    *i += 1;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+fn read_name<'a>(q: &'a str, i: &mut usize) -> Option<&'a str> {
+    let b = q.as_bytes();
+    let start = *i;
+    while *i < b.len() && (b[*i] == b'_' || b[*i].is_ascii_alphanumeric()) {
+        *i += 1;
+    }
+    (*i > start && !b[start].is_ascii_digit()).then(|| &q[start..*i])
+}
+
+/// Skips a parenthesised group (variable definitions), minding strings.
+fn skip_parens(b: &[u8], i: &mut usize) -> Option<()> {
+    let mut depth = 0usize;
+    while *i < b.len() {
+        match b[*i] {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    *i += 1;
+                    return Some(());
+                }
+            }
+            b'"' => {
+                *i += 1;
+                while *i < b.len() && b[*i] != b'"' {
+                    if b[*i] == b'\\' {
+                        *i += 1;
+                    }
+                    *i += 1;
+                }
+            }
+            _ => {}
+        }
+        *i += 1;
+    }
+    None
+}
+
+/// `(is_mutation, first root field)` of the first operation, when the document starts with one.
+fn first_root_field(q: &str) -> Option<(bool, &str)> {
+    let b = q.as_bytes();
+    let mut i = 0;
+    skip_ignored(b, &mut i);
+    let mut mutation = false;
+    if b.get(i) != Some(&b'{') {
+        match read_name(q, &mut i)? {
+            "query" => {}
+            "mutation" => mutation = true,
+            _ => return None,
+        }
+        skip_ignored(b, &mut i);
+        if b.get(i)
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
+            read_name(q, &mut i)?;
+            skip_ignored(b, &mut i);
+        }
+        if b.get(i) == Some(&b'(') {
+            skip_parens(b, &mut i)?;
+            skip_ignored(b, &mut i);
+        }
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+    }
+    i += 1;
+    skip_ignored(b, &mut i);
+    let first = read_name(q, &mut i)?;
+    skip_ignored(b, &mut i);
+    if b.get(i) == Some(&b':') {
+        i += 1;
+        skip_ignored(b, &mut i);
+        return Some((mutation, read_name(q, &mut i)?));
+    }
+    Some((mutation, first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_root_field;
+
+    #[test]
+    fn root_fields_are_found_cheaply() {
+        assert_eq!(
+            first_root_field("{ activeSession { id } }"),
+            Some((false, "activeSession"))
+        );
+        assert_eq!(
+            first_root_field("  # hi\n query Q { me { id } }"),
+            Some((false, "me"))
+        );
+        assert_eq!(
+            first_root_field("mutation L($u: String! = \"a)b\", $p: String!) { r: login(username: $u, password: $p) { __typename } }"),
+            Some((true, "login"))
+        );
+        assert_eq!(
+            first_root_field("fragment F on Session { id } query { activeSession { ...F } }"),
+            None
+        );
+        assert_eq!(first_root_field("subscription { x }"), None);
+        assert_eq!(first_root_field("{"), None);
+        assert_eq!(first_root_field(""), None);
     }
 }

@@ -127,17 +127,15 @@ impl Application {
             .await
             .map_err(|e| StartupError::Bootstrap(format!("{e:?}")))?;
 
-        // Activity is flushed at least every second, and often enough to honour short intervals.
-        let flush_every = (config.session_activity_write_interval / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let lifetimes = Lifetimes::new(&config);
         let services: SharedServices = Arc::new(Services {
-            lifetimes: Lifetimes::new(&config, flush_every),
+            lifetimes,
             unknown_tokens: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(config.session_cache_ttl.min(Duration::from_secs(300)))
                 .build(),
             cache_epoch,
-            activity: ActivityWriter::start(db.clone(), flush_every),
+            activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
             throttle: auth::LoginThrottle::new(
                 config.login_window,
                 config.login_max_attempts,
@@ -166,9 +164,19 @@ impl Application {
             .port();
         spawn_cleanup(services.clone());
         let schema = build_schema(services.clone());
+        let (query_fields, mutation_fields) = crate::graphql::root_fields();
+        let labeler = crate::metrics::OperationLabeler::new(
+            &services.metrics,
+            &query_fields,
+            &mutation_fields,
+        );
         Ok(Application {
             listener,
-            state: AppState { services, schema },
+            state: AppState {
+                labeler: Arc::new(labeler),
+                services,
+                schema,
+            },
             port,
         })
     }

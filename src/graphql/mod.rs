@@ -26,10 +26,30 @@ fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 }
 
 pub fn build_schema(services: SharedServices) -> AppSchema {
-    builder()
-        .extension(crate::metrics::RequestMetrics(services.metrics.clone()))
-        .data(services)
-        .finish()
+    builder().data(services).finish()
+}
+
+/// The root fields of `Query` and `Mutation`, for labelling requests in metrics.
+pub fn root_fields() -> (Vec<String>, Vec<String>) {
+    use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
+    let (mut queries, mut mutations) = (vec![], vec![]);
+    if let Ok(doc) = async_graphql::parser::parse_schema(sdl()) {
+        for def in doc.definitions {
+            let TypeSystemDefinition::Type(t) = def else {
+                continue;
+            };
+            let TypeKind::Object(o) = &t.node.kind else {
+                continue;
+            };
+            let names = o.fields.iter().map(|f| f.node.name.node.to_string());
+            match t.node.name.node.as_str() {
+                "Query" => queries.extend(names),
+                "Mutation" => mutations.extend(names),
+                _ => {}
+            }
+        }
+    }
+    (queries, mutations)
 }
 
 /// The schema in SDL, as written to `schema.graphql` by `export-schema`.

@@ -5,6 +5,7 @@ mod request;
 
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::{context, AppSchema, RequestContext, TokenSource};
+use crate::metrics::OperationLabeler;
 use crate::service::SharedServices;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
@@ -16,7 +17,8 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -27,6 +29,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub struct AppState {
     pub services: SharedServices,
     pub schema: AppSchema,
+    /// Metric handles per operation.
+    pub labeler: Arc<OperationLabeler>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -239,9 +243,23 @@ async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
     execute(&app, &parts.headers, peer, request).await
 }
 
+/// Runs a GraphQL request and records its count and latency under its operation label.
+async fn execute(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    request: async_graphql::Request,
+) -> Response {
+    let started = Instant::now();
+    let handles = app.labeler.handles(&request.query);
+    let response = execute_inner(app, headers, peer, request).await;
+    handles.record(started.elapsed().as_secs_f64());
+    response
+}
+
 /// Resolves the caller's session and channel, runs the operation, and writes the response
 /// with any headers and cookies the resolvers set.
-async fn execute(
+async fn execute_inner(
     app: &AppState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,

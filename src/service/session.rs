@@ -32,19 +32,33 @@ pub struct Lifetimes {
 }
 
 impl Lifetimes {
-    pub fn new(config: &Config, flush_every: Duration) -> Lifetimes {
-        let write_interval_ms = ms(config.session_activity_write_interval);
+    pub fn new(config: &Config) -> Lifetimes {
+        let idle_ms = ms(config.session_idle_timeout);
+        // Shared caches learn of activity only through these writes, so a session must be
+        // written several times per idle period or it would expire while in use.
+        let write_interval_ms =
+            ms(config.session_activity_write_interval).min((idle_ms / 4).max(1));
+        let flush_ms = Self::flush_every_ms(write_interval_ms);
         Lifetimes {
-            idle_ms: ms(config.session_idle_timeout),
+            idle_ms,
             absolute_ms: ms(config.session_absolute_timeout),
             // Leave room for the writer's flush delay, so the stored value never lags by more
-            // than the configured interval.
-            write_threshold_ms: (write_interval_ms - ms(flush_every)).max(0),
+            // than the interval.
+            write_threshold_ms: (write_interval_ms - flush_ms).max(0),
             write_interval_ms,
             token_ttl_ms: config.session_token_ttl.map(ms),
             cache_ttl_ms: ms(config.session_cache_ttl),
             grace_ms: ms(config.refresh_reuse_grace),
         }
+    }
+
+    /// How often the activity writer flushes: a quarter of the write interval, 10 ms to 1 s.
+    fn flush_every_ms(write_interval_ms: i64) -> i64 {
+        (write_interval_ms / 4).clamp(10, 1000)
+    }
+
+    pub fn flush_every(&self) -> Duration {
+        Duration::from_millis(Self::flush_every_ms(self.write_interval_ms) as u64)
     }
 
     pub fn expires_at(&self, last_active_at: i64, absolute_expires_at: i64) -> i64 {
