@@ -28,6 +28,20 @@ use std::time::Duration;
 /// How long a revoked token's tombstone stays: longer than any database read it must outlast.
 const TOMBSTONE_MS: u64 = 60_000;
 
+/// Per-call limit of the bulk `clear` (SCAN pages and their UNLINKs).
+const CLEAR_CALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs a Redis call within `limit`.
+async fn bounded_for<T>(
+    limit: Duration,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, CacheError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(CacheError::Timeout(limit)),
+    }
+}
+
 /// Where Redis is: one server, or the seed nodes of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisTarget {
@@ -251,10 +265,7 @@ impl RedisCache {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, CacheError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(CacheError::Timeout(self.timeout)),
-        }
+        bounded_for(self.timeout, fut).await
     }
 
     /// Answers PING within the timeout (for `/health`).
@@ -384,30 +395,30 @@ impl SessionCache for RedisCache {
 
     async fn clear(&self) -> Result<(), CacheError> {
         // SCAN + UNLINK of our own namespace on every master: never FLUSHDB, other tenants
-        // may share the server.
+        // may share the server. A bulk operation, so each call may take longer than a lookup.
+        let limit = CLEAR_CALL_LIMIT.max(self.timeout);
         let pattern = format!("{}*", glob_escape(&self.prefix));
         for node in self.masters().await? {
             let client = redis::Client::open(node.as_str())?;
-            let mut conn = self
-                .bounded(client.get_multiplexed_async_connection())
-                .await?;
+            let mut conn = bounded_for(limit, client.get_multiplexed_async_connection()).await?;
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) = self
-                    .bounded(
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                for key in keys {
-                    // One key per call: on a cluster, keys of one node may span many slots.
-                    self.bounded(redis::cmd("UNLINK").arg(key).query_async::<()>(&mut conn))
-                        .await?;
+                let scan = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .to_owned();
+                let (next, keys): (u64, Vec<String>) =
+                    bounded_for(limit, scan.query_async(&mut conn)).await?;
+                if !keys.is_empty() {
+                    // One UNLINK per key (keys of one node may span slots), one round trip per page.
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("UNLINK").arg(key).ignore();
+                    }
+                    bounded_for(limit, pipe.query_async::<()>(&mut conn)).await?;
                 }
                 if next == 0 {
                     break;
