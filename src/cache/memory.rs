@@ -134,6 +134,10 @@ impl SessionCache for MemoryCache {
         Ok(())
     }
 
+    fn evict_local(&self, key: &TokenHash) {
+        self.delete_sync(key);
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }

@@ -44,7 +44,10 @@ pub trait SessionCache: Send + Sync {
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError>;
     /// Drops every entry this server wrote (and nothing else).
     async fn clear(&self) -> Result<(), CacheError>;
-    /// `memory` or `redis`, for logs and metrics.
+    /// Drops an entry from this process's tier only, if there is one (used to undo a local
+    /// write that raced an invalidation; shared tiers refuse such writes themselves).
+    fn evict_local(&self, _key: &TokenHash) {}
+    /// `memory`, `redis` or `tiered`, for logs and metrics.
     fn name(&self) -> &'static str;
 }
 

@@ -245,6 +245,10 @@ impl SessionCache for TieredCache {
         remote.and(published)
     }
 
+    fn evict_local(&self, key: &TokenHash) {
+        self.local.delete_sync(key);
+    }
+
     fn name(&self) -> &'static str {
         "tiered"
     }

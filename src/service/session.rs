@@ -283,9 +283,10 @@ impl Services {
             self.cache_failed("set", e);
             return;
         }
-        // An invalidation that ran between the check above and the set must win.
+        // An invalidation that ran between the check above and the set must win. Redis refuses
+        // stale writes by itself (tombstones, user marks); only the in-process tier needs undoing.
         if self.cache_epoch.load(Ordering::Acquire) != epoch {
-            let _ = self.cache.delete(&s.token_hash).await;
+            self.cache.evict_local(&s.token_hash);
         }
     }
 
