@@ -38,6 +38,11 @@ pub trait SessionCache: Send + Sync {
     async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError>;
     /// Stores an entry for at most `ttl` (the shorter of the cache TTL and the time to expiry).
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError>;
+    /// Stores a new version of an entry that other processes may hold (after a write to the
+    /// session's row). Strategies with a per-process tier make the others drop their copies.
+    async fn replace(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
+        self.set(session, ttl).await
+    }
     /// Drops the entry of one token.
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError>;
     /// Drops every entry of one user, without scanning the cache.

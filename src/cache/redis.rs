@@ -326,17 +326,14 @@ impl RedisCache {
         };
         Ok(Some(Arc::new(serde_json::from_slice(&bytes)?)))
     }
-}
 
-#[async_trait]
-impl SessionCache for RedisCache {
-    async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
-        let found = self.lookup(key).await?;
-        self.metrics.cache_lookup("redis", found.is_some());
-        Ok(found)
-    }
-
-    async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
+    /// Stores an entry unless it is stale (its token was revoked, or its user's sessions were
+    /// dropped after it was read); returns whether it was stored.
+    pub async fn store(
+        &self,
+        session: Arc<CachedSession>,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
         let body = serde_json::to_vec(&*session)?;
         let mut conn = self.conn.clone();
         let pointer = self.pointer_key(&session.token_hash);
@@ -355,16 +352,28 @@ impl SessionCache for RedisCache {
                     .arg(ms(self.index_ttl));
                 let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
                 if stored == 0 {
-                    return Ok(()); // read before the user's sessions were dropped: stale
+                    return Ok(false); // read before the user's sessions were dropped: stale
                 }
                 format!("@{user_id}").into_bytes()
             }
         };
         let mut call = self.scripts.set_unless_revoked.key(pointer);
         call.arg(pointer_value).arg(ms(ttl));
-        self.bounded(call.invoke_async::<i64>(&mut conn))
-            .await
-            .map(|_| ())
+        let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(stored == 1)
+    }
+}
+
+#[async_trait]
+impl SessionCache for RedisCache {
+    async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
+        let found = self.lookup(key).await?;
+        self.metrics.cache_lookup("redis", found.is_some());
+        Ok(found)
+    }
+
+    async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
+        self.store(session, ttl).await.map(|_| ())
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {

@@ -217,11 +217,18 @@ impl SessionCache for TieredCache {
     }
 
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
-        let result = self.remote.set(session.clone(), ttl).await;
-        if self.local_usable() {
+        // Only what Redis accepted goes in the local tier: Redis knows of revocations and user
+        // invalidations this instance may not have heard of yet.
+        if self.remote.store(session.clone(), ttl).await? && self.local_usable() {
             self.local.insert_sync(session);
         }
-        result
+        Ok(())
+    }
+
+    async fn replace(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
+        let hash = session.token_hash;
+        self.set(session, ttl).await?;
+        self.publish(format!("t:{}", hash.to_hex())).await
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {

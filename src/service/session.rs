@@ -290,10 +290,19 @@ impl Services {
         }
     }
 
-    /// Replaces a cached entry after a write to its row (write-through).
+    /// Replaces a cached entry after a write to its row (write-through). If the cache cannot
+    /// take the new version, the old one is dropped instead, so it cannot outlive the write.
     pub(crate) async fn cache_replace(&self, s: Arc<CachedSession>) {
         let epoch = self.cache_epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.cache_put(s, epoch).await;
+        let ttl = self.cache_ttl_for(&s, now_ms());
+        if let Err(e) = self.cache.replace(s.clone(), ttl).await {
+            self.cache_failed("replace", e);
+            self.invalidate_token(&s.token_hash).await;
+            return;
+        }
+        if self.cache_epoch.load(Ordering::Acquire) != epoch {
+            self.cache.evict_local(&s.token_hash);
+        }
     }
 
     /// Caches a session just created, so the client's next request is a hit. A brand-new token
