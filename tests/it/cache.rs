@@ -143,3 +143,29 @@ async fn redis_failure_is_a_cache_miss_not_an_error() {
     assert_eq!(r.data()["logout"], true);
     assert!(app.active_session(&token).await.is_null());
 }
+
+variants!(sessions_slide_on_shared_caches_with_a_long_write_interval);
+
+/// The shared cache learns of activity through the throttled writes; with the default
+/// one-minute write interval and a three-second idle timeout, a session used every second must
+/// still stay alive (the interval is capped at a quarter of the idle timeout).
+async fn sessions_slide_on_shared_caches_with_a_long_write_interval(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.session_idle_timeout = Duration::from_secs(3);
+        c.session_cache_ttl = Duration::from_secs(3600);
+        c.session_activity_write_interval = Duration::from_secs(60);
+    })
+    .await
+    else {
+        return;
+    };
+    let token = app.admin_token().await;
+    for second in 0..7 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !app.active_session(&token).await.is_null(),
+            "the session expired after {} s of use every second",
+            second + 1
+        );
+    }
+}
