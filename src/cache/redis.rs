@@ -170,6 +170,10 @@ pub struct RedisCache {
     index_ttl: Duration,
     scripts: Scripts,
     metrics: Arc<crate::metrics::Metrics>,
+    /// When a Redis call last failed (ms): an invalidation may have been lost then (Redis down,
+    /// or restarted from its persisted data), so entries read from the database before it are
+    /// not trusted.
+    failed_at: std::sync::atomic::AtomicI64,
 }
 
 struct Scripts {
@@ -237,6 +241,7 @@ impl RedisCache {
             index_ttl,
             scripts: Scripts::new(),
             metrics,
+            failed_at: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -265,7 +270,12 @@ impl RedisCache {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, CacheError> {
-        bounded_for(self.timeout, fut).await
+        let result = bounded_for(self.timeout, fut).await;
+        if result.is_err() {
+            self.failed_at
+                .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Release);
+        }
+        result
     }
 
     /// Answers PING within the timeout (for `/health`).
@@ -367,7 +377,10 @@ impl RedisCache {
 #[async_trait]
 impl SessionCache for RedisCache {
     async fn get(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
-        let found = self.lookup(key).await?;
+        let found = self
+            .lookup(key)
+            .await?
+            .filter(|s| s.loaded_at > self.failed_at.load(std::sync::atomic::Ordering::Acquire));
         self.metrics.cache_lookup("redis", found.is_some());
         Ok(found)
     }

@@ -24,6 +24,9 @@ pub enum Variant {
     PostgresMemory,
     MysqlMemory,
     MysqlRedis,
+    /// SQLite with the `redis` cache on a three-master Redis Cluster started once per test
+    /// binary (see [`crate::cluster::shared_cluster`]); needs `redis-server` and `redis-cli`.
+    SqliteRedisCluster,
 }
 
 impl Variant {
@@ -34,7 +37,7 @@ impl Variant {
             Variant::MysqlMemory | Variant::MysqlRedis => v.push("TEST_MYSQL_URL"),
             _ => {}
         }
-        if self.uses_redis() {
+        if self.uses_redis() && self != Variant::SqliteRedisCluster {
             v.push("TEST_REDIS_URL");
         }
         v
@@ -44,7 +47,7 @@ impl Variant {
         matches!(
             self,
             Variant::SqliteRedis | Variant::PostgresRedis | Variant::MysqlRedis
-        )
+        ) || self == Variant::SqliteRedisCluster
     }
 }
 
@@ -64,6 +67,8 @@ macro_rules! variants {
                 async fn postgres_redis() { super::$name(Variant::PostgresRedis).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn mysql_memory() { super::$name(Variant::MysqlMemory).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite_redis_cluster() { super::$name(Variant::SqliteRedisCluster).await }
             }
         )*
     };
@@ -90,7 +95,7 @@ fn random_suffix() -> String {
 }
 
 /// Replaces the database name (the URL path) of a connection URL.
-fn with_database(url: &str, name: &str) -> String {
+pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
@@ -238,13 +243,16 @@ pub struct Login {
 }
 
 /// Whether `REQUIRE_SERVICES=1` turns skips into failures.
-fn services_required() -> bool {
+pub fn services_required() -> bool {
     std::env::var("REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// The environment variables a variant needs, or `None` (after a notice) when it is skipped.
 fn service_urls(variant: Variant) -> Option<Vec<String>> {
     let mut urls = vec![];
+    if variant == Variant::SqliteRedisCluster {
+        urls.push(crate::cluster::shared_cluster()?.url.clone());
+    }
     for var in variant.needs() {
         match std::env::var(var).ok().filter(|v| !v.is_empty()) {
             Some(url) => urls.push(url),
@@ -272,10 +280,10 @@ impl TestApp {
 
     /// A server whose configuration `tweak` may change before it starts.
     pub async fn spawn_with(variant: Variant, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
-        service_urls(variant)?;
+        let urls = service_urls(variant)?;
         let suffix = random_suffix();
         let (database_url, guard) = match variant {
-            Variant::SqliteMemory | Variant::SqliteRedis => {
+            Variant::SqliteMemory | Variant::SqliteRedis | Variant::SqliteRedisCluster => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}/test.db?mode=rwc", dir.path().display());
                 (url, DbGuard::Sqlite(dir))
@@ -320,7 +328,10 @@ impl TestApp {
         config.database_url = database_url.clone();
         config.database_max_connections = 5;
         config.redis_key_prefix = format!("ss-test:{suffix}:");
-        if variant.uses_redis() {
+        if variant == Variant::SqliteRedisCluster {
+            config.redis_url = Some(urls[0].clone());
+            config.session_cache = CacheMode::Redis;
+        } else if variant.uses_redis() {
             config.redis_url = Some(std::env::var("TEST_REDIS_URL").unwrap());
             config.session_cache = CacheMode::Redis;
         } else {
