@@ -172,11 +172,7 @@ impl Application {
         );
         Ok(Application {
             listener,
-            state: AppState {
-                labeler: Arc::new(labeler),
-                services,
-                schema,
-            },
+            state: AppState::new(services, schema, labeler),
             port,
         })
     }

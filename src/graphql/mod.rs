@@ -32,7 +32,11 @@ pub fn build_schema(services: SharedServices) -> AppSchema {
 /// The root fields of `Query` and `Mutation`, for labelling requests in metrics.
 pub fn root_fields() -> (Vec<String>, Vec<String>) {
     use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
-    let (mut queries, mut mutations) = (vec![], vec![]);
+    // Introspection fields are valid roots too (GraphiQL sends `__schema`).
+    let mut queries: Vec<String> = ["__typename", "__schema", "__type"]
+        .map(String::from)
+        .to_vec();
+    let mut mutations: Vec<String> = vec!["__typename".into()];
     if let Ok(doc) = async_graphql::parser::parse_schema(sdl()) {
         for def in doc.definitions {
             let TypeSystemDefinition::Type(t) = def else {

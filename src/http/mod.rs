@@ -8,7 +8,7 @@ use crate::graphql::{context, AppSchema, RequestContext, TokenSource};
 use crate::metrics::OperationLabeler;
 use crate::service::SharedServices;
 use async_graphql::http::GraphiQLSource;
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -31,6 +31,43 @@ pub struct AppState {
     pub schema: AppSchema,
     /// Metric handles per operation.
     pub labeler: Arc<OperationLabeler>,
+    /// Parsed documents by query text: clients repeat the same few queries, so most requests
+    /// skip the parser (validation still runs on every request).
+    pub documents: moka::sync::Cache<String, Arc<ExecutableDocument>>,
+}
+
+/// Longest query text whose parsed document is cached.
+const MAX_CACHED_QUERY_BYTES: usize = 8 * 1024;
+
+impl AppState {
+    pub fn new(services: SharedServices, schema: AppSchema, labeler: OperationLabeler) -> AppState {
+        AppState {
+            services,
+            schema,
+            labeler: Arc::new(labeler),
+            documents: moka::sync::Cache::new(1_000),
+        }
+    }
+
+    /// Attaches the cached parse of the request's query, parsing and caching it on a miss.
+    fn with_parsed_document(&self, mut request: async_graphql::Request) -> async_graphql::Request {
+        if request.query.len() > MAX_CACHED_QUERY_BYTES {
+            return request;
+        }
+        let doc = match self.documents.get(&request.query) {
+            Some(doc) => doc,
+            None => match async_graphql::parser::parse_query(&request.query) {
+                Ok(doc) => {
+                    let doc = Arc::new(doc);
+                    self.documents.insert(request.query.clone(), doc.clone());
+                    doc
+                }
+                Err(_) => return request, // execution reports the syntax error
+            },
+        };
+        request.set_parsed_query((*doc).clone());
+        request
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -252,6 +289,7 @@ async fn execute(
 ) -> Response {
     let started = Instant::now();
     let handles = app.labeler.handles(&request.query);
+    let request = app.with_parsed_document(request);
     let response = execute_inner(app, headers, peer, request).await;
     handles.record(started.elapsed().as_secs_f64());
     response
