@@ -85,3 +85,36 @@ async fn anonymous_session_round_trip(v: Variant) {
         .ok();
     assert_eq!(by_cookie.data()["activeSession"]["id"], by_bearer["id"]);
 }
+
+sqlite_only!(unknown_users_cost_as_much_as_wrong_passwords);
+
+/// Login must not tell an unknown identifier from a wrong password by its timing: both run
+/// one argon2id verification. Without the dummy hash an unknown user would answer in well
+/// under a tenth of the time; the bound is loose so a noisy machine cannot fail it.
+async fn unknown_users_cost_as_much_as_wrong_passwords(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| c.login_max_attempts = 1000).await else {
+        return;
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (mut unknown, mut wrong) = (vec![], vec![]);
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        let r = app.try_login(&format!("nobody-{i}"), "whatever").await;
+        unknown.push(t.elapsed().as_secs_f64());
+        assert_eq!(r.data()["login"]["__typename"], "InvalidCredentialsError");
+        let t = std::time::Instant::now();
+        let r = app
+            .try_login(crate::helpers::ADMIN, "not-the-password")
+            .await;
+        wrong.push(t.elapsed().as_secs_f64());
+        assert_eq!(r.data()["login"]["__typename"], "InvalidCredentialsError");
+    }
+    let (unknown, wrong) = (median(unknown), median(wrong));
+    assert!(
+        unknown > wrong / 3.0,
+        "unknown user answered in {unknown:.4} s, wrong password in {wrong:.4} s"
+    );
+}
