@@ -15,6 +15,8 @@ pub struct Cluster {
     pub ports: Vec<u16>,
     /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
     pub url: String,
+    /// The watchdog shells (each ends its node once this binary has exited).
+    _watchdogs: Vec<std::process::Child>,
 }
 
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
@@ -67,6 +69,7 @@ fn start_cluster() -> Cluster {
     std::fs::create_dir_all(&dir).unwrap();
     let dir = dir.display().to_string();
     let mut ports = vec![];
+    let mut watchdogs = vec![];
     for _ in 0..3 {
         let p = cluster_port(&ports);
         ports.push(p);
@@ -78,13 +81,14 @@ fn start_cluster() -> Cluster {
              while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
              kill $r; wait $r; rm -rf {dir}"
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start a cluster node");
+        watchdogs.push(watchdog);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     for &p in &ports {
@@ -116,6 +120,7 @@ fn start_cluster() -> Cluster {
     Cluster {
         url: format!("redis-cluster://{}", nodes.join(",")),
         ports,
+        _watchdogs: watchdogs,
     }
 }
 
@@ -201,5 +206,21 @@ async fn tiered_invalidations_across_instances_on_a_cluster() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    crate::scale::invalidations_hold_on_every_instance(&db, &cluster.url, "tiered").await;
+    // A short pause after each change: see `scale::invalidations_hold_on_every_instance_tiered`.
+    let settle = Duration::from_millis(300);
+    crate::scale::invalidations_hold_on_every_instance(&db, &cluster.url, "tiered", settle).await;
+}
+
+/// Three server processes with the `redis` cache over the cluster: every change holds on the
+/// other instances' very next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_invalidations_across_instances_on_a_cluster() {
+    let Some(cluster) = shared_cluster() else {
+        return;
+    };
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    crate::scale::invalidations_hold_on_every_instance(&db, &cluster.url, "redis", Duration::ZERO)
+        .await;
 }
