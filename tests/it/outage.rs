@@ -20,11 +20,17 @@ const REDIS_HIT: &str = "session_server_cache_lookups_total{tier=\"redis\",resul
 
 /// A steady stream of authenticated requests: every 50 ms the next of `tokens` (with the
 /// identifier it must resolve to) on the next of `addresses`. Every answer must be correct and
-/// arrive within a second.
+/// arrive within [`SLOWEST`], and the median within [`MEDIAN`]: a request stuck on the dead
+/// Redis (a connect timeout is 2 s) would exceed both.
 struct Stream {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(usize, Duration, Vec<String>)>,
+    task: tokio::task::JoinHandle<(Vec<Duration>, Vec<String>)>,
 }
+
+/// Generous for a loaded 2-core machine running other server processes in parallel (alone,
+/// the slowest request during the outage takes about 0.2 s).
+const SLOWEST: Duration = Duration::from_millis(1500);
+const MEDIAN: Duration = Duration::from_millis(300);
 
 impl Stream {
     fn start(addresses: Vec<String>, tokens: Vec<(String, &'static str)>) -> Stream {
@@ -36,7 +42,7 @@ impl Stream {
                     .timeout(Duration::from_secs(10))
                     .build()
                     .unwrap();
-                let (mut n, mut slowest, mut problems) = (0usize, Duration::ZERO, vec![]);
+                let (mut n, mut times, mut problems) = (0usize, vec![], vec![]);
                 let mut tick = tokio::time::interval(Duration::from_millis(50));
                 while !stop.load(Ordering::SeqCst) {
                     tick.tick().await;
@@ -54,7 +60,7 @@ impl Stream {
                         .send()
                         .await;
                     let took = started.elapsed();
-                    slowest = slowest.max(took);
+                    times.push(took);
                     let body: Value = match r {
                         Ok(r) => r.json().await.unwrap_or(Value::Null),
                         Err(e) => json!({ "transport": e.to_string() }),
@@ -62,12 +68,12 @@ impl Stream {
                     if body["data"]["activeSession"]["user"]["identifier"] != *who {
                         problems.push(format!("request {n} to {address}: {body}"));
                     }
-                    if took > Duration::from_secs(1) {
+                    if took > SLOWEST {
                         problems.push(format!("request {n} to {address} took {took:?}"));
                     }
                     n += 1;
                 }
-                (n, slowest, problems)
+                (times, problems)
             })
         };
         Stream { stop, task }
@@ -76,13 +82,19 @@ impl Stream {
     /// Stops the stream and asserts every answer was right and quick.
     async fn finish(self) -> usize {
         self.stop.store(true, Ordering::SeqCst);
-        let (n, slowest, problems) = self.task.await.unwrap();
+        let (mut times, problems) = self.task.await.unwrap();
         assert!(
             problems.is_empty(),
             "{} bad answers: {problems:#?}",
             problems.len()
         );
-        eprintln!("stream: {n} requests, slowest {slowest:?}");
+        times.sort();
+        let (n, median) = (times.len(), times[times.len() / 2]);
+        eprintln!(
+            "stream: {n} requests, median {median:?}, slowest {:?}",
+            times[n - 1]
+        );
+        assert!(median < MEDIAN, "median request time {median:?}");
         n
     }
 }
