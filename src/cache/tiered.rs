@@ -1,22 +1,36 @@
 //! The `tiered` strategy: the bounded in-process cache in front of Redis.
 //!
 //! Every invalidation is applied locally, in Redis, and published on the channel
-//! `<prefix>invalidate`; every instance drops the affected in-process entries on receipt. Each
-//! instance also publishes a heartbeat every second: an instance that has heard nothing for
-//! three seconds, or whose subscription breaks, clears its in-process tier and serves from Redis
-//! or the database until it has subscribed again, so it never serves what it was not told about.
+//! `<prefix>invalidate`; every instance drops the affected in-process entries on receipt and
+//! acknowledges. The instance that made the change waits (up to [`ACK_WAIT`]) until every live
+//! peer has acknowledged before it answers, so the change holds on the client's very next
+//! request whichever instance serves it. Peers are known from heartbeats, published every
+//! second and at once on subscribing. An instance that has heard nothing for three seconds, or
+//! whose subscription breaks, clears its in-process tier and serves from Redis or the database
+//! until it has subscribed again, so it never serves what it was not told about.
+//!
+//! Payloads: `t:<token-hash>|<id>`, `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`,
+//! `ack:<id>:<instance>`; `<id>` is `<instance>.<sequence>`.
 
 use super::{CacheError, CachedSession, MemoryCache, RedisCache, SessionCache};
 use crate::token::TokenHash;
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Silence longer than this means the subscription is not delivering.
 const SILENCE_LIMIT_MS: i64 = 3_000;
+/// Longest wait for peers to acknowledge an invalidation. A peer slower than this is in
+/// trouble and stops using its in-process tier within [`SILENCE_LIMIT_MS`].
+pub const ACK_WAIT: Duration = Duration::from_millis(250);
+
+/// Invalidations this instance published and the peers that have not acknowledged them yet.
+type PendingAcks = HashMap<String, (HashSet<String>, Arc<Notify>)>;
 
 pub struct TieredCache {
     local: MemoryCache,
@@ -29,28 +43,55 @@ pub struct TieredCache {
     /// that overlaps an invalidation is not cached.
     epoch: Arc<AtomicU64>,
     channel: String,
+    /// This instance's random name in heartbeats, message ids and acknowledgements.
     instance: String,
+    /// Peers and when they were last heard from (ms).
+    peers: Mutex<HashMap<String, i64>>,
+    pending: Mutex<PendingAcks>,
+    sequence: AtomicU64,
+    /// Itself, for the acknowledgement tasks it spawns.
+    me: Weak<TieredCache>,
 }
 
-/// An invalidation message: `t:<hash>`, `u:<user-id>`, `*` (clear) or `hb:<instance>`.
+/// A message on the invalidation channel.
+#[derive(Debug, PartialEq, Eq)]
 enum Message {
-    Token(TokenHash),
-    User(i64),
-    Clear,
-    Heartbeat,
+    Token(TokenHash, Option<String>),
+    User(i64, Option<String>),
+    Clear(Option<String>),
+    Heartbeat(String),
+    Ack { id: String, from: String },
 }
 
 fn parse_message(payload: &str) -> Option<Message> {
-    if payload == "*" {
-        return Some(Message::Clear);
+    if let Some(rest) = payload.strip_prefix("hb:") {
+        return Some(Message::Heartbeat(rest.to_string()));
     }
-    let (kind, rest) = payload.split_once(':')?;
+    if let Some(rest) = payload.strip_prefix("ack:") {
+        let (id, from) = rest.rsplit_once(':')?;
+        return Some(Message::Ack {
+            id: id.to_string(),
+            from: from.to_string(),
+        });
+    }
+    let (body, id) = match payload.split_once('|') {
+        Some((body, id)) => (body, Some(id.to_string())),
+        None => (payload, None),
+    };
+    if body == "*" {
+        return Some(Message::Clear(id));
+    }
+    let (kind, rest) = body.split_once(':')?;
     match kind {
-        "t" => TokenHash::from_hex(rest).map(Message::Token),
-        "u" => rest.parse().ok().map(Message::User),
-        "hb" => Some(Message::Heartbeat),
+        "t" => TokenHash::from_hex(rest).map(|h| Message::Token(h, id)),
+        "u" => rest.parse().ok().map(|u| Message::User(u, id)),
         _ => None,
     }
+}
+
+/// The instance that published message `id`.
+fn origin(id: &str) -> &str {
+    id.rsplit_once('.').map_or(id, |(origin, _)| origin)
 }
 
 impl TieredCache {
@@ -61,7 +102,8 @@ impl TieredCache {
         remote: Arc<RedisCache>,
         epoch: Arc<AtomicU64>,
     ) -> Arc<TieredCache> {
-        let cache = Arc::new(TieredCache {
+        let cache = Arc::new_cyclic(|me| TieredCache {
+            me: me.clone(),
             channel: format!("{}invalidate", remote.prefix()),
             instance: crate::token::random_string(6),
             local,
@@ -69,6 +111,9 @@ impl TieredCache {
             subscribed: AtomicBool::new(false),
             last_heard: AtomicI64::new(0),
             epoch,
+            peers: Mutex::default(),
+            pending: Mutex::default(),
+            sequence: AtomicU64::new(0),
         });
         tokio::spawn(subscribe_loop(Arc::downgrade(&cache)));
         tokio::spawn(heartbeat_loop(Arc::downgrade(&cache)));
@@ -88,20 +133,104 @@ impl TieredCache {
     }
 
     fn apply(&self, msg: Message) {
-        self.last_heard
-            .store(crate::clock::now_ms(), Ordering::Release);
-        match msg {
-            Message::Token(hash) => {
+        let now = crate::clock::now_ms();
+        self.last_heard.store(now, Ordering::Release);
+        let id = match msg {
+            Message::Token(hash, id) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 self.local.delete_sync(&hash);
+                id
             }
-            Message::User(id) => {
+            Message::User(user_id, id) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
-                self.local.delete_user_sync(id);
+                self.local.delete_user_sync(user_id);
+                id
             }
-            Message::Clear => self.drop_local(),
-            Message::Heartbeat => {}
+            Message::Clear(id) => {
+                self.drop_local();
+                id
+            }
+            Message::Heartbeat(from) => {
+                if from != self.instance {
+                    self.peers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(from, now);
+                }
+                None
+            }
+            Message::Ack { id, from } => {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((waiting, notify)) = pending.get_mut(&id) {
+                    waiting.remove(&from);
+                    notify.notify_one();
+                }
+                None
+            }
+        };
+        // Applied: tell the instance that is waiting on it.
+        if let Some(id) = id.filter(|id| origin(id) != self.instance) {
+            if let Some(me) = self.me.upgrade() {
+                tokio::spawn(async move {
+                    let _ = me.publish(format!("ack:{id}:{}", me.instance)).await;
+                });
+            }
         }
+    }
+
+    /// Peers heard from recently enough to be expected to acknowledge.
+    fn live_peers(&self) -> HashSet<String> {
+        let now = crate::clock::now_ms();
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.retain(|_, heard| now - *heard < 60_000);
+        peers
+            .iter()
+            .filter(|(_, heard)| now - **heard < SILENCE_LIMIT_MS)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Publishes an invalidation and waits until every live peer has applied it (or
+    /// [`ACK_WAIT`] has passed).
+    async fn broadcast(&self, body: String) -> Result<(), CacheError> {
+        let id = format!(
+            "{}.{}",
+            self.instance,
+            self.sequence.fetch_add(1, Ordering::Relaxed)
+        );
+        let waiting = self.live_peers();
+        let notify = Arc::new(Notify::new());
+        if !waiting.is_empty() {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id.clone(), (waiting, notify.clone()));
+        }
+        let published = self.publish(format!("{body}|{id}")).await;
+        if published.is_ok() {
+            let all_acked = async {
+                loop {
+                    let done = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&id)
+                        .is_none_or(|(waiting, _)| waiting.is_empty());
+                    if done {
+                        return;
+                    }
+                    notify.notified().await;
+                }
+            };
+            if tokio::time::timeout(ACK_WAIT, all_acked).await.is_err() {
+                tracing::warn!("an instance did not acknowledge a cache invalidation in time");
+            }
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        published
     }
 
     async fn publish(&self, payload: String) -> Result<(), CacheError> {
@@ -140,6 +269,8 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
                     .store(crate::clock::now_ms(), Ordering::Release);
                 c.subscribed.store(true, Ordering::Release);
                 tracing::info!("tiered cache subscribed to invalidations");
+                // Announce at once, so peers wait for this instance's acknowledgements.
+                let _ = c.publish(format!("hb:{}", c.instance)).await;
                 drop(c);
                 backoff = Duration::from_millis(100);
                 let mut messages = pubsub.into_on_message();
@@ -228,27 +359,27 @@ impl SessionCache for TieredCache {
     async fn replace(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
         let hash = session.token_hash;
         self.set(session, ttl).await?;
-        self.publish(format!("t:{}", hash.to_hex())).await
+        self.broadcast(format!("t:{}", hash.to_hex())).await
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
         self.local.delete_sync(key);
         let remote = self.remote.delete(key).await;
-        let published = self.publish(format!("t:{}", key.to_hex())).await;
+        let published = self.broadcast(format!("t:{}", key.to_hex())).await;
         remote.and(published)
     }
 
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {
         self.local.delete_user_sync(user_id);
         let remote = self.remote.delete_user(user_id).await;
-        let published = self.publish(format!("u:{user_id}")).await;
+        let published = self.broadcast(format!("u:{user_id}")).await;
         remote.and(published)
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
         self.local.clear_sync();
         let remote = self.remote.clear().await;
-        let published = self.publish("*".to_string()).await;
+        let published = self.broadcast("*".to_string()).await;
         remote.and(published)
     }
 
@@ -268,12 +399,34 @@ mod tests {
     #[test]
     fn messages_parse() {
         let h = crate::token::generate().hash;
-        assert!(
-            matches!(parse_message(&format!("t:{}", h.to_hex())), Some(Message::Token(x)) if x == h)
+        assert_eq!(
+            parse_message(&format!("t:{}|ab.1", h.to_hex())),
+            Some(Message::Token(h, Some("ab.1".into())))
         );
-        assert!(matches!(parse_message("u:42"), Some(Message::User(42))));
-        assert!(matches!(parse_message("*"), Some(Message::Clear)));
-        assert!(matches!(parse_message("hb:abc"), Some(Message::Heartbeat)));
+        assert_eq!(
+            parse_message(&format!("t:{}", h.to_hex())),
+            Some(Message::Token(h, None))
+        );
+        assert_eq!(
+            parse_message("u:42|x.7"),
+            Some(Message::User(42, Some("x.7".into())))
+        );
+        assert_eq!(
+            parse_message("*|x.8"),
+            Some(Message::Clear(Some("x.8".into())))
+        );
+        assert_eq!(
+            parse_message("hb:abc"),
+            Some(Message::Heartbeat("abc".into()))
+        );
+        assert_eq!(
+            parse_message("ack:x-y.9:peer"),
+            Some(Message::Ack {
+                id: "x-y.9".into(),
+                from: "peer".into()
+            })
+        );
+        assert_eq!(origin("x-y.9"), "x-y");
         assert!(parse_message("t:zz").is_none());
         assert!(parse_message("nonsense").is_none());
     }
