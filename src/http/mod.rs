@@ -355,6 +355,7 @@ async fn execute_inner(
 
     // Errors raised before resolvers run (syntax, validation, variable coercion, limits) carry
     // no code of their own: they are all about the request's input.
+    let mut unavailable = false;
     for err in response.errors.iter_mut() {
         let ext = err.extensions.get_or_insert_with(Default::default);
         match ext.get("code") {
@@ -362,7 +363,8 @@ async fn execute_inner(
             Some(async_graphql::Value::String(code))
                 if code == ErrorCode::ServiceUnavailable.as_str() =>
             {
-                svc.metrics.error("database")
+                svc.metrics.error("database");
+                unavailable = true;
             }
             Some(_) => {}
         }
@@ -379,6 +381,11 @@ async fn execute_inner(
         }
     };
     let mut out = Response::new(Body::from(body));
+    // The database being down is the server's condition, not the request's: say so in the
+    // status too, so load balancers and clients retry.
+    if unavailable {
+        *out.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
     let h = out.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -153,9 +153,9 @@ impl Drop for DbGuard {
 }
 
 pub struct TestApp {
-    pub address: String,
+    /// The GraphQL client of this server (methods reachable through `Deref`).
+    pub api: Api,
     pub port: u16,
-    pub client: reqwest::Client,
     pub variant: Variant,
     pub database_url: String,
     pub redis_prefix: String,
@@ -353,12 +353,8 @@ impl TestApp {
                 .await;
         });
         Some(TestApp {
-            address: format!("http://127.0.0.1:{port}"),
+            api: Api::new(port, Duration::from_secs(30)),
             port,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
             variant,
             database_url,
             redis_prefix: format!("ss-test:{suffix}:"),
@@ -366,6 +362,58 @@ impl TestApp {
             server: Some(server),
             _db: guard,
         })
+    }
+}
+
+/// A GraphQL client for one server: requests, logins and admin shortcuts.
+pub struct Api {
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn send(req: reqwest::RequestBuilder) -> Gql {
+        Api::send(req).await
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Api {
+    pub fn new(port: u16, timeout: Duration) -> Api {
+        Api {
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder().timeout(timeout).build().unwrap(),
+        }
+    }
+
+    /// `GET /health`: status and JSON body.
+    pub async fn health(&self) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("/health answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -6,11 +6,8 @@
 
 #![allow(dead_code)]
 
-use crate::helpers::{
-    services_required, with_database, Gql, Login, TestApp, ADMIN, ADMIN_PASSWORD,
-};
+use crate::helpers::{services_required, with_database, Api, ADMIN, ADMIN_PASSWORD};
 use sea_orm::{ConnectionTrait, Database};
-use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -242,9 +239,9 @@ impl Drop for RedisProc {
 
 /// A `session-server` child process on its own port, with GraphQL helpers like [`TestApp`]'s.
 pub struct ServerProc {
-    pub address: String,
+    /// The GraphQL client of this server (methods reachable through `Deref`).
+    pub api: Api,
     pub port: u16,
-    pub client: reqwest::Client,
     child: Mutex<Option<Child>>,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -298,12 +295,8 @@ impl ServerProc {
             .spawn()
             .expect("start session-server");
         ServerProc {
-            address: format!("http://127.0.0.1:{port}"),
+            api: Api::new(port, Duration::from_secs(20)),
             port,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
             child: Mutex::new(Some(child)),
             log,
             _dir: dir,
@@ -380,131 +373,12 @@ impl ServerProc {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
-    }
-
-    pub fn post(&self, query: &str, variables: Value) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url("/graphql"))
-            .header("content-type", "application/json")
-            .body(json!({ "query": query, "variables": variables }).to_string())
-    }
-
-    pub async fn gql(&self, query: &str, variables: Value) -> Gql {
-        TestApp::send(self.post(query, variables)).await
-    }
-
-    pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> Gql {
-        TestApp::send(self.post(query, variables).bearer_auth(token)).await
-    }
-
-    /// `GET /health`: status and JSON body.
-    pub async fn health(&self) -> (u16, Value) {
-        let r = self
-            .client
-            .get(self.url("/health"))
-            .send()
-            .await
-            .expect("/health answers");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// `GET /metrics` as text.
-    pub async fn metrics(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("/metrics answers")
-            .text()
-            .await
-            .unwrap()
-    }
-
-    pub async fn try_login(&self, username: &str, password: &str) -> Gql {
-        self.gql(
-            "mutation($u: String!, $p: String!) { login(username: $u, password: $p) {
-                __typename
-                ... on AuthenticationSuccess { user { id identifier } session { id kind } }
-                ... on InvalidCredentialsError { errorCode message }
-                ... on NotVerifiedError { errorCode message }
-                ... on TooManyAttemptsError { errorCode message retryAfterSeconds }
-            } }",
-            json!({ "u": username, "p": password }),
-        )
-        .await
-    }
-
-    pub async fn login(&self, username: &str, password: &str) -> Login {
-        let r = self.try_login(username, password).await.ok();
-        assert_eq!(
-            r.data()["login"]["__typename"],
-            "AuthenticationSuccess",
-            "login failed: {}",
-            r.body
-        );
-        Login {
-            token: r.session_token().expect("session-token header"),
-            refresh_token: r.refresh_token().expect("refresh-token header"),
-            body: r.body,
-        }
-    }
-
-    pub async fn admin_token(&self) -> String {
-        self.login(ADMIN, ADMIN_PASSWORD).await.token
-    }
-
-    /// Creates a verified user and returns their id.
-    pub async fn create_user(
-        &self,
-        admin: &str,
-        identifier: &str,
-        password: &str,
-        roles: &[&str],
-    ) -> String {
-        let r = self
-            .gql_as(
-                admin,
-                "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }",
-                json!({ "i": { "identifier": identifier, "password": password, "roleIds": roles } }),
-            )
-            .await
-            .ok();
-        r.data()["createUser"]["id"].as_str().unwrap().to_string()
-    }
-
-    /// Creates a role with `permissions` in the default channel and returns its id.
-    pub async fn create_role(&self, admin: &str, code: &str, permissions: &[&str]) -> String {
-        let r = self
-            .gql_as(admin, "{ activeChannel { id } }", json!({}))
-            .await
-            .ok();
-        let channel = r.data()["activeChannel"]["id"].clone();
-        let r = self
-            .gql_as(
-                admin,
-                "mutation($i: CreateRoleInput!) { createRole(input: $i) { id } }",
-                json!({ "i": { "code": code, "permissions": permissions, "channelIds": [channel] } }),
-            )
-            .await
-            .ok();
-        r.data()["createRole"]["id"].as_str().unwrap().to_string()
-    }
-
-    /// The `activeSession` of a token (null when it is not valid).
-    pub async fn active_session(&self, token: &str) -> Value {
-        self.gql_as(
-            token,
-            "{ activeSession { id kind lastActiveAt user { id identifier } } }",
-            json!({}),
-        )
-        .await
-        .ok()
-        .data()["activeSession"]
-            .clone()
+impl std::ops::Deref for ServerProc {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
