@@ -172,7 +172,12 @@ impl Application {
         );
         Ok(Application {
             listener,
-            state: AppState::new(services, schema, labeler),
+            state: AppState::new(
+                services.clone(),
+                schema,
+                crate::graphql::build_revalidating_schema(services),
+                labeler,
+            ),
             port,
         })
     }

@@ -29,6 +29,15 @@ pub fn build_schema(services: SharedServices) -> AppSchema {
     builder().data(services).finish()
 }
 
+/// The schema for documents that already passed full validation: only the checks that do not
+/// depend on the document alone (depth, complexity, fragment cycles) run again.
+pub fn build_revalidating_schema(services: SharedServices) -> AppSchema {
+    builder()
+        .validation_mode(async_graphql::ValidationMode::Fast)
+        .data(services)
+        .finish()
+}
+
 /// The root fields of `Query` and `Mutation`, for labelling requests in metrics.
 pub fn root_fields() -> (Vec<String>, Vec<String>) {
     use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};

@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -28,45 +29,67 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub services: SharedServices,
+    /// The schema with full validation.
     pub schema: AppSchema,
+    /// The same schema with only the validation that depends on more than the document
+    /// (limits, fragment cycles): for documents that already passed full validation.
+    pub schema_revalidated: AppSchema,
     /// Metric handles per operation.
     pub labeler: Arc<OperationLabeler>,
     /// Parsed documents by query text: clients repeat the same few queries, so most requests
-    /// skip the parser (validation still runs on every request).
-    pub documents: moka::sync::Cache<String, Arc<ExecutableDocument>>,
+    /// skip the parser, and repeated variable-free ones skip the static validation rules.
+    pub documents: moka::sync::Cache<String, Arc<KnownDocument>>,
+}
+
+/// A parsed query text, and whether it has passed full validation without variables.
+pub struct KnownDocument {
+    doc: ExecutableDocument,
+    validated: AtomicBool,
 }
 
 /// Longest query text whose parsed document is cached.
 const MAX_CACHED_QUERY_BYTES: usize = 8 * 1024;
 
 impl AppState {
-    pub fn new(services: SharedServices, schema: AppSchema, labeler: OperationLabeler) -> AppState {
+    pub fn new(
+        services: SharedServices,
+        schema: AppSchema,
+        schema_revalidated: AppSchema,
+        labeler: OperationLabeler,
+    ) -> AppState {
         AppState {
             services,
             schema,
+            schema_revalidated,
             labeler: Arc::new(labeler),
             documents: moka::sync::Cache::new(1_000),
         }
     }
 
     /// Attaches the cached parse of the request's query, parsing and caching it on a miss.
-    fn with_parsed_document(&self, mut request: async_graphql::Request) -> async_graphql::Request {
+    fn with_known_document(
+        &self,
+        mut request: async_graphql::Request,
+    ) -> (async_graphql::Request, Option<Arc<KnownDocument>>) {
         if request.query.len() > MAX_CACHED_QUERY_BYTES {
-            return request;
+            return (request, None);
         }
-        let doc = match self.documents.get(&request.query) {
-            Some(doc) => doc,
+        let known = match self.documents.get(&request.query) {
+            Some(known) => known,
             None => match async_graphql::parser::parse_query(&request.query) {
                 Ok(doc) => {
-                    let doc = Arc::new(doc);
-                    self.documents.insert(request.query.clone(), doc.clone());
-                    doc
+                    let known = Arc::new(KnownDocument {
+                        doc,
+                        validated: AtomicBool::new(false),
+                    });
+                    self.documents.insert(request.query.clone(), known.clone());
+                    known
                 }
-                Err(_) => return request, // execution reports the syntax error
+                Err(_) => return (request, None), // execution reports the syntax error
             },
         };
-        request.set_parsed_query((*doc).clone());
-        request
+        request.set_parsed_query(known.doc.clone());
+        (request, Some(known))
     }
 }
 
@@ -289,8 +312,8 @@ async fn execute(
 ) -> Response {
     let started = Instant::now();
     let handles = app.labeler.handles(&request.query);
-    let request = app.with_parsed_document(request);
-    let response = execute_inner(app, headers, peer, request).await;
+    let (request, known) = app.with_known_document(request);
+    let response = execute_inner(app, headers, peer, request, known).await;
     handles.record(started.elapsed().as_secs_f64());
     response
 }
@@ -302,6 +325,7 @@ async fn execute_inner(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     request: async_graphql::Request,
+    known: Option<Arc<KnownDocument>>,
 ) -> Response {
     let svc = &app.services;
     let presented = request::presented_token(headers, svc.config.token_method);
@@ -351,7 +375,23 @@ async fn execute_inner(
         presented.as_ref().map(|p| p.source),
         request::cookie(headers, "session_refresh").map(str::to_string),
     );
-    let mut response = app.schema.execute(request.data(ctx)).await;
+    // Static validation depends only on the document, except where variable values are
+    // checked: a document that passed full validation with no variables and no operation name
+    // cannot fail it again under the same conditions.
+    let revalidation_only = request.variables.is_empty() && request.operation_name.is_none();
+    let known = known.filter(|_| revalidation_only);
+    let already_valid = known
+        .as_ref()
+        .is_some_and(|k| k.validated.load(Ordering::Relaxed));
+    let schema = if already_valid {
+        &app.schema_revalidated
+    } else {
+        &app.schema
+    };
+    let mut response = schema.execute(request.data(ctx)).await;
+    if let Some(k) = known.filter(|_| !already_valid && response.errors.is_empty()) {
+        k.validated.store(true, Ordering::Relaxed);
+    }
 
     // Errors raised before resolvers run (syntax, validation, variable coercion, limits) carry
     // no code of their own: they are all about the request's input.
