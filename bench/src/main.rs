@@ -297,6 +297,7 @@ async fn run_rows(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i3
         s.sessions,
         s.server_bin.display()
     );
+    let load_before = loadavg();
     let redis_ok = service("Redis", seed::redis_ping(&args.redis_url)).await;
     let pg_ok = service("PostgreSQL", seed::postgres_ping(&args.postgres_url)).await;
 
@@ -519,7 +520,10 @@ async fn run_rows(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i3
     if wanted("peer") {
         let label = "peer: axum + tower-sessions + Redis store, cookie read".to_string();
         let redis_url: Result<String, Status> = match &args.peer_redis_url {
-            Some(u) => Ok(u.clone()),
+            Some(u) => match seed::redis_ping(u).await {
+                Ok(()) => Ok(u.clone()),
+                Err(e) => Err(unavailable(format!("peer Redis unavailable ({e:#})"))),
+            },
             None => match server::start_private_redis(&s.scratch).await {
                 Ok(r) => {
                     let url = r.url.clone();
@@ -592,8 +596,8 @@ async fn run_rows(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i3
                 continue;
             }
             let proc = &servers[*idx];
-            // Let the previous row's in-flight work (e.g. a login's hashing) drain.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Let the previous row's leftovers (a login's hashing, activity writes) drain.
+            quiesce(proc.pid()).await;
             let r = load::run(
                 proc.addr,
                 workload.clone(),
@@ -627,6 +631,12 @@ async fn run_rows(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i3
     let by_id = |id: &str| reports.iter().find(|r| r.id == id);
     let floor = by_id("floor");
     println!();
+    println!(
+        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server.",
+        s.rounds, s.connections, s.duration, s.warmup, s.sessions
+    );
+    println!("{}", machine_line(&load_before));
+    println!();
     println!("{}", report::table(&reports, floor));
     let targets = build_targets(&reports);
     println!("{}", report::targets_table(&targets));
@@ -650,6 +660,54 @@ async fn run_rows(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i3
         }
     }
     Ok(if errored.is_empty() { 0 } else { 1 })
+}
+
+/// Waits (at most 5 s) until a process uses under 5 % of a core over 100 ms.
+async fn quiesce(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while Instant::now() < deadline {
+        let a = load::process_cpu(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match (a, load::process_cpu(pid)) {
+            (Some(a), Some(b)) if b.saturating_sub(a) > Duration::from_millis(5) => continue,
+            _ => return,
+        }
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One line describing the machine and the load around the run.
+fn machine_line(load_before: &str) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "Machine: {cores} cores ({cpu}), {mem_gib} RAM; load average (1/5/15 min) {load_before} before, {} after.",
+        loadavg()
+    )
 }
 
 fn build_targets(reports: &[RowReport]) -> Vec<Target> {

@@ -128,13 +128,13 @@ pub fn p99(m: &Measurement) -> Option<f64> {
 /// The main table, in Markdown.
 pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
     let mut out = String::new();
-    out.push_str("| # | row | req/s | p50 µs | p99 µs | server CPU µs/req | peak RSS MB | errors | req/s ÷ floor | p99 ÷ floor |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| # | row | req/s | p50 µs | p99 µs | server CPU µs/req | peak RSS MB | errors | req/s ÷ floor | p99 ÷ floor | CPU/req ÷ floor |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (i, r) in rows.iter().enumerate() {
         match &r.status {
             Status::Skipped(note) => {
                 out.push_str(&format!(
-                    "| {} | {} | skipped: {} | | | | | | | |\n",
+                    "| {} | {} | skipped: {} | | | | | | | | |\n",
                     i + 1,
                     r.label,
                     note.replace('\n', " ")
@@ -143,7 +143,7 @@ pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
             }
             Status::Failed(msg) => {
                 out.push_str(&format!(
-                    "| {} | {} | FAILED: {} | | | | | | | |\n",
+                    "| {} | {} | FAILED: {} | | | | | | | | |\n",
                     i + 1,
                     r.label,
                     crate::load::truncate(&msg.replace('\n', " "), 200)
@@ -152,12 +152,17 @@ pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
             }
             Status::Measured => {}
         }
-        let (rr, pr) = match floor {
-            Some(f) => (ratio(r, f, rps, rps), ratio(r, f, p99, p99)),
-            None => (None, None),
+        let cpu = |m: &Measurement| m.cpu_us_per_req;
+        let (rr, pr, cr) = match floor {
+            Some(f) => (
+                ratio(r, f, rps, rps),
+                ratio(r, f, p99, p99),
+                ratio(r, f, cpu, cpu),
+            ),
+            None => (None, None, None),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
             r.label,
             fmt(r.med(|m| Some(m.rps)), 0),
@@ -168,6 +173,7 @@ pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
             r.errors(),
             fmt(rr, 3),
             fmt(pr, 3),
+            fmt(cr, 3),
         ));
         let kinds = r.rounds.first().map(|m| m.kinds.len()).unwrap_or(0);
         if kinds > 1 {
@@ -182,7 +188,7 @@ pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
                     )
                 };
                 out.push_str(&format!(
-                    "| | ↳ {name} | {} | {} | {} | | | | | |\n",
+                    "| | ↳ {name} | {} | {} | {} | | | | | | |\n",
                     fmt(med(|k| k.rps), 0),
                     fmt(med(|k| k.p50_us), 0),
                     fmt(med(|k| k.p99_us), 0),
