@@ -6,6 +6,11 @@ use session_server::config::{Cli, Command, Config};
 use session_server::startup::{connect_database, Application};
 use std::process::ExitCode;
 
+// Requests allocate many small, short-lived objects (GraphQL values, headers, JSON); mimalloc
+// serves them markedly faster than the system allocator and returns freed memory sooner.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -16,12 +16,32 @@ pub enum TokenSource {
     Cookie,
 }
 
+/// Where the request came from, kept raw: only mutations that create sessions need strings.
+pub struct ClientSource {
+    pub ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<axum::http::HeaderValue>,
+}
+
+impl ClientSource {
+    /// The address and user agent (at most 512 bytes) as recorded on a session.
+    pub fn info(&self) -> ClientInfo {
+        ClientInfo {
+            ip_address: self.ip.map(|ip| ip.to_string()),
+            user_agent: self
+                .user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| crate::service::session::truncate(ua, 512).to_string()),
+        }
+    }
+}
+
 pub struct RequestContext {
     /// The caller's session; replaced when a mutation logs in, out or refreshes.
     session: Mutex<Option<Arc<CachedSession>>>,
     /// The request's channel: `channel-token` header, else the session's, else the default.
     pub channel: Arc<channel::Model>,
-    pub client: ClientInfo,
+    pub client: ClientSource,
     pub token_source: Option<TokenSource>,
     /// The `session_refresh` cookie, for `refreshSession` without an argument.
     pub refresh_cookie: Option<String>,
@@ -31,7 +51,7 @@ impl RequestContext {
     pub fn new(
         session: Option<Arc<CachedSession>>,
         channel: Arc<channel::Model>,
-        client: ClientInfo,
+        client: ClientSource,
         token_source: Option<TokenSource>,
         refresh_cookie: Option<String>,
     ) -> Self {

@@ -9,7 +9,7 @@ pub mod types;
 use crate::service::SharedServices;
 use async_graphql::{EmptySubscription, Schema, SchemaBuilder};
 
-pub use context::{RequestContext, TokenSource};
+pub use context::{ClientSource, RequestContext, TokenSource};
 pub use mutation::Mutation;
 pub use query::Query;
 

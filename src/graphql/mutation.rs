@@ -27,7 +27,9 @@ impl Mutation {
         }
         let svc = services(ctx)?;
         let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
-        let issued = svc.create_anonymous_session(&req.client, channel).await?;
+        let issued = svc
+            .create_anonymous_session(&req.client.info(), channel)
+            .await?;
         issue_tokens(ctx, &issued)?;
         Ok(Session::from_cached(&issued.session))
     }
@@ -48,7 +50,7 @@ impl Mutation {
                 &password,
                 remember_me.unwrap_or(false),
                 req.session(),
-                &req.client,
+                &req.client.info(),
             )
             .await?;
         Ok(match outcome {
@@ -200,7 +202,9 @@ impl Mutation {
             Some(s) => s,
             None => {
                 let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
-                let issued = svc.create_anonymous_session(&req.client, channel).await?;
+                let issued = svc
+                    .create_anonymous_session(&req.client.info(), channel)
+                    .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
             }

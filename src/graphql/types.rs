@@ -276,54 +276,47 @@ impl Order {
     }
 }
 
-/// A session as shown to clients: built from the cached form (the caller's own) or a row.
-pub struct Session {
-    pub id: i64,
-    pub kind: SessionKind,
-    pub invalidated: bool,
-    pub user_id: Option<i64>,
-    pub authentication_strategy: Option<String>,
-    pub active_order_id: Option<i64>,
-    pub active_channel_id: Option<i64>,
-    pub created_at: i64,
-    pub last_active_at: i64,
-    pub absolute_expires_at: i64,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
+/// A session as shown to clients: the caller's own (the cached form, shared, not copied) or
+/// a row from the database.
+pub enum Session {
+    Cached(Arc<CachedSession>),
+    Row(Box<session::Model>),
 }
 
 impl Session {
-    pub fn from_cached(s: &CachedSession) -> Session {
-        Session {
-            id: s.id,
-            kind: s.kind,
-            invalidated: false,
-            user_id: s.user_id(),
-            authentication_strategy: s.authentication_strategy.clone(),
-            active_order_id: s.active_order_id,
-            active_channel_id: s.active_channel_id,
-            created_at: s.created_at,
-            last_active_at: s.last_active(),
-            absolute_expires_at: s.absolute_expires_at,
-            ip_address: s.ip_address.clone(),
-            user_agent: s.user_agent.clone(),
-        }
+    pub fn from_cached(s: &Arc<CachedSession>) -> Session {
+        Session::Cached(s.clone())
     }
 
     pub fn from_model(m: session::Model) -> Session {
-        Session {
-            id: m.id,
-            kind: SessionKind::from_db(&m.kind),
-            invalidated: m.invalidated,
-            user_id: m.user_id,
-            authentication_strategy: m.authentication_strategy,
-            active_order_id: m.active_order_id,
-            active_channel_id: m.active_channel_id,
-            created_at: m.created_at,
-            last_active_at: m.last_active_at,
-            absolute_expires_at: m.absolute_expires_at,
-            ip_address: m.ip_address,
-            user_agent: m.user_agent,
+        Session::Row(Box::new(m))
+    }
+
+    fn session_id(&self) -> i64 {
+        match self {
+            Session::Cached(s) => s.id,
+            Session::Row(m) => m.id,
+        }
+    }
+
+    fn user_id(&self) -> Option<i64> {
+        match self {
+            Session::Cached(s) => s.user_id(),
+            Session::Row(m) => m.user_id,
+        }
+    }
+
+    fn last_active(&self) -> i64 {
+        match self {
+            Session::Cached(s) => s.last_active(),
+            Session::Row(m) => m.last_active_at,
+        }
+    }
+
+    fn absolute_expiry(&self) -> i64 {
+        match self {
+            Session::Cached(s) => s.absolute_expires_at,
+            Session::Row(m) => m.absolute_expires_at,
         }
     }
 }
@@ -331,63 +324,86 @@ impl Session {
 #[Object(name = "Session")]
 impl Session {
     async fn id(&self) -> ID {
-        id(self.id)
+        id(self.session_id())
     }
     async fn kind(&self) -> GqlSessionKind {
-        self.kind.into()
+        match self {
+            Session::Cached(s) => s.kind.into(),
+            Session::Row(m) => SessionKind::from_db(&m.kind).into(),
+        }
     }
     /// Whether this is the session making the request.
     async fn current(&self, ctx: &Context<'_>) -> Result<bool> {
         Ok(ctx
             .request_ctx()?
             .session()
-            .is_some_and(|s| s.id == self.id))
+            .is_some_and(|s| s.id == self.session_id()))
     }
     async fn invalidated(&self) -> bool {
-        self.invalidated
+        matches!(self, Session::Row(m) if m.invalidated)
     }
     async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(uid) = self.user_id else {
+        let Some(uid) = self.user_id() else {
             return Ok(None);
         };
         Ok(services(ctx)?.user_by_id(uid).await?.map(User))
     }
     async fn authentication_strategy(&self) -> Option<&str> {
-        self.authentication_strategy.as_deref()
+        match self {
+            Session::Cached(s) => s.authentication_strategy.as_deref(),
+            Session::Row(m) => m.authentication_strategy.as_deref(),
+        }
     }
     async fn active_order(&self, ctx: &Context<'_>) -> Result<Option<Order>> {
-        let Some(oid) = self.active_order_id else {
+        let active_order = match self {
+            Session::Cached(s) => s.active_order_id,
+            Session::Row(m) => m.active_order_id,
+        };
+        let Some(oid) = active_order else {
             return Ok(None);
         };
         Ok(services(ctx)?.order_by_id(oid).await?.map(Order))
     }
     async fn active_channel(&self, ctx: &Context<'_>) -> Result<Option<Channel>> {
-        let Some(cid) = self.active_channel_id else {
+        let active_channel = match self {
+            Session::Cached(s) => s.active_channel_id,
+            Session::Row(m) => m.active_channel_id,
+        };
+        let Some(cid) = active_channel else {
             return Ok(None);
         };
         let svc = services(ctx)?;
         Ok(svc.channels.by_id(&svc.db, cid).await?.map(Channel))
     }
     async fn created_at(&self) -> DateTime {
-        DateTime(self.created_at)
+        DateTime(match self {
+            Session::Cached(s) => s.created_at,
+            Session::Row(m) => m.created_at,
+        })
     }
     async fn last_active_at(&self) -> DateTime {
-        DateTime(self.last_active_at)
+        DateTime(self.last_active())
     }
     async fn expires_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
         let lifetimes = services(ctx)?.lifetimes;
         Ok(DateTime(
-            lifetimes.expires_at(self.last_active_at, self.absolute_expires_at),
+            lifetimes.expires_at(self.last_active(), self.absolute_expiry()),
         ))
     }
     async fn absolute_expires_at(&self) -> DateTime {
-        DateTime(self.absolute_expires_at)
+        DateTime(self.absolute_expiry())
     }
     async fn ip_address(&self) -> Option<&str> {
-        self.ip_address.as_deref()
+        match self {
+            Session::Cached(s) => s.ip_address.as_deref(),
+            Session::Row(m) => m.ip_address.as_deref(),
+        }
     }
     async fn user_agent(&self) -> Option<&str> {
-        self.user_agent.as_deref()
+        match self {
+            Session::Cached(s) => s.user_agent.as_deref(),
+            Session::Row(m) => m.user_agent.as_deref(),
+        }
     }
 }
 

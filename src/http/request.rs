@@ -2,8 +2,8 @@
 //! client's address and user agent.
 
 use crate::config::TokenMethods;
+use crate::graphql::ClientSource;
 use crate::graphql::TokenSource;
-use crate::service::ClientInfo;
 use crate::token::{self, TokenHash};
 use axum::http::{header, HeaderMap};
 use std::net::{IpAddr, SocketAddr};
@@ -54,22 +54,21 @@ pub fn presented_token(headers: &HeaderMap, methods: TokenMethods) -> Option<Pre
 }
 
 /// The client's address (the peer, or the first `X-Forwarded-For` entry behind a trusted
-/// proxy) and user agent.
-pub fn client_info(headers: &HeaderMap, peer: Option<SocketAddr>, trust_proxy: bool) -> ClientInfo {
+/// proxy) and user agent, kept raw until a mutation needs them as strings.
+pub fn client_info(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trust_proxy: bool,
+) -> ClientSource {
     let forwarded = trust_proxy
         .then(|| headers.get("x-forwarded-for"))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .and_then(|first| first.trim().parse::<IpAddr>().ok());
-    let ip = forwarded.or(peer.map(|p| p.ip()));
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| crate::service::session::truncate(ua, 512).to_string());
-    ClientInfo {
-        ip_address: ip.map(|ip| ip.to_string()),
-        user_agent,
+    ClientSource {
+        ip: forwarded.or(peer.map(|p| p.ip())),
+        user_agent: headers.get(header::USER_AGENT).cloned(),
     }
 }
 
@@ -119,16 +118,25 @@ mod tests {
         );
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert_eq!(
-            client_info(&h, Some(peer), false).ip_address.as_deref(),
+            client_info(&h, Some(peer), false)
+                .info()
+                .ip_address
+                .as_deref(),
             Some("127.0.0.1")
         );
         assert_eq!(
-            client_info(&h, Some(peer), true).ip_address.as_deref(),
+            client_info(&h, Some(peer), true)
+                .info()
+                .ip_address
+                .as_deref(),
             Some("203.0.113.9")
         );
         h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
         assert_eq!(
-            client_info(&h, Some(peer), true).ip_address.as_deref(),
+            client_info(&h, Some(peer), true)
+                .info()
+                .ip_address
+                .as_deref(),
             Some("127.0.0.1")
         );
     }

@@ -28,7 +28,10 @@ pub struct Passwords {
 
 impl Passwords {
     pub async fn new() -> AppResult<Passwords> {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Leave a core for everything else: hashing is CPU-bound and would otherwise stall
+        // session lookups during a burst of logins.
+        let workers =
+            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
         let permits = Arc::new(Semaphore::new(workers));
         let placeholder = crate::token::random_string(24);
         let dummy_hash = tokio::task::spawn_blocking(move || hash_blocking(&placeholder)).await??;
