@@ -104,13 +104,7 @@ impl Application {
             None => None,
         };
         let cache_epoch = Arc::new(AtomicU64::new(0));
-        let memory = || {
-            MemoryCache::new(
-                config.session_cache_capacity,
-                config.session_cache_ttl,
-                metrics.clone(),
-            )
-        };
+        let memory = || MemoryCache::new(config.session_cache_capacity, metrics.clone());
         let cache: Arc<dyn SessionCache> = match (config.session_cache, &redis) {
             (CacheMode::Redis, Some(r)) => r.clone(),
             (CacheMode::Tiered, Some(r)) => {

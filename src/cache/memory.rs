@@ -33,12 +33,14 @@ fn unindex(index: &UserIndex, user_id: i64, key: &TokenHash) {
 }
 
 impl MemoryCache {
-    pub fn new(capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    /// A cache of at most `capacity` sessions. Entries carry no expiry of their own: the session
+    /// service checks every entry's age against `SESSION_CACHE_TTL` (and its session's expiry)
+    /// on each read and reloads stale ones, so per-entry timers would only cost memory.
+    pub fn new(capacity: u64, metrics: Arc<Metrics>) -> Self {
         let by_user: UserIndex = Arc::default();
         let index = by_user.clone();
         let entries = Cache::builder()
             .max_capacity(capacity)
-            .time_to_live(ttl)
             .eviction_listener(
                 move |key: Arc<TokenHash>, value: Arc<CachedSession>, cause| {
                     // A replacement keeps the key cached: its index entry must stay.
@@ -178,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn capacity_bound_holds_under_more_inserts() {
-        let cache = MemoryCache::new(100, Duration::from_secs(60), Arc::default());
+        let cache = MemoryCache::new(100, Arc::default());
         for i in 0..1000 {
             cache
                 .set(session(Some(i % 7)), Duration::from_secs(60))
@@ -199,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn delete_user_drops_only_that_users_sessions() {
-        let cache = MemoryCache::new(100, Duration::from_secs(60), Arc::default());
+        let cache = MemoryCache::new(100, Arc::default());
         let (a1, a2, b) = (session(Some(1)), session(Some(1)), session(Some(2)));
         for s in [&a1, &a2, &b] {
             cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
