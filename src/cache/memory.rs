@@ -157,11 +157,13 @@ mod tests {
             id: 1,
             token_hash: token::generate().hash,
             kind: SessionKind::Authenticated,
-            user: user.map(|id| CachedUser {
-                id,
-                identifier: format!("user{id}"),
-                verified: true,
-                channels: vec![],
+            user: user.map(|id| {
+                Box::new(CachedUser {
+                    id,
+                    identifier: format!("user{id}"),
+                    verified: true,
+                    channels: vec![],
+                })
             }),
             authentication_strategy: None,
             active_order_id: None,

@@ -122,16 +122,17 @@ pub struct CachedSession {
     pub id: i64,
     pub token_hash: TokenHash,
     pub kind: SessionKind,
-    pub user: Option<CachedUser>,
-    pub authentication_strategy: Option<String>,
+    /// Boxed: anonymous sessions, the majority, then cost one pointer.
+    pub user: Option<Box<CachedUser>>,
+    pub authentication_strategy: Option<Box<str>>,
     pub active_order_id: Option<i64>,
     pub active_channel_id: Option<i64>,
     pub created_at: i64,
     pub token_issued_at: i64,
     pub absolute_expires_at: i64,
     pub remember_me: bool,
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
+    pub ip_address: Option<Box<str>>,
+    pub user_agent: Option<Box<str>>,
     /// Latest activity seen (ms); moves forward on every request.
     pub last_active_at: AtomicI64,
     /// Latest activity written (or queued to be written) to the database (ms).

@@ -125,7 +125,7 @@ impl Mutation {
                     .clone()
                     .ok_or_else(|| AppError::internal("refreshed session has no user"))?;
                 RefreshSessionResult::AuthenticationSuccess(AuthenticationSuccess {
-                    user: CurrentUser(user),
+                    user: CurrentUser(*user),
                     session: Session::from_cached(&issued.session),
                 })
             }

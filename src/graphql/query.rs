@@ -29,7 +29,7 @@ impl Query {
             .request_ctx()?
             .session()
             .and_then(|s| s.user.clone())
-            .map(CurrentUser))
+            .map(|u| CurrentUser(*u)))
     }
 
     /// The channel of this request.
