@@ -119,20 +119,6 @@ async fn stats(app: &TestApp, token: &str) -> Value {
     app.gql_as(token, STATS, json!({})).await.ok().data()["sessionStats"].clone()
 }
 
-async fn create_channel(app: &TestApp, admin: &str, code: &str) -> (String, String) {
-    let r = app
-        .gql_as(
-            admin,
-            "mutation($i: CreateChannelInput!) { createChannel(input: $i) { id code token } }",
-            json!({ "i": { "code": code } }),
-        )
-        .await
-        .ok();
-    let ch = &r.data()["createChannel"];
-    assert_eq!(ch["code"], code);
-    (str_of(&ch["id"]), str_of(&ch["token"]))
-}
-
 async fn create_role_in(
     app: &TestApp,
     admin: &str,
@@ -179,7 +165,7 @@ async fn sessions_newest_first_with_every_filter(v_: Variant) {
     };
     let (admin, admin_sid) = login(&app, ADMIN, ADMIN_PASSWORD).await;
     let default_channel = app.default_channel_id(&admin).await;
-    let (eu_id, eu_token) = create_channel(&app, &admin, "eu").await;
+    let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
     let alice_id = app.create_user(&admin, "alice", "alice-pw", &[]).await;
     let (alice, alice_sid) = login(&app, "alice", "alice-pw").await;
     let order = create_order(&app, &alice).await;
@@ -635,7 +621,7 @@ async fn permission_checks_per_channel(v_: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    let (eu_id, eu_token) = create_channel(&app, &admin, "eu").await;
+    let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
     let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
     let eu_reader = create_role_in(&app, &admin, "eu-reader", &["READ_SESSION"], &[&eu_id]).await;
     app.create_user(&admin, "plain", "plain-pw", &[]).await;
@@ -722,7 +708,7 @@ async fn users_pagination_and_details(v_: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    let (eu_id, _) = create_channel(&app, &admin, "eu").await;
+    let (eu_id, _) = app.create_channel(&admin, "eu").await;
     let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
     let mut expected = vec![ADMIN.to_string()];
     let mut alice_id = String::new();

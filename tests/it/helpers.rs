@@ -515,6 +515,22 @@ impl Api {
         r.data()["createUser"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a channel (as `admin`) with a generated token and returns (id, token).
+    pub async fn create_channel(&self, admin: &str, code: &str) -> (String, String) {
+        let r = self
+            .gql_as(
+                admin,
+                "mutation($i: CreateChannelInput!) { createChannel(input: $i) { id code token } }",
+                json!({ "i": { "code": code } }),
+            )
+            .await
+            .ok();
+        let c = &r.data()["createChannel"];
+        assert_eq!(c["code"], code);
+        let text = |v: &Value| v.as_str().expect("a string").to_string();
+        (text(&c["id"]), text(&c["token"]))
+    }
+
     /// Creates a role with `permissions` in the default channel and returns its id.
     pub async fn create_role(&self, admin: &str, code: &str, permissions: &[&str]) -> String {
         let channel = self.default_channel_id(admin).await;

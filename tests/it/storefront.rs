@@ -37,24 +37,6 @@ async fn anonymous(app: &TestApp) -> (String, String) {
     )
 }
 
-/// Creates a channel as the superadmin and returns (id, token).
-async fn create_channel(app: &TestApp, admin: &str, code: &str) -> (String, String) {
-    let r = app
-        .gql_as(
-            admin,
-            "mutation($i: CreateChannelInput!) { createChannel(input: $i) { id code token } }",
-            json!({ "i": { "code": code } }),
-        )
-        .await
-        .ok();
-    let c = &r.data()["createChannel"];
-    assert_eq!(c["code"], code);
-    (
-        c["id"].as_str().unwrap().to_string(),
-        c["token"].as_str().unwrap().to_string(),
-    )
-}
-
 /// A `Set-Cookie` line that deletes its cookie.
 fn is_clearing(cookie: &str) -> bool {
     let lower = cookie.to_ascii_lowercase();
@@ -222,7 +204,7 @@ async fn channels_default_header_and_set_active(v: Variant) {
     assert_eq!(r.data()["activeChannel"]["code"], "default");
     let default_id = r.data()["activeChannel"]["id"].clone();
     let admin = app.admin_token().await;
-    let (eu_id, eu_token) = create_channel(&app, &admin, "eu").await;
+    let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
     assert_ne!(Value::from(eu_id.clone()), default_id);
 
     // The channel-token header selects the channel, with or without a session.
