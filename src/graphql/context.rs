@@ -23,7 +23,7 @@ pub struct ClientSource {
 }
 
 impl ClientSource {
-    /// The address and user agent (at most 512 bytes) as recorded on a session.
+    /// The address and user agent as strings (the session layer caps what it stores).
     pub fn info(&self) -> ClientInfo {
         ClientInfo {
             ip_address: self.ip.map(|ip| ip.to_string()),
@@ -31,7 +31,7 @@ impl ClientSource {
                 .user_agent
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
-                .map(|ua| crate::service::session::truncate(ua, 512).to_string()),
+                .map(str::to_string),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `createChannel` / `createUser` rules, `mySessions` / `revokeMySession`, and the protected
 //! superadmin.
 
-use crate::helpers::{Gql, TestApp, Variant, ADMIN, ADMIN_PASSWORD};
+use crate::helpers::{str_of, Gql, TestApp, Variant, ADMIN, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -38,29 +38,11 @@ const SESSIONS: &str = "query($f: SessionFilter, $first: Int, $after: String) {
 const STATS: &str =
     "{ sessionStats { anonymous authenticated expiredAwaitingCleanup invalidated } }";
 
-/// A new anonymous session: `(token, id)`.
-async fn anon(app: &TestApp) -> (String, String) {
-    let r = app
-        .gql("mutation { createAnonymousSession { id } }", json!({}))
-        .await
-        .ok();
-    (
-        r.session_token().expect("session-token header"),
-        str_of(&r.data()["createAnonymousSession"]["id"]),
-    )
-}
-
 /// Logs in: `(token, session id)`.
 async fn login(app: &TestApp, user: &str, password: &str) -> (String, String) {
     let l = app.login(user, password).await;
     let id = str_of(&l.body["data"]["login"]["session"]["id"]);
     (l.token, id)
-}
-
-fn str_of(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-        .to_string()
 }
 
 /// Runs `sessions` and checks that edges and nodes agree; returns the response.
@@ -169,8 +151,8 @@ async fn sessions_newest_first_with_every_filter(v_: Variant) {
     let alice_id = app.create_user(&admin, "alice", "alice-pw", &[]).await;
     let (alice, alice_sid) = login(&app, "alice", "alice-pw").await;
     let order = create_order(&app, &alice).await;
-    let (_a1, a1_sid) = anon(&app).await;
-    let (a2, a2_sid) = anon(&app).await;
+    let (_a1, a1_sid) = app.anonymous_session().await;
+    let (a2, a2_sid) = app.anonymous_session().await;
     let r = app
         .gql_as(
             &a2,
@@ -180,7 +162,7 @@ async fn sessions_newest_first_with_every_filter(v_: Variant) {
         .await
         .ok();
     assert_eq!(r.data()["setActiveChannel"]["activeChannel"]["id"], eu_id);
-    let (_a3, a3_sid) = anon(&app).await;
+    let (_a3, a3_sid) = app.anonymous_session().await;
     assert!(revoke(&app, &admin, &a3_sid).await);
 
     // Newest first, the invalidated session left out.
@@ -258,11 +240,11 @@ async fn expired_and_invalidated_sessions_only_on_request(v_: Variant) {
     else {
         return;
     };
-    let (expired, expired_sid) = anon(&app).await;
+    let (expired, expired_sid) = app.anonymous_session().await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let (admin, admin_sid) = login(&app, ADMIN, ADMIN_PASSWORD).await;
-    let (_live, live_sid) = anon(&app).await;
-    let (_revoked, revoked_sid) = anon(&app).await;
+    let (_live, live_sid) = app.anonymous_session().await;
+    let (_revoked, revoked_sid) = app.anonymous_session().await;
     assert!(revoke(&app, &admin, &revoked_sid).await);
 
     assert_eq!(
@@ -313,7 +295,7 @@ async fn cursor_pagination_walks_every_page(v_: Variant) {
     let admin = app.admin_token().await;
     let mut created = vec![];
     for _ in 0..5 {
-        created.push(anon(&app).await.1);
+        created.push(app.anonymous_session().await.1);
     }
     created.reverse(); // newest first
     let filter = json!({ "kind": "ANONYMOUS" });
@@ -411,7 +393,7 @@ async fn revoke_session_and_revoke_by_user(v_: Variant) {
 
     let (s3, _) = login(&app, "alice", "alice-pw").await;
     assert!(!app.active_session(&s3).await.is_null());
-    let (other, _) = anon(&app).await;
+    let (other, _) = app.anonymous_session().await;
     let r = app
         .gql_as(
             &admin,
@@ -459,7 +441,7 @@ async fn revoke_sessions_by_active_order(v_: Variant) {
         .ok();
     assert_eq!(r.data()["setActiveOrder"]["activeOrder"]["id"], order);
     let (s3, _) = login(&app, "alice", "alice-pw").await;
-    let (guest, _) = anon(&app).await;
+    let (guest, _) = app.anonymous_session().await;
     let guest_order = create_order(&app, &guest).await;
     assert_ne!(guest_order, order);
     for t in [&s1, &s2, &s3, &guest] {
@@ -491,16 +473,16 @@ async fn clean_up_deletes_every_batch_in_one_call(v_: Variant) {
     };
     let mut doomed = vec![];
     for _ in 0..3 {
-        doomed.push(anon(&app).await.1);
+        doomed.push(app.anonymous_session().await.1);
     }
     tokio::time::sleep(Duration::from_millis(3800)).await;
     let (admin, admin_sid) = login(&app, ADMIN, ADMIN_PASSWORD).await;
     for _ in 0..3 {
-        let id = anon(&app).await.1;
+        let id = app.anonymous_session().await.1;
         assert!(revoke(&app, &admin, &id).await);
         doomed.push(id);
     }
-    let (live, live_sid) = anon(&app).await;
+    let (live, live_sid) = app.anonymous_session().await;
     assert_eq!(
         stats(&app, &admin).await,
         json!({ "anonymous": 1, "authenticated": 1, "expiredAwaitingCleanup": 3, "invalidated": 3 })
@@ -551,8 +533,8 @@ async fn background_clean_up_runs_by_itself(v_: Variant) {
         return;
     };
     let (admin, _) = login(&app, ADMIN, ADMIN_PASSWORD).await;
-    let (_r, revoked_sid) = anon(&app).await;
-    let (_e, expired_sid) = anon(&app).await;
+    let (_r, revoked_sid) = app.anonymous_session().await;
+    let (_e, expired_sid) = app.anonymous_session().await;
     let found = app
         .gql_as(
             &admin,
@@ -592,7 +574,7 @@ async fn clear_session_cache_needs_super_admin(v_: Variant) {
     let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
     app.create_user(&admin, "bob", "bob-pw", &[&reader]).await;
     let (bob, _) = login(&app, "bob", "bob-pw").await;
-    let (guest, guest_sid) = anon(&app).await;
+    let (guest, guest_sid) = app.anonymous_session().await;
     stats(&app, &bob).await; // warm
 
     let r = app
@@ -632,7 +614,7 @@ async fn permission_checks_per_channel(v_: Variant) {
     let (plain, _) = login(&app, "plain", "plain-pw").await;
     let (reader_t, _) = login(&app, "reader", "reader-pw").await;
     let (eu_t, _) = login(&app, "eureader", "eureader-pw").await;
-    let (guest, guest_sid) = anon(&app).await;
+    let (guest, guest_sid) = app.anonymous_session().await;
 
     // Without a token, or with an anonymous session: UNAUTHENTICATED.
     let r = app.gql(STATS, json!({})).await;
@@ -953,7 +935,7 @@ async fn my_sessions_lists_only_my_live_sessions(v_: Variant) {
     let (_gone, gone_sid) = login_with_agent(&app, "alice", "alice-pw", "old/1.0").await;
     let (laptop, laptop_sid) = login_with_agent(&app, "alice", "alice-pw", "laptop/2.0").await;
     login_with_agent(&app, "bob", "bob-pw", "bob/1.0").await;
-    anon(&app).await;
+    app.anonymous_session().await;
     assert!(revoke(&app, &admin, &gone_sid).await);
 
     let r = app

@@ -3,7 +3,7 @@
 //! complex queries, bad pagination arguments, malformed tokens, unknown channel tokens and huge
 //! User-Agent headers each get a clear `extensions.code` and change nothing.
 
-use crate::helpers::{Gql, TestApp, Variant};
+use crate::helpers::{str_of, Gql, TestApp, Variant};
 use reqwest::header::HeaderValue;
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -27,12 +27,6 @@ crate::variants!(
 
 const STATS: &str =
     "{ sessionStats { anonymous authenticated expiredAwaitingCleanup invalidated } }";
-
-fn str_of(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-        .to_string()
-}
 
 /// A POST to /graphql with an arbitrary body and content type, optionally with a session cookie.
 async fn raw_post(
@@ -64,17 +58,6 @@ fn refused(r: &Gql, code: &str, what: &str) {
     );
 }
 
-async fn anon(app: &TestApp) -> (String, String) {
-    let r = app
-        .gql("mutation { createAnonymousSession { id } }", json!({}))
-        .await
-        .ok();
-    (
-        r.session_token().expect("session-token"),
-        str_of(&r.data()["createAnonymousSession"]["id"]),
-    )
-}
-
 async fn still_works(app: &TestApp, token: &str, id: &str) {
     assert_eq!(
         app.active_session(token).await["id"],
@@ -87,7 +70,7 @@ async fn malformed_bodies_are_refused(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let (token, id) = anon(&app).await;
+    let (token, id) = app.anonymous_session().await;
     let json_ct = Some("application/json");
     let r = raw_post(
         &app,
@@ -123,7 +106,7 @@ async fn non_json_posts_are_refused_and_change_nothing(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let (token, id) = anon(&app).await;
+    let (token, id) = app.anonymous_session().await;
     let logout = json!({ "query": "mutation { logout }" }).to_string();
     for ct in [
         Some("text/plain"),
@@ -172,7 +155,7 @@ async fn get_runs_queries_but_never_mutations(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let (token, id) = anon(&app).await;
+    let (token, id) = app.anonymous_session().await;
     for q in [
         "mutation{logout}",
         "mutation { logout }",
@@ -247,7 +230,7 @@ async fn oversized_bodies_are_refused(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let (token, id) = anon(&app).await;
+    let (token, id) = app.anonymous_session().await;
     let body = json!({
         "query": "mutation { logout }",
         "variables": { "pad": "x".repeat(300 * 1024) },
@@ -438,7 +421,7 @@ async fn unknown_channel_token_is_not_found(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let (token, id) = anon(&app).await;
+    let (token, id) = app.anonymous_session().await;
     let long = "x".repeat(10 * 1024);
     for ch in ["no-such-channel", "", long.as_str(), "default-channel"] {
         let r = TestApp::send(
@@ -471,7 +454,7 @@ async fn invalid_ids_and_pagination_arguments(v: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    let (guest, guest_id) = anon(&app).await;
+    let (guest, guest_id) = app.anonymous_session().await;
     let before = app.gql_as(&admin, STATS, json!({})).await.ok().body;
     let queries = [
         "query($id: ID!) { session(id: $id) { id } }",

@@ -269,6 +269,13 @@ fn service_urls(variant: Variant) -> Option<Vec<String>> {
     Some(urls)
 }
 
+/// A JSON string value as a `String`; panics with the value otherwise.
+pub fn str_of(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+        .to_string()
+}
+
 pub const ADMIN: &str = "superadmin";
 pub const ADMIN_PASSWORD: &str = "superadmin";
 
@@ -513,6 +520,18 @@ impl Api {
             .await
             .ok();
         r.data()["createUser"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Starts an anonymous session: `(token, session id)`.
+    pub async fn anonymous_session(&self) -> (String, String) {
+        let r = self
+            .gql("mutation { createAnonymousSession { id } }", json!({}))
+            .await
+            .ok();
+        (
+            r.session_token().expect("session-token header"),
+            str_of(&r.data()["createAnonymousSession"]["id"]),
+        )
     }
 
     /// Creates a channel (as `admin`) with a generated token and returns (id, token).

@@ -3,7 +3,7 @@
 //! (permissions and channels), updateUser (verified, password, identifier), deleteUser, and
 //! `me.channels`.
 
-use crate::helpers::{TestApp, Variant};
+use crate::helpers::{str_of, TestApp, Variant};
 use serde_json::{json, Value};
 
 crate::variants!(
@@ -19,12 +19,6 @@ crate::variants!(
 
 const STATS: &str = "{ sessionStats { authenticated } }";
 const ME: &str = "{ me { id identifier verified channels { channelCode permissions } } }";
-
-fn str_of(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-        .to_string()
-}
 
 /// Asserts the token may read session stats (and so warms the cache).
 async fn allowed(app: &TestApp, token: &str) {

@@ -19,20 +19,6 @@ fn time(v: &Value) -> DateTime<FixedOffset> {
         .unwrap_or_else(|e| panic!("{v} is not RFC 3339: {e}"))
 }
 
-async fn anonymous(app: &TestApp) -> (String, String) {
-    let r = app
-        .gql("mutation { createAnonymousSession { id } }", json!({}))
-        .await
-        .ok();
-    (
-        r.data()["createAnonymousSession"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-        r.session_token().unwrap(),
-    )
-}
-
 async fn idle_session_expires(v: Variant) {
     let Some(app) = TestApp::spawn_with(v, |c| {
         c.session_idle_timeout = Duration::from_secs(2);
@@ -42,7 +28,7 @@ async fn idle_session_expires(v: Variant) {
     else {
         return;
     };
-    let (_, anon) = anonymous(&app).await;
+    let (anon, _) = app.anonymous_session().await;
     let user = app.admin_token().await;
     assert!(!app.active_session(&anon).await.is_null());
     assert!(!app.active_session(&user).await.is_null());
@@ -70,7 +56,7 @@ async fn sliding_expiry_on_the_cache_path(v: Variant) {
     else {
         return;
     };
-    let (id, token) = anonymous(&app).await;
+    let (token, id) = app.anonymous_session().await;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(7) {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -98,7 +84,7 @@ async fn absolute_timeout_ends_active_sessions(v: Variant) {
         return;
     };
     let before = Instant::now();
-    let (_, token) = anonymous(&app).await;
+    let (token, _) = app.anonymous_session().await;
     let after = Instant::now();
     let mut died_at = None;
     while before.elapsed() < Duration::from_millis(6000) {
@@ -133,7 +119,7 @@ async fn expires_at_is_the_earlier_limit(v: Variant) {
     else {
         return;
     };
-    let (_, token) = anonymous(&app).await;
+    let (token, _) = app.anonymous_session().await;
     let first = app.gql_as(&token, Q, json!({})).await.ok().data()["activeSession"].clone();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = app.gql_as(&token, Q, json!({})).await.ok().data()["activeSession"].clone();
@@ -171,7 +157,7 @@ async fn expires_at_is_the_earlier_limit(v: Variant) {
     else {
         return;
     };
-    let (_, token) = anonymous(&app).await;
+    let (token, _) = app.anonymous_session().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let s = app.gql_as(&token, Q, json!({})).await.ok().data()["activeSession"].clone();
     let (created, last, expires, absolute) = (
@@ -198,7 +184,7 @@ async fn activity_reaches_the_database(v: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    let (id, token) = anonymous(&app).await;
+    let (token, id) = app.anonymous_session().await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(!app.active_session(&token).await.is_null());

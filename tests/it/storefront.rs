@@ -22,21 +22,6 @@ crate::variants!(
 
 const SESSION_FIELDS: &str = "{ activeSession { id kind ipAddress userAgent } }";
 
-/// Creates an anonymous session and returns (id, token).
-async fn anonymous(app: &TestApp) -> (String, String) {
-    let r = app
-        .gql("mutation { createAnonymousSession { id } }", json!({}))
-        .await
-        .ok();
-    (
-        r.data()["createAnonymousSession"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-        r.session_token().expect("session-token header"),
-    )
-}
-
 /// A `Set-Cookie` line that deletes its cookie.
 fn is_clearing(cookie: &str) -> bool {
     let lower = cookie.to_ascii_lowercase();
@@ -67,7 +52,7 @@ async fn anonymous_session_token_and_cookie(v: Variant) {
     }
     assert!(!cookie.contains("Max-Age"), "{cookie}");
     // A second session gets a different token.
-    let (_, other) = anonymous(&app).await;
+    let (other, _) = app.anonymous_session().await;
     assert_ne!(other, token);
 }
 
@@ -90,8 +75,8 @@ async fn bearer_and_cookie_both_work_and_bearer_wins(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let (id_a, token_a) = anonymous(&app).await;
-    let (id_b, token_b) = anonymous(&app).await;
+    let (token_a, id_a) = app.anonymous_session().await;
+    let (token_b, id_b) = app.anonymous_session().await;
     assert_ne!(id_a, id_b);
     let by_bearer = app.active_session(&token_a).await;
     assert_eq!(by_bearer["id"], id_a.as_str());
@@ -117,7 +102,7 @@ async fn unknown_and_malformed_tokens_have_no_session(v: Variant) {
         return;
     };
     // A valid session exists, so a null answer is not just an empty database.
-    let (_, good) = anonymous(&app).await;
+    let (good, _) = app.anonymous_session().await;
     assert!(!app.active_session(&good).await.is_null());
     let unknown = session_server::token::random_string(32);
     assert_eq!(unknown.len(), 43);
@@ -226,7 +211,7 @@ async fn channels_default_header_and_set_active(v: Variant) {
     assert_eq!(r.error_code(), Some("NOT_FOUND"), "{}", r.body);
 
     // setActiveChannel makes the channel the session's default.
-    let (_, token) = anonymous(&app).await;
+    let (token, _) = app.anonymous_session().await;
     let r = app
         .gql_as(&token, "{ activeChannel { code } }", json!({}))
         .await
@@ -252,7 +237,7 @@ async fn channels_default_header_and_set_active(v: Variant) {
     assert_eq!(r.data()["activeChannel"]["code"], "eu");
     assert_eq!(r.data()["activeSession"]["activeChannel"]["code"], "eu");
     // Other sessions are unaffected.
-    let (_, other) = anonymous(&app).await;
+    let (other, _) = app.anonymous_session().await;
     let r = app
         .gql_as(&other, "{ activeChannel { code } }", json!({}))
         .await
@@ -465,7 +450,7 @@ async fn forwarded_for_only_with_trust_proxy(v: Variant) {
         r.body
     );
     // Without the header the socket address is used.
-    let (_, token) = anonymous(&app).await;
+    let (token, _) = app.anonymous_session().await;
     let r = app.gql_as(&token, SESSION_FIELDS, json!({})).await.ok();
     assert_eq!(r.data()["activeSession"]["ipAddress"], "127.0.0.1");
 }
