@@ -24,6 +24,10 @@ pub enum Variant {
     PostgresMemory,
     MysqlMemory,
     MysqlRedis,
+    /// The `tiered` cache (in process in front of Redis).
+    SqliteTiered,
+    PostgresTiered,
+    MysqlTiered,
     /// SQLite with the `redis` cache on a three-master Redis Cluster started once per test
     /// binary (see [`crate::cluster::shared_cluster`]); needs `redis-server` and `redis-cli`.
     SqliteRedisCluster,
@@ -33,8 +37,12 @@ impl Variant {
     fn needs(self) -> Vec<&'static str> {
         let mut v = vec![];
         match self {
-            Variant::PostgresRedis | Variant::PostgresMemory => v.push("TEST_POSTGRES_URL"),
-            Variant::MysqlMemory | Variant::MysqlRedis => v.push("TEST_MYSQL_URL"),
+            Variant::PostgresRedis | Variant::PostgresMemory | Variant::PostgresTiered => {
+                v.push("TEST_POSTGRES_URL")
+            }
+            Variant::MysqlMemory | Variant::MysqlRedis | Variant::MysqlTiered => {
+                v.push("TEST_MYSQL_URL")
+            }
             _ => {}
         }
         if self.uses_redis() && self != Variant::SqliteRedisCluster {
@@ -48,6 +56,14 @@ impl Variant {
             self,
             Variant::SqliteRedis | Variant::PostgresRedis | Variant::MysqlRedis
         ) || self == Variant::SqliteRedisCluster
+            || self.tiered()
+    }
+
+    pub fn tiered(self) -> bool {
+        matches!(
+            self,
+            Variant::SqliteTiered | Variant::PostgresTiered | Variant::MysqlTiered
+        )
     }
 }
 
@@ -69,6 +85,32 @@ macro_rules! variants {
                 async fn mysql_memory() { super::$name(Variant::MysqlMemory).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite_redis_cluster() { super::$name(Variant::SqliteRedisCluster).await }
+            }
+        )*
+    };
+}
+
+/// Like [`variants!`] but over every database with every cache strategy (memory, redis and
+/// tiered each at least once, every database at least twice): for the trust rules, which must
+/// hold everywhere.
+#[macro_export]
+macro_rules! all_caches {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::helpers::Variant;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite_memory() { super::$name(Variant::SqliteMemory).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite_tiered() { super::$name(Variant::SqliteTiered).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_memory() { super::$name(Variant::PostgresMemory).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() { super::$name(Variant::PostgresRedis).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql_memory() { super::$name(Variant::MysqlMemory).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql_tiered() { super::$name(Variant::MysqlTiered).await }
             }
         )*
     };
@@ -290,16 +332,24 @@ impl TestApp {
         let urls = service_urls(variant)?;
         let suffix = random_suffix();
         let (database_url, guard) = match variant {
-            Variant::SqliteMemory | Variant::SqliteRedis | Variant::SqliteRedisCluster => {
+            Variant::SqliteMemory
+            | Variant::SqliteRedis
+            | Variant::SqliteTiered
+            | Variant::SqliteRedisCluster => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}/test.db?mode=rwc", dir.path().display());
                 (url, DbGuard::Sqlite(dir))
             }
             Variant::PostgresRedis
             | Variant::PostgresMemory
+            | Variant::PostgresTiered
             | Variant::MysqlMemory
-            | Variant::MysqlRedis => {
-                let postgres = matches!(variant, Variant::PostgresRedis | Variant::PostgresMemory);
+            | Variant::MysqlRedis
+            | Variant::MysqlTiered => {
+                let postgres = matches!(
+                    variant,
+                    Variant::PostgresRedis | Variant::PostgresMemory | Variant::PostgresTiered
+                );
                 let admin_url = std::env::var(if postgres {
                     "TEST_POSTGRES_URL"
                 } else {
@@ -338,6 +388,9 @@ impl TestApp {
         if variant == Variant::SqliteRedisCluster {
             config.redis_url = Some(urls[0].clone());
             config.session_cache = CacheMode::Redis;
+        } else if variant.tiered() {
+            config.redis_url = Some(std::env::var("TEST_REDIS_URL").unwrap());
+            config.session_cache = CacheMode::Tiered;
         } else if variant.uses_redis() {
             config.redis_url = Some(std::env::var("TEST_REDIS_URL").unwrap());
             config.session_cache = CacheMode::Redis;
