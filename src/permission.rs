@@ -53,8 +53,18 @@ impl Permission {
 pub struct PermissionSet(pub u16);
 
 impl PermissionSet {
+    /// Every permission.
+    pub fn all() -> PermissionSet {
+        Permission::ALL.into_iter().collect()
+    }
+
     pub fn contains(self, p: Permission) -> bool {
         self.0 & p.bit() != 0
+    }
+
+    /// Whether every permission of `other` is in this set.
+    pub fn contains_all(self, other: PermissionSet) -> bool {
+        self.0 & other.0 == other.0
     }
 
     pub fn insert(&mut self, p: Permission) {

@@ -1,9 +1,11 @@
 //! The per-request GraphQL context (the caller's session, channel and connection info) and the
-//! helpers resolvers use: permission checks and issuing tokens as headers and cookies.
+//! helpers resolvers use: permission checks (and the [`Caller`] handed to admin operations) and
+//! issuing tokens as headers and cookies.
 
 use crate::cache::CachedSession;
 use crate::error::AppError;
 use crate::permission::Permission;
+use crate::service::authz::Caller;
 use crate::service::{ClientInfo, Issued, SharedServices};
 use async_graphql::Context;
 use entity::channel;
@@ -130,6 +132,16 @@ pub fn require_permission(
         )));
     }
     Ok(s)
+}
+
+/// The caller of an admin operation, once they hold `permission` in the request's channel; the
+/// service decides what the operation may reach.
+pub fn require_caller(ctx: &Context<'_>, permission: Permission) -> Result<Caller, AppError> {
+    let s = require_permission(ctx, permission)?;
+    s.user
+        .as_deref()
+        .map(Caller::of)
+        .ok_or_else(|| AppError::unauthenticated("you must be logged in"))
 }
 
 /// Session cookie attributes shared by setting and clearing.

@@ -1,14 +1,15 @@
 //! Mutation resolvers: validate, call one service function, map the result.
 
 use super::context::{
-    clear_cookies, issue_tokens, require_permission, require_session, require_user, services,
-    CtxExt,
+    clear_cookies, issue_tokens, require_caller, require_permission, require_session, require_user,
+    services, CtxExt,
 };
 use super::types::*;
 use crate::error::AppError;
 use crate::permission::Permission;
 use crate::service::auth::LoginOutcome;
 use crate::service::directory::{NewRole, NewUser, RoleChanges, UserChanges};
+use crate::service::session_admin::Revocation;
 use async_graphql::{Context, Object, Result, ID};
 
 pub struct Mutation;
@@ -241,18 +242,23 @@ impl Mutation {
         Ok(Order(order))
     }
 
-    /// REVOKE_SESSION. False when there is no such live session.
+    /// REVOKE_SESSION. False when there is no such live session within the caller's channels.
     async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
-        require_permission(ctx, Permission::RevokeSession)?;
+        let caller = require_caller(ctx, Permission::RevokeSession)?;
         let id = parse_id(&id, "session")?;
-        Ok(services(ctx)?.revoke_session(id, None).await?)
+        let n = services(ctx)?
+            .revoke_as(&caller, Revocation::Session(id))
+            .await?;
+        Ok(n > 0)
     }
 
     /// REVOKE_SESSION. Returns how many live sessions were ended.
     async fn revoke_sessions_by_user(&self, ctx: &Context<'_>, user_id: ID) -> Result<i32> {
-        require_permission(ctx, Permission::RevokeSession)?;
+        let caller = require_caller(ctx, Permission::RevokeSession)?;
         let user_id = parse_id(&user_id, "user")?;
-        let n = services(ctx)?.end_user_sessions(user_id).await?;
+        let n = services(ctx)?
+            .revoke_as(&caller, Revocation::User(user_id))
+            .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
@@ -262,10 +268,10 @@ impl Mutation {
         ctx: &Context<'_>,
         order_id: ID,
     ) -> Result<i32> {
-        require_permission(ctx, Permission::RevokeSession)?;
+        let caller = require_caller(ctx, Permission::RevokeSession)?;
         let order_id = parse_id(&order_id, "order")?;
         let n = services(ctx)?
-            .revoke_sessions_by_active_order(order_id)
+            .revoke_as(&caller, Revocation::ActiveOrder(order_id))
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
@@ -286,59 +292,68 @@ impl Mutation {
 
     /// WRITE_USER.
     async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<User> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let role_ids = ids(input.role_ids.as_deref().unwrap_or_default(), "role")?;
         let created = services(ctx)?
-            .create_user(NewUser {
-                identifier: input.identifier,
-                password: input.password,
-                verified: input.verified.unwrap_or(true),
-                role_ids,
-            })
+            .create_user(
+                &caller,
+                NewUser {
+                    identifier: input.identifier,
+                    password: input.password,
+                    verified: input.verified.unwrap_or(true),
+                    role_ids,
+                },
+            )
             .await?;
         Ok(User(created))
     }
 
     /// WRITE_USER. Setting `verified: false` or a new password ends the user's sessions.
     async fn update_user(&self, ctx: &Context<'_>, input: UpdateUserInput) -> Result<User> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "user")?;
         let updated = services(ctx)?
-            .update_user(UserChanges {
-                id,
-                identifier: input.identifier,
-                verified: input.verified,
-                password: input.password,
-            })
+            .update_user(
+                &caller,
+                UserChanges {
+                    id,
+                    identifier: input.identifier,
+                    verified: input.verified,
+                    password: input.password,
+                },
+            )
             .await?;
         Ok(User(updated))
     }
 
     /// WRITE_USER. Deletes the user and ends their sessions.
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.delete_user(id).await?)
+        Ok(services(ctx)?.delete_user(&caller, id).await?)
     }
 
     /// WRITE_USER.
     async fn create_role(&self, ctx: &Context<'_>, input: CreateRoleInput) -> Result<Role> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let channel_ids = ids(&input.channel_ids, "channel")?;
         let created = services(ctx)?
-            .create_role(NewRole {
-                code: input.code,
-                description: input.description.unwrap_or_default(),
-                permissions: input.permissions,
-                channel_ids,
-            })
+            .create_role(
+                &caller,
+                NewRole {
+                    code: input.code,
+                    description: input.description.unwrap_or_default(),
+                    permissions: input.permissions,
+                    channel_ids,
+                },
+            )
             .await?;
         Ok(Role(created))
     }
 
     /// WRITE_USER. Takes effect on the next request of every holder of the role.
     async fn update_role(&self, ctx: &Context<'_>, input: UpdateRoleInput) -> Result<Role> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "role")?;
         let channel_ids = input
             .channel_ids
@@ -346,30 +361,41 @@ impl Mutation {
             .map(|l| ids(l, "channel"))
             .transpose()?;
         let updated = services(ctx)?
-            .update_role(RoleChanges {
-                id,
-                description: input.description,
-                permissions: input.permissions,
-                channel_ids,
-            })
+            .update_role(
+                &caller,
+                RoleChanges {
+                    id,
+                    description: input.description,
+                    permissions: input.permissions,
+                    channel_ids,
+                },
+            )
             .await?;
         Ok(Role(updated))
     }
 
     /// WRITE_USER.
     async fn assign_role(&self, ctx: &Context<'_>, user_id: ID, role_id: ID) -> Result<User> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
         let role_id = parse_id(&role_id, "role")?;
-        Ok(User(services(ctx)?.assign_role(user_id, role_id).await?))
+        Ok(User(
+            services(ctx)?
+                .assign_role(&caller, user_id, role_id)
+                .await?,
+        ))
     }
 
     /// WRITE_USER.
     async fn remove_role(&self, ctx: &Context<'_>, user_id: ID, role_id: ID) -> Result<User> {
-        require_permission(ctx, Permission::WriteUser)?;
+        let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
         let role_id = parse_id(&role_id, "role")?;
-        Ok(User(services(ctx)?.remove_role(user_id, role_id).await?))
+        Ok(User(
+            services(ctx)?
+                .remove_role(&caller, user_id, role_id)
+                .await?,
+        ))
     }
 
     /// WRITE_CHANNEL. The token is generated when not given.

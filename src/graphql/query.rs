@@ -1,6 +1,6 @@
 //! Query resolvers: validate, call one service function, map the result.
 
-use super::context::{require_permission, require_user, services, CtxExt};
+use super::context::{require_caller, require_permission, require_user, services, CtxExt};
 use super::types::*;
 use crate::error::AppError;
 use crate::permission::Permission;
@@ -61,7 +61,7 @@ impl Query {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<SessionConnection> {
-        require_permission(ctx, Permission::ReadSession)?;
+        let caller = require_caller(ctx, Permission::ReadSession)?;
         let first = page_size(first)?;
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let f = match filter {
@@ -78,7 +78,9 @@ impl Query {
             },
             None => SessionFilter::default(),
         };
-        let page = services(ctx)?.list_sessions(&f, first, after).await?;
+        let page = services(ctx)?
+            .list_sessions(&caller, &f, first, after)
+            .await?;
         Ok(SessionConnection {
             page_info: PageInfo::new(
                 page.items.first().map(|m| m.id),
@@ -93,19 +95,19 @@ impl Query {
 
     /// One session by id, live or not. READ_SESSION.
     async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Session>> {
-        require_permission(ctx, Permission::ReadSession)?;
+        let caller = require_caller(ctx, Permission::ReadSession)?;
         let id = parse_id(&id, "session")?;
         Ok(services(ctx)?
-            .session_by_id(id)
+            .session_by_id(&caller, id)
             .await?
             .map(Session::from_model))
     }
 
     /// Counts of sessions by state. READ_SESSION.
     async fn session_stats(&self, ctx: &Context<'_>) -> Result<SessionStats> {
-        require_permission(ctx, Permission::ReadSession)?;
+        let caller = require_caller(ctx, Permission::ReadSession)?;
         let (anonymous, authenticated, expired, invalidated) =
-            services(ctx)?.session_stats().await?;
+            services(ctx)?.session_stats(&caller).await?;
         let clamp = |n: u64| n.min(i32::MAX as u64) as i32;
         Ok(SessionStats {
             anonymous: clamp(anonymous),
@@ -122,10 +124,10 @@ impl Query {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<UserConnection> {
-        require_permission(ctx, Permission::ReadUser)?;
+        let caller = require_caller(ctx, Permission::ReadUser)?;
         let first = page_size(first)?;
         let after = after.as_deref().map(decode_cursor).transpose()?;
-        let page = services(ctx)?.list_users(first, after).await?;
+        let page = services(ctx)?.list_users(&caller, first, after).await?;
         Ok(UserConnection {
             page_info: PageInfo::new(
                 page.items.first().map(|m| m.id),
@@ -140,16 +142,16 @@ impl Query {
 
     /// One user by id. READ_USER.
     async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
-        require_permission(ctx, Permission::ReadUser)?;
+        let caller = require_caller(ctx, Permission::ReadUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.user_by_id(id).await?.map(User))
+        Ok(services(ctx)?.visible_user(&caller, id).await?.map(User))
     }
 
-    /// Every role. READ_USER.
+    /// Roles in the channels where the caller holds READ_USER.
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
-        require_permission(ctx, Permission::ReadUser)?;
+        let caller = require_caller(ctx, Permission::ReadUser)?;
         Ok(services(ctx)?
-            .list_roles()
+            .list_roles(&caller)
             .await?
             .into_iter()
             .map(Role)

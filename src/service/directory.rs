@@ -1,9 +1,11 @@
 //! Users, roles and channels, and the cached channel lookups every request makes.
 //!
 //! Every change that affects a user's permissions drops that user's cached sessions, so it
-//! takes effect on their next request.
+//! takes effect on their next request. Admin operations take the [`Caller`] and ask `authz`
+//! whether they may, before anything is written.
 
 use super::auth::{check_identifier, validate_new_password, MAX_IDENTIFIER_BYTES};
+use super::authz::{Caller, RoleGrant};
 use super::Services;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
@@ -123,9 +125,29 @@ impl Services {
         Ok(user::Entity::find_by_id(id).one(&self.db).await?)
     }
 
-    pub async fn list_users(&self, first: u64, after: Option<i64>) -> AppResult<Page<user::Model>> {
-        let total = user::Entity::find().count(&self.db).await?;
-        let mut q = user::Entity::find().order_by_asc(user::Column::Id);
+    /// One user, if they hold a role in a channel where the caller holds `READ_USER`.
+    pub async fn visible_user(&self, caller: &Caller, id: i64) -> AppResult<Option<user::Model>> {
+        Ok(user::Entity::find_by_id(id)
+            .filter(caller.scope(Permission::ReadUser).users())
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Users holding a role in a channel where the caller holds `READ_USER`, in id order.
+    pub async fn list_users(
+        &self,
+        caller: &Caller,
+        first: u64,
+        after: Option<i64>,
+    ) -> AppResult<Page<user::Model>> {
+        let scope = caller.scope(Permission::ReadUser).users();
+        let total = user::Entity::find()
+            .filter(scope.clone())
+            .count(&self.db)
+            .await?;
+        let mut q = user::Entity::find()
+            .filter(scope)
+            .order_by_asc(user::Column::Id);
         if let Some(after) = after {
             q = q.filter(user::Column::Id.gt(after));
         }
@@ -140,31 +162,17 @@ impl Services {
         })
     }
 
-    async fn require_roles<C: ConnectionTrait>(&self, db: &C, role_ids: &[i64]) -> AppResult<()> {
-        if role_ids.is_empty() {
-            return Ok(());
-        }
-        let found = role::Entity::find()
-            .filter(role::Column::Id.is_in(role_ids.to_vec()))
-            .count(db)
-            .await?;
-        let mut unique = role_ids.to_vec();
-        unique.sort_unstable();
-        unique.dedup();
-        if found != unique.len() as u64 {
-            return Err(AppError::not_found("one or more roles do not exist"));
-        }
-        Ok(())
-    }
-
-    pub async fn create_user(&self, new: NewUser) -> AppResult<user::Model> {
+    /// Creates a user with roles the caller may grant.
+    pub async fn create_user(&self, caller: &Caller, new: NewUser) -> AppResult<user::Model> {
         let identifier = new.identifier.trim().to_string();
         if identifier.is_empty() {
             return Err(AppError::bad_input("identifier must not be empty"));
         }
         check_identifier(&identifier)?;
         validate_new_password(&new.password)?;
-        self.require_roles(&self.db, &new.role_ids).await?;
+        for r in self.role_grants(&self.db, &new.role_ids).await? {
+            self.authorize_grant(caller, r.permissions, &r.channel_ids)?;
+        }
         let hash = self.passwords.hash(&new.password).await?;
         let txn = self.db.begin().await?;
         let created = user::Entity::insert(user::ActiveModel {
@@ -183,11 +191,17 @@ impl Services {
         Ok(created)
     }
 
-    pub async fn update_user(&self, changes: UserChanges) -> AppResult<user::Model> {
+    pub async fn update_user(
+        &self,
+        caller: &Caller,
+        changes: UserChanges,
+    ) -> AppResult<user::Model> {
         let existing = self
             .user_by_id(changes.id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
+        self.authorize_user_change(caller, existing.id, false)
+            .await?;
         let mut model: user::ActiveModel = existing.clone().into();
         if let Some(identifier) = &changes.identifier {
             let identifier = identifier.trim();
@@ -219,12 +233,13 @@ impl Services {
         Ok(updated)
     }
 
-    pub async fn delete_user(&self, id: i64) -> AppResult<bool> {
-        if id == self.superadmin_user_id {
-            return Err(AppError::bad_input("the superadmin user cannot be deleted"));
-        }
+    pub async fn delete_user(&self, caller: &Caller, id: i64) -> AppResult<bool> {
         if self.user_by_id(id).await?.is_none() {
             return Ok(false);
+        }
+        self.authorize_user_change(caller, id, false).await?;
+        if id == self.superadmin_user_id {
+            return Err(AppError::bad_input("the superadmin user cannot be deleted"));
         }
         self.end_user_sessions(id).await?;
         let txn = self.db.begin().await?;
@@ -267,23 +282,39 @@ impl Services {
             .await?)
     }
 
-    pub async fn assign_role(&self, user_id: i64, role_id: i64) -> AppResult<user::Model> {
+    /// Gives a user a role the caller may grant; the user must be within the caller's reach or
+    /// hold no role yet.
+    pub async fn assign_role(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        role_id: i64,
+    ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
-        self.require_roles(&self.db, &[role_id]).await?;
+        let role = self.one_role_grant(role_id).await?;
+        self.authorize_user_change(caller, user_id, true).await?;
+        self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
         link_roles(&self.db, user_id, &[role_id]).await?;
         self.invalidate_user(user_id).await;
         Ok(user)
     }
 
-    pub async fn remove_role(&self, user_id: i64, role_id: i64) -> AppResult<user::Model> {
+    pub async fn remove_role(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        role_id: i64,
+    ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
-        self.require_roles(&self.db, &[role_id]).await?;
+        let role = self.one_role_grant(role_id).await?;
+        self.authorize_user_change(caller, user_id, false).await?;
+        self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
         if user_id == self.superadmin_user_id && role_id == self.super_admin_role_id {
             return Err(AppError::bad_input(
                 "the superadmin user cannot lose the SUPER_ADMIN role",
@@ -300,8 +331,17 @@ impl Services {
 
     // ---- roles ----
 
-    pub async fn list_roles(&self) -> AppResult<Vec<role::Model>> {
+    async fn one_role_grant(&self, role_id: i64) -> AppResult<RoleGrant> {
+        self.role_grants(&self.db, &[role_id])
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::not_found("no such role"))
+    }
+
+    /// Roles linked to a channel where the caller holds `READ_USER`.
+    pub async fn list_roles(&self, caller: &Caller) -> AppResult<Vec<role::Model>> {
         Ok(role::Entity::find()
+            .filter(caller.scope(Permission::ReadUser).roles())
             .order_by_asc(role::Column::Id)
             .all(&self.db)
             .await?)
@@ -331,10 +371,11 @@ impl Services {
         Ok(())
     }
 
-    pub async fn create_role(&self, new: NewRole) -> AppResult<role::Model> {
+    pub async fn create_role(&self, caller: &Caller, new: NewRole) -> AppResult<role::Model> {
         let code = check_code("role code", &new.code)?;
         self.require_channels(&new.channel_ids).await?;
         let permissions: PermissionSet = new.permissions.into_iter().collect();
+        self.authorize_grant(caller, permissions, &new.channel_ids)?;
         let txn = self.db.begin().await?;
         let created = role::Entity::insert(role::ActiveModel {
             code: Set(code),
@@ -351,28 +392,40 @@ impl Services {
         Ok(created)
     }
 
-    pub async fn update_role(&self, changes: RoleChanges) -> AppResult<role::Model> {
+    /// Changes a role the caller may grant, into one they may grant: before and after, they
+    /// hold its permissions (and `WRITE_USER`) in each of its channels.
+    pub async fn update_role(
+        &self,
+        caller: &Caller,
+        changes: RoleChanges,
+    ) -> AppResult<role::Model> {
+        let existing = self.one_role_grant(changes.id).await?;
+        if let Some(ids) = &changes.channel_ids {
+            self.require_channels(ids).await?;
+        }
+        let permissions = changes
+            .permissions
+            .map(|p| p.into_iter().collect::<PermissionSet>());
+        self.authorize_grant(caller, existing.permissions, &existing.channel_ids)?;
+        self.authorize_grant(
+            caller,
+            permissions.unwrap_or(existing.permissions),
+            changes
+                .channel_ids
+                .as_deref()
+                .unwrap_or(&existing.channel_ids),
+        )?;
         if changes.id == self.super_admin_role_id {
             return Err(AppError::bad_input(
                 "the SUPER_ADMIN role cannot be changed",
             ));
         }
-        let existing = role::Entity::find_by_id(changes.id)
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| AppError::not_found("no such role"))?;
-        if let Some(ids) = &changes.channel_ids {
-            self.require_channels(ids).await?;
-        }
-        let mut model: role::ActiveModel = existing.into();
+        let mut model: role::ActiveModel = existing.role.into();
         if let Some(description) = changes.description {
             model.description = Set(description);
         }
-        if let Some(permissions) = changes.permissions {
-            model.permissions = Set(permissions
-                .into_iter()
-                .collect::<PermissionSet>()
-                .to_stored());
+        if let Some(permissions) = permissions {
+            model.permissions = Set(permissions.to_stored());
         }
         let txn = self.db.begin().await?;
         let updated = role::Entity::update(model).exec(&txn).await?;

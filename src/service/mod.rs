@@ -3,6 +3,7 @@
 //!
 //! - `session`: resolve a token (cache, then database), create, extend, invalidate; refresh.
 //! - `session_admin`: listings, statistics, revocation, expiry clean-up.
+//! - `authz`: who may do what: the caller of an admin operation and their channel scopes.
 //! - `auth`: passwords, login throttling, login and password changes.
 //! - `directory`: users, roles and channels (and the cached channel lookups).
 //! - `order`: orders and the session's active order.
@@ -10,6 +11,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod authz;
 pub mod directory;
 pub mod order;
 pub mod session;

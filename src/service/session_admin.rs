@@ -1,12 +1,15 @@
 //! The admin view of sessions: filtered listings with cursor pagination, statistics,
-//! revocation, and the clean-up of expired and invalidated sessions.
+//! revocation, and the clean-up of expired and invalidated sessions. Listings, statistics and
+//! revocations reach only sessions active in the caller's channels (see `authz`).
 
+use super::authz::Caller;
 use super::directory::Page;
 use super::session::live_condition;
 use super::Services;
 use crate::cache::SessionKind;
 use crate::clock::now_ms;
 use crate::error::AppResult;
+use crate::permission::Permission;
 use entity::session;
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -21,6 +24,14 @@ pub struct SessionFilter {
     pub active_order_id: Option<i64>,
     pub include_expired: bool,
     pub include_invalidated: bool,
+}
+
+/// The sessions an admin revocation names.
+#[derive(Clone, Copy, Debug)]
+pub enum Revocation {
+    Session(i64),
+    User(i64),
+    ActiveOrder(i64),
 }
 
 impl Services {
@@ -58,14 +69,18 @@ impl Services {
         cond
     }
 
-    /// Sessions newest first; `after` is the id of the last session of the previous page.
+    /// Sessions active in the caller's `READ_SESSION` channels, newest first; `after` is the id
+    /// of the last session of the previous page.
     pub async fn list_sessions(
         &self,
+        caller: &Caller,
         f: &SessionFilter,
         first: u64,
         after: Option<i64>,
     ) -> AppResult<Page<session::Model>> {
-        let cond = self.filter_condition(f, now_ms());
+        let cond = self
+            .filter_condition(f, now_ms())
+            .add(self.session_scope(caller, Permission::ReadSession));
         let total = session::Entity::find()
             .filter(cond.clone())
             .count(&self.db)
@@ -87,8 +102,16 @@ impl Services {
         })
     }
 
-    pub async fn session_by_id(&self, id: i64) -> AppResult<Option<session::Model>> {
-        Ok(session::Entity::find_by_id(id).one(&self.db).await?)
+    /// One session, live or not, if it is active in the caller's `READ_SESSION` channels.
+    pub async fn session_by_id(
+        &self,
+        caller: &Caller,
+        id: i64,
+    ) -> AppResult<Option<session::Model>> {
+        Ok(session::Entity::find_by_id(id)
+            .filter(self.session_scope(caller, Permission::ReadSession))
+            .one(&self.db)
+            .await?)
     }
 
     /// The live sessions of one user, newest first.
@@ -119,16 +142,57 @@ impl Services {
         Ok(self.invalidate_sessions(cond).await? > 0)
     }
 
-    pub async fn revoke_sessions_by_active_order(&self, order_id: i64) -> AppResult<u64> {
-        self.invalidate_sessions(Condition::all().add(session::Column::ActiveOrderId.eq(order_id)))
-            .await
+    /// An admin revocation: ends the sessions `what` names that are active in the caller's
+    /// `REVOKE_SESSION` channels (others are left alone, as if absent) and returns how many were
+    /// live. `FORBIDDEN`, with nothing revoked, when one of them belongs to a user holding a
+    /// permission the caller does not hold (`SUPER_ADMIN` included).
+    pub async fn revoke_as(&self, caller: &Caller, what: Revocation) -> AppResult<u64> {
+        let mut cond = Condition::all()
+            .add(match what {
+                Revocation::Session(id) => session::Column::Id.eq(id),
+                Revocation::User(id) => session::Column::UserId.eq(id),
+                Revocation::ActiveOrder(id) => session::Column::ActiveOrderId.eq(id),
+            })
+            .add(self.session_scope(caller, Permission::RevokeSession));
+        if !caller.is_super_admin() {
+            let owners: Vec<Option<i64>> = session::Entity::find()
+                .select_only()
+                .column(session::Column::UserId)
+                .distinct()
+                .filter(cond.clone())
+                .filter(session::Column::Invalidated.eq(false))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            let owners: Vec<i64> = owners.into_iter().flatten().collect();
+            self.authorize_acting_on(caller, &owners).await?;
+            // Only sessions of the users just checked (a new owner's would not be).
+            cond = cond.add(
+                Condition::any()
+                    .add(session::Column::UserId.is_null())
+                    .add(session::Column::UserId.is_in(owners)),
+            );
+        }
+        let n = self.invalidate_sessions(cond).await?;
+        if let Revocation::User(user_id) = what {
+            // Like `end_user_sessions`: also drops entries cached while we were revoking.
+            self.invalidate_user(user_id).await;
+        }
+        Ok(n)
     }
 
+    /// Counts of the sessions active in the caller's `READ_SESSION` channels:
     /// `(anonymous live, authenticated live, expired awaiting clean-up, invalidated)`.
-    pub async fn session_stats(&self) -> AppResult<(u64, u64, u64, u64)> {
+    pub async fn session_stats(&self, caller: &Caller) -> AppResult<(u64, u64, u64, u64)> {
         let now = now_ms();
         let live = live_condition(now, &self.lifetimes);
-        let count = |cond: Condition| session::Entity::find().filter(cond).count(&self.db);
+        let scope = self.session_scope(caller, Permission::ReadSession);
+        let count = |cond: Condition| {
+            session::Entity::find()
+                .filter(cond)
+                .filter(scope.clone())
+                .count(&self.db)
+        };
         let anonymous = count(
             live.clone()
                 .add(session::Column::Kind.eq(SessionKind::Anonymous.as_db())),
