@@ -6,7 +6,9 @@ use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
 use entity::{order, session};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+};
 use std::sync::Arc;
 
 pub const ACTIVE: &str = "ACTIVE";
@@ -26,12 +28,15 @@ impl Services {
     }
 
     /// Creates an `ACTIVE` order owned by the caller and makes it the session's active order.
+    /// One transaction: if the session was revoked meanwhile, no order is left behind
+    /// (`UNAUTHENTICATED`).
     pub async fn create_order(
         &self,
         s: &CachedSession,
         channel_id: i64,
     ) -> AppResult<(order::Model, Arc<CachedSession>)> {
         let now = now_ms();
+        let txn = self.db.begin().await?;
         let created = order::Entity::insert(order::ActiveModel {
             code: Set(crate::token::random_string(12).to_uppercase()),
             state: Set(ACTIVE.into()),
@@ -42,11 +47,18 @@ impl Services {
             updated_at: Set(now),
             ..Default::default()
         })
-        .exec_with_returning(&self.db)
+        .exec_with_returning(&txn)
         .await?;
-        let updated = self
-            .set_active(s, Some(created.id), s.active_channel_id)
-            .await?;
+        if let Err(e) = self
+            .write_active(&txn, s, Some(created.id), s.active_channel_id)
+            .await
+        {
+            txn.rollback().await?;
+            return Err(e);
+        }
+        txn.commit().await?;
+        let updated = Arc::new(s.with_active(Some(created.id), s.active_channel_id));
+        self.cache_replace(updated.clone()).await;
         Ok((created, updated))
     }
 
@@ -109,12 +121,14 @@ impl Services {
             .into_tuple()
             .all(&self.db)
             .await?;
+        // Revoked rows stay as they are: nothing may write to a revoked session.
         session::Entity::update_many()
             .col_expr(
                 session::Column::ActiveOrderId,
                 Expr::value(Option::<i64>::None),
             )
             .filter(session::Column::ActiveOrderId.eq(o.id))
+            .filter(session::Column::Invalidated.eq(false))
             .exec(&self.db)
             .await?;
         for hash in holders
