@@ -1,7 +1,7 @@
 //! Sessions: resolve a presented token (cache first, then the database), create sessions,
 //! slide their expiry, invalidate them, and rotate refresh tokens.
 
-use super::Services;
+use super::{retry_deadlocks, Services};
 use crate::cache::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::clock::{ms, now_ms};
 use crate::config::{CacheMode, Config};
@@ -517,11 +517,15 @@ impl Services {
         let ids: Vec<i64> = targets.iter().map(|t| t.0).collect();
         let mut dead: Vec<String> = targets.iter().map(|t| t.1.clone()).collect();
         for chunk in ids.chunks(1000) {
-            session::Entity::update_many()
-                .col_expr(session::Column::Invalidated, Expr::value(true))
-                .filter(session::Column::Id.is_in(chunk.to_vec()))
-                .exec(&self.db)
-                .await?;
+            retry_deadlocks(|| async {
+                session::Entity::update_many()
+                    .col_expr(session::Column::Invalidated, Expr::value(true))
+                    .filter(session::Column::Id.is_in(chunk.to_vec()))
+                    .exec(&self.db)
+                    .await
+                    .map_err(AppError::from)
+            })
+            .await?;
             // A refresh may have rotated a token between the read above and the update; now
             // that the rows are marked no write can change them, so this read is final.
             let current: Vec<String> = session::Entity::find()
@@ -566,7 +570,7 @@ impl Services {
         order: Option<i64>,
         channel: Option<i64>,
     ) -> AppResult<Arc<CachedSession>> {
-        self.write_active(&self.db, s, order, channel).await?;
+        retry_deadlocks(|| self.write_active(&self.db, s, order, channel)).await?;
         let updated = Arc::new(s.with_active(order, channel));
         self.cache_replace(updated.clone()).await;
         Ok(updated)
@@ -633,40 +637,10 @@ impl Services {
             };
             let token = token::generate();
             let refresh = token::generate();
-            let txn = self.db.begin().await?;
-            let rotated = session::Entity::update_many()
-                .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
-                .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
-                .col_expr(
-                    session::Column::RefreshHash,
-                    Expr::value(refresh.hash.to_hex()),
-                )
-                .col_expr(
-                    session::Column::PreviousRefreshHash,
-                    Expr::value(hex.clone()),
-                )
-                .col_expr(session::Column::RefreshRotatedAt, Expr::value(now))
-                .col_expr(
-                    session::Column::LastActiveAt,
-                    Expr::value(now.max(s.last_active_at)),
-                )
-                .filter(session::Column::Id.eq(s.id))
-                .filter(session::Column::RefreshHash.eq(hex.clone()))
-                .filter(session::Column::Invalidated.eq(false))
-                .exec(&txn)
-                .await?;
-            if rotated.rows_affected != 1 {
-                txn.rollback().await?;
+            let rotated = retry_deadlocks(|| self.rotate(&s, &hex, &token, &refresh, now)).await?;
+            if !rotated {
                 return Ok(Err(RefreshFailure::Superseded));
             }
-            session_refresh_token::Entity::insert(session_refresh_token::ActiveModel {
-                hash: Set(hex),
-                session_id: Set(s.id),
-                superseded_at: Set(now),
-            })
-            .exec_without_returning(&txn)
-            .await?;
-            txn.commit().await?;
             if let Some(old) = TokenHash::from_hex(&s.token_hash) {
                 self.revoke_token(&old).await;
             }
@@ -712,6 +686,56 @@ impl Services {
         )
         .await?;
         Ok(Err(RefreshFailure::Reused))
+    }
+}
+
+impl Services {
+    /// The rotation of [`Self::refresh_session`]: swaps in the new token hashes if `old_refresh`
+    /// is still the session's refresh token and the session is live, and records the old one
+    /// as superseded, in one transaction. False when it was not (any more).
+    async fn rotate(
+        &self,
+        s: &session::Model,
+        old_refresh: &str,
+        token: &token::IssuedToken,
+        refresh: &token::IssuedToken,
+        now: i64,
+    ) -> AppResult<bool> {
+        let txn = self.db.begin().await?;
+        let rotated = session::Entity::update_many()
+            .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
+            .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
+            .col_expr(
+                session::Column::RefreshHash,
+                Expr::value(refresh.hash.to_hex()),
+            )
+            .col_expr(
+                session::Column::PreviousRefreshHash,
+                Expr::value(old_refresh),
+            )
+            .col_expr(session::Column::RefreshRotatedAt, Expr::value(now))
+            .col_expr(
+                session::Column::LastActiveAt,
+                Expr::value(now.max(s.last_active_at)),
+            )
+            .filter(session::Column::Id.eq(s.id))
+            .filter(session::Column::RefreshHash.eq(old_refresh))
+            .filter(session::Column::Invalidated.eq(false))
+            .exec(&txn)
+            .await?;
+        if rotated.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        session_refresh_token::Entity::insert(session_refresh_token::ActiveModel {
+            hash: Set(old_refresh.to_string()),
+            session_id: Set(s.id),
+            superseded_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(true)
     }
 }
 

@@ -15,6 +15,7 @@ mod lifetimes;
 mod outage;
 mod procs;
 mod refresh;
+mod revocation;
 mod scale;
 mod shutdown;
 mod storefront;
