@@ -269,7 +269,10 @@ mod tests {
         cache.clear().await.unwrap();
         for s in [&revoked, &dropped] {
             cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
-            cache.replace(s.clone(), Duration::from_secs(60)).await.unwrap();
+            cache
+                .replace(s.clone(), Duration::from_secs(60))
+                .await
+                .unwrap();
         }
         assert!(cache.get(&revoked.token_hash).await.unwrap().is_none());
         assert!(cache.get(&dropped.token_hash).await.unwrap().is_some());

@@ -131,7 +131,10 @@ async fn requests_sent_after_a_revocation_have_no_session(v: Variant) {
         );
     }
     // The loop really ran on both sides of the revocations.
-    assert!(late >= 50, "only {late} requests were sent after a revocation");
+    assert!(
+        late >= 50,
+        "only {late} requests were sent after a revocation"
+    );
     eprintln!("{v:?}: {late} requests after revocations, {raced} in flight during them refused");
 }
 
@@ -280,7 +283,10 @@ async fn client_address_is_the_one_the_proxy_appended(v: Variant) {
         stored_address(&app, &["203.0.113.66, 198.51.100.7"]).await,
         "198.51.100.7"
     );
-    assert_eq!(stored_address(&app, &["198.51.100.7"]).await, "198.51.100.7");
+    assert_eq!(
+        stored_address(&app, &["198.51.100.7"]).await,
+        "198.51.100.7"
+    );
     // Not an address: the peer.
     assert_eq!(
         stored_address(&app, &["203.0.113.66, unknown"]).await,
@@ -332,13 +338,7 @@ async fn address_throttle_holds_when_the_client_rotates_its_entry(v: Variant) {
     let mut outcomes = vec![];
     for i in 0..6 {
         let spoofed = format!("203.0.113.{}", 10 + i);
-        outcomes.push(
-            login(
-                format!("nobody-{i}"),
-                format!("{spoofed}, 198.51.100.7"),
-            )
-            .await,
-        );
+        outcomes.push(login(format!("nobody-{i}"), format!("{spoofed}, 198.51.100.7")).await);
     }
     assert_eq!(
         outcomes,
