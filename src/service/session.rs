@@ -687,9 +687,7 @@ impl Services {
         .await?;
         Ok(Err(RefreshFailure::Reused))
     }
-}
 
-impl Services {
     /// The rotation of [`Self::refresh_session`]: swaps in the new token hashes if `old_refresh`
     /// is still the session's refresh token and the session is live, and records the old one
     /// as superseded, in one transaction. False when it was not (any more).
