@@ -72,6 +72,38 @@ fn parse_token_methods(s: &str) -> Result<TokenMethods, String> {
     Ok(methods)
 }
 
+/// How many proxies in front of the server append the address they received a request from to
+/// `X-Forwarded-For`. The client address is the entry the outermost of them appended: the
+/// `hops`-th from the right. Entries further left were written by the client and prove nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrustProxy {
+    /// 0: ignore `X-Forwarded-For` and use the peer address.
+    pub hops: u8,
+}
+
+impl TrustProxy {
+    pub const OFF: TrustProxy = TrustProxy { hops: 0 };
+
+    pub fn hops(hops: u8) -> TrustProxy {
+        TrustProxy { hops }
+    }
+}
+
+/// `false`/`true` (and the other boolish words) or a number of proxies, 0 to 255.
+fn parse_trust_proxy(s: &str) -> Result<TrustProxy, String> {
+    let hops = match s.trim().to_ascii_lowercase().as_str() {
+        "false" | "f" | "no" | "n" | "off" => 0,
+        "true" | "t" | "yes" | "y" | "on" => 1,
+        n => n.parse::<u8>().map_err(|_| {
+            format!(
+                "invalid TRUST_PROXY '{s}': use false, true, or the number of proxies in front of \
+                 the server (0 to 255)"
+            )
+        })?,
+    };
+    Ok(TrustProxy { hops })
+}
+
 /// Durations are written like `500ms`, `30s`, `15m`, `12h` or `7d`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
@@ -150,9 +182,10 @@ pub struct Config {
     #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub cookie_secure: bool,
 
-    /// Take the client address from the first entry of `X-Forwarded-For`.
-    #[arg(long, env = "TRUST_PROXY", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub trust_proxy: bool,
+    /// Proxies in front of the server that append to `X-Forwarded-For`: `false` (the peer
+    /// address is the client), `true` (one) or their number.
+    #[arg(long, env = "TRUST_PROXY", default_value = "false", value_parser = parse_trust_proxy)]
+    pub trust_proxy: TrustProxy,
 
     /// Failed logins per identifier within `LOGIN_WINDOW` before logins are refused.
     #[arg(long, env = "LOGIN_MAX_ATTEMPTS", default_value_t = 5)]
@@ -306,7 +339,7 @@ mod tests {
         assert_eq!(c.refresh_reuse_grace, Duration::from_secs(10));
         assert!(c.token_method.cookie && c.token_method.bearer);
         assert!(c.cookie_secure);
-        assert!(!c.trust_proxy);
+        assert_eq!(c.trust_proxy, TrustProxy::OFF);
         assert_eq!(c.session_cache, CacheMode::Memory);
     }
 
@@ -322,5 +355,20 @@ mod tests {
         assert!(err.contains("REDIS_URL"), "{err}");
         assert!(parse(&["--token-method", "smoke"]).is_err());
         assert!(parse(&["--cookie-secure", "false"]).is_ok_and(|c| !c.cookie_secure));
+    }
+
+    #[test]
+    fn trust_proxy_takes_a_flag_or_a_number_of_proxies() {
+        let hops = |v: &str| parse(&[&format!("--trust-proxy={v}")]).map(|c| c.trust_proxy.hops);
+        assert_eq!(hops("false"), Ok(0));
+        assert_eq!(hops("0"), Ok(0));
+        assert_eq!(hops("true"), Ok(1));
+        assert_eq!(hops("TRUE"), Ok(1));
+        assert_eq!(hops("1"), Ok(1));
+        assert_eq!(hops("3"), Ok(3));
+        for garbage in ["-1", "256", "maybe", "", "1.5"] {
+            let err = hops(garbage).unwrap_err();
+            assert!(err.contains("TRUST_PROXY"), "{garbage}: {err}");
+        }
     }
 }

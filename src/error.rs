@@ -99,6 +99,11 @@ impl AppError {
         }
     }
 
+    /// Whether this is a database deadlock (see [`crate::service::retry_deadlocks`]).
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, AppError::Internal(InternalError::Db(e)) if is_deadlock(e))
+    }
+
     /// Maps a unique-constraint violation to a `BAD_USER_INPUT` naming what already exists.
     pub fn conflict(err: DbErr, what: &str) -> AppError {
         match err.sql_err() {
@@ -124,6 +129,19 @@ fn is_unavailable(err: &DbErr) -> bool {
                 | Sqlx::WorkerCrashed
                 | Sqlx::Tls(_)
         ),
+        _ => false,
+    }
+}
+
+/// True when the database ended the statement's transaction to break a deadlock (or a
+/// serialization conflict): running it again is safe and usually succeeds.
+fn is_deadlock(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "40001" || code == "40P01"),
         _ => false,
     }
 }

@@ -19,7 +19,9 @@ pub struct Model {
     /// SHA-256 of the current refresh token; authenticated sessions only.
     #[sea_orm(unique)]
     pub refresh_hash: Option<String>,
-    /// SHA-256 of the refresh token that the last rotation superseded.
+    /// SHA-256 of the refresh token that the last rotation superseded. Still written so an older
+    /// server can read it; reuse detection reads every superseded token from
+    /// `session_refresh_token`.
     pub previous_refresh_hash: Option<String>,
     /// When the last rotation happened (start of the reuse grace window).
     pub refresh_rotated_at: Option<i64>,

@@ -1,11 +1,13 @@
 //! The `memory` strategy: a bounded in-process cache (moka) with a per-user index, so one user's
-//! sessions can be dropped without scanning the cache.
+//! sessions can be dropped without scanning the cache, and tombstones for revoked tokens, so a
+//! request still in flight when its session was revoked cannot put the entry back.
 
-use super::{CacheError, CachedSession, SessionCache};
+use super::{CacheError, CachedSession, SessionCache, TOMBSTONE_TTL};
 use crate::metrics::Metrics;
 use crate::token::TokenHash;
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,12 +15,20 @@ use std::time::Duration;
 
 type UserIndex = Arc<Mutex<HashMap<i64, HashSet<TokenHash>>>>;
 
+/// Stripes of the write lock: a tombstone check and the insert it allows happen under one lock
+/// that revocation takes too, so they cannot interleave. Reads take no lock.
+const WRITE_STRIPES: usize = 64;
+
 pub struct MemoryCache {
     /// Token hash -> session, at most `capacity` entries, none older than the cache TTL.
     entries: Cache<TokenHash, Arc<CachedSession>>,
     /// User id -> token hashes of that user's cached sessions; kept in step by the eviction
     /// listener.
     by_user: UserIndex,
+    /// Token hashes revoked within [`TOMBSTONE_TTL`]: never stored again. Consulted on writes
+    /// only. Oldest first out when full: a new revocation matters more than an old one.
+    tombstones: Cache<TokenHash, ()>,
+    writes: [Mutex<()>; WRITE_STRIPES],
     metrics: Arc<Metrics>,
 }
 
@@ -52,11 +62,24 @@ impl MemoryCache {
                 },
             )
             .build();
+        let tombstones = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(TOMBSTONE_TTL)
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
         MemoryCache {
             entries,
             by_user,
+            tombstones,
+            writes: std::array::from_fn(|_| Mutex::new(())),
             metrics,
         }
+    }
+
+    fn write_lock(&self, key: &TokenHash) -> std::sync::MutexGuard<'_, ()> {
+        self.writes[usize::from(key.0[0]) % WRITE_STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Entries currently held, after pending evictions have run (for tests and metrics).
@@ -72,7 +95,12 @@ impl MemoryCache {
         found
     }
 
-    pub fn insert_sync(&self, session: Arc<CachedSession>) {
+    /// Stores an entry unless its token was revoked; returns whether it was stored.
+    pub fn insert_sync(&self, session: Arc<CachedSession>) -> bool {
+        let _write = self.write_lock(&session.token_hash);
+        if self.tombstones.contains_key(&session.token_hash) {
+            return false;
+        }
         if let Some(user_id) = session.user_id() {
             self.by_user
                 .lock()
@@ -82,9 +110,18 @@ impl MemoryCache {
                 .insert(session.token_hash);
         }
         self.entries.insert(session.token_hash, session);
+        true
     }
 
+    /// Drops an entry; the token may be cached again (its row changed, it was not revoked).
     pub fn delete_sync(&self, key: &TokenHash) {
+        self.entries.invalidate(key);
+    }
+
+    /// Drops the entry of a revoked token and refuses to store it again for [`TOMBSTONE_TTL`].
+    pub fn revoke_sync(&self, key: &TokenHash) {
+        let _write = self.write_lock(key);
+        self.tombstones.insert(*key, ());
         self.entries.invalidate(key);
     }
 
@@ -123,6 +160,11 @@ impl SessionCache for MemoryCache {
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
         self.delete_sync(key);
+        Ok(())
+    }
+
+    async fn revoke(&self, key: &TokenHash) -> Result<(), CacheError> {
+        self.revoke_sync(key);
         Ok(())
     }
 
@@ -212,5 +254,27 @@ mod tests {
         assert!(cache.get(&a1.token_hash).await.unwrap().is_none());
         assert!(cache.get(&a2.token_hash).await.unwrap().is_none());
         assert!(cache.get(&b.token_hash).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_cannot_be_stored_again_but_a_dropped_one_can() {
+        let cache = MemoryCache::new(100, Arc::default());
+        let (revoked, dropped) = (session(Some(1)), session(None));
+        for s in [&revoked, &dropped] {
+            cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
+        }
+        cache.revoke(&revoked.token_hash).await.unwrap();
+        cache.delete(&dropped.token_hash).await.unwrap();
+        cache.delete_user(1).await.unwrap();
+        cache.clear().await.unwrap();
+        for s in [&revoked, &dropped] {
+            cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
+            cache
+                .replace(s.clone(), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert!(cache.get(&revoked.token_hash).await.unwrap().is_none());
+        assert!(cache.get(&dropped.token_hash).await.unwrap().is_some());
     }
 }

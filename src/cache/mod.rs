@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a revoked token stays refused (its tombstone): longer than any database read or
+/// write in flight when it was revoked, which could otherwise cache the session again.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
 #[derive(thiserror::Error, Debug)]
 pub enum CacheError {
     #[error("redis: {0}")]
@@ -43,8 +47,12 @@ pub trait SessionCache: Send + Sync {
     async fn replace(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
         self.set(session, ttl).await
     }
-    /// Drops the entry of one token.
+    /// Drops the entry of one token (its row changed; the token may be cached again).
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError>;
+    /// Drops the entry of a revoked token and refuses to store it again for [`TOMBSTONE_TTL`]
+    /// (`set` and `replace` become no-ops for it), so a request that was in flight when the
+    /// session was revoked cannot put it back.
+    async fn revoke(&self, key: &TokenHash) -> Result<(), CacheError>;
     /// Drops every entry of one user, without scanning the cache.
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError>;
     /// Drops every entry this server wrote (and nothing else).

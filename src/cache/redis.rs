@@ -3,8 +3,8 @@
 //!
 //! Keys (`P` is `REDIS_KEY_PREFIX`; the `{…}` part is the cluster hash tag):
 //! - `P{t:<token-hash>}`: an anonymous session (JSON), or `@<user-id>` pointing at the user's
-//!   slot, or `!` (a tombstone: this token was revoked; kept a minute so that a read of the
-//!   database that raced the revocation cannot cache the session again).
+//!   slot, or `!` (a tombstone: this token was revoked or its entry dropped; kept a minute so
+//!   that a read of the database, or a write, that raced it cannot cache the session again).
 //! - `P{u:<id>}:s:<token-hash>`: an authenticated session (JSON).
 //! - `P{u:<id>}:idx`: the set of that user's cached token hashes.
 //! - `P{u:<id>}:inv`: when the user's sessions were last dropped (ms); entries read from the
@@ -25,8 +25,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a revoked token's tombstone stays: longer than any database read it must outlast.
-const TOMBSTONE_MS: u64 = 60_000;
+/// How long a tombstone stays: longer than any database read or write it must outlast.
+const TOMBSTONE_MS: u64 = super::TOMBSTONE_TTL.as_millis() as u64;
 
 /// Per-call limit of the bulk `clear` (SCAN pages and their UNLINKs).
 const CLEAR_CALL_LIMIT: Duration = Duration::from_secs(5);
@@ -400,6 +400,12 @@ impl SessionCache for RedisCache {
                 .query_async::<()>(&mut conn),
         )
         .await
+    }
+
+    /// Every drop already leaves a tombstone here (other instances may be reading the old
+    /// row), so a revocation is a drop.
+    async fn revoke(&self, key: &TokenHash) -> Result<(), CacheError> {
+        self.delete(key).await
     }
 
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {

@@ -9,8 +9,9 @@
 //! whose subscription breaks, clears its in-process tier and serves from Redis or the database
 //! until it has subscribed again, so it never serves what it was not told about.
 //!
-//! Payloads: `t:<token-hash>|<id>`, `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`,
-//! `ack:<id>:<instance>`; `<id>` is `<instance>.<sequence>`.
+//! Payloads: `t:<token-hash>|<id>` (drop), `r:<token-hash>|<id>` (revoked: drop and keep a
+//! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`;
+//! `<id>` is `<instance>.<sequence>`.
 
 use super::{CacheError, CachedSession, MemoryCache, RedisCache, SessionCache};
 use crate::token::TokenHash;
@@ -57,6 +58,7 @@ pub struct TieredCache {
 #[derive(Debug, PartialEq, Eq)]
 enum Message {
     Token(TokenHash, Option<String>),
+    Revoked(TokenHash, Option<String>),
     User(i64, Option<String>),
     Clear(Option<String>),
     Heartbeat(String),
@@ -84,6 +86,7 @@ fn parse_message(payload: &str) -> Option<Message> {
     let (kind, rest) = body.split_once(':')?;
     match kind {
         "t" => TokenHash::from_hex(rest).map(|h| Message::Token(h, id)),
+        "r" => TokenHash::from_hex(rest).map(|h| Message::Revoked(h, id)),
         "u" => rest.parse().ok().map(|u| Message::User(u, id)),
         _ => None,
     }
@@ -139,6 +142,11 @@ impl TieredCache {
             Message::Token(hash, id) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
                 self.local.delete_sync(&hash);
+                id
+            }
+            Message::Revoked(hash, id) => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                self.local.revoke_sync(&hash);
                 id
             }
             Message::User(user_id, id) => {
@@ -369,6 +377,15 @@ impl SessionCache for TieredCache {
         remote.and(published)
     }
 
+    async fn revoke(&self, key: &TokenHash) -> Result<(), CacheError> {
+        // The local tombstone also stops a `set` of this instance whose Redis write went
+        // through just before the revocation from putting the entry in the local tier.
+        self.local.revoke_sync(key);
+        let remote = self.remote.revoke(key).await;
+        let published = self.broadcast(format!("r:{}", key.to_hex())).await;
+        remote.and(published)
+    }
+
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {
         self.local.delete_user_sync(user_id);
         let remote = self.remote.delete_user(user_id).await;
@@ -406,6 +423,10 @@ mod tests {
         assert_eq!(
             parse_message(&format!("t:{}", h.to_hex())),
             Some(Message::Token(h, None))
+        );
+        assert_eq!(
+            parse_message(&format!("r:{}|ab.2", h.to_hex())),
+            Some(Message::Revoked(h, Some("ab.2".into())))
         );
         assert_eq!(
             parse_message("u:42|x.7"),

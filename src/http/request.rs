@@ -1,7 +1,7 @@
 //! Reading a request: the session token (bearer, else cookie), the refresh cookie, and the
 //! client's address and user agent.
 
-use crate::config::TokenMethods;
+use crate::config::{TokenMethods, TrustProxy};
 use crate::graphql::ClientSource;
 use crate::graphql::TokenSource;
 use crate::token::{self, TokenHash};
@@ -53,23 +53,41 @@ pub fn presented_token(headers: &HeaderMap, methods: TokenMethods) -> Option<Pre
     None
 }
 
-/// The client's address (the peer, or the first `X-Forwarded-For` entry behind a trusted
-/// proxy) and user agent, kept raw until a mutation needs them as strings.
+/// The client's address and user agent, kept raw until a mutation needs them as strings.
+///
+/// Behind `TRUST_PROXY=N` proxies the address is the N-th entry from the right of
+/// `X-Forwarded-For` (all such headers read in order, as one list): the one the outermost
+/// trusted proxy appended. Entries to its left come from the client and are never used. When
+/// the list is shorter than N, or that entry is not an IP address, the peer address is used.
 pub fn client_info(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    trust_proxy: bool,
+    trust_proxy: TrustProxy,
 ) -> ClientSource {
-    let forwarded = trust_proxy
-        .then(|| headers.get("x-forwarded-for"))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|first| first.trim().parse::<IpAddr>().ok());
     ClientSource {
-        ip: forwarded.or(peer.map(|p| p.ip())),
+        ip: forwarded_for(headers, trust_proxy.hops).or(peer.map(|p| p.ip())),
         user_agent: headers.get(header::USER_AGENT).cloned(),
     }
+}
+
+/// The `hops`-th `X-Forwarded-For` entry from the right, if it is an address (`ip` or
+/// `ip:port`, IPv6 with a port in brackets).
+fn forwarded_for(headers: &HeaderMap, hops: u8) -> Option<IpAddr> {
+    let mut skip = usize::from(hops).checked_sub(1)?;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        // An unreadable header hides how many entries it holds: trust nothing left of it.
+        for entry in value.to_str().ok()?.rsplit(',') {
+            if skip == 0 {
+                let entry = entry.trim();
+                return entry
+                    .parse::<IpAddr>()
+                    .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+                    .ok();
+            }
+            skip -= 1;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -109,35 +127,75 @@ mod tests {
         );
     }
 
+    fn address(h: &HeaderMap, hops: u8) -> Option<String> {
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        client_info(h, Some(peer), TrustProxy::hops(hops))
+            .info()
+            .ip_address
+    }
+
+    fn forwarded(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_static(v));
+        }
+        h
+    }
+
     #[test]
     fn forwarded_address_only_behind_a_trusted_proxy() {
-        let mut h = HeaderMap::new();
-        h.insert(
+        let h = forwarded(&["203.0.113.9, 10.0.0.1"]);
+        assert_eq!(address(&h, 0).as_deref(), Some("127.0.0.1"));
+        // The right-most entry is the one the nearest proxy appended; the left one is the
+        // client's word.
+        assert_eq!(address(&h, 1).as_deref(), Some("10.0.0.1"));
+        assert_eq!(address(&h, 2).as_deref(), Some("203.0.113.9"));
+        // Fewer entries than trusted proxies: the peer.
+        assert_eq!(address(&h, 3).as_deref(), Some("127.0.0.1"));
+        assert_eq!(address(&forwarded(&[]), 1).as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn forwarded_entries_span_every_header_in_order() {
+        let h = forwarded(&["198.51.100.1, 203.0.113.9", "10.0.0.1"]);
+        assert_eq!(address(&h, 1).as_deref(), Some("10.0.0.1"));
+        assert_eq!(address(&h, 2).as_deref(), Some("203.0.113.9"));
+        assert_eq!(address(&h, 3).as_deref(), Some("198.51.100.1"));
+    }
+
+    #[test]
+    fn forwarded_entries_that_are_not_addresses_fall_back_to_the_peer() {
+        assert_eq!(
+            address(&forwarded(&["garbage"]), 1).as_deref(),
+            Some("127.0.0.1")
+        );
+        // Garbage to the left of the trusted entry does not matter.
+        assert_eq!(
+            address(&forwarded(&["garbage, ,10.0.0.1"]), 1).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            address(&forwarded(&["10.0.0.1, "]), 1).as_deref(),
+            Some("127.0.0.1")
+        );
+        // Addresses with ports, IPv6 too.
+        assert_eq!(
+            address(&forwarded(&["10.0.0.1:4711"]), 1).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            address(&forwarded(&["[2001:db8::1]:443"]), 1).as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            address(&forwarded(&["2001:db8::2"]), 1).as_deref(),
+            Some("2001:db8::2")
+        );
+        let mut h = forwarded(&["10.0.0.1"]);
+        h.append(
             "x-forwarded-for",
-            HeaderValue::from_static("203.0.113.9, 10.0.0.1"),
+            HeaderValue::from_bytes(b"10.0.0.\xff").unwrap(),
         );
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(
-            client_info(&h, Some(peer), false)
-                .info()
-                .ip_address
-                .as_deref(),
-            Some("127.0.0.1")
-        );
-        assert_eq!(
-            client_info(&h, Some(peer), true)
-                .info()
-                .ip_address
-                .as_deref(),
-            Some("203.0.113.9")
-        );
-        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(
-            client_info(&h, Some(peer), true)
-                .info()
-                .ip_address
-                .as_deref(),
-            Some("127.0.0.1")
-        );
+        assert_eq!(address(&h, 1).as_deref(), Some("127.0.0.1"));
     }
 }

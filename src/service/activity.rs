@@ -108,9 +108,11 @@ async fn write_pending(db: &DatabaseConnection, pending: &Mutex<HashMap<i64, i64
         }
         let case = case.finally(Expr::col(session::Column::LastActiveAt));
         let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+        // Revoked sessions are left alone; their records are dropped below all the same.
         let result = session::Entity::update_many()
             .col_expr(session::Column::LastActiveAt, case.into())
             .filter(session::Column::Id.is_in(ids))
+            .filter(session::Column::Invalidated.eq(false))
             .exec(db)
             .await;
         match result {

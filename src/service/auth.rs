@@ -385,7 +385,7 @@ impl Services {
         txn.commit().await?;
 
         if let Some(old) = &current {
-            self.invalidate_token(&old.token_hash).await;
+            self.revoke_token(&old.token_hash).await;
         }
         self.cache_new(issued.session.clone()).await;
         self.metrics.login("success");

@@ -55,3 +55,25 @@ pub struct Services {
     /// Id of the superadmin user, who cannot be deleted or lose that role.
     pub superadmin_user_id: i64,
 }
+
+/// Runs `op` again, a few times, when the database picked it as the victim of a deadlock.
+///
+/// MySQL/MariaDB lock secondary index entries too: an update of one session that finds its row
+/// through the `invalidated` index and a revocation that found it by id can deadlock.
+pub(crate) async fn retry_deadlocks<T, Fut>(
+    mut op: impl FnMut() -> Fut,
+) -> crate::error::AppResult<T>
+where
+    Fut: std::future::Future<Output = crate::error::AppResult<T>>,
+{
+    let mut tries = 0u64;
+    loop {
+        match op().await {
+            Err(e) if e.is_deadlock() && tries < 3 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
+            }
+            done => return done,
+        }
+    }
+}

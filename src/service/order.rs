@@ -1,12 +1,14 @@
 //! Orders and the session's active order.
 
-use super::Services;
+use super::{retry_deadlocks, Services};
 use crate::cache::CachedSession;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
 use entity::{order, session};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+};
 use std::sync::Arc;
 
 pub const ACTIVE: &str = "ACTIVE";
@@ -26,12 +28,31 @@ impl Services {
     }
 
     /// Creates an `ACTIVE` order owned by the caller and makes it the session's active order.
+    /// One transaction: if the session was revoked meanwhile, no order is left behind
+    /// (`UNAUTHENTICATED`).
     pub async fn create_order(
         &self,
         s: &CachedSession,
         channel_id: i64,
     ) -> AppResult<(order::Model, Arc<CachedSession>)> {
+        let created = retry_deadlocks(|| self.insert_active_order(s, channel_id)).await?;
+        let updated = Arc::new(s.with_active(Some(created.id), s.active_channel_id));
+        self.cache_replace(updated.clone()).await;
+        Ok((created, updated))
+    }
+
+    async fn insert_active_order(
+        &self,
+        s: &CachedSession,
+        channel_id: i64,
+    ) -> AppResult<order::Model> {
         let now = now_ms();
+        let txn = self.db.begin().await?;
+        // Check the session is live and lock its row before the insert: the order's foreign key
+        // would take a shared lock on the row, which two concurrent creations then both try to
+        // upgrade (a deadlock on MySQL). On error the transaction rolls back as it is dropped.
+        self.write_active(&txn, s, s.active_order_id, s.active_channel_id)
+            .await?;
         let created = order::Entity::insert(order::ActiveModel {
             code: Set(crate::token::random_string(12).to_uppercase()),
             state: Set(ACTIVE.into()),
@@ -42,12 +63,12 @@ impl Services {
             updated_at: Set(now),
             ..Default::default()
         })
-        .exec_with_returning(&self.db)
+        .exec_with_returning(&txn)
         .await?;
-        let updated = self
-            .set_active(s, Some(created.id), s.active_channel_id)
+        self.write_active(&txn, s, Some(created.id), s.active_channel_id)
             .await?;
-        Ok((created, updated))
+        txn.commit().await?;
+        Ok(created)
     }
 
     pub async fn set_active_order(
@@ -109,14 +130,20 @@ impl Services {
             .into_tuple()
             .all(&self.db)
             .await?;
-        session::Entity::update_many()
-            .col_expr(
-                session::Column::ActiveOrderId,
-                Expr::value(Option::<i64>::None),
-            )
-            .filter(session::Column::ActiveOrderId.eq(o.id))
-            .exec(&self.db)
-            .await?;
+        // Revoked rows stay as they are: nothing may write to a revoked session.
+        retry_deadlocks(|| async {
+            session::Entity::update_many()
+                .col_expr(
+                    session::Column::ActiveOrderId,
+                    Expr::value(Option::<i64>::None),
+                )
+                .filter(session::Column::ActiveOrderId.eq(o.id))
+                .filter(session::Column::Invalidated.eq(false))
+                .exec(&self.db)
+                .await
+                .map_err(AppError::from)
+        })
+        .await?;
         for hash in holders
             .iter()
             .filter_map(|h| crate::token::TokenHash::from_hex(h))

@@ -1,17 +1,18 @@
 //! Sessions: resolve a presented token (cache first, then the database), create sessions,
 //! slide their expiry, invalidate them, and rotate refresh tokens.
 
-use super::Services;
+use super::{retry_deadlocks, Services};
 use crate::cache::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::clock::{ms, now_ms};
 use crate::config::{CacheMode, Config};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};
-use entity::{role, role_channel, session, user, user_role};
+use entity::{role, role_channel, session, session_refresh_token, user, user_role};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -312,9 +313,16 @@ impl Services {
         self.cache_put(s, epoch).await;
     }
 
-    /// Drops one token's cached entry (after its row changed or was revoked).
+    /// Drops one token's cached entry after its row changed; the token stays usable.
     pub async fn invalidate_token(&self, hash: &TokenHash) {
         self.invalidate(Invalidation::Token(*hash)).await;
+    }
+
+    /// Drops a dead token's cached entry (session revoked, token rotated out or replaced at
+    /// login) and keeps it out of the cache for [`crate::cache::TOMBSTONE_TTL`], whatever
+    /// requests still in flight with it try to write back.
+    pub async fn revoke_token(&self, hash: &TokenHash) {
+        self.invalidate(Invalidation::Revoke(*hash)).await;
     }
 
     /// Drops every cached entry of one user (after a change to the user or their roles).
@@ -507,18 +515,35 @@ impl Services {
             return Ok(0);
         }
         let ids: Vec<i64> = targets.iter().map(|t| t.0).collect();
+        let mut dead: Vec<String> = targets.iter().map(|t| t.1.clone()).collect();
         for chunk in ids.chunks(1000) {
-            session::Entity::update_many()
-                .col_expr(session::Column::Invalidated, Expr::value(true))
+            retry_deadlocks(|| async {
+                session::Entity::update_many()
+                    .col_expr(session::Column::Invalidated, Expr::value(true))
+                    .filter(session::Column::Id.is_in(chunk.to_vec()))
+                    .exec(&self.db)
+                    .await
+                    .map_err(AppError::from)
+            })
+            .await?;
+            // A refresh may have rotated a token between the read above and the update; now
+            // that the rows are marked no write can change them, so this read is final.
+            let current: Vec<String> = session::Entity::find()
+                .select_only()
+                .column(session::Column::TokenHash)
                 .filter(session::Column::Id.is_in(chunk.to_vec()))
-                .exec(&self.db)
+                .into_tuple()
+                .all(&self.db)
                 .await?;
+            dead.extend(current);
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        for hash in dead.iter().filter_map(|h| TokenHash::from_hex(h)) {
+            self.revoke_token(&hash).await;
         }
         let mut live = 0;
-        for (id, hash, last_active, absolute) in &targets {
-            if let Some(hash) = TokenHash::from_hex(hash) {
-                self.invalidate_token(&hash).await;
-            }
+        for (id, _, last_active, absolute) in &targets {
             let last_active = (*last_active).max(self.activity.pending(*id).unwrap_or(0));
             if now < self.lifetimes.expires_at(last_active, *absolute) {
                 live += 1;
@@ -537,28 +562,49 @@ impl Services {
         Ok(n)
     }
 
-    /// Updates a session's active order and channel, in the database and the cache.
+    /// Updates a session's active order and channel, in the database and the cache. Fails with
+    /// `UNAUTHENTICATED`, and writes nothing, if the session was revoked since it was resolved.
     pub async fn set_active(
         &self,
         s: &CachedSession,
         order: Option<i64>,
         channel: Option<i64>,
     ) -> AppResult<Arc<CachedSession>> {
-        session::Entity::update_many()
-            .col_expr(session::Column::ActiveOrderId, Expr::value(order))
-            .col_expr(session::Column::ActiveChannelId, Expr::value(channel))
-            .filter(session::Column::Id.eq(s.id))
-            .exec(&self.db)
-            .await?;
+        retry_deadlocks(|| self.write_active(&self.db, s, order, channel)).await?;
         let updated = Arc::new(s.with_active(order, channel));
         self.cache_replace(updated.clone()).await;
         Ok(updated)
     }
 
+    /// The row update of [`Self::set_active`], for callers that need it in their transaction:
+    /// only a live row is changed, and a revoked one is `UNAUTHENTICATED`.
+    pub(crate) async fn write_active<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        s: &CachedSession,
+        order: Option<i64>,
+        channel: Option<i64>,
+    ) -> AppResult<()> {
+        let written = session::Entity::update_many()
+            .col_expr(session::Column::ActiveOrderId, Expr::value(order))
+            .col_expr(session::Column::ActiveChannelId, Expr::value(channel))
+            .filter(session::Column::Id.eq(s.id))
+            .filter(session::Column::Invalidated.eq(false))
+            .exec(db)
+            .await?;
+        if written.rows_affected == 0 {
+            return Err(AppError::unauthenticated("the session has been revoked"));
+        }
+        Ok(())
+    }
+
     /// Rotates both tokens of the session that owns `refresh_token`.
     ///
     /// The rotation is a compare-and-swap on the stored refresh hash, so of several concurrent
-    /// refreshes with one token exactly one succeeds; the others see `SUPERSEDED`.
+    /// refreshes with one token exactly one succeeds; the others see `SUPERSEDED`. The token it
+    /// supersedes is recorded with the time, in the same transaction, so any token the session
+    /// ever had is recognised: within `REFRESH_REUSE_GRACE` of its own rotation it gets
+    /// `SUPERSEDED`, later it revokes the session (`REUSED`), however many rotations followed.
     pub async fn refresh_session(
         &self,
         refresh_token: &str,
@@ -591,32 +637,12 @@ impl Services {
             };
             let token = token::generate();
             let refresh = token::generate();
-            let rotated = session::Entity::update_many()
-                .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
-                .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
-                .col_expr(
-                    session::Column::RefreshHash,
-                    Expr::value(refresh.hash.to_hex()),
-                )
-                .col_expr(
-                    session::Column::PreviousRefreshHash,
-                    Expr::value(hex.clone()),
-                )
-                .col_expr(session::Column::RefreshRotatedAt, Expr::value(now))
-                .col_expr(
-                    session::Column::LastActiveAt,
-                    Expr::value(now.max(s.last_active_at)),
-                )
-                .filter(session::Column::Id.eq(s.id))
-                .filter(session::Column::RefreshHash.eq(hex))
-                .filter(session::Column::Invalidated.eq(false))
-                .exec(&self.db)
-                .await?;
-            if rotated.rows_affected != 1 {
+            let rotated = retry_deadlocks(|| self.rotate(&s, &hex, &token, &refresh, now)).await?;
+            if !rotated {
                 return Ok(Err(RefreshFailure::Superseded));
             }
             if let Some(old) = TokenHash::from_hex(&s.token_hash) {
-                self.invalidate_token(&old).await;
+                self.revoke_token(&old).await;
             }
             let Some(user) = self.load_cached_user(&self.db, user_id).await? else {
                 return Ok(Err(RefreshFailure::Unknown));
@@ -626,6 +652,7 @@ impl Services {
             model.token_issued_at = now;
             model.last_active_at = now.max(model.last_active_at);
             let session = Arc::new(CachedSession::from_model(&model, Some(user), now));
+            // Refused by the cache if the session was revoked since the rotation.
             self.cache_replace(session.clone()).await;
             self.metrics.session_event("refreshed", 1);
             return Ok(Ok(Issued {
@@ -634,27 +661,79 @@ impl Services {
                 refresh_token: Some(refresh.token),
             }));
         }
-        let superseded = session::Entity::find()
-            .filter(session::Column::PreviousRefreshHash.eq(hex))
+        let Some(superseded) = session_refresh_token::Entity::find_by_id(hex)
             .one(&self.db)
-            .await?;
-        let Some(s) = superseded else {
+            .await?
+        else {
             return Ok(Err(RefreshFailure::Unknown));
         };
-        if s.invalidated {
+        let owner = session::Entity::find_by_id(superseded.session_id)
+            .one(&self.db)
+            .await?;
+        if owner.is_none_or(|s| s.invalidated) {
             return Ok(Err(RefreshFailure::Unknown));
         }
-        if now - s.refresh_rotated_at.unwrap_or(0) <= self.lifetimes.grace_ms {
+        if now - superseded.superseded_at <= self.lifetimes.grace_ms {
             return Ok(Err(RefreshFailure::Superseded));
         }
-        // A rotated-out token used after the grace window: assume it was stolen, end the session.
+        // A rotated-out token used after its grace window: assume it was stolen, end the session.
         tracing::warn!(
-            session_id = s.id,
+            session_id = superseded.session_id,
             "superseded refresh token reused; revoking the session"
         );
-        self.invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.eq(s.id)))
-            .await?;
+        self.invalidate_sessions(
+            sea_orm::Condition::all().add(session::Column::Id.eq(superseded.session_id)),
+        )
+        .await?;
         Ok(Err(RefreshFailure::Reused))
+    }
+
+    /// The rotation of [`Self::refresh_session`]: swaps in the new token hashes if `old_refresh`
+    /// is still the session's refresh token and the session is live, and records the old one
+    /// as superseded, in one transaction. False when it was not (any more).
+    async fn rotate(
+        &self,
+        s: &session::Model,
+        old_refresh: &str,
+        token: &token::IssuedToken,
+        refresh: &token::IssuedToken,
+        now: i64,
+    ) -> AppResult<bool> {
+        let txn = self.db.begin().await?;
+        let rotated = session::Entity::update_many()
+            .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
+            .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
+            .col_expr(
+                session::Column::RefreshHash,
+                Expr::value(refresh.hash.to_hex()),
+            )
+            .col_expr(
+                session::Column::PreviousRefreshHash,
+                Expr::value(old_refresh),
+            )
+            .col_expr(session::Column::RefreshRotatedAt, Expr::value(now))
+            .col_expr(
+                session::Column::LastActiveAt,
+                Expr::value(now.max(s.last_active_at)),
+            )
+            .filter(session::Column::Id.eq(s.id))
+            .filter(session::Column::RefreshHash.eq(old_refresh))
+            .filter(session::Column::Invalidated.eq(false))
+            .exec(&txn)
+            .await?;
+        if rotated.rows_affected != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        session_refresh_token::Entity::insert(session_refresh_token::ActiveModel {
+            hash: Set(old_refresh.to_string()),
+            session_id: Set(s.id),
+            superseded_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(true)
     }
 }
 
@@ -674,6 +753,7 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[derive(Clone, Copy)]
 enum Invalidation {
     Token(TokenHash),
+    Revoke(TokenHash),
     User(i64),
     Clear,
 }
@@ -685,6 +765,7 @@ impl Invalidation {
     ) -> Result<(), crate::cache::CacheError> {
         match self {
             Invalidation::Token(hash) => cache.delete(hash).await,
+            Invalidation::Revoke(hash) => cache.revoke(hash).await,
             Invalidation::User(id) => cache.delete_user(*id).await,
             Invalidation::Clear => cache.clear().await,
         }
@@ -693,6 +774,7 @@ impl Invalidation {
     fn op(&self) -> &'static str {
         match self {
             Invalidation::Token(_) => "delete",
+            Invalidation::Revoke(_) => "revoke",
             Invalidation::User(_) => "delete_user",
             Invalidation::Clear => "clear",
         }

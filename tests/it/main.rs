@@ -16,6 +16,7 @@ mod lifetimes;
 mod outage;
 mod procs;
 mod refresh;
+mod revocation;
 mod scale;
 mod shutdown;
 mod storefront;

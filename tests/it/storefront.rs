@@ -4,7 +4,7 @@
 
 use crate::helpers::{TestApp, Variant};
 use serde_json::{json, Value};
-use session_server::config::TokenMethods;
+use session_server::config::{TokenMethods, TrustProxy};
 
 crate::variants!(
     anonymous_session_token_and_cookie,
@@ -432,7 +432,7 @@ async fn connection_info_is_recorded(v: Variant) {
 }
 
 async fn forwarded_for_only_with_trust_proxy(v: Variant) {
-    let Some(app) = TestApp::spawn_with(v, |c| c.trust_proxy = true).await else {
+    let Some(app) = TestApp::spawn_with(v, |c| c.trust_proxy = TrustProxy::hops(1)).await else {
         return;
     };
     let r = TestApp::send(
@@ -443,9 +443,10 @@ async fn forwarded_for_only_with_trust_proxy(v: Variant) {
     .ok();
     let token = r.session_token().unwrap();
     let r = app.gql_as(&token, SESSION_FIELDS, json!({})).await.ok();
+    // The entry the (one) trusted proxy appended, not the client's own claim to its left.
     assert_eq!(
         r.data()["activeSession"]["ipAddress"],
-        "203.0.113.9",
+        "10.0.0.1",
         "{}",
         r.body
     );
