@@ -3,7 +3,9 @@
 //!
 //! - `session`: resolve a token (cache, then database), create, extend, invalidate; refresh.
 //! - `session_admin`: listings, statistics, revocation, expiry clean-up.
-//! - `auth`: passwords, login throttling, login and password changes.
+//! - `auth`: passwords, login and password changes.
+//! - `throttle`: atomic sliding-window throttles (logins, password changes, anonymous
+//!   sessions) and the per-user session cap.
 //! - `directory`: users, roles and channels (and the cached channel lookups).
 //! - `order`: orders and the session's active order.
 //! - `activity`: the throttled, batched last-activity writer.
@@ -14,6 +16,7 @@ pub mod directory;
 pub mod order;
 pub mod session;
 pub mod session_admin;
+pub mod throttle;
 
 use crate::cache::{RedisCache, SessionCache};
 use crate::config::Config;
@@ -45,7 +48,7 @@ pub struct Services {
     pub activity: activity::ActivityWriter,
     pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,
-    pub throttle: auth::LoginThrottle,
+    pub throttle: throttle::Throttle,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: Arc<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
