@@ -18,4 +18,5 @@ mod refresh;
 mod scale;
 mod shutdown;
 mod storefront;
+mod throttle;
 mod transport;
