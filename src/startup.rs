@@ -119,7 +119,7 @@ impl Application {
             config.password_queue_timeout,
         )
         .await
-            .map_err(|e| StartupError::Bootstrap(e.client_message()))?;
+        .map_err(|e| StartupError::Bootstrap(e.client_message()))?;
         let channels = directory::ChannelDirectory::default();
         let boot = bootstrap(&db, &passwords, &config)
             .await

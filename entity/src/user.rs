@@ -38,7 +38,10 @@ mod tests {
     fn identifiers_have_one_form() {
         assert_eq!(normalize_identifier("  Admin \t"), "admin");
         // "é" precomposed and as "e" + combining acute are one identifier.
-        assert_eq!(normalize_identifier("Jos\u{e9}"), normalize_identifier("JOSE\u{301}"));
+        assert_eq!(
+            normalize_identifier("Jos\u{e9}"),
+            normalize_identifier("JOSE\u{301}")
+        );
         assert_eq!(normalize_identifier("Jos\u{e9}"), "jos\u{e9}");
         for s in ["ADMIN", " \u{130}stanbul ", "Stra\u{df}e", "A\u{30a}"] {
             let once = normalize_identifier(s);

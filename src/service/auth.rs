@@ -49,8 +49,7 @@ impl Passwords {
     /// A turn at hashing, waited for at most `queue_timeout`. The permit moves into the
     /// blocking task, so it is held until the hash is done even if the request is dropped.
     async fn turn(&self) -> AppResult<OwnedSemaphorePermit> {
-        match tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await
-        {
+        match tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(AppError::internal("hasher closed")),
             Err(_) => Err(AppError::rate_limited(

@@ -224,7 +224,10 @@ impl SlidingWindow {
         self.local.invalidate(key);
         if let Some(redis) = &self.redis {
             let key = Self::redis_key(redis, key);
-            if let Err(e) = redis.run_script::<i64>(&self.scripts.clear, &key, Vec::<String>::new()).await {
+            if let Err(e) = redis
+                .run_script::<i64>(&self.scripts.clear, &key, Vec::<String>::new())
+                .await
+            {
                 tracing::warn!(error = %e, "throttle: could not clear a counter in Redis");
             }
         }
@@ -300,9 +303,7 @@ impl Throttle {
 
     /// Forgets an identifier's failed logins (after a successful login).
     pub async fn clear_identifier(&self, identifier: &str) {
-        self.attempts
-            .clear(&Self::identifier_key(identifier))
-            .await;
+        self.attempts.clear(&Self::identifier_key(identifier)).await;
     }
 
     /// Counts a new anonymous session of `address`, or refuses it with `RATE_LIMITED`.
@@ -353,7 +354,8 @@ impl Services {
             .filter(|(id, ..)| *id != keep)
             .filter_map(|(id, last_active, absolute)| {
                 let last_active = last_active.max(self.activity.pending(id).unwrap_or(0));
-                (now < self.lifetimes.expires_at(last_active, absolute)).then_some((last_active, id))
+                (now < self.lifetimes.expires_at(last_active, absolute))
+                    .then_some((last_active, id))
             })
             .collect();
         // `keep` takes one of the `max` places.
@@ -365,7 +367,11 @@ impl Services {
         let ended = self
             .invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.is_in(ids)))
             .await?;
-        tracing::info!(user_id, ended, "session cap reached: least recently used sessions ended");
+        tracing::info!(
+            user_id,
+            ended,
+            "session cap reached: least recently used sessions ended"
+        );
         Ok(ended)
     }
 }

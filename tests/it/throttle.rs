@@ -57,7 +57,8 @@ async fn concurrent_guesses_for_one_identifier_are_not_all_evaluated(v: Variant)
     app.create_user(&admin, "victim", "victim-password-1", &[])
         .await;
     let app = &app;
-    let guesses = (0..30).map(|i| async move { app.try_login("victim", &format!("guess-{i}")).await });
+    let guesses =
+        (0..30).map(|i| async move { app.try_login("victim", &format!("guess-{i}")).await });
     let responses: Vec<Gql> = join_all(guesses).await.into_iter().map(Gql::ok).collect();
     let (evaluated, throttled) = tally(&responses);
     assert!(
@@ -86,7 +87,8 @@ async fn concurrent_guesses_from_one_address_are_not_all_evaluated(v: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    app.create_user(&admin, "olga", "olga-password-1", &[]).await;
+    app.create_user(&admin, "olga", "olga-password-1", &[])
+        .await;
     let r = app
         .gql_as(
             &admin,
@@ -121,8 +123,10 @@ async fn change_password_is_throttled_per_user(v: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    app.create_user(&admin, "paul", "paul-password-1", &[]).await;
-    app.create_user(&admin, "rita", "rita-password-1", &[]).await;
+    app.create_user(&admin, "paul", "paul-password-1", &[])
+        .await;
+    app.create_user(&admin, "rita", "rita-password-1", &[])
+        .await;
 
     // Sequential: a right password gives its attempt back; three wrong ones lock.
     let paul = app.login("paul", "paul-password-1").await.token;
@@ -153,7 +157,10 @@ async fn change_password_is_throttled_per_user(v: Variant) {
     });
     let responses = join_all(guesses).await;
     let codes: Vec<Option<&str>> = responses.iter().map(Gql::error_code).collect();
-    let evaluated = codes.iter().filter(|c| **c == Some("BAD_USER_INPUT")).count();
+    let evaluated = codes
+        .iter()
+        .filter(|c| **c == Some("BAD_USER_INPUT"))
+        .count();
     let limited = codes.iter().filter(|c| **c == Some("RATE_LIMITED")).count();
     assert!((1..=3).contains(&evaluated), "{codes:?}");
     assert_eq!(evaluated + limited, 12, "{codes:?}");
@@ -185,7 +192,9 @@ async fn identifiers_are_one_normalized_form(v: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    let id = app.create_user(&admin, "admin2", "admin2-password", &[]).await;
+    let id = app
+        .create_user(&admin, "admin2", "admin2-password", &[])
+        .await;
     let r = app
         .gql_as(
             &admin,
@@ -244,10 +253,7 @@ async fn identifiers_are_one_normalized_form(v: Variant) {
     assert_ne!(jose, jose_accent);
     let r = app.try_login("jose", "jose-password").await.ok();
     assert_eq!(r.data()["login"]["user"]["id"], jose.as_str(), "{}", r.body);
-    let r = app
-        .try_login("Jos\u{c9}", "jos\u{e9}-password")
-        .await
-        .ok();
+    let r = app.try_login("Jos\u{c9}", "jos\u{e9}-password").await.ok();
     assert_eq!(
         r.data()["login"]["user"]["id"],
         jose_accent.as_str(),
@@ -282,7 +288,10 @@ async fn login_beyond_session_max_ends_least_recently_used(v: Variant) {
     );
     // Using the second makes the third the least recently used, though it is newer.
     tokio::time::sleep(pause).await;
-    assert_eq!(app.active_session(&tokens[1]).await["kind"], "AUTHENTICATED");
+    assert_eq!(
+        app.active_session(&tokens[1]).await["kind"],
+        "AUTHENTICATED"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     tokens.push(app.login("mia", "mia-password-1").await.token);
     assert!(
@@ -381,7 +390,10 @@ async fn a_login_waits_for_hashing_at_most_the_queue_timeout(v: Variant) {
     );
     // Refused while waiting, not after hashing everything queued before them.
     for took in &limited {
-        assert!(*took < Duration::from_secs(5), "RATE_LIMITED after {took:?}");
+        assert!(
+            *took < Duration::from_secs(5),
+            "RATE_LIMITED after {took:?}"
+        );
     }
     // Not evaluated means not counted, and the server is not stuck.
     let r = app.try_login(ADMIN, ADMIN_PASSWORD).await.ok();
@@ -413,7 +425,10 @@ impl OldDatabase {
             }
             Some(var) => {
                 let Some(admin_url) = std::env::var(var).ok().filter(|u| !u.is_empty()) else {
-                    assert!(!services_required(), "REQUIRE_SERVICES=1 but {var} is not set");
+                    assert!(
+                        !services_required(),
+                        "REQUIRE_SERVICES=1 but {var} is not set"
+                    );
                     eprintln!("skipped {variant:?}: {var} is not set");
                     return None;
                 };
