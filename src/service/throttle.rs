@@ -44,11 +44,11 @@ struct Entry {
 
 /// Counters over a sliding window.
 ///
-/// With Redis configured, a counter is a sorted set there (shared by every instance) and a
-/// reservation is one script on that one key: trim the window, count, add only when under the
-/// limit. Each instance also mirrors what it reserved in its own counters, which decide while
-/// Redis does not answer; without Redis they are the only ones, checked and updated under the
-/// counter's lock.
+/// Each instance counts its own events, checked and updated under the counter's lock. With
+/// Redis configured, an event admitted here must also be admitted there, where a counter is a
+/// sorted set shared by every instance and a reservation is one script on that one key: trim the
+/// window, count, add only when under the limit. While Redis does not answer, this instance's
+/// counts alone decide.
 struct SlidingWindow {
     /// Counter key -> recent events, oldest first.
     local: moka::sync::Cache<String, Arc<Mutex<Vec<Entry>>>>,
@@ -136,42 +136,43 @@ impl SlidingWindow {
     /// Reserves one event on a counter, or answers when (ms) the counter admits again.
     async fn reserve_one(&self, counter: &Counter, now: i64) -> Result<Taken, i64> {
         let local_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(redis) = &self.redis {
-            let member = format!("{now}:{}", crate::token::random_string(12));
-            let reserved = redis
-                .run_script::<(i64, i64)>(
-                    &self.scripts.reserve,
-                    &Self::redis_key(redis, &counter.key),
-                    (
-                        now,
-                        now - self.window_ms,
-                        counter.max,
-                        &member,
-                        self.window_ms,
-                    ),
-                )
-                .await;
-            match reserved {
-                Ok((1, _)) => {
-                    self.local_mirror(counter, now, local_id);
-                    return Ok(Taken {
-                        key: counter.key.clone(),
-                        local_id,
-                        redis_member: Some(member),
-                    });
-                }
-                Ok((_, first)) => return Err(first + self.window_ms),
-                Err(e) => {
-                    tracing::warn!(error = %e, "throttle: Redis unavailable, using this instance's counters")
-                }
-            }
-        }
+        // This instance's own count decides first: it holds every attempt made here, so one
+        // instance never admits more than `max` even while Redis answers some calls and not
+        // others (a timed-out script may still have run).
         self.local_reserve(counter, now, local_id)?;
-        Ok(Taken {
+        let mut taken = Taken {
             key: counter.key.clone(),
             local_id,
             redis_member: None,
-        })
+        };
+        let Some(redis) = &self.redis else {
+            return Ok(taken);
+        };
+        let member = format!("{now}:{}", crate::token::random_string(12));
+        let reserved = redis
+            .run_script::<(i64, i64)>(
+                &self.scripts.reserve,
+                &Self::redis_key(redis, &counter.key),
+                (
+                    now,
+                    now - self.window_ms,
+                    counter.max,
+                    &member,
+                    self.window_ms,
+                ),
+            )
+            .await;
+        match reserved {
+            Ok((1, _)) => taken.redis_member = Some(member),
+            Ok((_, first)) => {
+                self.local_release(&taken);
+                return Err(first + self.window_ms);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "throttle: Redis unavailable, using this instance's counters")
+            }
+        }
+        Ok(taken)
     }
 
     /// Adds an event to this process's counter if it is under the limit, else answers when it
@@ -189,25 +190,18 @@ impl SlidingWindow {
         Ok(())
     }
 
-    /// Records in this process's counter a reservation Redis made, keeping the newest `max`.
-    fn local_mirror(&self, counter: &Counter, now: i64, id: u64) {
-        let max = counter.max as usize;
-        let events = self.local.get_with(counter.key.clone(), Arc::default);
-        let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
-        events.retain(|e| now - e.at < self.window_ms);
-        events.push(Entry { at: now, id });
-        let excess = events.len().saturating_sub(max);
-        events.drain(..excess);
+    fn local_release(&self, taken: &Taken) {
+        if let Some(events) = self.local.get(&taken.key) {
+            events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|e| e.id != taken.local_id);
+        }
     }
 
     async fn release(&self, taken: Vec<Taken>) {
         for t in taken {
-            if let Some(events) = self.local.get(&t.key) {
-                events
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .retain(|e| e.id != t.local_id);
-            }
+            self.local_release(&t);
             if let (Some(redis), Some(member)) = (&self.redis, &t.redis_member) {
                 let key = Self::redis_key(redis, &t.key);
                 if let Err(e) = redis
