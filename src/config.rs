@@ -199,6 +199,23 @@ pub struct Config {
     #[arg(long, env = "LOGIN_WINDOW", default_value = "15m", value_parser = parse_duration)]
     pub login_window: Duration,
 
+    /// Most live sessions per user; a login beyond it ends the user's least recently used
+    /// sessions. 0: no limit.
+    #[arg(long, env = "SESSION_MAX_PER_USER", default_value_t = 100)]
+    pub session_max_per_user: u32,
+
+    /// New anonymous sessions per client address per minute; beyond it RATE_LIMITED. 0: no limit.
+    #[arg(long, env = "ANONYMOUS_SESSIONS_PER_ADDRESS", default_value_t = 600)]
+    pub anonymous_sessions_per_address: u32,
+
+    /// Password hashes computed at once; unset: one less than the number of cores, at least 1.
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY")]
+    pub password_hash_concurrency: Option<usize>,
+
+    /// Longest wait for a turn at password hashing; past it the request gets RATE_LIMITED.
+    #[arg(long, env = "PASSWORD_QUEUE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub password_queue_timeout: Duration,
+
     /// How often expired and invalidated sessions are deleted in the background.
     #[arg(long, env = "CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub cleanup_interval: Duration,
@@ -260,6 +277,7 @@ impl Config {
             ("CLEANUP_INTERVAL", self.cleanup_interval),
             ("REDIS_TIMEOUT", self.redis_timeout),
             ("DATABASE_TIMEOUT", self.database_timeout),
+            ("PASSWORD_QUEUE_TIMEOUT", self.password_queue_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -286,6 +304,9 @@ impl Config {
             return Err(
                 "LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1".into(),
             );
+        }
+        if self.password_hash_concurrency == Some(0) {
+            return Err("PASSWORD_HASH_CONCURRENCY must be at least 1 when set".into());
         }
         if self.session_cache != CacheMode::Memory && self.redis_url.is_none() {
             return Err(format!(
@@ -341,6 +362,10 @@ mod tests {
         assert!(c.cookie_secure);
         assert_eq!(c.trust_proxy, TrustProxy::OFF);
         assert_eq!(c.session_cache, CacheMode::Memory);
+        assert_eq!(c.session_max_per_user, 100);
+        assert_eq!(c.anonymous_sessions_per_address, 600);
+        assert_eq!(c.password_queue_timeout, Duration::from_secs(2));
+        assert_eq!(c.password_hash_concurrency, None);
     }
 
     #[test]
@@ -353,6 +378,10 @@ mod tests {
         assert!(err.contains("must not be longer"), "{err}");
         let err = parse(&["--session-cache", "redis"]).unwrap_err();
         assert!(err.contains("REDIS_URL"), "{err}");
+        let err = parse(&["--password-hash-concurrency", "0"]).unwrap_err();
+        assert!(err.contains("PASSWORD_HASH_CONCURRENCY"), "{err}");
+        let err = parse(&["--password-queue-timeout", "0s"]).unwrap_err();
+        assert!(err.contains("PASSWORD_QUEUE_TIMEOUT"), "{err}");
         assert!(parse(&["--token-method", "smoke"]).is_err());
         assert!(parse(&["--cookie-secure", "false"]).is_ok_and(|c| !c.cookie_secure));
     }

@@ -72,6 +72,9 @@ impl AppError {
     pub fn not_found(msg: impl Into<String>) -> Self {
         AppError::Client(ErrorCode::NotFound, msg.into())
     }
+    pub fn rate_limited(msg: impl Into<String>) -> Self {
+        AppError::Client(ErrorCode::RateLimited, msg.into())
+    }
     pub fn internal(msg: impl Into<String>) -> Self {
         AppError::Internal(InternalError::Other(msg.into()))
     }

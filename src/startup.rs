@@ -11,7 +11,8 @@ use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::permission::{Permission, PermissionSet};
 use crate::service::{
-    activity::ActivityWriter, auth, directory, session::Lifetimes, Services, SharedServices,
+    activity::ActivityWriter, auth, directory, session::Lifetimes, throttle::Throttle, Services,
+    SharedServices,
 };
 use entity::{channel, role, user, user_role};
 use migration::{Migrator, MigratorTrait};
@@ -113,9 +114,12 @@ impl Application {
             _ => Arc::new(memory()),
         };
 
-        let passwords = auth::Passwords::new()
-            .await
-            .map_err(|e| StartupError::Bootstrap(e.client_message()))?;
+        let passwords = auth::Passwords::new(
+            config.password_hash_concurrency,
+            config.password_queue_timeout,
+        )
+        .await
+        .map_err(|e| StartupError::Bootstrap(e.client_message()))?;
         let channels = directory::ChannelDirectory::default();
         let boot = bootstrap(&db, &passwords, &config)
             .await
@@ -130,12 +134,7 @@ impl Application {
                 .build(),
             cache_epoch,
             activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
-            throttle: auth::LoginThrottle::new(
-                config.login_window,
-                config.login_max_attempts,
-                config.login_max_attempts_per_address,
-                redis.clone(),
-            ),
+            throttle: Throttle::new(&config, redis.clone()),
             metrics,
             default_channel: Arc::new(boot.default_channel),
             super_admin_role_id: boot.super_admin_role_id,
@@ -325,7 +324,8 @@ async fn bootstrap(
         .collect();
     directory::link_channels(db, super_role.id, &channel_ids).await?;
 
-    let identifier = config.superadmin_identifier.trim();
+    let identifier = auth::check_identifier(&config.superadmin_identifier)?;
+    let identifier = identifier.as_str();
     let find_user = || {
         user::Entity::find()
             .filter(user::Column::Identifier.eq(identifier))

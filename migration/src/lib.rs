@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_tables;
 mod m20261124_000002_session_refresh_token;
+mod m20261201_000001_normalize_identifiers;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_tables::Migration),
             Box::new(m20261124_000002_session_refresh_token::Migration),
+            Box::new(m20261201_000001_normalize_identifiers::Migration),
         ]
     }
 }

@@ -9,6 +9,8 @@
 //! - `P{u:<id>}:idx`: the set of that user's cached token hashes.
 //! - `P{u:<id>}:inv`: when the user's sessions were last dropped (ms); entries read from the
 //!   database before that are refused.
+//! - `P{th:<hash>}`: a throttling counter (a sorted set of attempt times), written only by the
+//!   scripts of `service::throttle` through [`RedisCache::run_script`].
 //!
 //! A user's index, entries and invalidation mark share one hash slot, so dropping them all is
 //! one atomic script even on a cluster. Entry TTLs are the shorter of the cache TTL and the time
@@ -20,7 +22,7 @@ use crate::token::TokenHash;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ToRedisArgs, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,6 +278,20 @@ impl RedisCache {
                 .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Release);
         }
         result
+    }
+
+    /// Runs `script` with `key` as its only key (one hash slot, so it runs on a cluster too) and
+    /// `args` as its arguments, within `REDIS_TIMEOUT`.
+    pub async fn run_script<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        args: impl ToRedisArgs,
+    ) -> Result<T, CacheError> {
+        let mut conn = self.conn.clone();
+        let mut call = script.key(key);
+        call.arg(args);
+        self.bounded(call.invoke_async(&mut conn)).await
     }
 
     /// Answers PING within the timeout (for `/health`).

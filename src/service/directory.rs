@@ -164,11 +164,10 @@ impl Services {
 
     /// Creates a user with roles the caller may grant.
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> AppResult<user::Model> {
-        let identifier = new.identifier.trim().to_string();
+        let identifier = check_identifier(&new.identifier)?;
         if identifier.is_empty() {
             return Err(AppError::bad_input("identifier must not be empty"));
         }
-        check_identifier(&identifier)?;
         validate_new_password(&new.password)?;
         for r in self.role_grants(&self.db, &new.role_ids).await? {
             self.authorize_grant(caller, r.permissions, &r.channel_ids)?;
@@ -204,13 +203,13 @@ impl Services {
             .await?;
         let mut model: user::ActiveModel = existing.clone().into();
         if let Some(identifier) = &changes.identifier {
-            let identifier = identifier.trim();
-            if identifier.is_empty() || identifier.len() > MAX_IDENTIFIER_BYTES {
+            let identifier = check_identifier(identifier)?;
+            if identifier.is_empty() {
                 return Err(AppError::bad_input(format!(
                     "identifier must be 1 to {MAX_IDENTIFIER_BYTES} bytes"
                 )));
             }
-            model.identifier = Set(identifier.to_string());
+            model.identifier = Set(identifier);
         }
         if let Some(verified) = changes.verified {
             model.verified = Set(verified);

@@ -4,7 +4,9 @@
 //! - `session`: resolve a token (cache, then database), create, extend, invalidate; refresh.
 //! - `session_admin`: listings, statistics, revocation, expiry clean-up.
 //! - `authz`: who may do what: the caller of an admin operation and their channel scopes.
-//! - `auth`: passwords, login throttling, login and password changes.
+//! - `auth`: passwords, login and password changes.
+//! - `throttle`: atomic sliding-window throttles (logins, password changes, anonymous
+//!   sessions) and the per-user session cap.
 //! - `directory`: users, roles and channels (and the cached channel lookups).
 //! - `order`: orders and the session's active order.
 //! - `activity`: the throttled, batched last-activity writer.
@@ -16,6 +18,7 @@ pub mod directory;
 pub mod order;
 pub mod session;
 pub mod session_admin;
+pub mod throttle;
 
 use crate::cache::{RedisCache, SessionCache};
 use crate::config::Config;
@@ -47,7 +50,7 @@ pub struct Services {
     pub activity: activity::ActivityWriter,
     pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,
-    pub throttle: auth::LoginThrottle,
+    pub throttle: throttle::Throttle,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: Arc<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.

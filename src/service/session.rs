@@ -477,6 +477,9 @@ impl Services {
         client: &ClientInfo,
         channel_id: Option<i64>,
     ) -> AppResult<Issued> {
+        self.throttle
+            .admit_anonymous(client.ip_address.as_deref())
+            .await?;
         let issued = self
             .insert_session(
                 &self.db,

@@ -20,4 +20,5 @@ mod revocation;
 mod scale;
 mod shutdown;
 mod storefront;
+mod throttle;
 mod transport;

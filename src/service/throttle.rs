@@ -1,0 +1,371 @@
+//! Throttles and limits: sliding-window counters that reserve an attempt atomically before the
+//! work they guard (failed logins per identifier and per client address, wrong current passwords
+//! per user, new anonymous sessions per address), and the per-user session cap.
+
+use super::Services;
+use crate::cache::RedisCache;
+use crate::clock::{ms, now_ms};
+use crate::error::{AppError, AppResult};
+use entity::session;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Window of the anonymous-session limit (`ANONYMOUS_SESSIONS_PER_ADDRESS` is per minute).
+const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
+
+/// A counter key (before hashing) and the most events it admits per window.
+pub struct Counter {
+    key: String,
+    max: u32,
+}
+
+/// One attempt's reservations, one per counter it was checked against. Dropping it keeps the
+/// attempt counted; [`Throttle::release`] gives it back.
+#[must_use = "a reservation is either kept (the attempt counts) or released"]
+pub struct Reservation {
+    taken: Vec<Taken>,
+}
+
+/// A reservation on one counter: its entry in this process, and in Redis when it was made there.
+struct Taken {
+    key: String,
+    local_id: u64,
+    redis_member: Option<String>,
+}
+
+/// One event in a counter of this process.
+#[derive(Clone, Copy)]
+struct Entry {
+    at: i64,
+    id: u64,
+}
+
+/// Counters over a sliding window.
+///
+/// Each instance counts its own events, checked and updated under the counter's lock. With
+/// Redis configured, an event admitted here must also be admitted there, where a counter is a
+/// sorted set shared by every instance and a reservation is one script on that one key: trim the
+/// window, count, add only when under the limit. While Redis does not answer, this instance's
+/// counts alone decide.
+struct SlidingWindow {
+    /// Counter key -> recent events, oldest first.
+    local: moka::sync::Cache<String, Arc<Mutex<Vec<Entry>>>>,
+    redis: Option<Arc<RedisCache>>,
+    window_ms: i64,
+    /// Tells this process's reservations apart, so one can be given back.
+    next_id: AtomicU64,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    /// KEYS: the counter. ARGV: now ms, drop events at or before this ms, max, member, ttl ms.
+    /// Returns {1, 0} when reserved, else {0, time of the event that must age out first}.
+    reserve: redis::Script,
+    /// KEYS: the counter. ARGV: member.
+    release: redis::Script,
+    /// KEYS: the counter.
+    clear: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            reserve: redis::Script::new(
+                r"
+                redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+                local max = tonumber(ARGV[3])
+                local n = redis.call('ZCARD', KEYS[1])
+                if n >= max then
+                    local first = redis.call('ZRANGE', KEYS[1], n - max, n - max, 'WITHSCORES')
+                    return {0, tonumber(first[2])}
+                end
+                redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+                redis.call('PEXPIRE', KEYS[1], ARGV[5])
+                return {1, 0}
+                ",
+            ),
+            release: redis::Script::new("return redis.call('ZREM', KEYS[1], ARGV[1])"),
+            clear: redis::Script::new("return redis.call('DEL', KEYS[1])"),
+        }
+    }
+}
+
+impl SlidingWindow {
+    fn new(window: Duration, redis: Option<Arc<RedisCache>>, scripts: Arc<Scripts>) -> Self {
+        SlidingWindow {
+            local: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_idle(window)
+                .build(),
+            redis,
+            window_ms: ms(window),
+            next_id: AtomicU64::new(1),
+            scripts,
+        }
+    }
+
+    /// The Redis key of a counter: hashed, so identifiers are neither stored nor able to
+    /// smuggle hash-tag braces into the key.
+    fn redis_key(redis: &RedisCache, key: &str) -> String {
+        format!(
+            "{}{{th:{}}}",
+            redis.prefix(),
+            &crate::token::TokenHash::of(key).to_hex()[..32]
+        )
+    }
+
+    /// Reserves one event on every counter, or none: a refusal gives back what was taken and
+    /// answers the seconds until the refusing counter admits again.
+    async fn reserve(&self, counters: &[Counter], now: i64) -> Result<Vec<Taken>, i64> {
+        let mut taken = Vec::with_capacity(counters.len());
+        for counter in counters {
+            match self.reserve_one(counter, now).await {
+                Ok(t) => taken.push(t),
+                Err(free_at) => {
+                    self.release(taken).await;
+                    let secs = ((free_at - now) as f64 / 1000.0).ceil() as i64;
+                    return Err(secs.max(1));
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Reserves one event on a counter, or answers when (ms) the counter admits again.
+    async fn reserve_one(&self, counter: &Counter, now: i64) -> Result<Taken, i64> {
+        let local_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // This instance's own count decides first: it holds every attempt made here, so one
+        // instance never admits more than `max` even while Redis answers some calls and not
+        // others (a timed-out script may still have run).
+        self.local_reserve(counter, now, local_id)?;
+        let mut taken = Taken {
+            key: counter.key.clone(),
+            local_id,
+            redis_member: None,
+        };
+        let Some(redis) = &self.redis else {
+            return Ok(taken);
+        };
+        let member = format!("{now}:{}", crate::token::random_string(12));
+        let reserved = redis
+            .run_script::<(i64, i64)>(
+                &self.scripts.reserve,
+                &Self::redis_key(redis, &counter.key),
+                (
+                    now,
+                    now - self.window_ms,
+                    counter.max,
+                    &member,
+                    self.window_ms,
+                ),
+            )
+            .await;
+        match reserved {
+            Ok((1, _)) => taken.redis_member = Some(member),
+            Ok((_, first)) => {
+                self.local_release(&taken);
+                return Err(first + self.window_ms);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "throttle: Redis unavailable, using this instance's counters")
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Adds an event to this process's counter if it is under the limit, else answers when it
+    /// admits again (ms).
+    fn local_reserve(&self, counter: &Counter, now: i64, id: u64) -> Result<(), i64> {
+        let max = counter.max as usize;
+        let events = self.local.get_with(counter.key.clone(), Arc::default);
+        let mut events = events.lock().unwrap_or_else(PoisonError::into_inner);
+        events.retain(|e| now - e.at < self.window_ms);
+        if events.len() >= max {
+            // Free again when the event that keeps the count at `max` ages out.
+            return Err(events[events.len() - max].at + self.window_ms);
+        }
+        events.push(Entry { at: now, id });
+        Ok(())
+    }
+
+    fn local_release(&self, taken: &Taken) {
+        if let Some(events) = self.local.get(&taken.key) {
+            events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|e| e.id != taken.local_id);
+        }
+    }
+
+    async fn release(&self, taken: Vec<Taken>) {
+        for t in taken {
+            self.local_release(&t);
+            if let (Some(redis), Some(member)) = (&self.redis, &t.redis_member) {
+                let key = Self::redis_key(redis, &t.key);
+                if let Err(e) = redis
+                    .run_script::<i64>(&self.scripts.release, &key, member)
+                    .await
+                {
+                    tracing::warn!(error = %e, "throttle: could not give an attempt back in Redis");
+                }
+            }
+        }
+    }
+
+    async fn clear(&self, key: &str) {
+        self.local.invalidate(key);
+        if let Some(redis) = &self.redis {
+            let key = Self::redis_key(redis, key);
+            if let Err(e) = redis
+                .run_script::<i64>(&self.scripts.clear, &key, Vec::<String>::new())
+                .await
+            {
+                tracing::warn!(error = %e, "throttle: could not clear a counter in Redis");
+            }
+        }
+    }
+}
+
+/// The throttles of the server.
+pub struct Throttle {
+    /// Failed logins and wrong current passwords, over `LOGIN_WINDOW`.
+    attempts: SlidingWindow,
+    /// New anonymous sessions, over a minute.
+    anonymous: SlidingWindow,
+    max_per_identifier: u32,
+    max_per_address: u32,
+    anonymous_per_address: u32,
+}
+
+impl Throttle {
+    pub fn new(config: &crate::config::Config, redis: Option<Arc<RedisCache>>) -> Throttle {
+        let scripts = Arc::new(Scripts::new());
+        Throttle {
+            attempts: SlidingWindow::new(config.login_window, redis.clone(), scripts.clone()),
+            anonymous: SlidingWindow::new(ANONYMOUS_WINDOW, redis, scripts),
+            max_per_identifier: config.login_max_attempts,
+            max_per_address: config.login_max_attempts_per_address,
+            anonymous_per_address: config.anonymous_sessions_per_address,
+        }
+    }
+
+    fn identifier_key(identifier: &str) -> String {
+        format!("id:{identifier}")
+    }
+
+    /// Reserves a login attempt for a normalized identifier and the client address, before the
+    /// password is verified. `Err` is the number of seconds to wait.
+    pub async fn reserve_login(
+        &self,
+        identifier: &str,
+        address: Option<&str>,
+    ) -> Result<Reservation, i64> {
+        let mut counters = vec![Counter {
+            key: Self::identifier_key(identifier),
+            max: self.max_per_identifier,
+        }];
+        if let Some(addr) = address {
+            counters.push(Counter {
+                key: format!("ip:{addr}"),
+                max: self.max_per_address,
+            });
+        }
+        let taken = self.attempts.reserve(&counters, now_ms()).await?;
+        Ok(Reservation { taken })
+    }
+
+    /// Reserves a `changePassword` attempt of a user (`LOGIN_MAX_ATTEMPTS` per `LOGIN_WINDOW`).
+    pub async fn reserve_password_change(&self, user_id: i64) -> AppResult<Reservation> {
+        let counter = Counter {
+            key: format!("pw:{user_id}"),
+            max: self.max_per_identifier,
+        };
+        match self.attempts.reserve(&[counter], now_ms()).await {
+            Ok(taken) => Ok(Reservation { taken }),
+            Err(secs) => Err(AppError::rate_limited(format!(
+                "too many wrong passwords; try again in {secs} s"
+            ))),
+        }
+    }
+
+    /// Gives an attempt back: it was not a failure (right password, or never evaluated).
+    pub async fn release(&self, reservation: Reservation) {
+        self.attempts.release(reservation.taken).await;
+    }
+
+    /// Forgets an identifier's failed logins (after a successful login).
+    pub async fn clear_identifier(&self, identifier: &str) {
+        self.attempts.clear(&Self::identifier_key(identifier)).await;
+    }
+
+    /// Counts a new anonymous session of `address`, or refuses it with `RATE_LIMITED`.
+    pub async fn admit_anonymous(&self, address: Option<&str>) -> AppResult<()> {
+        let (Some(addr), max @ 1..) = (address, self.anonymous_per_address) else {
+            return Ok(());
+        };
+        let counter = Counter {
+            key: format!("anon:{addr}"),
+            max,
+        };
+        match self.anonymous.reserve(&[counter], now_ms()).await {
+            Ok(_counted) => Ok(()),
+            Err(secs) => Err(AppError::rate_limited(format!(
+                "too many new sessions from this address; try again in {secs} s"
+            ))),
+        }
+    }
+}
+
+impl Services {
+    /// Ends a user's least recently used live sessions beyond `SESSION_MAX_PER_USER`, never
+    /// `keep` (the session just issued). Returns how many were ended.
+    ///
+    /// "Recently used" is the stored activity, moved forward by this instance's pending writes,
+    /// so it is exact to within `SESSION_ACTIVITY_WRITE_INTERVAL`.
+    pub async fn enforce_session_cap(&self, user_id: i64, keep: i64) -> AppResult<u64> {
+        let max = self.config.session_max_per_user as usize;
+        if max == 0 {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let rows: Vec<(i64, i64, i64)> = session::Entity::find()
+            .select_only()
+            .columns([
+                session::Column::Id,
+                session::Column::LastActiveAt,
+                session::Column::AbsoluteExpiresAt,
+            ])
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::Invalidated.eq(false))
+            .filter(session::Column::AbsoluteExpiresAt.gt(now))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut others: Vec<(i64, i64)> = rows
+            .into_iter()
+            .filter(|(id, ..)| *id != keep)
+            .filter_map(|(id, last_active, absolute)| {
+                let last_active = last_active.max(self.activity.pending(id).unwrap_or(0));
+                (now < self.lifetimes.expires_at(last_active, absolute))
+                    .then_some((last_active, id))
+            })
+            .collect();
+        // `keep` takes one of the `max` places.
+        let Some(excess) = (others.len() + 1).checked_sub(max).filter(|n| *n > 0) else {
+            return Ok(0);
+        };
+        others.sort_unstable();
+        let ids: Vec<i64> = others.iter().take(excess).map(|(_, id)| *id).collect();
+        let ended = self
+            .invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.is_in(ids)))
+            .await?;
+        tracing::info!(
+            user_id,
+            ended,
+            "session cap reached: least recently used sessions ended"
+        );
+        Ok(ended)
+    }
+}
