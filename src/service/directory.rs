@@ -417,18 +417,31 @@ impl Services {
             .pop()
             .ok_or_else(|| AppError::not_found("no such role"))?;
         self.authorize_grant(caller, existing.permissions, &existing.channel_ids)?;
-        self.authorize_grant(
-            caller,
-            permissions.unwrap_or(existing.permissions),
+        let new_permissions = permissions.unwrap_or(existing.permissions);
+        let new_channels = unique(
             changes
                 .channel_ids
                 .as_deref()
                 .unwrap_or(&existing.channel_ids),
-        )?;
+        );
+        self.authorize_grant(caller, new_permissions, &new_channels)?;
         if changes.id == self.super_admin_role_id {
             return Err(AppError::bad_input(
                 "the SUPER_ADMIN role cannot be changed",
             ));
+        }
+        if new_permissions != existing.permissions || new_channels != unique(&existing.channel_ids)
+        {
+            // What a role grants is part of every holder's privileges: changing it is a change
+            // to each of them, allowed only on users the caller may change (as `removeRole`).
+            let holders: Vec<i64> = user_role::Entity::find()
+                .select_only()
+                .column(user_role::Column::UserId)
+                .filter(user_role::Column::RoleId.eq(changes.id))
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            self.authorize_acting_on(&txn, caller, &holders).await?;
         }
         let mut model: role::ActiveModel = existing.role.into();
         if let Some(description) = changes.description {

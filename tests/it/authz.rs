@@ -17,6 +17,7 @@ crate::all_caches!(
     channel_scope_is_real,
     admins_can_do_what_they_hold_and_see_only_their_channels,
     concurrent_role_changes_cannot_combine_into_an_escalation,
+    update_role_cannot_change_holders_the_caller_may_not_change,
 );
 
 const CREATE_ROLE: &str =
@@ -948,4 +949,80 @@ async fn concurrent_role_changes_cannot_combine_into_an_escalation(v: Variant) {
     }
     let r = in_channel(&app, &admin, &eu_token, STATS, json!({})).await;
     refused(&r, "sessionStats", "no READ_SESSION in eu was gained");
+}
+
+/// Changing what a role grants changes every holder: refused (`FORBIDDEN`, nothing changed)
+/// when a holder is someone the caller may not change (a super admin, or a user holding a
+/// permission the caller lacks), as `removeRole` / `assignRole` on them would be.
+async fn update_role_cannot_change_holders_the_caller_may_not_change(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let root = app.admin_token().await;
+    let root_id = my_id(&app, &root).await;
+    let default = app.default_channel_id(&root).await;
+    let (_, admin) = user_admin(&app, &root, &default).await;
+    let helper = role_in(&app, &root, "helper", &["READ_USER"], &[&default]).await;
+    let reader = role_in(&app, &root, "reader", &["READ_SESSION"], &[&default]).await;
+    let shared = role_in(&app, &root, "shared", &["READ_USER"], &[&default]).await;
+    // carol holds READ_SESSION, which the caller lacks; the superadmin holds `shared`.
+    let (carol, carol_t, _) = user_with(&app, &root, "carol", &[&helper, &reader]).await;
+    app.gql_as(&root, ASSIGN, json!({ "u": root_id, "r": shared }))
+        .await
+        .ok();
+    let r = app
+        .gql_as(&admin, REMOVE, json!({ "u": carol, "r": helper }))
+        .await;
+    refused(&r, "removeRole", "carol is beyond the caller");
+    let carol_before = app.gql_as(&carol_t, ME, json!({})).await.ok().body;
+    let before = all_roles(&app, &root).await;
+
+    for (what, input) in [
+        (
+            "strip carol's permission",
+            json!({ "id": helper, "permissions": [] }),
+        ),
+        (
+            "strip carol's channel",
+            json!({ "id": helper, "channelIds": [] }),
+        ),
+        (
+            "grow carol's privileges",
+            json!({ "id": helper, "permissions": ["READ_USER", "WRITE_USER"] }),
+        ),
+        (
+            "change a role a super admin holds",
+            json!({ "id": shared, "permissions": [] }),
+        ),
+    ] {
+        let r = app.gql_as(&admin, UPDATE_ROLE, json!({ "i": input })).await;
+        refused(&r, "updateRole", what);
+    }
+    assert_eq!(all_roles(&app, &root).await, before, "no role changed");
+    assert_eq!(
+        app.gql_as(&carol_t, ME, json!({})).await.ok().body,
+        carol_before
+    );
+    assert_eq!(roles_of(&app, &root, &carol).await, ["helper", "reader"]);
+
+    // What grants nothing new (the description, or the same grants) they may still change.
+    app.gql_as(
+        &admin,
+        UPDATE_ROLE,
+        json!({ "i": { "id": helper, "description": "reads users", "permissions": ["READ_USER"],
+                       "channelIds": [default] } }),
+    )
+    .await
+    .ok();
+    // Once carol no longer holds it (removed by the superadmin), the role is theirs to change.
+    app.gql_as(&root, REMOVE, json!({ "u": carol, "r": helper }))
+        .await
+        .ok();
+    app.gql_as(
+        &admin,
+        UPDATE_ROLE,
+        json!({ "i": { "id": helper, "permissions": ["READ_USER", "WRITE_USER"] } }),
+    )
+    .await
+    .ok();
 }
