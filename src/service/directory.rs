@@ -537,7 +537,7 @@ async fn link_roles<C: ConnectionTrait>(db: &C, user_id: i64, role_ids: &[i64]) 
 /// Takes the write lock of a role's row for the rest of the transaction (a no-op update).
 async fn lock_role<C: ConnectionTrait>(db: &C, role_id: i64) -> AppResult<()> {
     role::Entity::update_many()
-        .col_expr(role::Column::Code, Expr::col(role::Column::Code).into())
+        .col_expr(role::Column::Code, Expr::col(role::Column::Code))
         .filter(role::Column::Id.eq(role_id))
         .exec(db)
         .await?;
