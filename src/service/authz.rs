@@ -290,16 +290,18 @@ impl Services {
     }
 
     /// `FORBIDDEN` unless every one of `users` is outranked by the caller (see
-    /// [`Caller::outranks`]): revoking the sessions of a more privileged user is refused.
-    pub(crate) async fn authorize_acting_on(
+    /// [`Caller::outranks`]): revoking the sessions of a more privileged user, or changing a
+    /// role they hold, is refused.
+    pub(crate) async fn authorize_acting_on<C: ConnectionTrait>(
         &self,
+        db: &C,
         caller: &Caller,
         users: &[i64],
     ) -> AppResult<()> {
         if caller.is_super_admin() || users.is_empty() {
             return Ok(());
         }
-        let grants = self.grants_of(&self.db, users).await?;
+        let grants = self.grants_of(db, users).await?;
         let outranked = users
             .iter()
             .all(|u| caller.outranks(grants.get(u).map(Vec::as_slice).unwrap_or_default()));

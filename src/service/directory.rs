@@ -398,26 +398,49 @@ impl Services {
         caller: &Caller,
         changes: RoleChanges,
     ) -> AppResult<role::Model> {
-        let existing = self.one_role_grant(changes.id).await?;
         if let Some(ids) = &changes.channel_ids {
             self.require_channels(ids).await?;
         }
         let permissions = changes
             .permissions
             .map(|p| p.into_iter().collect::<PermissionSet>());
+        let txn = self.db.begin().await?;
+        // The role row is locked first, so concurrent changes of one role wait for each other
+        // and the state checked below is the one this change replaces: two changes each allowed
+        // alone (one adding a permission, one moving the role) cannot combine into a role the
+        // caller may not grant. A write first also spares SQLite a read-to-write upgrade.
+        lock_role(&txn, changes.id).await?;
+        let existing = self
+            .role_grants(&txn, &[changes.id])
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::not_found("no such role"))?;
         self.authorize_grant(caller, existing.permissions, &existing.channel_ids)?;
-        self.authorize_grant(
-            caller,
-            permissions.unwrap_or(existing.permissions),
+        let new_permissions = permissions.unwrap_or(existing.permissions);
+        let new_channels = unique(
             changes
                 .channel_ids
                 .as_deref()
                 .unwrap_or(&existing.channel_ids),
-        )?;
+        );
+        self.authorize_grant(caller, new_permissions, &new_channels)?;
         if changes.id == self.super_admin_role_id {
             return Err(AppError::bad_input(
                 "the SUPER_ADMIN role cannot be changed",
             ));
+        }
+        if new_permissions != existing.permissions || new_channels != unique(&existing.channel_ids)
+        {
+            // What a role grants is part of every holder's privileges: changing it is a change
+            // to each of them, allowed only on users the caller may change (as `removeRole`).
+            let holders: Vec<i64> = user_role::Entity::find()
+                .select_only()
+                .column(user_role::Column::UserId)
+                .filter(user_role::Column::RoleId.eq(changes.id))
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            self.authorize_acting_on(&txn, caller, &holders).await?;
         }
         let mut model: role::ActiveModel = existing.role.into();
         if let Some(description) = changes.description {
@@ -426,7 +449,6 @@ impl Services {
         if let Some(permissions) = permissions {
             model.permissions = Set(permissions.to_stored());
         }
-        let txn = self.db.begin().await?;
         let updated = role::Entity::update(model).exec(&txn).await?;
         if let Some(ids) = &changes.channel_ids {
             role_channel::Entity::delete_many()
@@ -506,6 +528,16 @@ async fn link_roles<C: ConnectionTrait>(db: &C, user_id: i64, role_ids: &[i64]) 
     }
     user_role::Entity::insert_many(rows)
         .on_conflict_do_nothing_on([user_role::Column::UserId, user_role::Column::RoleId])
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Takes the write lock of a role's row for the rest of the transaction (a no-op update).
+async fn lock_role<C: ConnectionTrait>(db: &C, role_id: i64) -> AppResult<()> {
+    role::Entity::update_many()
+        .col_expr(role::Column::Code, Expr::col(role::Column::Code))
+        .filter(role::Column::Id.eq(role_id))
         .exec(db)
         .await?;
     Ok(())

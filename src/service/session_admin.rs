@@ -165,7 +165,7 @@ impl Services {
                 .all(&self.db)
                 .await?;
             let owners: Vec<i64> = owners.into_iter().flatten().collect();
-            self.authorize_acting_on(caller, &owners).await?;
+            self.authorize_acting_on(&self.db, caller, &owners).await?;
             // Only sessions of the users just checked (a new owner's would not be).
             cond = cond.add(
                 Condition::any()

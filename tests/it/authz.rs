@@ -16,6 +16,8 @@ crate::all_caches!(
     sessions_of_super_admins_cannot_be_revoked_by_an_admin,
     channel_scope_is_real,
     admins_can_do_what_they_hold_and_see_only_their_channels,
+    concurrent_role_changes_cannot_combine_into_an_escalation,
+    update_role_cannot_change_holders_the_caller_may_not_change,
 );
 
 const CREATE_ROLE: &str =
@@ -858,4 +860,169 @@ async fn admins_can_do_what_they_hold_and_see_only_their_channels(v: Variant) {
     assert_eq!(r.data()["deleteUser"], true);
     let r = app.try_login("bob", "bob-new-pw").await.ok();
     assert_eq!(r.data()["login"]["__typename"], "InvalidCredentialsError");
+}
+
+/// The role `id` as the superadmin sees it: `(permissions, channel codes)`.
+async fn role_state(app: &TestApp, root: &str, id: &str) -> (Vec<String>, Vec<String>) {
+    let roles = all_roles(app, root).await;
+    let role = roles
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no role {id}: {roles}"))
+        .clone();
+    let list = |v: &Value, key: Option<&str>| -> Vec<String> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|x| str_of(key.map_or(x, |k| &x[k])))
+            .collect()
+    };
+    (
+        list(&role["permissions"], None),
+        list(&role["channels"], Some("code")),
+    )
+}
+
+/// Two `updateRole`s, each allowed alone (one adds a permission the caller holds in the role's
+/// channel, the other moves the role to a channel where the caller holds `WRITE_USER` only),
+/// sent at once: whatever the interleaving, the role never ends up granting the permission in
+/// the other channel (to the caller, who holds the role).
+async fn concurrent_role_changes_cannot_combine_into_an_escalation(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let root = app.admin_token().await;
+    let default = app.default_channel_id(&root).await;
+    let (eu, eu_token) = app.create_channel(&root, "eu").await;
+    let home = role_in(
+        &app,
+        &root,
+        "home",
+        &["WRITE_USER", "READ_SESSION"],
+        &[&default],
+    )
+    .await;
+    let eu_writer = role_in(&app, &root, "eu-writer", &["WRITE_USER"], &[&eu]).await;
+    let (me, admin, _) = user_with(&app, &root, "mallory", &[&home, &eu_writer]).await;
+    // The caller's own, empty role, which they hold.
+    let seed = role_in(&app, &admin, "seed", &[], &[&default]).await;
+    app.gql_as(&admin, ASSIGN, json!({ "u": me, "r": seed }))
+        .await
+        .ok();
+
+    for attempt in 0..40 {
+        let grow = app.gql_as(
+            &admin,
+            UPDATE_ROLE,
+            json!({ "i": { "id": seed, "permissions": ["READ_SESSION"] } }),
+        );
+        let moved = app.gql_as(
+            &admin,
+            UPDATE_ROLE,
+            json!({ "i": { "id": seed, "channelIds": [eu] } }),
+        );
+        let (grow, moved) = tokio::join!(grow, moved);
+        for r in [&grow, &moved] {
+            assert_ne!(r.status, 500, "{}", r.body);
+            assert!(
+                r.error_code().is_none() || r.error_code() == Some("FORBIDDEN"),
+                "{}",
+                r.body
+            );
+        }
+        let (permissions, channels) = role_state(&app, &root, &seed).await;
+        assert!(
+            !(permissions.contains(&"READ_SESSION".to_string())
+                && channels.contains(&"eu".to_string())),
+            "attempt {attempt}: the role now grants READ_SESSION in eu: {permissions:?} {channels:?}"
+        );
+        // Back to the start (as the superadmin).
+        app.gql_as(
+            &root,
+            UPDATE_ROLE,
+            json!({ "i": { "id": seed, "permissions": [], "channelIds": [default] } }),
+        )
+        .await
+        .ok();
+    }
+    let r = in_channel(&app, &admin, &eu_token, STATS, json!({})).await;
+    refused(&r, "sessionStats", "no READ_SESSION in eu was gained");
+}
+
+/// Changing what a role grants changes every holder: refused (`FORBIDDEN`, nothing changed)
+/// when a holder is someone the caller may not change (a super admin, or a user holding a
+/// permission the caller lacks), as `removeRole` / `assignRole` on them would be.
+async fn update_role_cannot_change_holders_the_caller_may_not_change(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let root = app.admin_token().await;
+    let root_id = my_id(&app, &root).await;
+    let default = app.default_channel_id(&root).await;
+    let (_, admin) = user_admin(&app, &root, &default).await;
+    let helper = role_in(&app, &root, "helper", &["READ_USER"], &[&default]).await;
+    let reader = role_in(&app, &root, "reader", &["READ_SESSION"], &[&default]).await;
+    let shared = role_in(&app, &root, "shared", &["READ_USER"], &[&default]).await;
+    // carol holds READ_SESSION, which the caller lacks; the superadmin holds `shared`.
+    let (carol, carol_t, _) = user_with(&app, &root, "carol", &[&helper, &reader]).await;
+    app.gql_as(&root, ASSIGN, json!({ "u": root_id, "r": shared }))
+        .await
+        .ok();
+    let r = app
+        .gql_as(&admin, REMOVE, json!({ "u": carol, "r": helper }))
+        .await;
+    refused(&r, "removeRole", "carol is beyond the caller");
+    let carol_before = app.gql_as(&carol_t, ME, json!({})).await.ok().body;
+    let before = all_roles(&app, &root).await;
+
+    for (what, input) in [
+        (
+            "strip carol's permission",
+            json!({ "id": helper, "permissions": [] }),
+        ),
+        (
+            "strip carol's channel",
+            json!({ "id": helper, "channelIds": [] }),
+        ),
+        (
+            "grow carol's privileges",
+            json!({ "id": helper, "permissions": ["READ_USER", "WRITE_USER"] }),
+        ),
+        (
+            "change a role a super admin holds",
+            json!({ "id": shared, "permissions": [] }),
+        ),
+    ] {
+        let r = app.gql_as(&admin, UPDATE_ROLE, json!({ "i": input })).await;
+        refused(&r, "updateRole", what);
+    }
+    assert_eq!(all_roles(&app, &root).await, before, "no role changed");
+    assert_eq!(
+        app.gql_as(&carol_t, ME, json!({})).await.ok().body,
+        carol_before
+    );
+    assert_eq!(roles_of(&app, &root, &carol).await, ["helper", "reader"]);
+
+    // What grants nothing new (the description, or the same grants) they may still change.
+    app.gql_as(
+        &admin,
+        UPDATE_ROLE,
+        json!({ "i": { "id": helper, "description": "reads users", "permissions": ["READ_USER"],
+                       "channelIds": [default] } }),
+    )
+    .await
+    .ok();
+    // Once carol no longer holds it (removed by the superadmin), the role is theirs to change.
+    app.gql_as(&root, REMOVE, json!({ "u": carol, "r": helper }))
+        .await
+        .ok();
+    app.gql_as(
+        &admin,
+        UPDATE_ROLE,
+        json!({ "i": { "id": helper, "permissions": ["READ_USER", "WRITE_USER"] } }),
+    )
+    .await
+    .ok();
 }
