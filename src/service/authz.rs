@@ -256,8 +256,9 @@ impl Services {
     }
 
     /// `FORBIDDEN` unless the caller may change this user (password, flags, roles, deletion):
-    /// the user holds a role in a channel where the caller holds `WRITE_USER` (or, with
-    /// `roleless_ok`, holds no role at all), and nothing the caller does not hold.
+    /// the user holds a role in a channel where the caller holds `WRITE_USER`, and nothing the
+    /// caller does not hold. A user with no role at all (a customer) is in no channel: only super
+    /// admins change them, or a channel admin could give them a role and then take the account.
     ///
     /// Checked before the write, outside its transaction: on SQLite a transaction that reads
     /// before it writes can fail to take the write lock. A role granted to the target in between
@@ -266,7 +267,6 @@ impl Services {
         &self,
         caller: &Caller,
         user_id: i64,
-        roleless_ok: bool,
     ) -> AppResult<()> {
         if caller.is_super_admin() {
             return Ok(());
@@ -276,7 +276,7 @@ impl Services {
             .await?
             .remove(&user_id)
             .unwrap_or_default();
-        if !(caller.reaches(Permission::WriteUser, &grants) || (roleless_ok && grants.is_empty())) {
+        if !caller.reaches(Permission::WriteUser, &grants) {
             return Err(AppError::forbidden(
                 "this user holds no role in a channel where you hold WRITE_USER",
             ));

@@ -199,8 +199,7 @@ impl Services {
             .user_by_id(changes.id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
-        self.authorize_user_change(caller, existing.id, false)
-            .await?;
+        self.authorize_user_change(caller, existing.id).await?;
         let mut model: user::ActiveModel = existing.clone().into();
         if let Some(identifier) = &changes.identifier {
             let identifier = check_identifier(identifier)?;
@@ -236,7 +235,7 @@ impl Services {
         if self.user_by_id(id).await?.is_none() {
             return Ok(false);
         }
-        self.authorize_user_change(caller, id, false).await?;
+        self.authorize_user_change(caller, id).await?;
         if id == self.superadmin_user_id {
             return Err(AppError::bad_input("the superadmin user cannot be deleted"));
         }
@@ -294,7 +293,7 @@ impl Services {
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
         let role = self.one_role_grant(role_id).await?;
-        self.authorize_user_change(caller, user_id, true).await?;
+        self.authorize_user_change(caller, user_id).await?;
         self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
         link_roles(&self.db, user_id, &[role_id]).await?;
         self.invalidate_user(user_id).await;
@@ -312,7 +311,7 @@ impl Services {
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
         let role = self.one_role_grant(role_id).await?;
-        self.authorize_user_change(caller, user_id, false).await?;
+        self.authorize_user_change(caller, user_id).await?;
         self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
         if user_id == self.superadmin_user_id && role_id == self.super_admin_role_id {
             return Err(AppError::bad_input(

@@ -324,11 +324,30 @@ async fn assign_role_beyond_the_caller_is_forbidden(v: Variant) {
     let r = app.gql_as(&bob_t, STATS, json!({})).await;
     refused(&r, "sessionStats", "bob gained nothing");
 
-    // A role within the caller's reach they may assign (bob holds no role: no privileges).
-    app.gql_as(&admin, ASSIGN, json!({ "u": bob, "r": helper }))
+    // bob holds no role: a customer, outside every channel admin's reach. Giving him a role
+    // would bring him into reach, and then `updateUser` could take his account over.
+    let r = app
+        .gql_as(&admin, ASSIGN, json!({ "u": bob, "r": helper }))
+        .await;
+    refused(&r, "assignRole", "a role-less user (a customer)");
+    assert!(roles_of(&app, &root, &bob).await.is_empty());
+    let r = app
+        .gql_as(
+            &admin,
+            "mutation($i: UpdateUserInput!) { updateUser(input: $i) { id } }",
+            json!({ "i": { "id": bob, "password": "taken-over" } }),
+        )
+        .await;
+    refused(&r, "updateUser", "a role-less user (a customer)");
+    app.login("bob", "bob-pw").await;
+    // A user within the caller's reach (holding a role in their channel) they may give a role
+    // they could grant.
+    let staff = role_in(&app, &root, "staff", &[], &[&default]).await;
+    let (carol, _, _) = user_with(&app, &root, "carol", &[&staff]).await;
+    app.gql_as(&admin, ASSIGN, json!({ "u": carol, "r": helper }))
         .await
         .ok();
-    assert_eq!(roles_of(&app, &root, &bob).await, ["helper"]);
+    assert_eq!(roles_of(&app, &root, &carol).await, ["helper", "staff"]);
 }
 
 async fn create_user_with_roles_beyond_the_caller_is_forbidden(v: Variant) {
@@ -734,12 +753,12 @@ async fn channel_scope_is_real(v: Variant) {
     assert!(is_live(&app.active_session(&dana_t).await, &dana_sid));
     app.login("dana", "dana-pw").await;
 
-    // A user without roles may be given one of eu's; then they are in reach.
-    eu_q(ASSIGN, json!({ "u": ronin, "r": eu_member }))
-        .await
-        .ok();
+    // A user without roles (a customer) is in no channel: a channel admin cannot pull them into
+    // reach by giving them a role.
+    let r = eu_q(ASSIGN, json!({ "u": ronin, "r": eu_member })).await;
+    refused(&r, "assignRole", "a user with no role");
     let r = eu_q(USER, json!({ "id": ronin })).await.ok();
-    assert_eq!(r.data()["user"]["identifier"], "ronin");
+    assert!(r.data()["user"].is_null(), "{}", r.body);
 
     // What is in eu the admin can revoke.
     let r = eu_q(REVOKE, json!({ "id": eu_guest_sid })).await.ok();
@@ -849,7 +868,12 @@ async fn admins_can_do_what_they_hold_and_see_only_their_channels(v: Variant) {
         .await
         .ok();
     assert!(roles_of(&app, &root, &bob).await.is_empty());
-    app.gql_as(&admin, ASSIGN, json!({ "u": bob, "r": helper }))
+    // Without a role bob is in no channel: only a super admin brings him back into reach.
+    let r = app
+        .gql_as(&admin, ASSIGN, json!({ "u": bob, "r": helper }))
+        .await;
+    refused(&r, "assignRole", "a user with no role");
+    app.gql_as(&root, ASSIGN, json!({ "u": bob, "r": helper }))
         .await
         .ok();
     assert_eq!(roles_of(&app, &root, &bob).await, ["helper"]);
