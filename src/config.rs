@@ -98,6 +98,10 @@ pub struct Config {
     #[arg(long, env = "DATABASE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
+    /// Longest a `/graphql` request may take; past it the client gets SERVICE_UNAVAILABLE (503).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Redis URL (`redis://host:port/db`); needed by the `redis` and `tiered` caches.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -227,6 +231,7 @@ impl Config {
             ("CLEANUP_INTERVAL", self.cleanup_interval),
             ("REDIS_TIMEOUT", self.redis_timeout),
             ("DATABASE_TIMEOUT", self.database_timeout),
+            ("REQUEST_TIMEOUT", self.request_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {

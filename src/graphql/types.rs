@@ -326,6 +326,11 @@ impl Session {
     async fn id(&self) -> ID {
         id(self.session_id())
     }
+    /// This session's place in a listing: pass it as `after` (to `mySessions` or `sessions`)
+    /// to continue with the sessions older than it.
+    async fn cursor(&self) -> String {
+        encode_cursor(self.session_id())
+    }
     async fn kind(&self) -> GqlSessionKind {
         match self {
             Session::Cached(s) => s.kind.into(),
