@@ -328,4 +328,57 @@ mod tests {
         assert!(parse(&["--token-method", "smoke"]).is_err());
         assert!(parse(&["--cookie-secure", "false"]).is_ok_and(|c| !c.cookie_secure));
     }
+
+    #[test]
+    fn request_timeout_defaults_to_30s_and_must_be_positive() {
+        assert_eq!(parse(&[]).unwrap().request_timeout, Duration::from_secs(30));
+        let err = parse(&["--request-timeout", "0s"]).unwrap_err();
+        assert!(err.contains("REQUEST_TIMEOUT"), "{err}");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Any duration up to about 300 years, to the nanosecond.
+        fn duration() -> impl Strategy<Value = Duration> {
+            (0u64..10_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_text_never_panics(raw in any::<String>()) {
+                let _ = parse_duration(&raw);
+            }
+
+            #[test]
+            fn arbitrary_duration_like_text_never_panics(raw in "[ -]?[0-9]{0,30}[ .]?[0-9]{0,5}(ns|us|ms|s|m|h|d|w|M|y|x)?") {
+                let _ = parse_duration(&raw);
+            }
+
+            #[test]
+            fn what_is_formatted_parses_back(d in duration()) {
+                let text = humantime::format_duration(d).to_string();
+                prop_assert_eq!(parse_duration(&text), Ok(d), "{}", text);
+            }
+
+            #[test]
+            fn the_documented_units_mean_what_they_say(n in 0u64..1_000_000, unit in 0usize..5) {
+                let (suffix, ms) = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)][unit];
+                let parsed = parse_duration(&format!("{n}{suffix}"));
+                prop_assert_eq!(parsed, Ok(Duration::from_millis(n * ms)));
+            }
+
+            #[test]
+            fn negatives_are_refused(d in duration()) {
+                let text = humantime::format_duration(d).to_string();
+                let negative = format!("-{text}");
+                prop_assert!(parse_duration(&negative).is_err(), "{} parsed", negative);
+                let negative = format!(" -{}s", d.as_secs());
+                prop_assert!(parse_duration(&negative).is_err(), "{} parsed", negative);
+            }
+        }
+    }
 }
