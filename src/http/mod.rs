@@ -1,7 +1,7 @@
 //! HTTP: the router, the GraphQL endpoint with its transport rules (JSON bodies, size limit,
 //! no mutations over GET), the GraphiQL page, `/health` and `/metrics`.
 
-mod request;
+pub mod request;
 
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::{context, AppSchema, RequestContext, TokenSource};

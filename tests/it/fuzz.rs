@@ -3,7 +3,8 @@
 //! documents, random variables, odd headers, broken JSON, huge and deep inputs) never gets a
 //! 5xx other than 503, always gets a well-formed answer, and leaves a healthy server.
 //!
-//! The fuzz run prints its seed; `FUZZ_SEED=<seed> cargo test --test it fuzz::` replays it.
+//! The fuzz run prints its seed; `FUZZ_SEED=<seed> cargo test --test it fuzz::` replays it, and
+//! `FUZZ_REQUESTS=<n>` sends more than the suite's 3000.
 
 use crate::helpers::{str_of, TestApp, Variant, ADMIN, ADMIN_PASSWORD};
 use rand::rngs::StdRng;
@@ -1009,7 +1010,7 @@ fn check(status: u16, content_type: Option<&str>, body: &[u8]) -> Result<String,
             return Err("an empty errors list".into());
         }
         for e in errors {
-            if !e["message"].as_str().is_some_and(|m| !m.is_empty()) {
+            if e["message"].as_str().is_none_or(str::is_empty) {
                 return Err(format!("an error without a message: {e}"));
             }
             let code = e["extensions"]["code"].as_str().unwrap_or("");
@@ -1042,7 +1043,6 @@ struct Tally {
 }
 
 async fn fuzzed_requests_never_break_the_server(v: Variant) {
-    const PHASES: usize = 15;
     const PER_PHASE: usize = 200;
     const WORKERS: usize = 8;
     let Some(app) = TestApp::spawn_with(v, |c| {
@@ -1061,6 +1061,12 @@ async fn fuzzed_requests_never_break_the_server(v: Variant) {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(7, |d| d.as_nanos() as u64)
         });
+    // FUZZ_REQUESTS runs a longer campaign by hand; the suite sends 3000.
+    let requests: usize = std::env::var("FUZZ_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let phases = requests.div_ceil(PER_PHASE);
     eprintln!("fuzz seed: {seed} (FUZZ_SEED={seed} replays this run)");
     let mut rng = StdRng::seed_from_u64(seed);
 
@@ -1097,7 +1103,7 @@ async fn fuzzed_requests_never_break_the_server(v: Variant) {
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
-    for phase in 0..PHASES {
+    for phase in 0..phases {
         // Fresh sessions each phase: the fuzz may have logged them out or revoked them.
         let mut tokens = Tokens {
             keep: vec![],
@@ -1155,15 +1161,16 @@ async fn fuzzed_requests_never_break_the_server(v: Variant) {
                 .join("\n")
         );
     }
-    let t = tally.lock().unwrap();
-    eprintln!(
-        "fuzz: {} requests in {:.1} s, {} connection resets on oversized bodies; answers: {:?}",
-        PHASES * PER_PHASE,
-        started.elapsed().as_secs_f64(),
-        t.resets,
-        t.answers
-    );
-    drop(t);
+    {
+        let t = tally.lock().unwrap();
+        eprintln!(
+            "fuzz: {} requests in {:.1} s, {} connection resets on oversized bodies; answers: {:?}",
+            phases * PER_PHASE,
+            started.elapsed().as_secs_f64(),
+            t.resets,
+            t.answers
+        );
+    }
 
     // Still healthy and still serving sessions.
     assert_eq!(app.health().await.0, 200, "seed {seed}");
