@@ -130,6 +130,10 @@ pub struct Config {
     #[arg(long, env = "DATABASE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
+    /// Longest a `/graphql` request may take; past it the client gets SERVICE_UNAVAILABLE (503).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Redis URL (`redis://host:port/db`); needed by the `redis` and `tiered` caches.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -278,6 +282,7 @@ impl Config {
             ("REDIS_TIMEOUT", self.redis_timeout),
             ("DATABASE_TIMEOUT", self.database_timeout),
             ("PASSWORD_QUEUE_TIMEOUT", self.password_queue_timeout),
+            ("REQUEST_TIMEOUT", self.request_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -398,6 +403,59 @@ mod tests {
         for garbage in ["-1", "256", "maybe", "", "1.5"] {
             let err = hops(garbage).unwrap_err();
             assert!(err.contains("TRUST_PROXY"), "{garbage}: {err}");
+        }
+    }
+
+    #[test]
+    fn request_timeout_defaults_to_30s_and_must_be_positive() {
+        assert_eq!(parse(&[]).unwrap().request_timeout, Duration::from_secs(30));
+        let err = parse(&["--request-timeout", "0s"]).unwrap_err();
+        assert!(err.contains("REQUEST_TIMEOUT"), "{err}");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Any duration up to about 300 years, to the nanosecond.
+        fn duration() -> impl Strategy<Value = Duration> {
+            (0u64..10_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_text_never_panics(raw in any::<String>()) {
+                let _ = parse_duration(&raw);
+            }
+
+            #[test]
+            fn arbitrary_duration_like_text_never_panics(raw in "[ -]?[0-9]{0,30}[ .]?[0-9]{0,5}(ns|us|ms|s|m|h|d|w|M|y|x)?") {
+                let _ = parse_duration(&raw);
+            }
+
+            #[test]
+            fn what_is_formatted_parses_back(d in duration()) {
+                let text = humantime::format_duration(d).to_string();
+                prop_assert_eq!(parse_duration(&text), Ok(d), "{}", text);
+            }
+
+            #[test]
+            fn the_documented_units_mean_what_they_say(n in 0u64..1_000_000, unit in 0usize..5) {
+                let (suffix, ms) = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)][unit];
+                let parsed = parse_duration(&format!("{n}{suffix}"));
+                prop_assert_eq!(parsed, Ok(Duration::from_millis(n * ms)));
+            }
+
+            #[test]
+            fn negatives_are_refused(d in duration()) {
+                let text = humantime::format_duration(d).to_string();
+                let negative = format!("-{text}");
+                prop_assert!(parse_duration(&negative).is_err(), "{} parsed", negative);
+                let negative = format!(" -{}s", d.as_secs());
+                prop_assert!(parse_duration(&negative).is_err(), "{} parsed", negative);
+            }
         }
     }
 }

@@ -124,6 +124,67 @@ mod tests {
     }
 
     #[test]
+    fn every_generated_token_parses_to_its_hash() {
+        for _ in 0..1000 {
+            let t = generate();
+            assert_eq!(parse(&t.token), Some(t.hash));
+        }
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn the_encoding_of_any_32_bytes_parses(bytes in any::<[u8; 32]>()) {
+                let token = URL_SAFE_NO_PAD.encode(bytes);
+                prop_assert_eq!(token.len(), TOKEN_LEN);
+                prop_assert_eq!(parse(&token), Some(TokenHash::of(&token)));
+            }
+
+            #[test]
+            fn arbitrary_strings_never_panic_and_only_canonical_tokens_parse(raw in any::<String>()) {
+                let accepted = parse(&raw).is_some();
+                let canonical = raw.len() == TOKEN_LEN
+                    && URL_SAFE_NO_PAD
+                        .decode(&raw)
+                        .is_ok_and(|b| b.len() == 32 && URL_SAFE_NO_PAD.encode(&b) == raw);
+                prop_assert_eq!(accepted, canonical);
+            }
+
+            /// 43 characters near the alphabet (with the standard alphabet's `+` and `/`,
+            /// padding and spaces mixed in): accepted exactly when they are 32 bytes in
+            /// canonical base64url.
+            #[test]
+            fn near_tokens_parse_only_when_canonical(raw in "[A-Za-z0-9_+/= -]{43}") {
+                let canonical = URL_SAFE_NO_PAD
+                    .decode(&raw)
+                    .is_ok_and(|b| b.len() == 32 && URL_SAFE_NO_PAD.encode(&b) == raw);
+                prop_assert_eq!(parse(&raw).is_some(), canonical);
+                if canonical {
+                    prop_assert_eq!(parse(&raw), Some(TokenHash::of(&raw)));
+                }
+            }
+
+            #[test]
+            fn any_other_length_is_refused(raw in "[A-Za-z0-9_-]{0,100}") {
+                prop_assume!(raw.len() != TOKEN_LEN);
+                prop_assert_eq!(parse(&raw), None);
+            }
+
+            #[test]
+            fn hashes_round_trip_through_hex(bytes in any::<[u8; 32]>(), junk in any::<String>()) {
+                let h = TokenHash(bytes);
+                prop_assert_eq!(TokenHash::from_hex(&h.to_hex()), Some(h));
+                let _ = TokenHash::from_hex(&junk);
+            }
+        }
+    }
+
+    #[test]
     fn hex_round_trip() {
         let h = generate().hash;
         assert_eq!(TokenHash::from_hex(&h.to_hex()), Some(h));

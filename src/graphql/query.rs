@@ -9,6 +9,9 @@ use async_graphql::{Context, Object, Result, ID};
 
 pub struct Query;
 
+/// Most sessions `mySessions` returns when the client gives no `first`.
+const MY_SESSIONS_CAP: u64 = 100;
+
 fn opt_id(id: &Option<ID>, what: &str) -> Result<Option<i64>, AppError> {
     id.as_ref().map(|i| parse_id(i, what)).transpose()
 }
@@ -45,11 +48,24 @@ impl Query {
         Ok(services(ctx)?.order_by_id(order_id).await?.map(Order))
     }
 
-    /// The logged-in user's live sessions (devices), newest first.
-    async fn my_sessions(&self, ctx: &Context<'_>) -> Result<Vec<Session>> {
+    /// The logged-in user's live sessions (devices), newest first: at most `first` (0 to 100;
+    /// 100 when absent), after the session whose `cursor` is `after`.
+    async fn my_sessions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Vec<Session>> {
         let s = require_user(ctx)?;
         let uid = s.user_id().unwrap_or_default();
-        let rows = services(ctx)?.sessions_of_user(uid).await?;
+        // Without `first` the whole list used to come back; 100 keeps that for any ordinary
+        // user while bounding what one request can make the database return.
+        let first = match first {
+            Some(n) => page_size(Some(n))?,
+            None => MY_SESSIONS_CAP,
+        };
+        let after = after.as_deref().map(decode_cursor).transpose()?;
+        let rows = services(ctx)?.sessions_of_user(uid, first, after).await?;
         Ok(rows.into_iter().map(Session::from_model).collect())
     }
 

@@ -326,6 +326,11 @@ impl Session {
     async fn id(&self) -> ID {
         id(self.session_id())
     }
+    /// This session's place in a listing: pass it as `after` (to `mySessions` or `sessions`)
+    /// to continue with the sessions older than it.
+    async fn cursor(&self) -> String {
+        encode_cursor(self.session_id())
+    }
     async fn kind(&self) -> GqlSessionKind {
         match self {
             Session::Cached(s) => s.kind.into(),
@@ -595,4 +600,37 @@ pub enum LoginResult {
 pub enum RefreshSessionResult {
     AuthenticationSuccess(AuthenticationSuccess),
     InvalidRefreshTokenError(InvalidRefreshTokenError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn cursors_round_trip(id in any::<i64>()) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
+        }
+
+        #[test]
+        fn arbitrary_cursors_never_panic(raw in any::<String>()) {
+            let _ = decode_cursor(&raw);
+        }
+
+        /// Valid base64url of arbitrary bytes, and of near-cursor text: decoded only when the
+        /// text is exactly `c:` and an integer.
+        #[test]
+        fn decoded_cursors_are_exactly_the_encoded_ones(
+            bytes in proptest::collection::vec(any::<u8>(), 0..40),
+            text in "c?:?[-+]?[0-9]{0,25}x?",
+        ) {
+            let _ = decode_cursor(&URL_SAFE_NO_PAD.encode(&bytes));
+            let decoded = decode_cursor(&URL_SAFE_NO_PAD.encode(&text)).ok();
+            let expected = text.strip_prefix("c:").and_then(|n| n.parse::<i64>().ok());
+            prop_assert_eq!(decoded, expected);
+        }
+    }
 }

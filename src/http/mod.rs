@@ -1,7 +1,7 @@
 //! HTTP: the router, the GraphQL endpoint with its transport rules (JSON bodies, size limit,
 //! no mutations over GET), the GraphiQL page, `/health` and `/metrics`.
 
-mod request;
+pub mod request;
 
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::{context, AppSchema, RequestContext, TokenSource};
@@ -74,23 +74,40 @@ impl AppState {
         if request.query.len() > MAX_CACHED_QUERY_BYTES {
             return (request, None);
         }
-        let known = match self.documents.get(&request.query) {
-            Some(known) => known,
-            None => match async_graphql::parser::parse_query(&request.query) {
-                Ok(doc) => {
-                    let known = Arc::new(KnownDocument {
-                        doc,
-                        validated: AtomicBool::new(false),
-                    });
-                    self.documents.insert(request.query.clone(), known.clone());
-                    known
-                }
-                Err(_) => return (request, None), // execution reports the syntax error
-            },
-        };
-        request.set_parsed_query(known.doc.clone());
-        (request, Some(known))
+        let known = known_document(&self.documents, &request.query);
+        if let Some(known) = &known {
+            request.set_parsed_query(known.doc.clone());
+        }
+        (request, known)
     }
+}
+
+/// The parse of `query`, from `documents` or parsed now; `None` when it does not parse
+/// (execution reports the syntax error). Only documents without a mutation or subscription
+/// are kept: those are the ones that carry secrets inline (passwords of `login`, `createUser`
+/// or `changePassword`, refresh tokens), and a cache must not hold them in memory.
+fn known_document(
+    documents: &moka::sync::Cache<String, Arc<KnownDocument>>,
+    query: &str,
+) -> Option<Arc<KnownDocument>> {
+    if let Some(known) = documents.get(query) {
+        return Some(known);
+    }
+    let doc = async_graphql::parser::parse_query(query).ok()?;
+    let holds_writes = doc.operations.iter().any(|(_, op)| {
+        matches!(
+            op.node.ty,
+            OperationType::Mutation | OperationType::Subscription
+        )
+    });
+    let known = Arc::new(KnownDocument {
+        doc,
+        validated: AtomicBool::new(false),
+    });
+    if !holds_writes {
+        documents.insert(query.to_string(), known.clone());
+    }
+    Some(known)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -179,7 +196,45 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Runs a `/graphql` handler for at most `REQUEST_TIMEOUT`; past it the client gets
+/// `SERVICE_UNAVAILABLE` (503). The handler runs as a task of its own, so neither the timeout
+/// nor a client that hangs up cancels it halfway: a write already under way finishes (its
+/// database change and cache invalidation both happen), only its answer is lost.
+async fn within_request_timeout(
+    limit: Duration,
+    handler: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Response {
+    let task = tokio::spawn(handler);
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => {
+            tracing::error!("a request handler panicked");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error",
+            )
+        }
+        Err(_) => {
+            tracing::warn!("a request took longer than REQUEST_TIMEOUT");
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServiceUnavailable,
+                "the request did not complete in time; retry later",
+            )
+        }
+    }
+}
+
 async fn graphql_post(State(app): State<AppState>, req: Request) -> Response {
+    within_request_timeout(
+        app.services.config.request_timeout,
+        graphql_post_inner(app, req),
+    )
+    .await
+}
+
+async fn graphql_post_inner(app: AppState, req: Request) -> Response {
     let peer = peer(&req);
     let (parts, body) = req.into_parts();
     // Only JSON bodies: a form or text/plain POST from another site (CSRF) never runs.
@@ -241,6 +296,14 @@ fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
 }
 
 async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
+    within_request_timeout(
+        app.services.config.request_timeout,
+        graphql_get_inner(app, req),
+    )
+    .await
+}
+
+async fn graphql_get_inner(app: AppState, req: Request) -> Response {
     let peer = peer(&req);
     let params: GetParams = match axum::extract::Query::try_from_uri(req.uri()) {
         Ok(axum::extract::Query(p)) => p,
@@ -479,4 +542,27 @@ async fn metrics(State(app): State<AppState>) -> Response {
         app.services.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_with_mutations_are_parsed_but_never_cached() {
+        let documents = moka::sync::Cache::new(100);
+        let secret = r#"mutation { login(username: "a", password: "hunter2") { __typename } }"#;
+        let mixed = r#"query Q { me { id } } mutation M { changePassword(currentPassword: "x", newPassword: "y") }"#;
+        let subscription = "subscription { sessionEvents { id } }";
+        for query in [secret, mixed, subscription] {
+            assert!(known_document(&documents, query).is_some(), "{query}");
+            assert!(!documents.contains_key(query), "{query} was cached");
+        }
+        let read = "{ activeSession { id } }";
+        let first = known_document(&documents, read).expect("parses");
+        assert!(documents.contains_key(read));
+        let again = known_document(&documents, read).expect("cached");
+        assert!(Arc::ptr_eq(&first, &again), "served from the cache");
+        assert!(known_document(&documents, "{ activeSession { id }").is_none());
+    }
 }

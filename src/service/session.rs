@@ -783,3 +783,81 @@ impl Invalidation {
         }
     }
 }
+
+#[cfg(test)]
+mod lifetime_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lifetimes(idle_ms: i64) -> Lifetimes {
+        Lifetimes {
+            idle_ms,
+            absolute_ms: idle_ms,
+            write_threshold_ms: 0,
+            write_interval_ms: 1,
+            token_ttl_ms: None,
+            cache_ttl_ms: 1,
+            grace_ms: 0,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// `expiresAt = min(lastActiveAt + idle, absolute)`, saturating instead of overflowing,
+        /// and never beyond the absolute expiry, whatever the stored values.
+        #[test]
+        fn expiry_is_the_earlier_of_idle_and_absolute(
+            idle in 1i64..=i64::MAX,
+            last in any::<i64>(),
+            absolute in any::<i64>(),
+        ) {
+            let at = lifetimes(idle).expires_at(last, absolute);
+            prop_assert!(at <= absolute);
+            prop_assert!(at <= last.saturating_add(idle));
+            prop_assert!(at == absolute || at == last.saturating_add(idle));
+            prop_assert_eq!(at, last.saturating_add(idle).min(absolute));
+        }
+
+        /// Sliding never moves the expiry backwards, nor past the absolute expiry.
+        #[test]
+        fn activity_only_moves_expiry_forward(
+            idle in 1i64..=(400 * 86_400_000),
+            last in 0i64..=(1i64 << 50),
+            later in 0i64..=(1i64 << 40),
+            absolute in 0i64..=(1i64 << 51),
+        ) {
+            let l = lifetimes(idle);
+            let before = l.expires_at(last, absolute);
+            let after = l.expires_at(last + later, absolute);
+            prop_assert!(before <= after && after <= absolute);
+        }
+
+        /// The write interval is capped at a quarter of the idle timeout (at least 1 ms), the
+        /// write threshold leaves room for the flush delay, and the rest come from the config.
+        #[test]
+        fn the_write_interval_is_at_most_a_quarter_of_the_idle_timeout(
+            idle in prop_oneof![1u64..1_000, 1_000u64..86_400_000, 86_400_000u64..=(10 * 365 * 86_400_000)],
+            extra in 0u64..=(10 * 365 * 86_400_000),
+            interval in prop_oneof![1u64..1_000, 1_000u64..=(2 * 86_400_000)],
+        ) {
+            let mut config = Config::from_env().expect("the default configuration");
+            config.session_idle_timeout = Duration::from_millis(idle);
+            config.session_absolute_timeout = Duration::from_millis(idle + extra);
+            config.session_activity_write_interval = Duration::from_millis(interval);
+            let l = Lifetimes::new(&config);
+            let idle = idle as i64;
+            prop_assert_eq!(l.idle_ms, idle);
+            prop_assert_eq!(l.absolute_ms, idle + extra as i64);
+            prop_assert!(l.write_interval_ms >= 1);
+            prop_assert!(l.write_interval_ms <= (idle / 4).max(1));
+            prop_assert!(l.write_interval_ms <= interval as i64);
+            prop_assert!(l.write_threshold_ms >= 0 && l.write_threshold_ms <= l.write_interval_ms);
+            let flush = l.flush_every().as_millis() as i64;
+            prop_assert!((10..=1000).contains(&flush));
+            if l.write_interval_ms >= 40 {
+                prop_assert!(l.write_threshold_ms + flush <= l.write_interval_ms);
+            }
+        }
+    }
+}

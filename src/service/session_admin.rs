@@ -114,12 +114,22 @@ impl Services {
             .await?)
     }
 
-    /// The live sessions of one user, newest first.
-    pub async fn sessions_of_user(&self, user_id: i64) -> AppResult<Vec<session::Model>> {
-        Ok(session::Entity::find()
+    /// At most `first` live sessions of one user, newest first; `after` is the id of the last
+    /// session of the previous page.
+    pub async fn sessions_of_user(
+        &self,
+        user_id: i64,
+        first: u64,
+        after: Option<i64>,
+    ) -> AppResult<Vec<session::Model>> {
+        let mut q = session::Entity::find()
             .filter(live_condition(now_ms(), &self.lifetimes))
-            .filter(session::Column::UserId.eq(user_id))
-            .order_by_desc(session::Column::Id)
+            .filter(session::Column::UserId.eq(user_id));
+        if let Some(after) = after {
+            q = q.filter(session::Column::Id.lt(after));
+        }
+        Ok(q.order_by_desc(session::Column::Id)
+            .limit(first)
             .all(&self.db)
             .await?)
     }

@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod contract;
+mod fuzz;
 mod invalidation;
 mod lifetimes;
 mod outage;
