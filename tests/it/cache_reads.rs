@@ -37,7 +37,12 @@ async fn statements(app: &TestApp) -> u64 {
 /// statements the server ran meanwhile.
 async fn counted(app: &TestApp, token: &str, query: &str) -> (Value, u64) {
     let before = statements(app).await;
-    let data = app.gql_as(token, query, json!({})).await.ok().data().clone();
+    let data = app
+        .gql_as(token, query, json!({}))
+        .await
+        .ok()
+        .data()
+        .clone();
     (data, statements(app).await - before)
 }
 
@@ -48,16 +53,17 @@ async fn cached_session_user_needs_no_query_and_shows_a_new_identifier(v: Varian
     let admin = app.admin_token().await;
     let alice = app.create_user(&admin, "alice", "alice-pw", &[]).await;
     let token = app.login("alice", "alice-pw").await.token;
-    let expected = |identifier: &str| {
-        json!({ "activeSession": { "user": { "id": alice, "identifier": identifier, "verified": true } } })
-    };
+    let expected = |identifier: &str| json!({ "activeSession": { "user": { "id": alice, "identifier": identifier, "verified": true } } });
 
     // Warm the cache, then the same read runs no statement.
     let (data, _) = counted(&app, &token, SESSION_USER).await;
     assert_eq!(data, expected("alice"));
     let (data, n) = counted(&app, &token, SESSION_USER).await;
     assert_eq!(data, expected("alice"));
-    assert_eq!(n, 0, "a warm activeSession with its user ran {n} statements");
+    assert_eq!(
+        n, 0,
+        "a warm activeSession with its user ran {n} statements"
+    );
 
     // An admin renames alice: her very next request shows it.
     let r = app
@@ -74,7 +80,10 @@ async fn cached_session_user_needs_no_query_and_shows_a_new_identifier(v: Varian
     // And from then on it comes from the cache again, still renamed.
     let (data, n) = counted(&app, &token, SESSION_USER).await;
     assert_eq!(data, expected("alice.renamed"));
-    assert_eq!(n, 0, "a warm activeSession with its user ran {n} statements");
+    assert_eq!(
+        n, 0,
+        "a warm activeSession with its user ran {n} statements"
+    );
 }
 
 async fn cached_session_user_loads_other_fields_on_demand(v: Variant) {
