@@ -51,6 +51,7 @@ pub struct Metrics {
     sessions: Family<EventLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
     errors: Family<ComponentLabels, Counter>,
+    db_statements: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +65,7 @@ impl Default for Metrics {
         let sessions = Family::<EventLabels, Counter>::default();
         let logins = Family::<OutcomeLabels, Counter>::default();
         let errors = Family::<ComponentLabels, Counter>::default();
+        let db_statements = Counter::default();
         registry.register(
             "graphql_requests",
             "GraphQL requests by operation",
@@ -82,6 +84,11 @@ impl Default for Metrics {
         registry.register("sessions", "Session lifecycle events", sessions.clone());
         registry.register("logins", "Login attempts by outcome", logins.clone());
         registry.register("errors", "Database and Redis errors", errors.clone());
+        registry.register(
+            "db_statements",
+            "SQL statements run on the server's database connection",
+            db_statements.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -90,6 +97,7 @@ impl Default for Metrics {
             sessions,
             logins,
             errors,
+            db_statements,
         }
     }
 }
@@ -120,6 +128,11 @@ impl Metrics {
         self.errors
             .get_or_create(&ComponentLabels { component })
             .inc();
+    }
+
+    /// The counter of SQL statements, for the database connection's metric callback.
+    pub fn db_statements(&self) -> Counter {
+        self.db_statements.clone()
     }
 
     pub fn render(&self) -> String {

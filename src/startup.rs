@@ -77,7 +77,7 @@ pub async fn connect_database(
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         config.validate().map_err(StartupError::Config)?;
-        let db = connect_database(
+        let mut db = connect_database(
             &config.database_url,
             config.database_max_connections,
             config.database_timeout,
@@ -89,6 +89,12 @@ impl Application {
             .map_err(StartupError::Migration)?;
 
         let metrics = Arc::new(Metrics::default());
+        // Counts every statement from here on (`session_server_db_statements_total`); set before
+        // the connection is cloned, so every clone shares it.
+        let statements = metrics.db_statements();
+        db.set_metric_callback(move |_| {
+            statements.inc();
+        });
         let redis = match &config.redis_url {
             // Configured Redis also holds the login throttling counters, whatever the cache.
             Some(url) => Some(Arc::new(

@@ -305,7 +305,7 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(User(created))
+        Ok(User::Row(created))
     }
 
     /// WRITE_USER. Setting `verified: false` or a new password ends the user's sessions.
@@ -323,7 +323,7 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(User(updated))
+        Ok(User::Row(updated))
     }
 
     /// WRITE_USER. Deletes the user and ends their sessions.
@@ -379,7 +379,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
         let role_id = parse_id(&role_id, "role")?;
-        Ok(User(
+        Ok(User::Row(
             services(ctx)?
                 .assign_role(&caller, user_id, role_id)
                 .await?,
@@ -391,7 +391,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
         let role_id = parse_id(&role_id, "role")?;
-        Ok(User(
+        Ok(User::Row(
             services(ctx)?
                 .remove_role(&caller, user_id, role_id)
                 .await?,

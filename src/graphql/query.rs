@@ -160,7 +160,10 @@ impl Query {
     async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
         let caller = require_caller(ctx, Permission::ReadUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.visible_user(&caller, id).await?.map(User))
+        Ok(services(ctx)?
+            .visible_user(&caller, id)
+            .await?
+            .map(User::Row))
     }
 
     /// Roles in the channels where the caller holds READ_USER.

@@ -164,38 +164,96 @@ impl Role {
     }
 }
 
-pub struct User(pub user::Model);
+/// A user as shown to clients: a row from the database, or the user of the caller's own cached
+/// session. The cached form answers `id`, `identifier` and `verified` without a query and loads
+/// the row only when a field it does not hold (`createdAt`, `lastLoginAt`) is asked for.
+pub enum User {
+    Row(user::Model),
+    Cached {
+        session: Arc<CachedSession>,
+        row: tokio::sync::OnceCell<user::Model>,
+    },
+}
+
+impl User {
+    /// The user of a cached session, if it has one.
+    pub fn from_cached_session(session: &Arc<CachedSession>) -> Option<User> {
+        session.user.as_ref()?;
+        Some(User::Cached {
+            session: session.clone(),
+            row: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    fn cached(session: &CachedSession) -> Result<&CachedUser, AppError> {
+        session
+            .user
+            .as_deref()
+            .ok_or_else(|| AppError::internal("cached session lost its user"))
+    }
+
+    fn user_id(&self) -> Result<i64, AppError> {
+        match self {
+            User::Row(m) => Ok(m.id),
+            User::Cached { session, .. } => Ok(Self::cached(session)?.id),
+        }
+    }
+
+    /// The database row, loaded at most once per value.
+    async fn row(&self, ctx: &Context<'_>) -> Result<&user::Model> {
+        match self {
+            User::Row(m) => Ok(m),
+            User::Cached { session, row } => {
+                let id = Self::cached(session)?.id;
+                Ok(row
+                    .get_or_try_init(|| async {
+                        services(ctx)?
+                            .user_by_id(id)
+                            .await?
+                            .ok_or_else(|| AppError::not_found("no such user"))
+                    })
+                    .await?)
+            }
+        }
+    }
+}
 
 #[Object]
 impl User {
-    async fn id(&self) -> ID {
-        id(self.0.id)
+    async fn id(&self) -> Result<ID> {
+        Ok(id(self.user_id()?))
     }
-    async fn identifier(&self) -> &str {
-        &self.0.identifier
+    async fn identifier(&self) -> Result<&str> {
+        Ok(match self {
+            User::Row(m) => &m.identifier,
+            User::Cached { session, .. } => &Self::cached(session)?.identifier,
+        })
     }
-    async fn verified(&self) -> bool {
-        self.0.verified
+    async fn verified(&self) -> Result<bool> {
+        Ok(match self {
+            User::Row(m) => m.verified,
+            User::Cached { session, .. } => Self::cached(session)?.verified,
+        })
     }
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let svc = services(ctx)?;
         Ok(svc
-            .roles_of_user(self.0.id)
+            .roles_of_user(self.user_id()?)
             .await?
             .into_iter()
             .map(Role)
             .collect())
     }
-    async fn created_at(&self) -> DateTime {
-        DateTime(self.0.created_at)
+    async fn created_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
+        Ok(DateTime(self.row(ctx).await?.created_at))
     }
-    async fn last_login_at(&self) -> Option<DateTime> {
-        self.0.last_login_at.map(DateTime)
+    async fn last_login_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime>> {
+        Ok(self.row(ctx).await?.last_login_at.map(DateTime))
     }
     async fn active_session_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let svc = services(ctx)?;
         Ok(svc
-            .count_live_sessions(self.0.id)
+            .count_live_sessions(self.user_id()?)
             .await?
             .min(i32::MAX as u64) as i32)
     }
@@ -257,7 +315,7 @@ impl Order {
         let Some(uid) = self.0.user_id else {
             return Ok(None);
         };
-        Ok(services(ctx)?.user_by_id(uid).await?.map(User))
+        Ok(services(ctx)?.user_by_id(uid).await?.map(User::Row))
     }
     async fn channel(&self, ctx: &Context<'_>) -> Result<Channel> {
         let svc = services(ctx)?;
@@ -296,13 +354,6 @@ impl Session {
         match self {
             Session::Cached(s) => s.id,
             Session::Row(m) => m.id,
-        }
-    }
-
-    fn user_id(&self) -> Option<i64> {
-        match self {
-            Session::Cached(s) => s.user_id(),
-            Session::Row(m) => m.user_id,
         }
     }
 
@@ -347,11 +398,16 @@ impl Session {
     async fn invalidated(&self) -> bool {
         matches!(self, Session::Row(m) if m.invalidated)
     }
+    /// The caller's own session answers from its cached user; a listed row loads the user.
     async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(uid) = self.user_id() else {
+        let uid = match self {
+            Session::Cached(s) => return Ok(User::from_cached_session(s)),
+            Session::Row(m) => m.user_id,
+        };
+        let Some(uid) = uid else {
             return Ok(None);
         };
-        Ok(services(ctx)?.user_by_id(uid).await?.map(User))
+        Ok(services(ctx)?.user_by_id(uid).await?.map(User::Row))
     }
     async fn authentication_strategy(&self) -> Option<&str> {
         match self {
@@ -490,12 +546,12 @@ impl UserConnection {
             .iter()
             .map(|m| UserEdge {
                 cursor: encode_cursor(m.id),
-                node: User(m.clone()),
+                node: User::Row(m.clone()),
             })
             .collect()
     }
     async fn nodes(&self) -> Vec<User> {
-        self.rows.iter().cloned().map(User).collect()
+        self.rows.iter().cloned().map(User::Row).collect()
     }
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod authz;
 mod bad_input;
 mod cache;
+mod cache_reads;
 mod cli;
 mod cluster;
 mod contract;
