@@ -101,24 +101,6 @@ async fn stats(app: &TestApp, token: &str) -> Value {
     app.gql_as(token, STATS, json!({})).await.ok().data()["sessionStats"].clone()
 }
 
-async fn create_role_in(
-    app: &TestApp,
-    admin: &str,
-    code: &str,
-    permissions: &[&str],
-    channels: &[&str],
-) -> String {
-    let r = app
-        .gql_as(
-            admin,
-            "mutation($i: CreateRoleInput!) { createRole(input: $i) { id } }",
-            json!({ "i": { "code": code, "permissions": permissions, "channelIds": channels } }),
-        )
-        .await
-        .ok();
-    str_of(&r.data()["createRole"]["id"])
-}
-
 async fn revoke(app: &TestApp, admin: &str, id: &str) -> bool {
     app.gql_as(
         admin,
@@ -605,7 +587,9 @@ async fn permission_checks_per_channel(v_: Variant) {
     let admin = app.admin_token().await;
     let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
     let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
-    let eu_reader = create_role_in(&app, &admin, "eu-reader", &["READ_SESSION"], &[&eu_id]).await;
+    let eu_reader = app
+        .create_role_in(&admin, "eu-reader", &["READ_SESSION"], &[&eu_id])
+        .await;
     app.create_user(&admin, "plain", "plain-pw", &[]).await;
     app.create_user(&admin, "reader", "reader-pw", &[&reader])
         .await;

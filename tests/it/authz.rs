@@ -60,15 +60,7 @@ async fn role_in(
     permissions: &[&str],
     channels: &[&str],
 ) -> String {
-    let r = app
-        .gql_as(
-            token,
-            CREATE_ROLE,
-            json!({ "i": { "code": code, "permissions": permissions, "channelIds": channels } }),
-        )
-        .await
-        .ok();
-    str_of(&r.data()["createRole"]["id"])
+    app.create_role_in(token, code, permissions, channels).await
 }
 
 /// Creates a user with `roles` (as the superadmin) and logs them in: `(id, token, session id)`.

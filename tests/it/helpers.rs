@@ -617,6 +617,25 @@ impl Api {
         r.data()["createRole"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Creates a role (as `token`) with `permissions` in `channels` and returns its id.
+    pub async fn create_role_in(
+        &self,
+        token: &str,
+        code: &str,
+        permissions: &[&str],
+        channels: &[&str],
+    ) -> String {
+        let r = self
+            .gql_as(
+                token,
+                "mutation($i: CreateRoleInput!) { createRole(input: $i) { id } }",
+                json!({ "i": { "code": code, "permissions": permissions, "channelIds": channels } }),
+            )
+            .await
+            .ok();
+        str_of(&r.data()["createRole"]["id"])
+    }
+
     pub async fn default_channel_id(&self, token: &str) -> String {
         let r = self
             .gql_as(token, "{ activeChannel { id code } }", json!({}))
