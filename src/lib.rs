@@ -11,8 +11,10 @@
 //! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap.
 //! - [`http`]: the router, token extraction (bearer / cookie), CSRF rules, health, metrics.
 //! - [`graphql`]: the schema, thin resolvers and the GraphQL types (never entity models).
-//! - [`service`]: sessions, login and throttling, users / roles / channels, orders, clean-up.
-//! - [`cache`]: the [`cache::SessionCache`] trait and its `memory` and `redis` strategies.
+//! - [`service`]: sessions, authorization (who may do what, channel scopes), login and
+//!   throttling, users / roles / channels, orders, clean-up.
+//! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`
+//!   strategies.
 //! - [`token`]: token generation, parsing and hashing; [`error`]: client-visible error codes.
 
 pub mod cache;
