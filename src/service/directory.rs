@@ -174,6 +174,14 @@ impl Services {
         }
         let hash = self.passwords.hash(&new.password).await?;
         let txn = self.db.begin().await?;
+        // Checked again under the roles' locks: a concurrent `updateRole` waits, so the user
+        // gets exactly the roles that were checked.
+        for role_id in unique(&new.role_ids) {
+            lock_role(&txn, role_id).await?;
+        }
+        for r in self.role_grants(&txn, &new.role_ids).await? {
+            self.authorize_grant(caller, r.permissions, &r.channel_ids)?;
+        }
         let created = user::Entity::insert(user::ActiveModel {
             identifier: Set(identifier),
             password_hash: Set(hash),
@@ -295,7 +303,18 @@ impl Services {
         let role = self.one_role_grant(role_id).await?;
         self.authorize_user_change(caller, user_id).await?;
         self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
-        link_roles(&self.db, user_id, &[role_id]).await?;
+        // Checked again under the role's lock: a concurrent `updateRole` waits, so what is
+        // assigned is the role that was checked.
+        let txn = self.db.begin().await?;
+        lock_role(&txn, role_id).await?;
+        let role = self
+            .role_grants(&txn, &[role_id])
+            .await?
+            .pop()
+            .ok_or_else(|| AppError::not_found("no such role"))?;
+        self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
+        link_roles(&txn, user_id, &[role_id]).await?;
+        txn.commit().await?;
         self.invalidate_user(user_id).await;
         Ok(user)
     }
