@@ -10,16 +10,24 @@
 //! - [`config`]: the only place that reads the environment; validates lifetimes.
 //! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap.
 //! - [`http`]: the router, token extraction (bearer / cookie), CSRF rules, health, metrics.
-//! - [`graphql`]: the schema, thin resolvers and the GraphQL types (never entity models).
-//! - [`service`]: sessions, authorization (who may do what, channel scopes), login and
-//!   throttling, users / roles / channels, orders, clean-up.
+//! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models) and the
+//!   per-request batches that load a listing's related rows together (`graphql::batch`).
+//! - [`service`]: identifying a request's session and channel (`identify`), sessions,
+//!   authorization (who may do what, channel scopes), login and throttling, users / roles /
+//!   channels, orders, batched reads, clean-up.
+//! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
+//!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`
-//!   strategies.
-//! - [`token`]: token generation, parsing and hashing; [`error`]: client-visible error codes.
+//!   (per-process tier in front of Redis, invalidated over pub/sub) strategies.
+//! - [`metrics`]: the Prometheus registry (requests, cache hits, SQL statements, errors).
+//! - [`permission`]: the permission enum and its compact set; [`clock`]: milliseconds and
+//!   RFC 3339; [`token`]: token generation, parsing and hashing; [`error`]: client-visible
+//!   error codes.
 
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;

@@ -2,7 +2,8 @@
 //! sessions can be dropped without scanning the cache, and tombstones for revoked tokens, so a
 //! request still in flight when its session was revoked cannot put the entry back.
 
-use super::{CacheError, CachedSession, SessionCache, TOMBSTONE_TTL};
+use super::{CacheError, SessionCache, TOMBSTONE_TTL};
+use crate::domain::CachedSession;
 use crate::metrics::Metrics;
 use crate::token::TokenHash;
 use async_trait::async_trait;
@@ -190,7 +191,7 @@ impl SessionCache for MemoryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{CachedUser, SessionKind};
+    use crate::domain::{CachedUser, SessionKind};
     use crate::token;
     use std::sync::atomic::AtomicI64;
 

@@ -17,7 +17,8 @@
 //! left to expiry. Every call is bounded by `REDIS_TIMEOUT`; the caller treats errors and
 //! timeouts as misses.
 
-use super::{CacheError, CachedSession, SessionCache};
+use super::{CacheError, SessionCache};
+use crate::domain::CachedSession;
 use crate::token::TokenHash;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};

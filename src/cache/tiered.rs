@@ -13,7 +13,8 @@
 //! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`;
 //! `<id>` is `<instance>.<sequence>`.
 
-use super::{CacheError, CachedSession, MemoryCache, RedisCache, SessionCache};
+use super::{CacheError, MemoryCache, RedisCache, SessionCache};
+use crate::domain::CachedSession;
 use crate::token::TokenHash;
 use async_trait::async_trait;
 use futures_util::StreamExt;

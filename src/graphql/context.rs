@@ -2,7 +2,7 @@
 //! helpers resolvers use: permission checks (and the [`Caller`] handed to admin operations) and
 //! issuing tokens as headers and cookies.
 
-use crate::cache::CachedSession;
+use crate::domain::CachedSession;
 use crate::error::AppError;
 use crate::permission::Permission;
 use crate::service::authz::Caller;

@@ -1,6 +1,7 @@
 //! The GraphQL schema: thin resolvers over the service layer, the contract's types, and the
 //! per-request context.
 
+pub mod batch;
 pub mod context;
 mod mutation;
 mod query;

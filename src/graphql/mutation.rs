@@ -212,7 +212,7 @@ impl Mutation {
         };
         let (order, updated) = svc.create_order(&s, req.channel.id).await?;
         req.set_session(Some(updated));
-        Ok(Order(order))
+        Ok(Order::one(order))
     }
 
     /// Makes one of the caller's orders the active order.
@@ -239,7 +239,7 @@ impl Mutation {
         ctx.request_ctx()?.set_session(Some(std::sync::Arc::new(
             s.with_active(None, s.active_channel_id),
         )));
-        Ok(Order(order))
+        Ok(Order::one(order))
     }
 
     /// REVOKE_SESSION. False when there is no such live session within the caller's channels.
@@ -305,7 +305,7 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(User::Row(created))
+        Ok(User::one(created))
     }
 
     /// WRITE_USER. Setting `verified: false` or a new password ends the user's sessions.
@@ -323,7 +323,7 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(User::Row(updated))
+        Ok(User::one(updated))
     }
 
     /// WRITE_USER. Deletes the user and ends their sessions.
@@ -348,7 +348,7 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(Role(created))
+        Ok(Role::one(created))
     }
 
     /// WRITE_USER. Takes effect on the next request of every holder of the role.
@@ -371,7 +371,7 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(Role(updated))
+        Ok(Role::one(updated))
     }
 
     /// WRITE_USER.
@@ -379,7 +379,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
         let role_id = parse_id(&role_id, "role")?;
-        Ok(User::Row(
+        Ok(User::one(
             services(ctx)?
                 .assign_role(&caller, user_id, role_id)
                 .await?,
@@ -391,7 +391,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
         let role_id = parse_id(&role_id, "role")?;
-        Ok(User::Row(
+        Ok(User::one(
             services(ctx)?
                 .remove_role(&caller, user_id, role_id)
                 .await?,

@@ -45,7 +45,7 @@ impl Query {
         let Some(order_id) = ctx.request_ctx()?.session().and_then(|s| s.active_order_id) else {
             return Ok(None);
         };
-        Ok(services(ctx)?.order_by_id(order_id).await?.map(Order))
+        Ok(services(ctx)?.order_by_id(order_id).await?.map(Order::one))
     }
 
     /// The logged-in user's live sessions (devices), newest first: at most `first` (0 to 100;
@@ -66,7 +66,7 @@ impl Query {
         };
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let rows = services(ctx)?.sessions_of_user(uid, first, after).await?;
-        Ok(rows.into_iter().map(Session::from_model).collect())
+        Ok(Session::list(rows))
     }
 
     /// Sessions newest first; expired and invalidated ones only when the filter asks. READ_SESSION.
@@ -84,8 +84,8 @@ impl Query {
             Some(f) => SessionFilter {
                 user_id: opt_id(&f.user_id, "user")?,
                 kind: f.kind.map(|k| match k {
-                    GqlSessionKind::Anonymous => crate::cache::SessionKind::Anonymous,
-                    GqlSessionKind::Authenticated => crate::cache::SessionKind::Authenticated,
+                    GqlSessionKind::Anonymous => crate::domain::SessionKind::Anonymous,
+                    GqlSessionKind::Authenticated => crate::domain::SessionKind::Authenticated,
                 }),
                 channel_id: opt_id(&f.channel_id, "channel")?,
                 active_order_id: opt_id(&f.active_order_id, "order")?,
@@ -94,19 +94,15 @@ impl Query {
             },
             None => SessionFilter::default(),
         };
+        let asks = ctx.look_ahead();
         let page = services(ctx)?
-            .list_sessions(&caller, &f, first, after)
+            .list_sessions(&caller, &f, first, after, asks.field("totalCount").exists())
             .await?;
-        Ok(SessionConnection {
-            page_info: PageInfo::new(
-                page.items.first().map(|m| m.id),
-                page.items.last().map(|m| m.id),
-                page.has_next,
-                page.has_previous,
-            ),
-            total_count: page.total.min(i32::MAX as u64) as i32,
-            rows: page.items,
-        })
+        Ok(Connection::new(
+            page,
+            Session::list,
+            asks.field("edges").exists(),
+        ))
     }
 
     /// One session by id, live or not. READ_SESSION.
@@ -143,17 +139,15 @@ impl Query {
         let caller = require_caller(ctx, Permission::ReadUser)?;
         let first = page_size(first)?;
         let after = after.as_deref().map(decode_cursor).transpose()?;
-        let page = services(ctx)?.list_users(&caller, first, after).await?;
-        Ok(UserConnection {
-            page_info: PageInfo::new(
-                page.items.first().map(|m| m.id),
-                page.items.last().map(|m| m.id),
-                page.has_next,
-                page.has_previous,
-            ),
-            total_count: page.total.min(i32::MAX as u64) as i32,
-            rows: page.items,
-        })
+        let asks = ctx.look_ahead();
+        let page = services(ctx)?
+            .list_users(&caller, first, after, asks.field("totalCount").exists())
+            .await?;
+        Ok(Connection::new(
+            page,
+            User::list,
+            asks.field("edges").exists(),
+        ))
     }
 
     /// One user by id. READ_USER.
@@ -163,18 +157,13 @@ impl Query {
         Ok(services(ctx)?
             .visible_user(&caller, id)
             .await?
-            .map(User::Row))
+            .map(User::one))
     }
 
     /// Roles in the channels where the caller holds READ_USER.
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let caller = require_caller(ctx, Permission::ReadUser)?;
-        Ok(services(ctx)?
-            .list_roles(&caller)
-            .await?
-            .into_iter()
-            .map(Role)
-            .collect())
+        Ok(Role::list(services(ctx)?.list_roles(&caller).await?))
     }
 
     /// Every channel. READ_CHANNEL.

@@ -1,13 +1,15 @@
 //! GraphQL types of the contract. They wrap service results; entities never double as
 //! GraphQL types.
 
+use super::batch::{OrderBatch, RoleBatch, SessionBatch, UserBatch};
 use super::context::{services, CtxExt};
-use crate::cache::{CachedSession, CachedUser, SessionKind};
 use crate::clock::rfc3339;
+use crate::domain::{CachedSession, CachedUser, SessionKind};
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
+use crate::service::directory::Page;
 use async_graphql::{
-    ComplexObject, Context, Enum, InputObject, InputValueError, InputValueResult, Object, Result,
+    Context, Enum, InputObject, InputValueError, InputValueResult, Object, OutputType, Result,
     Scalar, ScalarType, SimpleObject, Union, Value, ID,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -137,26 +139,50 @@ impl Channel {
     }
 }
 
-pub struct Role(pub role::Model);
+/// A role; roles listed together load their channels together.
+pub struct Role {
+    row: role::Model,
+    batch: Arc<RoleBatch>,
+}
+
+impl Role {
+    pub fn one(row: role::Model) -> Role {
+        Role {
+            batch: RoleBatch::new([row.id]),
+            row,
+        }
+    }
+
+    pub fn list(rows: Vec<role::Model>) -> Vec<Role> {
+        let batch = RoleBatch::new(rows.iter().map(|r| r.id));
+        rows.into_iter()
+            .map(|row| Role {
+                row,
+                batch: batch.clone(),
+            })
+            .collect()
+    }
+}
 
 #[Object]
 impl Role {
     async fn id(&self) -> ID {
-        id(self.0.id)
+        id(self.row.id)
     }
     async fn code(&self) -> &str {
-        &self.0.code
+        &self.row.code
     }
     async fn description(&self) -> &str {
-        &self.0.description
+        &self.row.description
     }
     async fn permissions(&self) -> Vec<Permission> {
-        PermissionSet::from_stored(&self.0.permissions).to_vec()
+        PermissionSet::from_stored(&self.row.permissions).to_vec()
     }
     async fn channels(&self, ctx: &Context<'_>) -> Result<Vec<Channel>> {
         let svc = services(ctx)?;
-        Ok(svc
-            .channels_of_role(self.0.id)
+        Ok(self
+            .batch
+            .channels_of(svc, self.row.id)
             .await?
             .into_iter()
             .map(Channel)
@@ -166,23 +192,52 @@ impl Role {
 
 /// A user as shown to clients: a row from the database, or the user of the caller's own cached
 /// session. The cached form answers `id`, `identifier` and `verified` without a query and loads
-/// the row only when a field it does not hold (`createdAt`, `lastLoginAt`) is asked for.
+/// the row only when a field it does not hold (`createdAt`, `lastLoginAt`) is asked for. Users
+/// listed together load their roles and session counts together.
 pub enum User {
-    Row(user::Model),
+    Row {
+        row: user::Model,
+        batch: Arc<UserBatch>,
+    },
     Cached {
         session: Arc<CachedSession>,
         row: tokio::sync::OnceCell<user::Model>,
+        batch: Arc<UserBatch>,
     },
 }
 
 impl User {
+    pub fn one(row: user::Model) -> User {
+        User::Row {
+            batch: UserBatch::new([row.id]),
+            row,
+        }
+    }
+
+    pub fn list(rows: Vec<user::Model>) -> Vec<User> {
+        let batch = UserBatch::new(rows.iter().map(|u| u.id));
+        rows.into_iter()
+            .map(|row| User::Row {
+                row,
+                batch: batch.clone(),
+            })
+            .collect()
+    }
+
     /// The user of a cached session, if it has one.
     pub fn from_cached_session(session: &Arc<CachedSession>) -> Option<User> {
-        session.user.as_ref()?;
+        let id = session.user.as_ref()?.id;
         Some(User::Cached {
             session: session.clone(),
             row: tokio::sync::OnceCell::new(),
+            batch: UserBatch::new([id]),
         })
+    }
+
+    fn batch(&self) -> &UserBatch {
+        match self {
+            User::Row { batch, .. } | User::Cached { batch, .. } => batch,
+        }
     }
 
     fn cached(session: &CachedSession) -> Result<&CachedUser, AppError> {
@@ -194,7 +249,7 @@ impl User {
 
     fn user_id(&self) -> Result<i64, AppError> {
         match self {
-            User::Row(m) => Ok(m.id),
+            User::Row { row, .. } => Ok(row.id),
             User::Cached { session, .. } => Ok(Self::cached(session)?.id),
         }
     }
@@ -202,8 +257,8 @@ impl User {
     /// The database row, loaded at most once per value.
     async fn row(&self, ctx: &Context<'_>) -> Result<&user::Model> {
         match self {
-            User::Row(m) => Ok(m),
-            User::Cached { session, row } => {
+            User::Row { row, .. } => Ok(row),
+            User::Cached { session, row, .. } => {
                 let id = Self::cached(session)?.id;
                 Ok(row
                     .get_or_try_init(|| async {
@@ -225,23 +280,25 @@ impl User {
     }
     async fn identifier(&self) -> Result<&str> {
         Ok(match self {
-            User::Row(m) => &m.identifier,
+            User::Row { row, .. } => &row.identifier,
             User::Cached { session, .. } => &Self::cached(session)?.identifier,
         })
     }
     async fn verified(&self) -> Result<bool> {
         Ok(match self {
-            User::Row(m) => m.verified,
+            User::Row { row, .. } => row.verified,
             User::Cached { session, .. } => Self::cached(session)?.verified,
         })
     }
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let svc = services(ctx)?;
-        Ok(svc
-            .roles_of_user(self.user_id()?)
-            .await?
-            .into_iter()
-            .map(Role)
+        let (roles, batch) = self.batch().roles_of(svc, self.user_id()?).await?;
+        Ok(roles
+            .iter()
+            .map(|row| Role {
+                row: row.clone(),
+                batch: batch.clone(),
+            })
             .collect())
     }
     async fn created_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
@@ -252,8 +309,9 @@ impl User {
     }
     async fn active_session_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let svc = services(ctx)?;
-        Ok(svc
-            .count_live_sessions(self.user_id()?)
+        Ok(self
+            .batch()
+            .live_sessions_of(svc, self.user_id()?)
             .await?
             .min(i32::MAX as u64) as i32)
     }
@@ -294,51 +352,66 @@ impl CurrentUser {
     }
 }
 
-pub struct Order(pub order::Model);
+/// An order; orders listed together load their users together.
+pub struct Order {
+    row: order::Model,
+    batch: Arc<OrderBatch>,
+}
+
+impl Order {
+    pub fn one(row: order::Model) -> Order {
+        Order {
+            batch: OrderBatch::new(row.user_id),
+            row,
+        }
+    }
+}
 
 #[Object]
 impl Order {
     async fn id(&self) -> ID {
-        id(self.0.id)
+        id(self.row.id)
     }
     async fn code(&self) -> &str {
-        &self.0.code
+        &self.row.code
     }
     async fn state(&self) -> OrderState {
-        match self.0.state.as_str() {
-            "PLACED" => OrderState::Placed,
-            "CANCELLED" => OrderState::Cancelled,
+        match self.row.state.as_str() {
+            crate::service::order::PLACED => OrderState::Placed,
+            crate::service::order::CANCELLED => OrderState::Cancelled,
             _ => OrderState::Active,
         }
     }
     async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(uid) = self.0.user_id else {
+        let Some(uid) = self.row.user_id else {
             return Ok(None);
         };
-        Ok(services(ctx)?.user_by_id(uid).await?.map(User::Row))
+        let found = self.batch.user(services(ctx)?, uid).await?;
+        Ok(found.map(|(row, batch)| User::Row { row, batch }))
     }
     async fn channel(&self, ctx: &Context<'_>) -> Result<Channel> {
         let svc = services(ctx)?;
         let ch = svc
             .channels
-            .by_id(&svc.db, self.0.channel_id)
+            .by_id(&svc.db, self.row.channel_id)
             .await?
             .ok_or_else(|| AppError::internal("order channel missing"))?;
         Ok(Channel(ch))
     }
     async fn created_at(&self) -> DateTime {
-        DateTime(self.0.created_at)
+        DateTime(self.row.created_at)
     }
     async fn updated_at(&self) -> DateTime {
-        DateTime(self.0.updated_at)
+        DateTime(self.row.updated_at)
     }
 }
 
 /// A session as shown to clients: the caller's own (the cached form, shared, not copied) or
 /// a row from the database.
+/// Sessions listed together load their users and orders together.
 pub enum Session {
     Cached(Arc<CachedSession>),
-    Row(Box<session::Model>),
+    Row(Box<session::Model>, Arc<SessionBatch>),
 }
 
 impl Session {
@@ -347,27 +420,38 @@ impl Session {
     }
 
     pub fn from_model(m: session::Model) -> Session {
-        Session::Row(Box::new(m))
+        let batch = SessionBatch::new(m.user_id, m.active_order_id);
+        Session::Row(Box::new(m), batch)
+    }
+
+    pub fn list(rows: Vec<session::Model>) -> Vec<Session> {
+        let batch = SessionBatch::new(
+            rows.iter().filter_map(|m| m.user_id),
+            rows.iter().filter_map(|m| m.active_order_id),
+        );
+        rows.into_iter()
+            .map(|m| Session::Row(Box::new(m), batch.clone()))
+            .collect()
     }
 
     fn session_id(&self) -> i64 {
         match self {
             Session::Cached(s) => s.id,
-            Session::Row(m) => m.id,
+            Session::Row(m, _) => m.id,
         }
     }
 
     fn last_active(&self) -> i64 {
         match self {
             Session::Cached(s) => s.last_active(),
-            Session::Row(m) => m.last_active_at,
+            Session::Row(m, _) => m.last_active_at,
         }
     }
 
     fn absolute_expiry(&self) -> i64 {
         match self {
             Session::Cached(s) => s.absolute_expires_at,
-            Session::Row(m) => m.absolute_expires_at,
+            Session::Row(m, _) => m.absolute_expires_at,
         }
     }
 }
@@ -385,7 +469,7 @@ impl Session {
     async fn kind(&self) -> GqlSessionKind {
         match self {
             Session::Cached(s) => s.kind.into(),
-            Session::Row(m) => SessionKind::from_db(&m.kind).into(),
+            Session::Row(m, _) => SessionKind::from_db(&m.kind).into(),
         }
     }
     /// Whether this is the session making the request.
@@ -396,39 +480,46 @@ impl Session {
             .is_some_and(|s| s.id == self.session_id()))
     }
     async fn invalidated(&self) -> bool {
-        matches!(self, Session::Row(m) if m.invalidated)
+        matches!(self, Session::Row(m, _) if m.invalidated)
     }
     /// The caller's own session answers from its cached user; a listed row loads the user.
     async fn user(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let uid = match self {
+        let (uid, batch) = match self {
             Session::Cached(s) => return Ok(User::from_cached_session(s)),
-            Session::Row(m) => m.user_id,
+            Session::Row(m, batch) => (m.user_id, batch),
         };
         let Some(uid) = uid else {
             return Ok(None);
         };
-        Ok(services(ctx)?.user_by_id(uid).await?.map(User::Row))
+        let found = batch.user(services(ctx)?, uid).await?;
+        Ok(found.map(|(row, batch)| User::Row { row, batch }))
     }
     async fn authentication_strategy(&self) -> Option<&str> {
         match self {
             Session::Cached(s) => s.authentication_strategy.as_deref(),
-            Session::Row(m) => m.authentication_strategy.as_deref(),
+            Session::Row(m, _) => m.authentication_strategy.as_deref(),
         }
     }
     async fn active_order(&self, ctx: &Context<'_>) -> Result<Option<Order>> {
-        let active_order = match self {
-            Session::Cached(s) => s.active_order_id,
-            Session::Row(m) => m.active_order_id,
-        };
-        let Some(oid) = active_order else {
-            return Ok(None);
-        };
-        Ok(services(ctx)?.order_by_id(oid).await?.map(Order))
+        let svc = services(ctx)?;
+        match self {
+            Session::Cached(s) => match s.active_order_id {
+                Some(oid) => Ok(svc.order_by_id(oid).await?.map(Order::one)),
+                None => Ok(None),
+            },
+            Session::Row(m, batch) => match m.active_order_id {
+                Some(oid) => Ok(batch
+                    .order(svc, oid)
+                    .await?
+                    .map(|(row, batch)| Order { row, batch })),
+                None => Ok(None),
+            },
+        }
     }
     async fn active_channel(&self, ctx: &Context<'_>) -> Result<Option<Channel>> {
         let active_channel = match self {
             Session::Cached(s) => s.active_channel_id,
-            Session::Row(m) => m.active_channel_id,
+            Session::Row(m, _) => m.active_channel_id,
         };
         let Some(cid) = active_channel else {
             return Ok(None);
@@ -439,7 +530,7 @@ impl Session {
     async fn created_at(&self) -> DateTime {
         DateTime(match self {
             Session::Cached(s) => s.created_at,
-            Session::Row(m) => m.created_at,
+            Session::Row(m, _) => m.created_at,
         })
     }
     async fn last_active_at(&self) -> DateTime {
@@ -457,13 +548,13 @@ impl Session {
     async fn ip_address(&self) -> Option<&str> {
         match self {
             Session::Cached(s) => s.ip_address.as_deref(),
-            Session::Row(m) => m.ip_address.as_deref(),
+            Session::Row(m, _) => m.ip_address.as_deref(),
         }
     }
     async fn user_agent(&self) -> Option<&str> {
         match self {
             Session::Cached(s) => s.user_agent.as_deref(),
-            Session::Row(m) => m.user_agent.as_deref(),
+            Session::Row(m, _) => m.user_agent.as_deref(),
         }
     }
 }
@@ -492,68 +583,87 @@ impl PageInfo {
     }
 }
 
-#[derive(SimpleObject)]
-pub struct SessionEdge {
-    pub cursor: String,
-    pub node: Session,
+/// A listed value's place in its listing.
+pub trait Listed {
+    fn list_id(&self) -> i64;
 }
 
-/// A page of sessions. `nodes` mirrors `edges`; both are computed from one query.
+impl Listed for Session {
+    fn list_id(&self) -> i64 {
+        self.session_id()
+    }
+}
+
+impl Listed for User {
+    fn list_id(&self) -> i64 {
+        self.user_id().unwrap_or_default()
+    }
+}
+
 #[derive(SimpleObject)]
-#[graphql(complex)]
-pub struct SessionConnection {
-    #[graphql(skip)]
-    pub rows: Vec<session::Model>,
+#[graphql(
+    concrete(name = "SessionEdge", params(Session)),
+    concrete(name = "UserEdge", params(User))
+)]
+pub struct Edge<T: OutputType> {
+    pub cursor: String,
+    pub node: T,
+}
+
+/// A page of a listing. `nodes` mirrors `edges`; both come from one query.
+#[derive(SimpleObject)]
+#[graphql(
+    concrete(name = "SessionConnection", params(Session)),
+    concrete(name = "UserConnection", params(User))
+)]
+pub struct Connection<T: OutputType>
+where
+    Edge<T>: OutputType,
+{
+    pub edges: Vec<Edge<T>>,
+    pub nodes: Vec<T>,
     pub page_info: PageInfo,
     pub total_count: i32,
 }
 
-#[ComplexObject]
-impl SessionConnection {
-    async fn edges(&self) -> Vec<SessionEdge> {
-        self.rows
-            .iter()
-            .map(|m| SessionEdge {
-                cursor: encode_cursor(m.id),
-                node: Session::from_model(m.clone()),
-            })
-            .collect()
-    }
-    async fn nodes(&self) -> Vec<Session> {
-        self.rows.iter().cloned().map(Session::from_model).collect()
+impl<T: OutputType + Listed> Connection<T>
+where
+    Edge<T>: OutputType,
+{
+    /// The connection of one page; `edges` are built only when the query asks for them
+    /// (each edge holds its own handle on the same row).
+    pub fn new<R>(page: Page<R>, values: impl Fn(Vec<R>) -> Vec<T>, with_edges: bool) -> Self
+    where
+        R: Clone,
+    {
+        let nodes = values(page.items.clone());
+        let edges = if with_edges {
+            values(page.items)
+                .into_iter()
+                .map(|node| Edge {
+                    cursor: encode_cursor(node.list_id()),
+                    node,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Connection {
+            page_info: PageInfo::new(
+                nodes.first().map(Listed::list_id),
+                nodes.last().map(Listed::list_id),
+                page.has_next,
+                page.has_previous,
+            ),
+            total_count: page.total.unwrap_or(0).min(i32::MAX as u64) as i32,
+            edges,
+            nodes,
+        }
     }
 }
 
-#[derive(SimpleObject)]
-pub struct UserEdge {
-    pub cursor: String,
-    pub node: User,
-}
-
-#[derive(SimpleObject)]
-#[graphql(complex)]
-pub struct UserConnection {
-    #[graphql(skip)]
-    pub rows: Vec<user::Model>,
-    pub page_info: PageInfo,
-    pub total_count: i32,
-}
-
-#[ComplexObject]
-impl UserConnection {
-    async fn edges(&self) -> Vec<UserEdge> {
-        self.rows
-            .iter()
-            .map(|m| UserEdge {
-                cursor: encode_cursor(m.id),
-                node: User::Row(m.clone()),
-            })
-            .collect()
-    }
-    async fn nodes(&self) -> Vec<User> {
-        self.rows.iter().cloned().map(User::Row).collect()
-    }
-}
+pub type SessionConnection = Connection<Session>;
+pub type UserConnection = Connection<User>;
 
 #[derive(SimpleObject)]
 pub struct SessionStats {

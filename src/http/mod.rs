@@ -6,6 +6,7 @@ pub mod request;
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::{context, AppSchema, RequestContext, TokenSource};
 use crate::metrics::OperationLabeler;
+use crate::service::identify::Identity;
 use crate::service::SharedServices;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
@@ -392,44 +393,24 @@ async fn execute_inner(
 ) -> Response {
     let svc = &app.services;
     let presented = request::presented_token(headers, svc.config.token_method);
-    let session = match presented.as_ref().and_then(|p| p.hash.as_ref()) {
-        Some(hash) => match svc.resolve_session(hash).await {
-            Ok(s) => s,
-            Err(e) => {
-                svc.metrics.error("database");
-                return app_error_response(e);
-            }
-        },
-        None => None,
+    // A header that is not visible ASCII names no channel (and so no channel is found).
+    let channel_token = headers
+        .get("channel-token")
+        .map(|v| v.to_str().unwrap_or(""));
+    let Identity { session, channel } = match svc
+        .identify(
+            presented.as_ref().and_then(|p| p.hash.as_ref()),
+            channel_token,
+        )
+        .await
+    {
+        Ok(identity) => identity,
+        Err(e) => return app_error_response(e),
     };
     let clear_cookie = session.is_none()
         && presented
             .as_ref()
             .is_some_and(|p| p.source == TokenSource::Cookie);
-
-    let channel = match headers.get("channel-token") {
-        Some(value) => {
-            let token = value.to_str().unwrap_or("");
-            match svc.channels.by_token(&svc.db, token).await {
-                Ok(Some(ch)) => ch,
-                Ok(None) => {
-                    return error_response(
-                        StatusCode::OK,
-                        ErrorCode::NotFound,
-                        "no channel has this channel-token",
-                    )
-                }
-                Err(e) => return app_error_response(e),
-            }
-        }
-        None => match session.as_ref().and_then(|s| s.active_channel_id) {
-            Some(id) => match svc.channels.by_id(&svc.db, id).await {
-                Ok(ch) => ch.unwrap_or_else(|| svc.default_channel.clone()),
-                Err(e) => return app_error_response(e),
-            },
-            None => svc.default_channel.clone(),
-        },
-    };
 
     let ctx = RequestContext::new(
         session,

@@ -3,8 +3,8 @@
 
 use super::session::{ClientInfo, Issued, NewSession};
 use super::Services;
-use crate::cache::{CachedSession, CachedUser};
 use crate::clock::now_ms;
+use crate::domain::{CachedSession, CachedUser};
 use crate::error::{AppError, AppResult, InternalError};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;

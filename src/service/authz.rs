@@ -3,7 +3,7 @@
 //! reaches (the channels of the roles that grant it), and who may grant or touch what.
 
 use super::Services;
-use crate::cache::CachedUser;
+use crate::domain::CachedUser;
 use crate::error::{AppError, AppResult};
 use crate::permission::{Permission, PermissionSet};
 use entity::{role, role_channel, session, user, user_role};

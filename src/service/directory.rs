@@ -11,10 +11,10 @@ use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
 use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ impl Default for ChannelDirectory {
 }
 
 impl ChannelDirectory {
-    fn remember(&self, ch: channel::Model) -> Arc<channel::Model> {
+    pub(crate) fn remember(&self, ch: channel::Model) -> Arc<channel::Model> {
         let ch = Arc::new(ch);
         self.by_token.insert(ch.token.clone(), ch.clone());
         self.by_id.insert(ch.id, ch.clone());
@@ -75,7 +75,8 @@ impl ChannelDirectory {
 /// A page of a listing ordered by id.
 pub struct Page<T> {
     pub items: Vec<T>,
-    pub total: u64,
+    /// The number of matching rows, when it was asked for (it costs a statement).
+    pub total: Option<u64>,
     pub has_next: bool,
     pub has_previous: bool,
 }
@@ -139,12 +140,19 @@ impl Services {
         caller: &Caller,
         first: u64,
         after: Option<i64>,
+        with_total: bool,
     ) -> AppResult<Page<user::Model>> {
         let scope = caller.scope(Permission::ReadUser).users();
-        let total = user::Entity::find()
-            .filter(scope.clone())
-            .count(&self.db)
-            .await?;
+        let total = if with_total {
+            Some(
+                user::Entity::find()
+                    .filter(scope.clone())
+                    .count(&self.db)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let mut q = user::Entity::find()
             .filter(scope)
             .order_by_asc(user::Column::Id);
@@ -272,22 +280,6 @@ impl Services {
         Ok(deleted.rows_affected == 1)
     }
 
-    pub async fn roles_of_user(&self, user_id: i64) -> AppResult<Vec<role::Model>> {
-        Ok(role::Entity::find()
-            .filter(
-                role::Column::Id.in_subquery(
-                    Query::select()
-                        .column(user_role::Column::RoleId)
-                        .from(user_role::Entity)
-                        .and_where(Expr::col(user_role::Column::UserId).eq(user_id))
-                        .to_owned(),
-                ),
-            )
-            .order_by_asc(role::Column::Id)
-            .all(&self.db)
-            .await?)
-    }
-
     /// Gives a user a role the caller may grant; the user must be within the caller's reach or
     /// hold no role yet.
     pub async fn assign_role(
@@ -362,21 +354,6 @@ impl Services {
             .order_by_asc(role::Column::Id)
             .all(&self.db)
             .await?)
-    }
-
-    pub async fn channels_of_role(&self, role_id: i64) -> AppResult<Vec<Arc<channel::Model>>> {
-        let links = role_channel::Entity::find()
-            .filter(role_channel::Column::RoleId.eq(role_id))
-            .order_by_asc(role_channel::Column::ChannelId)
-            .all(&self.db)
-            .await?;
-        let mut out = Vec::with_capacity(links.len());
-        for link in links {
-            if let Some(ch) = self.channels.by_id(&self.db, link.channel_id).await? {
-                out.push(ch);
-            }
-        }
-        Ok(out)
     }
 
     async fn require_channels(&self, channel_ids: &[i64]) -> AppResult<()> {

@@ -1,6 +1,7 @@
 //! The service layer: every rule about sessions, users, roles, channels and orders lives here.
 //! Resolvers call one function of [`Services`] and map the result; no SQL or Redis above this.
 //!
+//! - `identify`: the session and channel of a request, in one call.
 //! - `session`: resolve a token (cache, then database), create, extend, invalidate; refresh.
 //! - `session_admin`: listings, statistics, revocation, expiry clean-up.
 //! - `authz`: who may do what: the caller of an admin operation and their channel scopes.
@@ -8,13 +9,17 @@
 //! - `throttle`: atomic sliding-window throttles (logins, password changes, anonymous
 //!   sessions) and the per-user session cap.
 //! - `directory`: users, roles and channels (and the cached channel lookups).
+//! - `batch`: related rows (users, roles, channels, orders, session counts) for many parents
+//!   in one statement each, for listings.
 //! - `order`: orders and the session's active order.
 //! - `activity`: the throttled, batched last-activity writer.
 
 pub mod activity;
 pub mod auth;
 pub mod authz;
+pub mod batch;
 pub mod directory;
+pub mod identify;
 pub mod order;
 pub mod session;
 pub mod session_admin;

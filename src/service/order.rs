@@ -1,8 +1,8 @@
 //! Orders and the session's active order.
 
 use super::{retry_deadlocks, Services};
-use crate::cache::CachedSession;
 use crate::clock::now_ms;
+use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
 use entity::{order, session};
 use sea_orm::sea_query::Expr;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 pub const ACTIVE: &str = "ACTIVE";
 pub const PLACED: &str = "PLACED";
+pub const CANCELLED: &str = "CANCELLED";
 
 /// Whether the order belongs to the caller: their user, or this guest session.
 fn owns(s: &CachedSession, o: &order::Model) -> bool {

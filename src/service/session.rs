@@ -2,9 +2,9 @@
 //! slide their expiry, invalidate them, and rotate refresh tokens.
 
 use super::{retry_deadlocks, Services};
-use crate::cache::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::clock::{ms, now_ms};
 use crate::config::{CacheMode, Config};
+use crate::domain::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::error::{AppError, AppResult};
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};

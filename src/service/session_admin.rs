@@ -6,8 +6,8 @@ use super::authz::Caller;
 use super::directory::Page;
 use super::session::live_condition;
 use super::Services;
-use crate::cache::SessionKind;
 use crate::clock::now_ms;
+use crate::domain::SessionKind;
 use crate::error::AppResult;
 use crate::permission::Permission;
 use entity::session;
@@ -77,14 +77,21 @@ impl Services {
         f: &SessionFilter,
         first: u64,
         after: Option<i64>,
+        with_total: bool,
     ) -> AppResult<Page<session::Model>> {
         let cond = self
             .filter_condition(f, now_ms())
             .add(self.session_scope(caller, Permission::ReadSession));
-        let total = session::Entity::find()
-            .filter(cond.clone())
-            .count(&self.db)
-            .await?;
+        let total = if with_total {
+            Some(
+                session::Entity::find()
+                    .filter(cond.clone())
+                    .count(&self.db)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let mut q = session::Entity::find()
             .filter(cond)
             .order_by_desc(session::Column::Id);
@@ -131,14 +138,6 @@ impl Services {
         Ok(q.order_by_desc(session::Column::Id)
             .limit(first)
             .all(&self.db)
-            .await?)
-    }
-
-    pub async fn count_live_sessions(&self, user_id: i64) -> AppResult<u64> {
-        Ok(session::Entity::find()
-            .filter(live_condition(now_ms(), &self.lifetimes))
-            .filter(session::Column::UserId.eq(user_id))
-            .count(&self.db)
             .await?)
     }
 

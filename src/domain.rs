@@ -1,0 +1,111 @@
+//! The session and its user as every layer sees them: what a request knows about its caller.
+//!
+//! A [`CachedSession`] is built from the database rows by the session service, kept by the
+//! session cache (in process, in Redis, or both), and read by resolvers without a query. It
+//! carries the user's identity and per-channel permissions ([`CachedUser`]), so a cached request
+//! needs nothing else.
+
+use crate::permission::PermissionSet;
+use crate::token::TokenHash;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SessionKind {
+    Anonymous,
+    Authenticated,
+}
+
+impl SessionKind {
+    pub fn as_db(self) -> &'static str {
+        match self {
+            SessionKind::Anonymous => "anonymous",
+            SessionKind::Authenticated => "authenticated",
+        }
+    }
+
+    pub fn from_db(s: &str) -> SessionKind {
+        if s == "authenticated" {
+            SessionKind::Authenticated
+        } else {
+            SessionKind::Anonymous
+        }
+    }
+}
+
+/// A user's permissions in one channel, denormalised into the cached session.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChannelGrant {
+    pub channel_id: i64,
+    pub code: String,
+    pub token: String,
+    pub permissions: PermissionSet,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CachedUser {
+    pub id: i64,
+    pub identifier: String,
+    pub verified: bool,
+    pub channels: Vec<ChannelGrant>,
+}
+
+impl CachedUser {
+    /// Whether the user holds `SUPER_ADMIN` in any channel: that passes every check.
+    pub fn is_super_admin(&self) -> bool {
+        self.channels.iter().any(|c| {
+            c.permissions
+                .contains(crate::permission::Permission::SuperAdmin)
+        })
+    }
+
+    pub fn permissions_in(&self, channel_id: i64) -> PermissionSet {
+        self.channels
+            .iter()
+            .filter(|c| c.channel_id == channel_id)
+            .fold(PermissionSet::default(), |acc, c| acc.union(c.permissions))
+    }
+}
+
+/// Everything a request needs to know about its session.
+///
+/// `last_active_at` is atomic so that the in-process cache can slide a session's expiry on every
+/// hit without cloning or locking the entry.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct CachedSession {
+    pub id: i64,
+    pub token_hash: TokenHash,
+    pub kind: SessionKind,
+    /// Boxed: anonymous sessions, the majority, then cost one pointer.
+    pub user: Option<Box<CachedUser>>,
+    pub authentication_strategy: Option<Box<str>>,
+    pub active_order_id: Option<i64>,
+    pub active_channel_id: Option<i64>,
+    pub created_at: i64,
+    pub token_issued_at: i64,
+    pub absolute_expires_at: i64,
+    pub remember_me: bool,
+    pub ip_address: Option<Box<str>>,
+    pub user_agent: Option<Box<str>>,
+    /// Latest activity seen (ms); moves forward on every request.
+    pub last_active_at: AtomicI64,
+    /// Latest activity written (or queued to be written) to the database (ms).
+    pub persisted_active_at: AtomicI64,
+    /// When the database read that produced this entry started (ms): older than the cache TTL
+    /// means stale, and a user invalidation after it means the entry must not be cached.
+    pub loaded_at: i64,
+}
+
+impl CachedSession {
+    pub fn last_active(&self) -> i64 {
+        self.last_active_at.load(Ordering::Relaxed)
+    }
+
+    /// `min(lastActiveAt + idle, createdAt + absolute)`.
+    pub fn expires_at(&self, idle_ms: i64) -> i64 {
+        (self.last_active().saturating_add(idle_ms)).min(self.absolute_expires_at)
+    }
+
+    pub fn user_id(&self) -> Option<i64> {
+        self.user.as_ref().map(|u| u.id)
+    }
+}
