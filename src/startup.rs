@@ -2,9 +2,9 @@
 //! strategy, bootstrap data (default channel, `SUPER_ADMIN` role, superadmin user), background
 //! tasks, and the HTTP listener.
 
-use crate::cache::{MemoryCache, RedisCache, SessionCache, TieredCache};
+use crate::cache::{RedisCache, SessionStore};
 use crate::clock::now_ms;
-use crate::config::{CacheMode, Config};
+use crate::config::Config;
 use crate::error::AppError;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
@@ -22,7 +22,6 @@ use sea_orm::{
 };
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -110,15 +109,14 @@ impl Application {
             )),
             None => None,
         };
-        let cache_epoch = Arc::new(AtomicU64::new(0));
-        let memory = || MemoryCache::new(config.session_cache_capacity, metrics.clone());
-        let cache: Arc<dyn SessionCache> = match (config.session_cache, &redis) {
-            (CacheMode::Redis, Some(r)) => r.clone(),
-            (CacheMode::Tiered, Some(r)) => {
-                TieredCache::start(memory(), r.clone(), cache_epoch.clone())
-            }
-            _ => Arc::new(memory()),
-        };
+        let store = SessionStore::for_mode(
+            config.session_cache,
+            redis.clone(),
+            config.session_cache_capacity,
+            metrics.clone(),
+            config.session_cache_ttl,
+            config.session_idle_timeout,
+        );
 
         let passwords = auth::Passwords::new(
             config.password_hash_concurrency,
@@ -134,11 +132,6 @@ impl Application {
         let lifetimes = Lifetimes::new(&config);
         let services: SharedServices = Arc::new(Services {
             lifetimes,
-            unknown_tokens: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(config.session_cache_ttl.min(Duration::from_secs(300)))
-                .build(),
-            cache_epoch,
             activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
             throttle: Throttle::new(&config, redis.clone()),
             metrics,
@@ -147,7 +140,7 @@ impl Application {
             superadmin_user_id: boot.superadmin_user_id,
             channels,
             passwords,
-            cache,
+            store,
             redis,
             db,
             config,

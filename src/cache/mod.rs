@@ -6,10 +6,12 @@
 
 mod memory;
 pub mod redis;
+mod store;
 mod tiered;
 
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
+pub use self::store::{ReadTicket, SessionStore};
 pub use self::tiered::TieredCache;
 
 use crate::domain::CachedSession;
@@ -59,6 +61,11 @@ pub trait SessionCache: Send + Sync {
     /// Drops an entry from this process's tier only, if there is one (used to undo a local
     /// write that raced an invalidation; shared tiers refuse such writes themselves).
     fn evict_local(&self, _key: &TokenHash) {}
+    /// Whether other processes read the entries this one writes (then a session that slides
+    /// has its shared copy refreshed, so they see it slide).
+    fn shares_entries(&self) -> bool {
+        false
+    }
     /// `memory`, `redis` or `tiered`, for logs and metrics.
     fn name(&self) -> &'static str;
 }

@@ -474,6 +474,10 @@ impl SessionCache for RedisCache {
         Ok(())
     }
 
+    fn shares_entries(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

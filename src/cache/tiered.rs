@@ -405,6 +405,10 @@ impl SessionCache for TieredCache {
         self.local.delete_sync(key);
     }
 
+    fn shares_entries(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "tiered"
     }

@@ -233,7 +233,7 @@ impl Services {
         if let Some(old) = &current {
             self.revoke_token(&old.token_hash).await;
         }
-        self.cache_new(issued.session.clone()).await;
+        self.store.put_new(issued.session.clone()).await;
         // The login stands even if the cap cannot be applied now; the next login applies it.
         if let Err(e) = self.enforce_session_cap(found.id, issued.session.id).await {
             tracing::warn!(error = %e.client_message(), user_id = found.id, "could not apply SESSION_MAX_PER_USER");

@@ -25,12 +25,11 @@ pub mod session;
 pub mod session_admin;
 pub mod throttle;
 
-use crate::cache::{RedisCache, SessionCache};
+use crate::cache::{RedisCache, SessionStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use entity::channel;
 use sea_orm::DatabaseConnection;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use self::session::{ClientInfo, Issued};
@@ -41,17 +40,13 @@ pub type SharedServices = Arc<Services>;
 pub struct Services {
     pub config: Config,
     pub db: DatabaseConnection,
-    /// The `SESSION_CACHE` strategy.
-    pub cache: Arc<dyn SessionCache>,
+    /// The session cache (the `SESSION_CACHE` strategy) with its staleness protocol.
+    pub store: SessionStore,
     /// The Redis connection when one is configured (for `/health`).
     pub redis: Option<Arc<RedisCache>>,
     pub metrics: Arc<Metrics>,
     /// Lifetimes in milliseconds, derived once from the configuration.
     pub lifetimes: session::Lifetimes,
-    /// Token hashes known not to exist: garbage tokens stop here instead of the database.
-    pub unknown_tokens: moka::sync::Cache<crate::token::TokenHash, ()>,
-    /// Bumped by every invalidation; a database read that overlaps one is not cached.
-    pub cache_epoch: Arc<AtomicU64>,
     pub activity: activity::ActivityWriter,
     pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,

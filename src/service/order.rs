@@ -38,7 +38,7 @@ impl Services {
     ) -> AppResult<(order::Model, Arc<CachedSession>)> {
         let created = retry_deadlocks(|| self.insert_active_order(s, channel_id)).await?;
         let updated = Arc::new(s.with_active(Some(created.id), s.active_channel_id));
-        self.cache_replace(updated.clone()).await;
+        self.store.replace(updated.clone()).await;
         Ok((created, updated))
     }
 

@@ -3,7 +3,7 @@
 
 use super::{retry_deadlocks, Services};
 use crate::clock::{ms, now_ms};
-use crate::config::{CacheMode, Config};
+use crate::config::Config;
 use crate::domain::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::error::{AppError, AppResult};
 use crate::permission::PermissionSet;
@@ -163,29 +163,24 @@ impl Services {
     pub async fn resolve_session(&self, hash: &TokenHash) -> AppResult<Option<Arc<CachedSession>>> {
         let now = now_ms();
         let mut stale = None;
-        match self.cache.get(hash).await {
-            Ok(Some(s)) if now - s.loaded_at < self.lifetimes.cache_ttl_ms => {
-                if now < s.expires_at(self.lifetimes.idle_ms) {
-                    return Ok(self.accept(s, now).await);
-                }
-                // Expired as far as this copy knows; activity seen elsewhere (another instance,
-                // the pending writes) may say otherwise, so the database decides.
-                stale = Some(s);
+        if let Some(s) = self.store.get(hash).await {
+            if self.store.is_fresh(&s, now) && now < s.expires_at(self.lifetimes.idle_ms) {
+                return Ok(self.accept(s, now).await);
             }
-            Ok(Some(s)) => stale = Some(s),
-            Ok(None) => {}
-            Err(e) => self.cache_failed("get", e),
+            // Stale, or expired as far as this copy knows; activity seen elsewhere (another
+            // instance, the pending writes) may say otherwise, so the database decides.
+            stale = Some(s);
         }
-        if self.unknown_tokens.contains_key(hash) {
+        if self.store.is_known_unknown(hash) {
             return Ok(None);
         }
-        let epoch = self.cache_epoch.load(Ordering::Acquire);
+        let read = self.store.start_read();
         let model = session::Entity::find()
             .filter(session::Column::TokenHash.eq(hash.to_hex()))
             .one(&self.db)
             .await?;
         let Some(model) = model.filter(|m| !m.invalidated) else {
-            self.unknown_tokens.insert(*hash, ());
+            self.store.remember_unknown(hash);
             return Ok(None);
         };
         let user = match model.user_id {
@@ -197,7 +192,7 @@ impl Services {
         };
         // `loaded_at` is when the read started: a Redis cache refuses the entry if the user's
         // sessions were dropped after that.
-        let cached = CachedSession::from_model(&model, user, now);
+        let cached = CachedSession::from_model(&model, user, read.started_at);
         if let Some(pending) = self.activity.pending(model.id) {
             cached.last_active_at.fetch_max(pending, Ordering::Relaxed);
             cached
@@ -217,22 +212,20 @@ impl Services {
         let cached = Arc::new(cached);
         if now >= cached.expires_at(self.lifetimes.idle_ms) {
             // Expired sessions never come back: remember the token as dead.
-            self.unknown_tokens.insert(*hash, ());
+            self.store.remember_unknown(hash);
             if stale.is_some() {
-                self.invalidate_token(hash).await;
+                self.store.invalidate_token(hash).await;
             }
             return Ok(None);
         }
-        self.cache_put(cached.clone(), epoch).await;
+        self.store.put_read(cached.clone(), read).await;
         Ok(self.accept(cached, now).await)
     }
 
     /// Checks expiry and token age, and slides the session forward.
     async fn accept(&self, s: Arc<CachedSession>, now: i64) -> Option<Arc<CachedSession>> {
         if now >= s.expires_at(self.lifetimes.idle_ms) {
-            if let Err(e) = self.cache.delete(&s.token_hash).await {
-                self.cache_failed("delete", e);
-            }
+            self.store.drop_expired(&s.token_hash).await;
             return None;
         }
         if let Some(ttl) = self.lifetimes.token_ttl_ms {
@@ -248,118 +241,31 @@ impl Services {
                 .is_ok()
         {
             self.activity.touch(s.id, now);
-            if self.config.session_cache != CacheMode::Memory {
-                // A shared cache holds a serialised copy: refresh its activity too, off the
-                // request path, so other instances see the session slide.
-                let cache = self.cache.clone();
-                let entry = s.clone();
-                let ttl = self.cache_ttl_for(&s, now);
-                tokio::spawn(async move {
-                    let _ = cache.set(entry, ttl).await;
-                });
-            }
+            self.store.slid(&s, now);
         }
         Some(s)
     }
 
-    /// How long an entry may stay cached: the cache TTL, or less if it expires sooner.
-    fn cache_ttl_for(&self, s: &CachedSession, now: i64) -> Duration {
-        let left = (s.expires_at(self.lifetimes.idle_ms) - now).max(1);
-        let ttl = (self.lifetimes.cache_ttl_ms - (now - s.loaded_at)).max(1);
-        Duration::from_millis(left.min(ttl) as u64)
-    }
-
-    pub(crate) fn cache_failed(&self, op: &str, err: crate::cache::CacheError) {
-        self.metrics.error("redis");
-        tracing::warn!(cache = self.cache.name(), op, error = %err, "session cache call failed; using the database");
-    }
-
-    /// Caches an entry read from the database, unless an invalidation overlapped the read.
-    async fn cache_put(&self, s: Arc<CachedSession>, epoch: u64) {
-        if self.cache_epoch.load(Ordering::Acquire) != epoch {
-            return;
-        }
-        let ttl = self.cache_ttl_for(&s, now_ms());
-        if let Err(e) = self.cache.set(s.clone(), ttl).await {
-            self.cache_failed("set", e);
-            return;
-        }
-        // An invalidation that ran between the check above and the set must win. Redis refuses
-        // stale writes by itself (tombstones, user marks); only the in-process tier needs undoing.
-        if self.cache_epoch.load(Ordering::Acquire) != epoch {
-            self.cache.evict_local(&s.token_hash);
-        }
-    }
-
-    /// Replaces a cached entry after a write to its row (write-through). If the cache cannot
-    /// take the new version, the old one is dropped instead, so it cannot outlive the write.
-    pub(crate) async fn cache_replace(&self, s: Arc<CachedSession>) {
-        let epoch = self.cache_epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        let ttl = self.cache_ttl_for(&s, now_ms());
-        if let Err(e) = self.cache.replace(s.clone(), ttl).await {
-            self.cache_failed("replace", e);
-            self.invalidate_token(&s.token_hash).await;
-            return;
-        }
-        if self.cache_epoch.load(Ordering::Acquire) != epoch {
-            self.cache.evict_local(&s.token_hash);
-        }
-    }
-
-    /// Caches a session just created, so the client's next request is a hit. A brand-new token
-    /// cannot have a stale entry anywhere, so no invalidation epoch is needed.
-    pub(crate) async fn cache_new(&self, s: Arc<CachedSession>) {
-        let epoch = self.cache_epoch.load(Ordering::Acquire);
-        self.cache_put(s, epoch).await;
-    }
-
     /// Drops one token's cached entry after its row changed; the token stays usable.
     pub async fn invalidate_token(&self, hash: &TokenHash) {
-        self.invalidate(Invalidation::Token(*hash)).await;
+        self.store.invalidate_token(hash).await;
     }
 
-    /// Drops a dead token's cached entry (session revoked, token rotated out or replaced at
-    /// login) and keeps it out of the cache for [`crate::cache::TOMBSTONE_TTL`], whatever
-    /// requests still in flight with it try to write back.
+    /// Drops a dead token's cached entry and keeps it out of the cache for a while (see
+    /// [`SessionStore::revoke`](crate::cache::SessionStore::revoke)).
     pub async fn revoke_token(&self, hash: &TokenHash) {
-        self.invalidate(Invalidation::Revoke(*hash)).await;
+        self.store.revoke(hash).await;
     }
 
     /// Drops every cached entry of one user (after a change to the user or their roles).
     pub async fn invalidate_user(&self, user_id: i64) {
-        self.invalidate(Invalidation::User(user_id)).await;
+        self.store.invalidate_user(user_id).await;
     }
 
     /// Empties the session cache (`clearSessionCache`).
     pub async fn clear_cache(&self) -> AppResult<()> {
-        self.unknown_tokens.invalidate_all();
-        self.invalidate(Invalidation::Clear).await;
+        self.store.clear().await;
         Ok(())
-    }
-
-    /// Applies an invalidation to the cache. If the cache cannot take it now (Redis down or
-    /// slow), it is retried in the background until it succeeds or every entry it could
-    /// concern has expired anyway (one cache TTL).
-    async fn invalidate(&self, what: Invalidation) {
-        self.cache_epoch.fetch_add(1, Ordering::AcqRel);
-        let Err(e) = what.apply(self.cache.as_ref()).await else {
-            return;
-        };
-        self.cache_failed(what.op(), e);
-        let cache = self.cache.clone();
-        let give_up_after = Duration::from_millis(self.lifetimes.cache_ttl_ms as u64);
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let mut delay = Duration::from_millis(100);
-            while started.elapsed() < give_up_after {
-                tokio::time::sleep(delay).await;
-                if what.apply(cache.as_ref()).await.is_ok() {
-                    tracing::info!(op = what.op(), "deferred cache invalidation applied");
-                    return;
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        });
     }
 
     /// A user with per-channel permissions, as cached with their sessions. `None` if deleted.
@@ -493,7 +399,7 @@ impl Services {
                 },
             )
             .await?;
-        self.cache_new(issued.session.clone()).await;
+        self.store.put_new(issued.session.clone()).await;
         Ok(issued)
     }
 
@@ -575,7 +481,7 @@ impl Services {
     ) -> AppResult<Arc<CachedSession>> {
         retry_deadlocks(|| self.write_active(&self.db, s, order, channel)).await?;
         let updated = Arc::new(s.with_active(order, channel));
-        self.cache_replace(updated.clone()).await;
+        self.store.replace(updated.clone()).await;
         Ok(updated)
     }
 
@@ -656,7 +562,7 @@ impl Services {
             model.last_active_at = now.max(model.last_active_at);
             let session = Arc::new(CachedSession::from_model(&model, Some(user), now));
             // Refused by the cache if the session was revoked since the rotation.
-            self.cache_replace(session.clone()).await;
+            self.store.replace(session.clone()).await;
             self.metrics.session_event("refreshed", 1);
             return Ok(Ok(Issued {
                 session,
@@ -750,38 +656,6 @@ pub fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// A cache invalidation, kept so it can be retried.
-#[derive(Clone, Copy)]
-enum Invalidation {
-    Token(TokenHash),
-    Revoke(TokenHash),
-    User(i64),
-    Clear,
-}
-
-impl Invalidation {
-    async fn apply(
-        &self,
-        cache: &dyn crate::cache::SessionCache,
-    ) -> Result<(), crate::cache::CacheError> {
-        match self {
-            Invalidation::Token(hash) => cache.delete(hash).await,
-            Invalidation::Revoke(hash) => cache.revoke(hash).await,
-            Invalidation::User(id) => cache.delete_user(*id).await,
-            Invalidation::Clear => cache.clear().await,
-        }
-    }
-
-    fn op(&self) -> &'static str {
-        match self {
-            Invalidation::Token(_) => "delete",
-            Invalidation::Revoke(_) => "revoke",
-            Invalidation::User(_) => "delete_user",
-            Invalidation::Clear => "clear",
-        }
-    }
 }
 
 #[cfg(test)]
