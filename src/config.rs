@@ -158,6 +158,10 @@ pub struct Config {
     #[arg(long, env = "SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
     pub session_cache_capacity: u64,
 
+    /// Largest session data object, serialized as JSON (bytes, 2 to 1048576).
+    #[arg(long, env = "SESSION_DATA_MAX_BYTES", default_value_t = 16_384)]
+    pub session_data_max_bytes: usize,
+
     /// A session unused this long expires.
     #[arg(long, env = "SESSION_IDLE_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
     pub session_idle_timeout: Duration,
@@ -301,6 +305,9 @@ impl Config {
         }
         if self.session_cache_capacity == 0 {
             return Err("SESSION_CACHE_CAPACITY must be at least 1".into());
+        }
+        if !(2..=1_048_576).contains(&self.session_data_max_bytes) {
+            return Err("SESSION_DATA_MAX_BYTES must be between 2 and 1048576".into());
         }
         if self.cleanup_batch_size == 0 {
             return Err("CLEANUP_BATCH_SIZE must be at least 1".into());

@@ -8,6 +8,7 @@
 use crate::permission::PermissionSet;
 use crate::token::TokenHash;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SessionKind {
@@ -72,6 +73,10 @@ impl CachedUser {
 /// hit without cloning or locking the entry.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct CachedSession {
+    /// The version of `data`. Declared first, so it is the first field of the serialised entry
+    /// (the Redis strategy reads it there to refuse older entries).
+    #[serde(default)]
+    pub data_version: i64,
     pub id: i64,
     pub token_hash: TokenHash,
     pub kind: SessionKind,
@@ -93,7 +98,13 @@ pub struct CachedSession {
     /// When the database read that produced this entry started (ms): older than the cache TTL
     /// means stale, and a user invalidation after it means the entry must not be cached.
     pub loaded_at: i64,
+    /// The application's own data (`Session.data`); `None` when empty.
+    #[serde(default)]
+    pub data: Option<Arc<SessionData>>,
 }
+
+/// The application's data of one session: a JSON object.
+pub type SessionData = serde_json::Map<String, serde_json::Value>;
 
 impl CachedSession {
     pub fn last_active(&self) -> i64 {

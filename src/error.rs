@@ -11,6 +11,8 @@ pub enum ErrorCode {
     BadUserInput,
     NotFound,
     RateLimited,
+    /// A write named a version that is no longer current (`updateSessionData`).
+    Conflict,
     ServiceUnavailable,
     Internal,
 }
@@ -23,6 +25,7 @@ impl ErrorCode {
             ErrorCode::BadUserInput => "BAD_USER_INPUT",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Conflict => "CONFLICT",
             ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -74,6 +77,9 @@ impl AppError {
     }
     pub fn rate_limited(msg: impl Into<String>) -> Self {
         AppError::Client(ErrorCode::RateLimited, msg.into())
+    }
+    pub fn version_conflict(msg: impl Into<String>) -> AppError {
+        AppError::Client(ErrorCode::Conflict, msg.into())
     }
     pub fn internal(msg: impl Into<String>) -> Self {
         AppError::Internal(InternalError::Other(msg.into()))

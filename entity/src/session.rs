@@ -40,6 +40,11 @@ pub struct Model {
     pub ip_address: Option<String>,
     #[sea_orm(column_type = "Text", nullable)]
     pub user_agent: Option<String>,
+    /// The application's own data: a JSON object, NULL when empty. Deleted on revocation.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub data: Option<String>,
+    /// Incremented by every update of `data`; updates compare it, so none is lost.
+    pub data_version: i64,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

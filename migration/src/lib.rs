@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_tables;
 mod m20261124_000002_session_refresh_token;
 mod m20261201_000001_normalize_identifiers;
+mod m20261202_000001_session_data;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_tables::Migration),
             Box::new(m20261124_000002_session_refresh_token::Migration),
             Box::new(m20261201_000001_normalize_identifiers::Migration),
+            Box::new(m20261202_000001_session_data::Migration),
         ]
     }
 }

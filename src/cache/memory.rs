@@ -102,6 +102,14 @@ impl MemoryCache {
         if self.tombstones.contains_key(&session.token_hash) {
             return false;
         }
+        // Never go back to older data (a read or write that started before an update of it).
+        if self
+            .entries
+            .get(&session.token_hash)
+            .is_some_and(|cur| cur.data_version > session.data_version)
+        {
+            return false;
+        }
         if let Some(user_id) = session.user_id() {
             self.by_user
                 .lock()
@@ -159,6 +167,14 @@ impl SessionCache for MemoryCache {
         Ok(())
     }
 
+    async fn replace(
+        &self,
+        session: Arc<CachedSession>,
+        _ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        Ok(self.insert_sync(session))
+    }
+
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
         self.delete_sync(key);
         Ok(())
@@ -197,6 +213,8 @@ mod tests {
 
     fn session(user: Option<i64>) -> Arc<CachedSession> {
         Arc::new(CachedSession {
+            data_version: 0,
+            data: None,
             id: 1,
             token_hash: token::generate().hash,
             kind: SessionKind::Authenticated,

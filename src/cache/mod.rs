@@ -45,9 +45,10 @@ pub trait SessionCache: Send + Sync {
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError>;
     /// Stores a new version of an entry that other processes may hold (after a write to the
     /// session's row). Strategies with a per-process tier make the others drop their copies.
-    async fn replace(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
-        self.set(session, ttl).await
-    }
+    /// Returns whether it was stored: an entry with newer data (a higher `data_version`) or a
+    /// revoked token is never overwritten.
+    async fn replace(&self, session: Arc<CachedSession>, ttl: Duration)
+        -> Result<bool, CacheError>;
     /// Drops the entry of one token (its row changed; the token may be cached again).
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError>;
     /// Drops the entry of a revoked token and refuses to store it again for [`TOMBSTONE_TTL`]

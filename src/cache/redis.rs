@@ -193,21 +193,31 @@ impl Scripts {
     fn new() -> Scripts {
         Scripts {
             set_unless_revoked: redis::Script::new(
-                r"
-                if redis.call('GET', KEYS[1]) == '!' then return 0 end
+                r#"
+                local cur = redis.call('GET', KEYS[1])
+                if cur == '!' then return 0 end
+                if cur and ARGV[3] ~= '' then
+                    local v = tonumber(string.match(cur, '^{"data_version":(%d+)'))
+                    if v and v > tonumber(ARGV[3]) then return 0 end
+                end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
                 return 1
-                ",
+                "#,
             ),
             set_user_entry: redis::Script::new(
-                r"
+                r#"
                 local mark = tonumber(redis.call('GET', KEYS[3]) or '0')
                 if mark >= tonumber(ARGV[4]) then return 0 end
+                local cur = redis.call('GET', KEYS[1])
+                if cur then
+                    local v = tonumber(string.match(cur, '^{"data_version":(%d+)'))
+                    if v and v > tonumber(ARGV[6]) then return 0 end
+                end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
                 redis.call('SADD', KEYS[2], ARGV[3])
                 redis.call('PEXPIRE', KEYS[2], ARGV[5])
                 return 1
-                ",
+                "#,
             ),
             drop_user: redis::Script::new(
                 r"
@@ -376,7 +386,8 @@ impl RedisCache {
                     .arg(ms(ttl))
                     .arg(&hex)
                     .arg(session.loaded_at)
-                    .arg(ms(self.index_ttl));
+                    .arg(ms(self.index_ttl))
+                    .arg(session.data_version);
                 let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
                 if stored == 0 {
                     return Ok(false); // read before the user's sessions were dropped: stale
@@ -384,8 +395,14 @@ impl RedisCache {
                 format!("@{user_id}").into_bytes()
             }
         };
+        // Anonymous entries live at the pointer: never go back to older data there.
+        let version = if session.user.is_none() {
+            session.data_version.to_string()
+        } else {
+            String::new()
+        };
         let mut call = self.scripts.set_unless_revoked.key(pointer);
-        call.arg(pointer_value).arg(ms(ttl));
+        call.arg(pointer_value).arg(ms(ttl)).arg(version);
         let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
         Ok(stored == 1)
     }
@@ -404,6 +421,14 @@ impl SessionCache for RedisCache {
 
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
         self.store(session, ttl).await.map(|_| ())
+    }
+
+    async fn replace(
+        &self,
+        session: Arc<CachedSession>,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        self.store(session, ttl).await
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {

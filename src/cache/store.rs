@@ -185,14 +185,23 @@ impl SessionStore {
     /// take the new version, the old one is dropped instead, so it cannot outlive the write.
     pub async fn replace(&self, s: Arc<CachedSession>) {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        if let Err(e) = self
+        match self
             .cache
             .replace(s.clone(), self.ttl_for(&s, now_ms()))
             .await
         {
-            self.failed("replace", e);
-            self.invalidate(Invalidation::Token(s.token_hash)).await;
-            return;
+            Ok(true) => {}
+            // Newer data is cached (a concurrent update reached the cache first); this entry's
+            // other fields may be newer, so neither copy is trusted: the next read reloads.
+            Ok(false) => {
+                self.invalidate(Invalidation::Token(s.token_hash)).await;
+                return;
+            }
+            Err(e) => {
+                self.failed("replace", e);
+                self.invalidate(Invalidation::Token(s.token_hash)).await;
+                return;
+            }
         }
         if self.epoch.load(Ordering::Acquire) != epoch {
             self.cache.evict_local(&s.token_hash);

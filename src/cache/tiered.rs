@@ -365,10 +365,20 @@ impl SessionCache for TieredCache {
         Ok(())
     }
 
-    async fn replace(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError> {
+    async fn replace(
+        &self,
+        session: Arc<CachedSession>,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
         let hash = session.token_hash;
-        self.set(session, ttl).await?;
-        self.broadcast(format!("t:{}", hash.to_hex())).await
+        let stored = self.remote.store(session.clone(), ttl).await?;
+        if stored && self.local_usable() {
+            self.local.insert_sync(session);
+        } else {
+            self.local.delete_sync(&hash);
+        }
+        self.broadcast(format!("t:{}", hash.to_hex())).await?;
+        Ok(stored)
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {

@@ -10,7 +10,8 @@ use crate::permission::Permission;
 use crate::service::auth::LoginOutcome;
 use crate::service::directory::{NewRole, NewUser, RoleChanges, UserChanges};
 use crate::service::session_admin::Revocation;
-use async_graphql::{Context, Object, Result, ID};
+use crate::service::session_data::DataChange;
+use async_graphql::{Context, Json, Object, Result, ID};
 
 pub struct Mutation;
 
@@ -191,6 +192,64 @@ impl Mutation {
             .ok_or_else(|| AppError::not_found("no channel has this token"))?;
         let updated = svc.set_active(&s, s.active_order_id, Some(ch.id)).await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
+        Ok(Session::from_cached(&updated))
+    }
+
+    /// Writes the top-level keys of `set` into the session's data (merged, not replaced) and
+    /// removes the keys in `unset`. With `expectedVersion`, applies only if `dataVersion` is
+    /// still that (else CONFLICT, nothing changes). Keys are 1 to 64 characters and the data, as
+    /// JSON, at most SESSION_DATA_MAX_BYTES (else BAD_USER_INPUT, nothing changes). Starts an
+    /// anonymous session first when there is none (its token is returned as for createOrder).
+    async fn update_session_data(
+        &self,
+        ctx: &Context<'_>,
+        set: Option<Json<serde_json::Value>>,
+        unset: Option<Vec<String>>,
+        expected_version: Option<i32>,
+    ) -> Result<Session> {
+        let req = ctx.request_ctx()?;
+        let svc = services(ctx)?;
+        let set = match set.map(|j| j.0) {
+            None | Some(serde_json::Value::Null) => Default::default(),
+            Some(serde_json::Value::Object(map)) => map,
+            Some(_) => return Err(AppError::bad_input("set must be a JSON object").into()),
+        };
+        let change = DataChange {
+            set,
+            unset: unset.unwrap_or_default(),
+            expected_version: expected_version.map(i64::from),
+        };
+        // Everything that can be refused is refused before a session is started for it.
+        change.validate()?;
+        let s = match req.session() {
+            Some(s) => s,
+            None => {
+                let size = serde_json::Value::Object(change.set.clone())
+                    .to_string()
+                    .len();
+                let max = svc.config.session_data_max_bytes;
+                if size > max {
+                    return Err(AppError::bad_input(format!(
+                        "the session data would be {size} bytes as JSON; at most {max} are allowed"
+                    ))
+                    .into());
+                }
+                if change.expected_version.is_some_and(|v| v != 0) {
+                    return Err(AppError::version_conflict(
+                        "there is no session yet: its data is at version 0",
+                    )
+                    .into());
+                }
+                let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+                let issued = svc
+                    .create_anonymous_session(&req.client.info(), channel)
+                    .await?;
+                issue_tokens(ctx, &issued)?;
+                issued.session
+            }
+        };
+        let updated = svc.update_session_data(&s, change).await?;
+        req.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
 

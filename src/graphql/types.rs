@@ -2,15 +2,17 @@
 //! GraphQL types.
 
 use super::batch::{OrderBatch, RoleBatch, SessionBatch, UserBatch};
-use super::context::{services, CtxExt};
+use super::context::{require_permission, services, CtxExt};
 use crate::clock::rfc3339;
+use crate::domain::SessionData;
 use crate::domain::{CachedSession, CachedUser, SessionKind};
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
 use crate::service::directory::Page;
+use crate::service::session_data::parse_stored;
 use async_graphql::{
-    Context, Enum, InputObject, InputValueError, InputValueResult, Object, OutputType, Result,
-    Scalar, ScalarType, SimpleObject, Union, Value, ID,
+    Context, Enum, InputObject, InputValueError, InputValueResult, Json, Object, OutputType,
+    Result, Scalar, ScalarType, SimpleObject, Union, Value, ID,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -544,6 +546,28 @@ impl Session {
     }
     async fn absolute_expires_at(&self) -> DateTime {
         DateTime(self.absolute_expiry())
+    }
+    /// The application's own data (a JSON object; null when empty). The caller's own session
+    /// always shows it; other sessions only to callers holding READ_SESSION in the request's
+    /// channel.
+    async fn data(&self, ctx: &Context<'_>) -> Result<Option<Json<Arc<SessionData>>>> {
+        let m = match self {
+            Session::Cached(s) => return Ok(s.data.clone().map(Json)),
+            Session::Row(m, _) => m,
+        };
+        let own = ctx.request_ctx()?.session().is_some_and(|s| s.id == m.id);
+        if !own && require_permission(ctx, Permission::ReadSession).is_err() {
+            return Ok(None);
+        }
+        Ok(parse_stored(m.data.as_deref()).map(Json))
+    }
+    /// Incremented by every successful `updateSessionData`; pass it as `expectedVersion`.
+    async fn data_version(&self) -> i32 {
+        let v = match self {
+            Session::Cached(s) => s.data_version,
+            Session::Row(m, _) => m.data_version,
+        };
+        v.clamp(0, i32::MAX as i64) as i32
     }
     async fn ip_address(&self) -> Option<&str> {
         match self {

@@ -188,6 +188,7 @@ impl Services {
         let txn = self.db.begin().await?;
         // The presented session is replaced: claim it (only one login may consume it).
         let mut carried = (None, None);
+        let mut carried_data = None;
         if let Some(old) = &current {
             let claimed = session::Entity::update_many()
                 .col_expr(session::Column::Invalidated, Expr::value(true))
@@ -197,6 +198,9 @@ impl Services {
                 .await?;
             if claimed.rows_affected == 1 && old.user.is_none() {
                 carried = (old.active_order_id, old.active_channel_id);
+                // The data as committed (an update may have landed since this request
+                // began); the claim above already holds the row, so none can land now.
+                carried_data = super::session_data::take_data(&txn, old.id).await?;
                 if let Some(order_id) = old.active_order_id {
                     // The guest order becomes the user's.
                     order::Entity::update_many()
@@ -218,6 +222,7 @@ impl Services {
                     authentication_strategy: Some("native".into()),
                     active_order_id: carried.0,
                     active_channel_id: carried.1,
+                    data: carried_data,
                     remember_me,
                     client,
                 },

@@ -23,6 +23,7 @@ pub mod identify;
 pub mod order;
 pub mod session;
 pub mod session_admin;
+pub mod session_data;
 pub mod throttle;
 
 use crate::cache::{RedisCache, SessionStore};

@@ -89,6 +89,8 @@ pub struct NewSession<'a> {
     pub authentication_strategy: Option<String>,
     pub active_order_id: Option<i64>,
     pub active_channel_id: Option<i64>,
+    /// Data carried over from the session this one replaces (login).
+    pub data: Option<Arc<crate::domain::SessionData>>,
     pub remember_me: bool,
     pub client: &'a ClientInfo,
 }
@@ -106,6 +108,8 @@ impl CachedSession {
     /// Builds the cache form from a row and its user (already with per-channel permissions).
     pub fn from_model(m: &session::Model, user: Option<CachedUser>, now: i64) -> CachedSession {
         CachedSession {
+            data_version: m.data_version,
+            data: super::session_data::parse_stored(m.data.as_deref()),
             id: m.id,
             token_hash: TokenHash::from_hex(&m.token_hash).unwrap_or(TokenHash([0; 32])),
             kind: SessionKind::from_db(&m.kind),
@@ -128,6 +132,8 @@ impl CachedSession {
     /// A copy with a different active order and channel, keeping the activity counters.
     pub fn with_active(&self, order: Option<i64>, channel: Option<i64>) -> CachedSession {
         CachedSession {
+            data_version: self.data_version,
+            data: self.data.clone(),
             id: self.id,
             token_hash: self.token_hash,
             kind: self.kind,
@@ -364,6 +370,8 @@ impl Services {
             absolute_expires_at: Set(now.saturating_add(self.lifetimes.absolute_ms)),
             ip_address: Set(new.client.ip_address.clone()),
             user_agent: Set(user_agent),
+            data: Set(new.data.as_deref().map(super::session_data::to_stored)),
+            data_version: Set(0),
             ..Default::default()
         };
         let inserted = session::Entity::insert(model)
@@ -394,6 +402,7 @@ impl Services {
                     authentication_strategy: None,
                     active_order_id: None,
                     active_channel_id: channel_id,
+                    data: None,
                     remember_me: false,
                     client,
                 },
@@ -429,6 +438,8 @@ impl Services {
             retry_deadlocks(|| async {
                 session::Entity::update_many()
                     .col_expr(session::Column::Invalidated, Expr::value(true))
+                    // Revocation deletes the session's data; the row stays for the listing.
+                    .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
                     .filter(session::Column::Id.is_in(chunk.to_vec()))
                     .exec(&self.db)
                     .await

@@ -13,6 +13,7 @@ crate::all_caches!(
     warm_session_user_me_and_channels_run_no_statement,
     admin_listing_runs_a_fixed_number_of_statements,
     user_listing_runs_a_fixed_number_of_statements,
+    warm_session_data_runs_no_statement,
 );
 
 const SESSION_USER: &str = "{ activeSession { user { id identifier verified } } }";
@@ -443,6 +444,28 @@ async fn cached_reads_follow_changes_on_every_instance(mode: &str) {
     )
     .await;
 
+    // C writes session data: A and B read it on their next request.
+    c.gql_as(
+        &token,
+        "mutation { updateSessionData(set: { locale: \"de\" }) { dataVersion } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    for _ in 0..2 {
+        for (i, s) in servers.iter().enumerate() {
+            let r = s
+                .gql_as(&token, "{ activeSession { data dataVersion } }", json!({}))
+                .await
+                .ok();
+            assert_eq!(
+                r.data()["activeSession"],
+                json!({ "data": { "locale": "de" }, "dataVersion": 1 }),
+                "updateSessionData through C, instance {i}"
+            );
+        }
+    }
+
     // A renames alice.
     a.gql_as(
         &admin,
@@ -471,4 +494,33 @@ async fn cached_reads_follow_changes_on_every_instance_tiered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_reads_follow_changes_on_every_instance_redis() {
     cached_reads_follow_changes_on_every_instance("redis").await;
+}
+
+/// `activeSession { data }` (1 KiB of data) comes from the cache, right after an update too:
+/// the update writes the new data through to the cache.
+async fn warm_session_data_runs_no_statement(v: Variant) {
+    let Some(app) = spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "alice", "alice-pw", &[]).await;
+    let token = app.login("alice", "alice-pw").await.token;
+    let note = "n".repeat(1000);
+    let r = app
+        .gql_as(
+            &token,
+            "mutation($s: JSON) { updateSessionData(set: $s) { dataVersion } }",
+            json!({ "s": { "locale": "de", "note": note } }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["updateSessionData"]["dataVersion"], 1);
+    let query = "{ activeSession { data dataVersion } }";
+    for _ in 0..2 {
+        let (data, n) = counted(&app, &token, query).await;
+        assert_eq!(data["activeSession"]["data"]["locale"], "de");
+        assert_eq!(data["activeSession"]["data"]["note"], note);
+        assert_eq!(data["activeSession"]["dataVersion"], 1);
+        assert_eq!(n, 0, "a warm read of session data ran {n} statements");
+    }
 }

@@ -20,6 +20,7 @@ mod procs;
 mod refresh;
 mod revocation;
 mod scale;
+mod session_data;
 mod shutdown;
 mod storefront;
 mod throttle;
