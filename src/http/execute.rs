@@ -2,10 +2,11 @@
 //! (skipping validation a known document already passed), give every error a code, answer 503
 //! while the database is down, and write the tokens the resolvers issued or cleared.
 
+use super::cookies::{self, CookieMode};
 use super::documents::{self, KnownDocument};
 use super::request::{self, TokenSource};
 use super::transport::{app_error_response, error_response};
-use super::{cookies, AppState};
+use super::AppState;
 use crate::error::ErrorCode;
 use crate::graphql::{LazyClientInfo, RequestContext, TokenChanges};
 use crate::metrics::Metrics;
@@ -102,10 +103,11 @@ async fn execute_inner(
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mode = CookieMode::of(&svc.config);
     if dead_cookie {
-        cookies::clear_dead_session_cookie(h, &svc.config);
+        cookies::clear_dead_session_cookie(h, mode);
     }
-    cookies::write_token_changes(h, &tokens.take(), &svc.config);
+    cookies::write_token_changes(h, &tokens.take(), mode);
     out
 }
 
