@@ -186,7 +186,8 @@ pub fn issue_tokens(ctx: &Context<'_>, issued: &Issued) -> Result<(), AppError> 
     Ok(())
 }
 
-/// Records that the client should forget its tokens (logout, or its own session revoked).
+/// Records that the client should forget its tokens: its session ended (logout, logout
+/// everywhere, or the caller revoked it).
 pub fn clear_tokens(ctx: &Context<'_>) -> Result<(), AppError> {
     ctx.request_ctx()?.tokens.record(TokenChange::Cleared);
     Ok(())
