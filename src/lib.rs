@@ -9,9 +9,15 @@
 //!
 //! - [`config`]: the only place that reads the environment; validates lifetimes.
 //! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap.
-//! - [`http`]: the router, token extraction (bearer / cookie), CSRF rules, health, metrics.
-//! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models) and the
-//!   per-request batches that load a listing's related rows together (`graphql::batch`).
+//! - [`http`]: everything about HTTP, one file per job: the router and shared state (`mod.rs`),
+//!   transport rules (JSON bodies, no mutations over GET, timeout; `transport`), the parsed
+//!   document cache (`documents`), running one request (identify the caller, execute, error
+//!   codes, 503; `execute`), reading the token, channel and client (`request`), the token
+//!   headers and cookies (`cookies`), CORS (`cors`), `/health` and `/metrics` (`health`).
+//! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models), the
+//!   per-request context (resolvers record tokens issued or cleared there; `http` writes them)
+//!   and the per-request batches that load a listing's related rows together
+//!   (`graphql::batch`). No axum types below this layer.
 //! - [`service`]: identifying a request's session and channel (`identify`), sessions,
 //!   authorization (who may do what, channel scopes), login and throttling, users / roles /
 //!   channels, orders, batched reads, clean-up.

@@ -1,6 +1,7 @@
-//! The per-request GraphQL context (the caller's session, channel and connection info) and the
-//! helpers resolvers use: permission checks (and the [`Caller`] handed to admin operations) and
-//! issuing tokens as headers and cookies.
+//! The per-request GraphQL context (the caller's session and channel, the client's address,
+//! the tokens resolvers issued or cleared) and the helpers resolvers use: permission checks (and
+//! the [`Caller`] handed to admin operations) and recording issued or cleared tokens, which the
+//! HTTP layer writes as headers and cookies once execution ends.
 
 use crate::domain::CachedSession;
 use crate::error::AppError;
@@ -10,31 +11,53 @@ use crate::service::{ClientInfo, Issued, SharedServices};
 use async_graphql::Context;
 use entity::channel;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-/// Where the request's token came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenSource {
-    Bearer,
-    Cookie,
-}
+/// The client's address and user agent, turned into strings only when asked: only mutations
+/// that create sessions need them, and the transport decides where they come from.
+pub struct LazyClientInfo(Box<dyn Fn() -> ClientInfo + Send + Sync>);
 
-/// Where the request came from, kept raw: only mutations that create sessions need strings.
-pub struct ClientSource {
-    pub ip: Option<std::net::IpAddr>,
-    pub user_agent: Option<axum::http::HeaderValue>,
-}
+impl LazyClientInfo {
+    pub fn new(read: impl Fn() -> ClientInfo + Send + Sync + 'static) -> Self {
+        LazyClientInfo(Box::new(read))
+    }
 
-impl ClientSource {
     /// The address and user agent as strings (the session layer caps what it stores).
     pub fn info(&self) -> ClientInfo {
-        ClientInfo {
-            ip_address: self.ip.map(|ip| ip.to_string()),
-            user_agent: self
-                .user_agent
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        }
+        (self.0)()
+    }
+}
+
+/// A change to the tokens the client holds, recorded by a resolver.
+pub enum TokenChange {
+    /// A session was created or rotated: hand the client these tokens.
+    Issued {
+        token: String,
+        refresh_token: Option<String>,
+        /// How long the client should keep them under remember-me (the session's absolute
+        /// lifetime); `None` for as long as the client runs.
+        remember_for: Option<Duration>,
+    },
+    /// The session ended: the client should forget its tokens.
+    Cleared,
+}
+
+/// The token changes of one request, in the order resolvers made them. The HTTP layer keeps a
+/// clone and writes them out once execution ends.
+#[derive(Clone, Default)]
+pub struct TokenChanges(Arc<Mutex<Vec<TokenChange>>>);
+
+impl TokenChanges {
+    fn record(&self, change: TokenChange) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(change);
+    }
+
+    /// The changes recorded so far, leaving none.
+    pub fn take(&self) -> Vec<TokenChange> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -43,26 +66,29 @@ pub struct RequestContext {
     session: Mutex<Option<Arc<CachedSession>>>,
     /// The request's channel: `channel-token` header, else the session's, else the default.
     pub channel: Arc<channel::Model>,
-    pub client: ClientSource,
-    pub token_source: Option<TokenSource>,
-    /// The `session_refresh` cookie, for `refreshSession` without an argument.
+    /// The client's address and user agent, recorded on the sessions it creates.
+    pub client: LazyClientInfo,
+    /// The refresh token the client presented outside the query (the HTTP layer reads it from
+    /// its cookie), for `refreshSession` without an argument.
     pub refresh_cookie: Option<String>,
+    /// Tokens issued or cleared by this request's resolvers.
+    tokens: TokenChanges,
 }
 
 impl RequestContext {
     pub fn new(
         session: Option<Arc<CachedSession>>,
         channel: Arc<channel::Model>,
-        client: ClientSource,
-        token_source: Option<TokenSource>,
+        client: LazyClientInfo,
         refresh_cookie: Option<String>,
+        tokens: TokenChanges,
     ) -> Self {
         RequestContext {
             session: Mutex::new(session),
             channel,
             client,
-            token_source,
             refresh_cookie,
+            tokens,
         }
     }
 
@@ -144,76 +170,25 @@ pub fn require_caller(ctx: &Context<'_>, permission: Permission) -> Result<Calle
         .ok_or_else(|| AppError::unauthenticated("you must be logged in"))
 }
 
-/// Session cookie attributes shared by setting and clearing.
-fn cookie(
-    name: &str,
-    value: &str,
-    same_site: &str,
-    path: &str,
-    secure: bool,
-    max_age: Option<i64>,
-) -> String {
-    let mut c = format!("{name}={value}; HttpOnly; SameSite={same_site}; Path={path}");
-    if secure {
-        c.push_str("; Secure");
-    }
-    if let Some(age) = max_age {
-        c.push_str(&format!("; Max-Age={age}"));
-    }
-    c
-}
-
-pub fn session_cookie(token: &str, secure: bool, max_age: Option<i64>) -> String {
-    cookie("session", token, "Lax", "/", secure, max_age)
-}
-
-pub fn refresh_cookie(token: &str, secure: bool, max_age: Option<i64>) -> String {
-    cookie(
-        "session_refresh",
-        token,
-        "Strict",
-        "/graphql",
-        secure,
-        max_age,
-    )
-}
-
-/// Hands newly issued tokens to the client: `session-token` / `refresh-token` headers, and in
-/// cookie mode the `session` / `session_refresh` cookies.
+/// Records newly issued tokens for the client and makes their session the request's.
 pub fn issue_tokens(ctx: &Context<'_>, issued: &Issued) -> Result<(), AppError> {
-    let svc = services(ctx)?;
-    let config = &svc.config;
-    ctx.insert_http_header("session-token", issued.token.clone());
-    if let Some(refresh) = &issued.refresh_token {
-        ctx.insert_http_header("refresh-token", refresh.clone());
-    }
-    if config.token_method.cookie {
-        let max_age = issued
+    let config = &services(ctx)?.config;
+    let req = ctx.request_ctx()?;
+    req.tokens.record(TokenChange::Issued {
+        token: issued.token.clone(),
+        refresh_token: issued.refresh_token.clone(),
+        remember_for: issued
             .session
             .remember_me
-            .then_some(config.session_absolute_timeout.as_secs() as i64);
-        ctx.append_http_header(
-            "set-cookie",
-            session_cookie(&issued.token, config.cookie_secure, max_age),
-        );
-        if let Some(refresh) = &issued.refresh_token {
-            ctx.append_http_header(
-                "set-cookie",
-                refresh_cookie(refresh, config.cookie_secure, max_age),
-            );
-        }
-    }
-    ctx.request_ctx()?.set_session(Some(issued.session.clone()));
+            .then_some(config.session_absolute_timeout),
+    });
+    req.set_session(Some(issued.session.clone()));
     Ok(())
 }
 
-/// Clears the session cookies (logout, or a dead token presented by cookie).
-pub fn clear_cookies(ctx: &Context<'_>) -> Result<(), AppError> {
-    let svc = services(ctx)?;
-    if svc.config.token_method.cookie {
-        let secure = svc.config.cookie_secure;
-        ctx.append_http_header("set-cookie", session_cookie("", secure, Some(0)));
-        ctx.append_http_header("set-cookie", refresh_cookie("", secure, Some(0)));
-    }
+/// Records that the client should forget its tokens: its session ended (logout, logout
+/// everywhere, or the caller revoked it).
+pub fn clear_tokens(ctx: &Context<'_>) -> Result<(), AppError> {
+    ctx.request_ctx()?.tokens.record(TokenChange::Cleared);
     Ok(())
 }

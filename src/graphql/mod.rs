@@ -10,7 +10,7 @@ pub mod types;
 use crate::service::SharedServices;
 use async_graphql::{EmptySubscription, Schema, SchemaBuilder};
 
-pub use context::{ClientSource, RequestContext, TokenSource};
+pub use context::{LazyClientInfo, RequestContext, TokenChange, TokenChanges};
 pub use mutation::Mutation;
 pub use query::Query;
 

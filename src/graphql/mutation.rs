@@ -1,7 +1,7 @@
 //! Mutation resolvers: validate, call one service function, map the result.
 
 use super::context::{
-    clear_cookies, issue_tokens, require_caller, require_permission, require_session, require_user,
+    clear_tokens, issue_tokens, require_caller, require_permission, require_session, require_user,
     services, CtxExt,
 };
 use super::types::*;
@@ -87,12 +87,12 @@ impl Mutation {
     async fn logout(&self, ctx: &Context<'_>) -> Result<bool> {
         let req = ctx.request_ctx()?;
         let Some(s) = req.session() else {
-            clear_cookies(ctx)?;
+            clear_tokens(ctx)?;
             return Ok(false);
         };
         let ended = services(ctx)?.revoke_session(s.id, None).await?;
         req.set_session(None);
-        clear_cookies(ctx)?;
+        clear_tokens(ctx)?;
         Ok(ended)
     }
 
@@ -103,7 +103,7 @@ impl Mutation {
             .end_user_sessions(s.user_id().unwrap_or_default())
             .await?;
         ctx.request_ctx()?.set_session(None);
-        clear_cookies(ctx)?;
+        clear_tokens(ctx)?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
@@ -176,7 +176,7 @@ impl Mutation {
         let revoked = services(ctx)?.revoke_session(id, s.user_id()).await?;
         if revoked && id == s.id {
             ctx.request_ctx()?.set_session(None);
-            clear_cookies(ctx)?;
+            clear_tokens(ctx)?;
         }
         Ok(revoked)
     }

@@ -1,12 +1,22 @@
-//! Reading a request: the session token (bearer, else cookie), the refresh cookie, and the
-//! client's address and user agent.
+//! Reading a request: the session token (bearer, else cookie), the refresh cookie, the
+//! channel token, and the client's address and user agent.
 
+use super::cookies::{REFRESH_COOKIE, SESSION_COOKIE};
 use crate::config::{TokenMethods, TrustProxy};
-use crate::graphql::ClientSource;
-use crate::graphql::TokenSource;
+use crate::service::ClientInfo;
 use crate::token::{self, TokenHash};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
+
+/// The request header that names the request's channel.
+pub const CHANNEL_TOKEN_HEADER: HeaderName = HeaderName::from_static("channel-token");
+
+/// Where the request's token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie,
+}
 
 /// A token the client presented; `hash` is `None` when it was malformed.
 pub struct PresentedToken {
@@ -43,7 +53,7 @@ pub fn presented_token(headers: &HeaderMap, methods: TokenMethods) -> Option<Pre
         }
     }
     if methods.cookie {
-        if let Some(raw) = cookie(headers, "session").filter(|v| !v.is_empty()) {
+        if let Some(raw) = cookie(headers, SESSION_COOKIE).filter(|v| !v.is_empty()) {
             return Some(PresentedToken {
                 source: TokenSource::Cookie,
                 hash: token::parse(raw),
@@ -51,6 +61,39 @@ pub fn presented_token(headers: &HeaderMap, methods: TokenMethods) -> Option<Pre
         }
     }
     None
+}
+
+/// The refresh token in the refresh cookie, for `refreshSession` without an argument.
+pub fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, REFRESH_COOKIE).map(str::to_string)
+}
+
+/// The `channel-token` header; a value that is not visible ASCII names no channel (so none is
+/// found).
+pub fn channel_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(CHANNEL_TOKEN_HEADER)
+        .map(|v| v.to_str().unwrap_or(""))
+}
+
+/// Where the request came from, kept raw: only mutations that create sessions need strings.
+pub struct ClientSource {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<HeaderValue>,
+}
+
+impl ClientSource {
+    /// The address and user agent as strings (the session layer caps what it stores).
+    pub fn info(&self) -> ClientInfo {
+        ClientInfo {
+            ip_address: self.ip.map(|ip| ip.to_string()),
+            user_agent: self
+                .user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
 }
 
 /// The client's address and user agent, kept raw until a mutation needs them as strings.
@@ -93,7 +136,6 @@ fn forwarded_for(headers: &HeaderMap, hops: u8) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn bearer_wins_over_cookie_and_malformed_tokens_have_no_hash() {

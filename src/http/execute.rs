@@ -1,0 +1,133 @@
+//! Running one GraphQL request: identify the caller (`Services::identify`), run the schema
+//! (skipping validation a known document already passed), give every error a code, answer 503
+//! while the database is down, and write the tokens the resolvers issued or cleared.
+
+use super::cookies::{self, CookieMode};
+use super::documents::{self, KnownDocument};
+use super::request::{self, TokenSource};
+use super::transport::{app_error_response, error_response};
+use super::AppState;
+use crate::error::ErrorCode;
+use crate::graphql::{LazyClientInfo, RequestContext, TokenChanges};
+use crate::metrics::Metrics;
+use crate::service::identify::Identity;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs a GraphQL request and records its count and latency under its operation label.
+pub(super) async fn execute(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    request: async_graphql::Request,
+) -> Response {
+    let started = Instant::now();
+    let handles = app.labeler.handles(&request.query);
+    let (request, known) = documents::attach(&app.documents, request);
+    let response = execute_inner(app, headers, peer, request, known).await;
+    handles.record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Resolves the caller's session and channel, runs the operation, and writes the response
+/// with the tokens the resolvers issued or cleared.
+async fn execute_inner(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    request: async_graphql::Request,
+    known: Option<Arc<KnownDocument>>,
+) -> Response {
+    let svc = &app.services;
+    let presented = request::presented_token(headers, svc.config.token_method);
+    let Identity { session, channel } = match svc
+        .identify(
+            presented.as_ref().and_then(|p| p.hash.as_ref()),
+            request::channel_token(headers),
+        )
+        .await
+    {
+        Ok(identity) => identity,
+        Err(e) => return app_error_response(e),
+    };
+    let dead_cookie = session.is_none()
+        && presented
+            .as_ref()
+            .is_some_and(|p| p.source == TokenSource::Cookie);
+
+    let client = request::client_info(headers, peer, svc.config.trust_proxy);
+    let tokens = TokenChanges::default();
+    let ctx = RequestContext::new(
+        session,
+        channel,
+        LazyClientInfo::new(move || client.info()),
+        request::refresh_cookie(headers),
+        tokens.clone(),
+    );
+    let known = documents::reusable_for(known, &request);
+    let already_valid = known.as_ref().is_some_and(|k| k.validated());
+    let schema = if already_valid {
+        &app.schema_revalidated
+    } else {
+        &app.schema
+    };
+    let mut response = schema.execute(request.data(ctx)).await;
+    if let Some(k) = known.filter(|_| !already_valid && response.errors.is_empty()) {
+        k.mark_validated();
+    }
+    let unavailable = fix_error_codes(&mut response, &svc.metrics);
+
+    let body = match serde_json::to_vec(&response) {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error",
+            )
+        }
+    };
+    let mut out = Response::new(Body::from(body));
+    // The database being down is the server's condition, not the request's: say so in the
+    // status too, so load balancers and clients retry.
+    if unavailable {
+        *out.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mode = CookieMode::of(&svc.config);
+    if dead_cookie {
+        cookies::clear_dead_session_cookie(h, mode);
+    }
+    cookies::write_token_changes(h, &tokens.take(), mode);
+    out
+}
+
+/// Gives a code to every error that has none, and says whether any reported the database
+/// unavailable. Errors raised before resolvers run (syntax, validation, variable coercion,
+/// limits) carry no code of their own: they are all about the request's input.
+fn fix_error_codes(response: &mut async_graphql::Response, metrics: &Metrics) -> bool {
+    let mut unavailable = false;
+    for err in response.errors.iter_mut() {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        match ext.get("code") {
+            None => ext.set("code", ErrorCode::BadUserInput.as_str()),
+            Some(async_graphql::Value::String(code))
+                if code == ErrorCode::ServiceUnavailable.as_str() =>
+            {
+                metrics.error("database");
+                unavailable = true;
+            }
+            Some(_) => {}
+        }
+    }
+    unavailable
+}
