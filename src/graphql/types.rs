@@ -7,7 +7,7 @@ use crate::clock::rfc3339;
 use crate::domain::{CachedSession, CachedUser, SessionKind};
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
-use crate::service::directory::Page;
+use crate::service::paging::Page;
 use async_graphql::{
     Context, Enum, InputObject, InputValueError, InputValueResult, Object, OutputType, Result,
     Scalar, ScalarType, SimpleObject, Union, Value, ID,
