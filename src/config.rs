@@ -328,7 +328,9 @@ impl Config {
             return refuse("CLEANUP_BATCH_SIZE must be at least 1");
         }
         if self.login_max_attempts == 0 || self.login_max_attempts_per_address == 0 {
-            return refuse("LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1");
+            return refuse(
+                "LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1",
+            );
         }
         if self.password_hash_concurrency == Some(0) {
             return refuse("PASSWORD_HASH_CONCURRENCY must be at least 1 when set");
@@ -353,7 +355,10 @@ impl Config {
 
     /// The Redis of `REDIS_URL`, if one is configured.
     pub fn redis_target(&self) -> Result<Option<RedisTarget>, RedisUrlError> {
-        self.redis_url.as_deref().map(RedisTarget::parse).transpose()
+        self.redis_url
+            .as_deref()
+            .map(RedisTarget::parse)
+            .transpose()
     }
 }
 

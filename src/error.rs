@@ -280,3 +280,83 @@ impl From<AppError> for async_graphql::Error {
 }
 
 use async_graphql::ErrorExtensions as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A log destination that keeps what is written.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines logged while `f` runs.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// An error whose root cause (tokio's "semaphore closed") is not in its own message.
+    fn hasher_closed() -> InternalError {
+        let permits = tokio::sync::Semaphore::new(0);
+        permits.close();
+        let closed = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(permits.acquire())
+            .unwrap_err();
+        InternalError::HasherClosed(closed)
+    }
+
+    #[test]
+    fn an_internal_error_is_logged_once_at_the_boundary_with_its_root_cause() {
+        let err = AppError::from(hasher_closed());
+        assert!(logged(|| assert_eq!(err.client_message(), "internal error")).is_empty());
+        let mut answer = None;
+        let lines = logged(|| answer = Some(async_graphql::Error::from(err)));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("the password hashing queue is closed: semaphore closed"),
+            "{}",
+            lines[0]
+        );
+        // The client is told nothing of it.
+        assert_eq!(answer.unwrap().message, "internal error");
+    }
+
+    #[test]
+    fn client_errors_are_not_logged() {
+        let err = AppError::bad_input("no such thing");
+        assert!(logged(|| drop(async_graphql::Error::from(err))).is_empty());
+    }
+
+    #[test]
+    fn a_start_up_error_shows_its_whole_chain_once() {
+        let err = crate::startup::StartupError::Passwords(ServiceError(hasher_closed().into()));
+        assert_eq!(
+            DisplayChain(&err).to_string(),
+            "cannot start password hashing: the password hashing queue is closed: semaphore closed"
+        );
+        // A cause already shown by the message above it is not repeated.
+        let err = AppError::from(DbErr::Custom("disk full".into()));
+        assert_eq!(err.chain(), "database: Custom Error: disk full");
+    }
+}

@@ -7,14 +7,14 @@
 //!
 //! Requests flow `http -> graphql -> service -> (cache | entity)`:
 //!
-//! - [`config`]: the only place that reads the environment; validates lifetimes.
+//! - [`config`]: the only place that reads the environment; validates lifetimes and `REDIS_URL`.
 //! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap.
 //! - [`http`]: the router, token extraction (bearer / cookie), CSRF rules, health, metrics.
 //! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models) and the
 //!   per-request batches that load a listing's related rows together (`graphql::batch`).
 //! - [`service`]: identifying a request's session and channel (`identify`), sessions,
 //!   authorization (who may do what, channel scopes), login and throttling, users / roles /
-//!   channels, orders, batched reads, clean-up.
+//!   channels, orders, batched reads, id-cursor paging, clean-up.
 //! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
 //!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`

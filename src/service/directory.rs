@@ -14,8 +14,8 @@ use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -493,7 +493,10 @@ impl Services {
 /// The row `find` finds, else the one `insert` creates. When another instance inserted it between
 /// the two (the insert fails on the unique key), that instance's row; any other failure is
 /// returned.
-async fn find_or_insert<T, Find, Found, Insert, Inserted>(find: Find, insert: Insert) -> AppResult<T>
+async fn find_or_insert<T, Find, Found, Insert, Inserted>(
+    find: Find,
+    insert: Insert,
+) -> AppResult<T>
 where
     Find: Fn() -> Found,
     Found: Future<Output = Result<Option<T>, DbErr>>,
@@ -557,7 +560,11 @@ async fn ensure_role<C: ConnectionTrait>(
     permissions: PermissionSet,
     channel_ids: &[i64],
 ) -> AppResult<role::Model> {
-    let find = || role::Entity::find().filter(role::Column::Code.eq(code)).one(db);
+    let find = || {
+        role::Entity::find()
+            .filter(role::Column::Code.eq(code))
+            .one(db)
+    };
     let role = find_or_insert(find, || async {
         Ok(role::Entity::insert(role::ActiveModel {
             code: Set(code.to_string()),

@@ -88,7 +88,14 @@ impl Services {
             with_total,
         };
         let sessions = session::Entity::find().filter(cond);
-        page_by_id(&self.db, sessions, session::Column::Id, IdOrder::Descending, req).await
+        page_by_id(
+            &self.db,
+            sessions,
+            session::Column::Id,
+            IdOrder::Descending,
+            req,
+        )
+        .await
     }
 
     /// One session, live or not, if it is active in the caller's `READ_SESSION` channels.
@@ -119,7 +126,13 @@ impl Services {
             after,
             with_total: false,
         };
-        let page = page_by_id(&self.db, live, session::Column::Id, IdOrder::Descending, req);
+        let page = page_by_id(
+            &self.db,
+            live,
+            session::Column::Id,
+            IdOrder::Descending,
+            req,
+        );
         Ok(page.await?.items)
     }
 

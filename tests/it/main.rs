@@ -21,6 +21,7 @@ mod refresh;
 mod revocation;
 mod scale;
 mod shutdown;
+mod startup;
 mod storefront;
 mod throttle;
 mod transport;
