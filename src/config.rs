@@ -7,6 +7,28 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod redis_url;
+
+pub use self::redis_url::{RedisTarget, RedisUrlError};
+
+/// A configuration the server refuses to start with; the message names the setting.
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    #[error("{0} must be greater than zero")]
+    NotPositive(&'static str),
+    #[error(
+        "SESSION_IDLE_TIMEOUT ({idle}) must not be longer than SESSION_ABSOLUTE_TIMEOUT ({absolute})"
+    )]
+    IdleLongerThanAbsolute { idle: String, absolute: String },
+    #[error("SESSION_CACHE={0} needs REDIS_URL")]
+    CacheNeedsRedis(&'static str),
+    #[error(transparent)]
+    RedisUrl(#[from] RedisUrlError),
+    /// Any other refused setting, with the rule it breaks.
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "session-server", version, about = "A GraphQL session server")]
 pub struct Cli {
@@ -272,7 +294,7 @@ impl Config {
     }
 
     /// Refuses settings the server cannot honour, with a message that names the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("SESSION_IDLE_TIMEOUT", self.session_idle_timeout),
             ("SESSION_ABSOLUTE_TIMEOUT", self.session_absolute_timeout),
@@ -290,58 +312,60 @@ impl Config {
         ];
         for (name, value) in positive {
             if value.is_zero() {
-                return Err(format!("{name} must be greater than zero"));
+                return Err(ConfigError::NotPositive(name));
             }
         }
+        let refuse = |rule| Err(ConfigError::Refused(rule));
         if self.session_token_ttl.is_some_and(|d| d.is_zero()) {
-            return Err("SESSION_TOKEN_TTL must be greater than zero when set".into());
+            return refuse("SESSION_TOKEN_TTL must be greater than zero when set");
         }
         if self.session_idle_timeout > self.session_absolute_timeout {
-            return Err(format!(
-                "SESSION_IDLE_TIMEOUT ({}) must not be longer than SESSION_ABSOLUTE_TIMEOUT ({})",
-                humantime::format_duration(self.session_idle_timeout),
-                humantime::format_duration(self.session_absolute_timeout)
-            ));
+            return Err(ConfigError::IdleLongerThanAbsolute {
+                idle: humantime::format_duration(self.session_idle_timeout).to_string(),
+                absolute: humantime::format_duration(self.session_absolute_timeout).to_string(),
+            });
         }
         if self.session_cache_capacity == 0 {
-            return Err("SESSION_CACHE_CAPACITY must be at least 1".into());
+            return refuse("SESSION_CACHE_CAPACITY must be at least 1");
         }
         if !(2..=1_048_576).contains(&self.session_data_max_bytes) {
-            return Err("SESSION_DATA_MAX_BYTES must be between 2 and 1048576".into());
+            return refuse("SESSION_DATA_MAX_BYTES must be between 2 and 1048576");
         }
         if self.cleanup_batch_size == 0 {
-            return Err("CLEANUP_BATCH_SIZE must be at least 1".into());
+            return refuse("CLEANUP_BATCH_SIZE must be at least 1");
         }
         if self.login_max_attempts == 0 || self.login_max_attempts_per_address == 0 {
-            return Err(
-                "LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1".into(),
+            return refuse(
+                "LOGIN_MAX_ATTEMPTS and LOGIN_MAX_ATTEMPTS_PER_ADDRESS must be at least 1",
             );
         }
         if self.password_hash_concurrency == Some(0) {
-            return Err("PASSWORD_HASH_CONCURRENCY must be at least 1 when set".into());
+            return refuse("PASSWORD_HASH_CONCURRENCY must be at least 1 when set");
         }
         if self.session_cache != CacheMode::Memory && self.redis_url.is_none() {
-            return Err(format!(
-                "SESSION_CACHE={} needs REDIS_URL",
-                match self.session_cache {
-                    CacheMode::Redis => "redis",
-                    _ => "tiered",
-                }
-            ));
+            return Err(ConfigError::CacheNeedsRedis(match self.session_cache {
+                CacheMode::Redis => "redis",
+                _ => "tiered",
+            }));
         }
-        if let Some(url) = &self.redis_url {
-            crate::cache::redis::RedisTarget::parse(url)?;
-        }
+        self.redis_target()?;
         if self.redis_key_prefix.contains(['{', '}']) {
-            return Err(
-                "REDIS_KEY_PREFIX must not contain braces (they are Redis Cluster hash tags)"
-                    .into(),
+            return refuse(
+                "REDIS_KEY_PREFIX must not contain braces (they are Redis Cluster hash tags)",
             );
         }
         if self.superadmin_identifier.trim().is_empty() || self.superadmin_password.is_empty() {
-            return Err("SUPERADMIN_IDENTIFIER and SUPERADMIN_PASSWORD must not be empty".into());
+            return refuse("SUPERADMIN_IDENTIFIER and SUPERADMIN_PASSWORD must not be empty");
         }
         Ok(())
+    }
+
+    /// The Redis of `REDIS_URL`, if one is configured.
+    pub fn redis_target(&self) -> Result<Option<RedisTarget>, RedisUrlError> {
+        self.redis_url
+            .as_deref()
+            .map(RedisTarget::parse)
+            .transpose()
     }
 }
 
@@ -360,7 +384,7 @@ mod tests {
         let c = Only::try_parse_from(argv)
             .map_err(|e| e.to_string())?
             .config;
-        c.validate()?;
+        c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
 

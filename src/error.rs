@@ -1,7 +1,10 @@
 //! Client-visible errors. Every error a client can see carries one of the contract's
-//! `extensions.code` values; internal causes are logged once, here, and never sent.
+//! `extensions.code` values; internal causes keep their cause chain, are logged once (by
+//! [`AppError::log`], called where an error becomes a response) and are never sent.
 
 use sea_orm::{DbErr, SqlErr};
+use std::error::Error as StdError;
+use std::fmt;
 
 /// The contract's error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +40,39 @@ impl ErrorCode {
 pub enum InternalError {
     #[error("database: {0}")]
     Db(#[from] DbErr),
+    /// argon2's error (a leaf: it has no cause of its own, and no `std::error::Error` impl
+    /// without the crate's `std` feature).
     #[error("password hashing: {0}")]
-    Hash(String),
+    Hash(argon2::password_hash::Error),
+    #[error("the password hashing queue is closed")]
+    HasherClosed(#[source] tokio::sync::AcquireError),
     #[error("background task: {0}")]
     Join(#[from] tokio::task::JoinError),
-    #[error("{0}")]
-    Other(String),
+    /// A state the code rules out (a row that must exist is missing, data the schema always
+    /// carries is absent): a bug, with no underlying error to keep.
+    #[error("broken invariant: {0}")]
+    Invariant(&'static str),
+}
+
+/// An error and its `source()` chain on one line: `outer: cause: root cause`. A cause whose
+/// text the previous message already shows (thiserror's `"…: {0}"`) is not repeated.
+pub struct DisplayChain<'a>(pub &'a (dyn StdError + 'a));
+
+impl fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !shown.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
+            next = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// An error of the service layer.
@@ -81,8 +111,9 @@ impl AppError {
     pub fn version_conflict(msg: impl Into<String>) -> AppError {
         AppError::Client(ErrorCode::Conflict, msg.into())
     }
-    pub fn internal(msg: impl Into<String>) -> Self {
-        AppError::Internal(InternalError::Other(msg.into()))
+    /// A broken invariant (see [`InternalError::Invariant`]).
+    pub fn internal(what: &'static str) -> Self {
+        AppError::Internal(InternalError::Invariant(what))
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -93,19 +124,35 @@ impl AppError {
         }
     }
 
-    /// The message a client sees; logs the internal cause (once, at this boundary).
+    /// The message a client sees. It never logs: the boundary that answers calls [`Self::log`].
     pub fn client_message(&self) -> String {
         match self {
             AppError::Client(_, msg) => msg.clone(),
+            AppError::Unavailable(_) => "the database is unavailable; try again shortly".into(),
+            AppError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// Logs what the client is not told: the cause chain of an internal error (at `error`) or
+    /// of an unavailable database (at `warn`); client errors are the client's and not logged.
+    /// Called once per error, where it becomes a response (the GraphQL conversion below, the
+    /// HTTP layer's error responses).
+    pub fn log(&self) {
+        match self {
+            AppError::Client(..) => {}
             AppError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
-                "the database is unavailable; try again shortly".into()
+                tracing::warn!(error = %DisplayChain(cause), "database unavailable")
             }
             AppError::Internal(cause) => {
-                tracing::error!(error = %cause, "internal error");
-                "internal error".into()
+                tracing::error!(error = %DisplayChain(cause), "internal error")
             }
         }
+    }
+
+    /// The whole error on one line, cause chain included, for code that handles an error
+    /// itself (a background task, a best-effort step) and logs it in its own words.
+    pub fn chain(&self) -> String {
+        DisplayChain(&Described(self)).to_string()
     }
 
     /// Whether this is a database deadlock (see [`crate::service::retry_deadlocks`]).
@@ -121,6 +168,52 @@ impl AppError {
             }
             _ => AppError::from(err),
         }
+    }
+}
+
+/// An [`AppError`] as a standard error, its cause as `source()`: for start-up, which has no
+/// client to answer and reports the error itself. (`AppError` has no `Display`; see there.)
+#[derive(Debug)]
+pub struct ServiceError(pub AppError);
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Described(&self.0).fmt(f)
+    }
+}
+
+impl StdError for ServiceError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        cause_of(&self.0)
+    }
+}
+
+/// The one description of an [`AppError`] behind [`ServiceError`] and [`AppError::chain`].
+#[derive(Debug)]
+struct Described<'a>(&'a AppError);
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            AppError::Client(code, msg) => write!(f, "{msg} ({})", code.as_str()),
+            AppError::Unavailable(_) => f.write_str("the database is unavailable"),
+            AppError::Internal(cause) => cause.fmt(f),
+        }
+    }
+}
+
+impl StdError for Described<'_> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        cause_of(self.0)
+    }
+}
+
+/// The cause under [`Described`]'s text (an internal error's text is its own first line).
+fn cause_of(err: &AppError) -> Option<&(dyn StdError + 'static)> {
+    match err {
+        AppError::Client(..) => None,
+        AppError::Unavailable(cause) => Some(cause),
+        AppError::Internal(cause) => cause.source(),
     }
 }
 
@@ -180,8 +273,11 @@ impl From<tokio::task::JoinError> for AppError {
     }
 }
 
+/// The GraphQL boundary: a resolver's error becomes the response's error here, so this is
+/// where its cause is logged.
 impl From<AppError> for async_graphql::Error {
     fn from(err: AppError) -> Self {
+        err.log();
         let code = err.code().as_str();
         let mut e = async_graphql::Error::new(err.client_message());
         e = e.extend_with(|_, ext| ext.set("code", code));
@@ -190,3 +286,83 @@ impl From<AppError> for async_graphql::Error {
 }
 
 use async_graphql::ErrorExtensions as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A log destination that keeps what is written.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines logged while `f` runs.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// An error whose root cause (tokio's "semaphore closed") is not in its own message.
+    fn hasher_closed() -> InternalError {
+        let permits = tokio::sync::Semaphore::new(0);
+        permits.close();
+        let closed = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(permits.acquire())
+            .unwrap_err();
+        InternalError::HasherClosed(closed)
+    }
+
+    #[test]
+    fn an_internal_error_is_logged_once_at_the_boundary_with_its_root_cause() {
+        let err = AppError::from(hasher_closed());
+        assert!(logged(|| assert_eq!(err.client_message(), "internal error")).is_empty());
+        let mut answer = None;
+        let lines = logged(|| answer = Some(async_graphql::Error::from(err)));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("the password hashing queue is closed: semaphore closed"),
+            "{}",
+            lines[0]
+        );
+        // The client is told nothing of it.
+        assert_eq!(answer.unwrap().message, "internal error");
+    }
+
+    #[test]
+    fn client_errors_are_not_logged() {
+        let err = AppError::bad_input("no such thing");
+        assert!(logged(|| drop(async_graphql::Error::from(err))).is_empty());
+    }
+
+    #[test]
+    fn a_start_up_error_shows_its_whole_chain_once() {
+        let err = crate::startup::StartupError::Passwords(ServiceError(hasher_closed().into()));
+        assert_eq!(
+            DisplayChain(&err).to_string(),
+            "cannot start password hashing: the password hashing queue is closed: semaphore closed"
+        );
+        // A cause already shown by the message above it is not repeated.
+        let err = AppError::from(DbErr::Custom("disk full".into()));
+        assert_eq!(err.chain(), "database: Custom Error: disk full");
+    }
+}

@@ -7,7 +7,7 @@
 //!
 //! Requests flow `http -> graphql -> service -> (cache | entity)`:
 //!
-//! - [`config`]: the only place that reads the environment; validates lifetimes.
+//! - [`config`]: the only place that reads the environment; validates lifetimes and `REDIS_URL`.
 //! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap.
 //! - [`http`]: everything about HTTP, one file per job: the router and shared state (`mod.rs`),
 //!   transport rules (JSON bodies, no mutations over GET, timeout; `transport`), the parsed
@@ -20,7 +20,7 @@
 //!   (`graphql::batch`). No axum types below this layer.
 //! - [`service`]: identifying a request's session and channel (`identify`), sessions,
 //!   authorization (who may do what, channel scopes), login and throttling, users / roles /
-//!   channels, orders, batched reads, clean-up.
+//!   channels, orders, batched reads, id-cursor paging, clean-up.
 //! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
 //!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`

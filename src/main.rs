@@ -3,6 +3,7 @@
 use clap::Parser;
 use migration::{Migrator, MigratorTrait};
 use session_server::config::{Cli, Command, Config};
+use session_server::error::DisplayChain;
 use session_server::startup::{connect_database, Application};
 use std::process::ExitCode;
 
@@ -55,7 +56,7 @@ async fn main() -> ExitCode {
             let app = match Application::build(*config).await {
                 Ok(app) => app,
                 Err(e) => {
-                    eprintln!("session-server: {e}");
+                    eprintln!("session-server: {}", DisplayChain(&e));
                     return ExitCode::FAILURE;
                 }
             };

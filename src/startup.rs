@@ -3,41 +3,40 @@
 //! tasks, and the HTTP listener.
 
 use crate::cache::{RedisCache, SessionStore};
-use crate::clock::now_ms;
-use crate::config::Config;
-use crate::error::AppError;
+use crate::config::{Config, ConfigError};
+use crate::error::{AppResult, ServiceError};
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
-use crate::permission::{Permission, PermissionSet};
 use crate::service::{
     activity::ActivityWriter, auth, directory, session::Lifetimes, throttle::Throttle, Services,
     SharedServices,
 };
-use entity::{channel, role, user, user_role};
+use entity::channel;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
-    QueryFilter,
-};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Why the server did not start. Each variant keeps its cause as `source()`; its message also
+/// shows the cause, so `{e}` alone names what went wrong (main prints the whole chain).
 #[derive(thiserror::Error, Debug)]
 pub enum StartupError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot connect to the database: {0}")]
     Database(#[source] sea_orm::DbErr),
     #[error("cannot apply database migrations: {0}")]
     Migration(#[source] sea_orm::DbErr),
     #[error("cannot connect to Redis: {0}")]
     Redis(#[source] crate::cache::CacheError),
+    #[error("cannot start password hashing: {0}")]
+    Passwords(#[source] ServiceError),
     #[error("cannot create the default channel, role or superadmin: {0}")]
-    Bootstrap(String),
+    Bootstrap(#[source] ServiceError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -75,7 +74,7 @@ pub async fn connect_database(
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
-        config.validate().map_err(StartupError::Config)?;
+        config.validate()?;
         let mut db = connect_database(
             &config.database_url,
             config.database_max_connections,
@@ -94,11 +93,12 @@ impl Application {
         db.set_metric_callback(move |_| {
             statements.inc();
         });
-        let redis = match &config.redis_url {
+        let redis_target = config.redis_target().map_err(ConfigError::from)?;
+        let redis = match redis_target {
             // Configured Redis also holds the login throttling counters, whatever the cache.
-            Some(url) => Some(Arc::new(
+            Some(target) => Some(Arc::new(
                 RedisCache::connect(
-                    url,
+                    target,
                     &config.redis_key_prefix,
                     config.redis_timeout,
                     config.session_cache_ttl,
@@ -123,11 +123,11 @@ impl Application {
             config.password_queue_timeout,
         )
         .await
-        .map_err(|e| StartupError::Bootstrap(e.client_message()))?;
+        .map_err(|e| StartupError::Passwords(ServiceError(e)))?;
         let channels = directory::ChannelDirectory::default();
         let boot = bootstrap(&db, &passwords, &config)
             .await
-            .map_err(|e| StartupError::Bootstrap(format!("{e:?}")))?;
+            .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
 
         let lifetimes = Lifetimes::new(&config);
         let services: SharedServices = Arc::new(Services {
@@ -244,7 +244,7 @@ fn spawn_cleanup(services: SharedServices) {
                 return;
             };
             if let Err(e) = services.clean_up_expired_sessions().await {
-                tracing::warn!(error = %e.client_message(), "background session clean-up failed");
+                tracing::warn!(error = %e.chain(), "background session clean-up failed");
             }
         }
     });
@@ -256,115 +256,23 @@ struct Bootstrapped {
     superadmin_user_id: i64,
 }
 
-/// Makes sure the default channel, the `SUPER_ADMIN` role and the superadmin user exist. Safe
-/// to run concurrently from several instances: a lost insert race re-reads the winner's row.
+/// Makes sure the default channel, the `SUPER_ADMIN` role and the superadmin user exist, through
+/// the directory's start-up functions: safe to run from several instances at once.
 async fn bootstrap(
     db: &DatabaseConnection,
     passwords: &auth::Passwords,
     config: &Config,
-) -> Result<Bootstrapped, AppError> {
-    let now = now_ms();
-    let find_channel = || {
-        channel::Entity::find()
-            .filter(channel::Column::Code.eq("default"))
-            .one(db)
-    };
-    let default_channel = match find_channel().await? {
-        Some(c) => c,
-        None => {
-            let inserted = channel::Entity::insert(channel::ActiveModel {
-                code: Set("default".into()),
-                token: Set(crate::token::random_string(16)),
-                created_at: Set(now),
-                ..Default::default()
-            })
-            .exec_with_returning(db)
-            .await;
-            match inserted {
-                Ok(c) => c,
-                Err(_) => find_channel()
-                    .await?
-                    .ok_or_else(|| AppError::internal("default channel missing"))?,
-            }
-        }
-    };
-
-    let find_role = || {
-        role::Entity::find()
-            .filter(role::Column::Code.eq("SUPER_ADMIN"))
-            .one(db)
-    };
-    let super_role = match find_role().await? {
-        Some(r) => r,
-        None => {
-            let all: PermissionSet = Permission::ALL.into_iter().collect();
-            let inserted = role::Entity::insert(role::ActiveModel {
-                code: Set("SUPER_ADMIN".into()),
-                description: Set("Super administrator: every permission in every channel".into()),
-                permissions: Set(all.to_stored()),
-                created_at: Set(now),
-                ..Default::default()
-            })
-            .exec_with_returning(db)
-            .await;
-            match inserted {
-                Ok(r) => r,
-                Err(_) => find_role()
-                    .await?
-                    .ok_or_else(|| AppError::internal("SUPER_ADMIN role missing"))?,
-            }
-        }
-    };
-    let channel_ids: Vec<i64> = channel::Entity::find()
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    directory::link_channels(db, super_role.id, &channel_ids).await?;
-
-    let identifier = auth::check_identifier(&config.superadmin_identifier)?;
-    let identifier = identifier.as_str();
-    let find_user = || {
-        user::Entity::find()
-            .filter(user::Column::Identifier.eq(identifier))
-            .one(db)
-    };
-    let admin = match find_user().await? {
-        Some(u) => u,
-        None => {
-            let hash = passwords.hash(&config.superadmin_password).await?;
-            let inserted = user::Entity::insert(user::ActiveModel {
-                identifier: Set(identifier.to_string()),
-                password_hash: Set(hash),
-                verified: Set(true),
-                created_at: Set(now),
-                last_login_at: Set(None),
-                ..Default::default()
-            })
-            .exec_with_returning(db)
-            .await;
-            match inserted {
-                Ok(u) => u,
-                Err(_) => find_user()
-                    .await?
-                    .ok_or_else(|| AppError::internal("superadmin missing"))?,
-            }
-        }
-    };
-    let linked = user_role::Entity::find()
-        .filter(user_role::Column::UserId.eq(admin.id))
-        .filter(user_role::Column::RoleId.eq(super_role.id))
-        .one(db)
-        .await?;
-    if linked.is_none() {
-        let _ = user_role::Entity::insert(user_role::ActiveModel {
-            user_id: Set(admin.id),
-            role_id: Set(super_role.id),
-        })
-        .exec(db)
-        .await;
-    }
+) -> AppResult<Bootstrapped> {
+    let default_channel = directory::ensure_channel(db, "default").await?;
+    let super_role = directory::ensure_super_admin_role(db).await?;
+    let admin = directory::ensure_user(
+        db,
+        passwords,
+        &config.superadmin_identifier,
+        &config.superadmin_password,
+        &[super_role.id],
+    )
+    .await?;
     if config.superadmin_password == "superadmin" {
         tracing::warn!(
             "SUPERADMIN_PASSWORD is the default 'superadmin': set a strong password before exposing this server"

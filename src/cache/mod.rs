@@ -32,8 +32,6 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("cached entry could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
-    #[error("{0}")]
-    Config(String),
 }
 
 /// A cache of sessions keyed by token hash, shared by all requests of a process.

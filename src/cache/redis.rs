@@ -18,6 +18,7 @@
 //! timeouts as misses.
 
 use super::{CacheError, SessionCache};
+use crate::config::RedisTarget;
 use crate::domain::CachedSession;
 use crate::token::TokenHash;
 use async_trait::async_trait;
@@ -42,49 +43,6 @@ async fn bounded_for<T>(
     match tokio::time::timeout(limit, fut).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(CacheError::Timeout(limit)),
-    }
-}
-
-/// Where Redis is: one server, or the seed nodes of a cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RedisTarget {
-    Single(String),
-    Cluster(Vec<String>),
-}
-
-impl RedisTarget {
-    /// `redis://host:port/db` (or `rediss://`) is one server; `redis-cluster://h1:p1,h2:p2`
-    /// names the seed nodes of a cluster.
-    pub fn parse(url: &str) -> Result<RedisTarget, String> {
-        if let Some(rest) = url.strip_prefix("redis-cluster://") {
-            let nodes: Vec<String> = rest
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| format!("redis://{}", n.trim_end_matches('/')))
-                .collect();
-            if nodes.is_empty() {
-                return Err("redis-cluster:// needs at least one host:port".into());
-            }
-            Ok(RedisTarget::Cluster(nodes))
-        } else if url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("redis+unix://")
-        {
-            Ok(RedisTarget::Single(url.to_string()))
-        } else {
-            Err(format!(
-                "REDIS_URL must start with redis://, rediss:// or redis-cluster:// (got '{url}')"
-            ))
-        }
-    }
-
-    /// A plain URL for a single-node connection (pub/sub needs one node, any node of a cluster).
-    pub fn any_node(&self) -> &str {
-        match self {
-            RedisTarget::Single(u) => u,
-            RedisTarget::Cluster(nodes) => &nodes[0],
-        }
     }
 }
 
@@ -238,13 +196,12 @@ fn ms(d: Duration) -> u64 {
 
 impl RedisCache {
     pub async fn connect(
-        url: &str,
+        target: RedisTarget,
         prefix: &str,
         timeout: Duration,
         index_ttl: Duration,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
-        let target = RedisTarget::parse(url).map_err(CacheError::Config)?;
         let conn = connect(&target, timeout).await?;
         Ok(RedisCache {
             conn,
@@ -515,22 +472,5 @@ mod tests {
     #[test]
     fn prefix_globs_are_escaped() {
         assert_eq!(glob_escape("app:*[x]"), "app:\\*\\[x\\]");
-    }
-
-    #[test]
-    fn redis_urls_parse() {
-        assert_eq!(
-            RedisTarget::parse("redis://127.0.0.1:6379/0"),
-            Ok(RedisTarget::Single("redis://127.0.0.1:6379/0".into()))
-        );
-        assert_eq!(
-            RedisTarget::parse("redis-cluster://127.0.0.1:7000,127.0.0.1:7001"),
-            Ok(RedisTarget::Cluster(vec![
-                "redis://127.0.0.1:7000".into(),
-                "redis://127.0.0.1:7001".into()
-            ]))
-        );
-        assert!(RedisTarget::parse("http://x").is_err());
-        assert!(RedisTarget::parse("redis-cluster://").is_err());
     }
 }

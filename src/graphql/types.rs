@@ -8,7 +8,7 @@ use crate::domain::SessionData;
 use crate::domain::{CachedSession, CachedUser, SessionKind};
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
-use crate::service::directory::Page;
+use crate::service::paging::Page;
 use crate::service::session_data::parse_stored;
 use async_graphql::{
     Context, Enum, InputObject, InputValueError, InputValueResult, Json, Object, OutputType,

@@ -38,6 +38,8 @@ pub(super) fn app_error_response(err: AppError) -> Response {
         _ => StatusCode::OK,
     };
     let code = err.code();
+    // The HTTP boundary: this error becomes the response here, so its cause is logged here.
+    err.log();
     error_response(status, code, &err.client_message())
 }
 

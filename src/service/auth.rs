@@ -51,7 +51,7 @@ impl Passwords {
     async fn turn(&self) -> AppResult<OwnedSemaphorePermit> {
         match tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(AppError::internal("hasher closed")),
+            Ok(Err(closed)) => Err(InternalError::HasherClosed(closed).into()),
             Err(_) => Err(AppError::rate_limited(
                 "the server is busy checking passwords; try again in a moment",
             )),
@@ -94,11 +94,11 @@ impl Passwords {
 fn hash_blocking(password: &str) -> Result<String, InternalError> {
     let mut salt = [0u8; 16];
     crate::token::os_random(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| InternalError::Hash(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(InternalError::Hash)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| InternalError::Hash(e.to_string()))
+        .map_err(InternalError::Hash)
 }
 
 /// The expected outcomes of a login.
@@ -241,7 +241,7 @@ impl Services {
         self.store.put_new(issued.session.clone()).await;
         // The login stands even if the cap cannot be applied now; the next login applies it.
         if let Err(e) = self.enforce_session_cap(found.id, issued.session.id).await {
-            tracing::warn!(error = %e.client_message(), user_id = found.id, "could not apply SESSION_MAX_PER_USER");
+            tracing::warn!(error = %e.chain(), user_id = found.id, "could not apply SESSION_MAX_PER_USER");
         }
         self.metrics.login("success");
         tracing::info!(user_id = found.id, session_id = issued.session.id, "login");

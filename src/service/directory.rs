@@ -4,8 +4,9 @@
 //! takes effect on their next request. Admin operations take the [`Caller`] and ask `authz`
 //! whether they may, before anything is written.
 
-use super::auth::{check_identifier, validate_new_password, MAX_IDENTIFIER_BYTES};
+use super::auth::{check_identifier, validate_new_password, Passwords, MAX_IDENTIFIER_BYTES};
 use super::authz::{Caller, RoleGrant};
+use super::paging::{page_by_id, IdOrder, Page, PageRequest};
 use super::Services;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
@@ -13,9 +14,10 @@ use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
+use std::future::Future;
 use std::sync::Arc;
 
 /// Channels never change once created, so lookups by token and id are cached for good.
@@ -70,15 +72,6 @@ impl ChannelDirectory {
         let found = channel::Entity::find_by_id(id).one(db).await?;
         Ok(found.map(|ch| self.remember(ch)))
     }
-}
-
-/// A page of a listing ordered by id.
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// The number of matching rows, when it was asked for (it costs a statement).
-    pub total: Option<u64>,
-    pub has_next: bool,
-    pub has_previous: bool,
 }
 
 pub struct NewUser {
@@ -143,31 +136,13 @@ impl Services {
         with_total: bool,
     ) -> AppResult<Page<user::Model>> {
         let scope = caller.scope(Permission::ReadUser).users();
-        let total = if with_total {
-            Some(
-                user::Entity::find()
-                    .filter(scope.clone())
-                    .count(&self.db)
-                    .await?,
-            )
-        } else {
-            None
+        let req = PageRequest {
+            first,
+            after,
+            with_total,
         };
-        let mut q = user::Entity::find()
-            .filter(scope)
-            .order_by_asc(user::Column::Id);
-        if let Some(after) = after {
-            q = q.filter(user::Column::Id.gt(after));
-        }
-        let mut items = q.limit(first + 1).all(&self.db).await?;
-        let has_next = items.len() as u64 > first;
-        items.truncate(first as usize);
-        Ok(Page {
-            items,
-            total,
-            has_next,
-            has_previous: after.is_some(),
-        })
+        let users = user::Entity::find().filter(scope);
+        page_by_id(&self.db, users, user::Column::Id, IdOrder::Ascending, req).await
     }
 
     /// Creates a user with roles the caller may grant.
@@ -510,6 +485,135 @@ impl Services {
     }
 }
 
+// ---- start-up: find or create, without authorization ----
+//
+// Start-up has no caller to check: these make sure a row exists, and are safe to run from several
+// instances starting at once.
+
+/// The row `find` finds, else the one `insert` creates. When another instance inserted it between
+/// the two (the insert fails on the unique key), that instance's row; any other failure is
+/// returned.
+async fn find_or_insert<T, Find, Found, Insert, Inserted>(
+    find: Find,
+    insert: Insert,
+) -> AppResult<T>
+where
+    Find: Fn() -> Found,
+    Found: Future<Output = Result<Option<T>, DbErr>>,
+    Insert: FnOnce() -> Inserted,
+    Inserted: Future<Output = AppResult<T>>,
+{
+    if let Some(row) = find().await? {
+        return Ok(row);
+    }
+    match insert().await {
+        Ok(row) => Ok(row),
+        Err(insert_failed) => find().await?.ok_or(insert_failed),
+    }
+}
+
+/// The channel `code`, created (with a random token) when missing.
+pub async fn ensure_channel<C: ConnectionTrait>(db: &C, code: &str) -> AppResult<channel::Model> {
+    let find = || {
+        channel::Entity::find()
+            .filter(channel::Column::Code.eq(code))
+            .one(db)
+    };
+    find_or_insert(find, || async {
+        Ok(channel::Entity::insert(channel::ActiveModel {
+            code: Set(code.to_string()),
+            token: Set(crate::token::random_string(16)),
+            created_at: Set(now_ms()),
+            ..Default::default()
+        })
+        .exec_with_returning(db)
+        .await?)
+    })
+    .await
+}
+
+/// The `SUPER_ADMIN` role: every permission, in every channel (`create_channel` links each new
+/// channel to it).
+pub async fn ensure_super_admin_role<C: ConnectionTrait>(db: &C) -> AppResult<role::Model> {
+    let every_channel: Vec<i64> = channel::Entity::find()
+        .select_only()
+        .column(channel::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await?;
+    ensure_role(
+        db,
+        "SUPER_ADMIN",
+        "Super administrator: every permission in every channel",
+        Permission::ALL.into_iter().collect(),
+        &every_channel,
+    )
+    .await
+}
+
+/// The role `code`, created with `description` and `permissions` when missing (an existing
+/// role is left as it is), and linked to `channel_ids`.
+async fn ensure_role<C: ConnectionTrait>(
+    db: &C,
+    code: &str,
+    description: &str,
+    permissions: PermissionSet,
+    channel_ids: &[i64],
+) -> AppResult<role::Model> {
+    let find = || {
+        role::Entity::find()
+            .filter(role::Column::Code.eq(code))
+            .one(db)
+    };
+    let role = find_or_insert(find, || async {
+        Ok(role::Entity::insert(role::ActiveModel {
+            code: Set(code.to_string()),
+            description: Set(description.to_string()),
+            permissions: Set(permissions.to_stored()),
+            created_at: Set(now_ms()),
+            ..Default::default()
+        })
+        .exec_with_returning(db)
+        .await?)
+    })
+    .await?;
+    link_channels(db, role.id, channel_ids).await?;
+    Ok(role)
+}
+
+/// The verified user `identifier` (normalized as logins are), created with `password` when
+/// missing (an existing user keeps theirs), holding `role_ids`.
+pub async fn ensure_user<C: ConnectionTrait>(
+    db: &C,
+    passwords: &Passwords,
+    identifier: &str,
+    password: &str,
+    role_ids: &[i64],
+) -> AppResult<user::Model> {
+    let identifier = check_identifier(identifier)?;
+    let find = || {
+        user::Entity::find()
+            .filter(user::Column::Identifier.eq(identifier.as_str()))
+            .one(db)
+    };
+    let user = find_or_insert(find, || async {
+        let hash = passwords.hash(password).await?;
+        Ok(user::Entity::insert(user::ActiveModel {
+            identifier: Set(identifier.clone()),
+            password_hash: Set(hash),
+            verified: Set(true),
+            created_at: Set(now_ms()),
+            last_login_at: Set(None),
+            ..Default::default()
+        })
+        .exec_with_returning(db)
+        .await?)
+    })
+    .await?;
+    link_roles(db, user.id, role_ids).await?;
+    Ok(user)
+}
+
 async fn link_roles<C: ConnectionTrait>(db: &C, user_id: i64, role_ids: &[i64]) -> AppResult<()> {
     let rows: Vec<user_role::ActiveModel> = unique(role_ids)
         .into_iter()
@@ -538,7 +642,7 @@ async fn lock_role<C: ConnectionTrait>(db: &C, role_id: i64) -> AppResult<()> {
     Ok(())
 }
 
-pub(crate) async fn link_channels<C: ConnectionTrait>(
+async fn link_channels<C: ConnectionTrait>(
     db: &C,
     role_id: i64,
     channel_ids: &[i64],

@@ -12,6 +12,7 @@
 //! - `batch`: related rows (users, roles, channels, orders, session counts) for many parents
 //!   in one statement each, for listings.
 //! - `order`: orders and the session's active order.
+//! - `paging`: the id-cursor page of a listing (users, sessions, a user's sessions).
 //! - `activity`: the throttled, batched last-activity writer.
 
 pub mod activity;
@@ -21,6 +22,7 @@ pub mod batch;
 pub mod directory;
 pub mod identify;
 pub mod order;
+pub mod paging;
 pub mod session;
 pub mod session_admin;
 pub mod session_data;

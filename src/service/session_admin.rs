@@ -3,7 +3,7 @@
 //! revocations reach only sessions active in the caller's channels (see `authz`).
 
 use super::authz::Caller;
-use super::directory::Page;
+use super::paging::{page_by_id, IdOrder, Page, PageRequest};
 use super::session::live_condition;
 use super::Services;
 use crate::clock::now_ms;
@@ -82,31 +82,20 @@ impl Services {
         let cond = self
             .filter_condition(f, now_ms())
             .add(self.session_scope(caller, Permission::ReadSession));
-        let total = if with_total {
-            Some(
-                session::Entity::find()
-                    .filter(cond.clone())
-                    .count(&self.db)
-                    .await?,
-            )
-        } else {
-            None
+        let req = PageRequest {
+            first,
+            after,
+            with_total,
         };
-        let mut q = session::Entity::find()
-            .filter(cond)
-            .order_by_desc(session::Column::Id);
-        if let Some(after) = after {
-            q = q.filter(session::Column::Id.lt(after));
-        }
-        let mut items = q.limit(first + 1).all(&self.db).await?;
-        let has_next = items.len() as u64 > first;
-        items.truncate(first as usize);
-        Ok(Page {
-            items,
-            total,
-            has_next,
-            has_previous: after.is_some(),
-        })
+        let sessions = session::Entity::find().filter(cond);
+        page_by_id(
+            &self.db,
+            sessions,
+            session::Column::Id,
+            IdOrder::Descending,
+            req,
+        )
+        .await
     }
 
     /// One session, live or not, if it is active in the caller's `READ_SESSION` channels.
@@ -129,16 +118,22 @@ impl Services {
         first: u64,
         after: Option<i64>,
     ) -> AppResult<Vec<session::Model>> {
-        let mut q = session::Entity::find()
+        let live = session::Entity::find()
             .filter(live_condition(now_ms(), &self.lifetimes))
             .filter(session::Column::UserId.eq(user_id));
-        if let Some(after) = after {
-            q = q.filter(session::Column::Id.lt(after));
-        }
-        Ok(q.order_by_desc(session::Column::Id)
-            .limit(first)
-            .all(&self.db)
-            .await?)
+        let req = PageRequest {
+            first,
+            after,
+            with_total: false,
+        };
+        let page = page_by_id(
+            &self.db,
+            live,
+            session::Column::Id,
+            IdOrder::Descending,
+            req,
+        );
+        Ok(page.await?.items)
     }
 
     /// Revokes one session; `owner` restricts it to that user's sessions. False when there is

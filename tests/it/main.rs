@@ -22,6 +22,7 @@ mod revocation;
 mod scale;
 mod session_data;
 mod shutdown;
+mod startup;
 mod storefront;
 mod throttle;
 mod transport;

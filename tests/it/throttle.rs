@@ -403,15 +403,16 @@ async fn a_login_waits_for_hashing_at_most_the_queue_timeout(v: Variant) {
 // ---- the migration that normalizes stored identifiers ----
 
 /// A database of `variant`'s kind with only the first migration applied, dropped at the end.
-struct OldDatabase {
-    url: String,
+pub(crate) struct OldDatabase {
+    pub(crate) url: String,
     /// For PostgreSQL and MySQL: the server URL and the statement that drops the database.
     server: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl OldDatabase {
-    async fn create(variant: Variant) -> Option<OldDatabase> {
+    /// A new database of its own, with only the first migration applied.
+    pub(crate) async fn create(variant: Variant) -> Option<OldDatabase> {
         let var = match variant {
             Variant::PostgresMemory => Some("TEST_POSTGRES_URL"),
             Variant::MysqlMemory => Some("TEST_MYSQL_URL"),
@@ -494,7 +495,7 @@ impl OldDatabase {
         }
     }
 
-    async fn drop_database(self) {
+    pub(crate) async fn drop_database(self) {
         if let Some((admin_url, drop)) = &self.server {
             let admin = Database::connect(admin_url).await.expect("connect");
             let _ = admin.execute_unprepared(drop).await;
@@ -502,7 +503,7 @@ impl OldDatabase {
     }
 }
 
-fn config_for(url: &str) -> Config {
+pub(crate) fn config_for(url: &str) -> Config {
     let mut config = Config::from_env().expect("default configuration");
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.database_url = url.to_string();
