@@ -4,7 +4,7 @@
 //! previous response body is read). Every request is drawn from a weighted set of request
 //! kinds; latencies go into one `hdrhistogram` per kind (microseconds), so a mixed workload
 //! reports each kind separately. Each response is checked (status 200 and an expected
-//! substring of the body): a benchmark of wrong answers is worthless.
+//! substring of the body, or the exact answer): a benchmark of wrong answers is worthless.
 //!
 //! Timeline of one run: connect all connections, warm up (nothing recorded), measure (the
 //! server's CPU time is sampled from `/proc/<pid>/stat` at both ends of the window), stop.
@@ -32,6 +32,71 @@ pub enum Expect {
     Ok,
     /// Status 200 and the body contains this text.
     Contains(&'static str),
+    /// Status 200 and exactly this JSON answer (see [`Exact`]).
+    Exact(Arc<Exact>),
+    /// Status 200 and the body passes this check.
+    Check(CheckFn),
+}
+
+/// An exact JSON answer. A body with the same bytes as the expected serialization passes at
+/// once (the server's output is deterministic, so this is the usual case and costs one
+/// comparison); any other body is parsed and compared as JSON, ignoring object key order and
+/// list order, so only a different answer fails.
+#[derive(Debug)]
+pub struct Exact {
+    bytes: Bytes,
+    value: serde_json::Value,
+}
+
+impl Exact {
+    pub fn new(value: serde_json::Value) -> Arc<Exact> {
+        Arc::new(Exact {
+            bytes: Bytes::from(value.to_string()),
+            value,
+        })
+    }
+
+    fn check(&self, body: &[u8]) -> Result<(), String> {
+        if body == self.bytes.as_ref() {
+            return Ok(());
+        }
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(v) if same_json(&v, &self.value) => Ok(()),
+            _ => Err(format!(
+                "expected {} but got {}",
+                truncate(&self.value.to_string(), 200),
+                truncate(&String::from_utf8_lossy(body), 200)
+            )),
+        }
+    }
+}
+
+/// A custom answer check on the body (for answers that cannot be predicted byte for byte).
+#[derive(Clone)]
+pub struct CheckFn(pub Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for CheckFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckFn")
+    }
+}
+
+/// JSON equality ignoring the order of list items (object keys are unordered already).
+pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    fn normal(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Array(items) => {
+                let mut items: Vec<serde_json::Value> = items.iter().map(normal).collect();
+                items.sort_by_cached_key(|i| i.to_string());
+                serde_json::Value::Array(items)
+            }
+            serde_json::Value::Object(m) => serde_json::Value::Object(
+                m.iter().map(|(k, v)| (k.clone(), normal(v))).collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    a == b || normal(a) == normal(b)
 }
 
 /// One prepared request.
@@ -291,7 +356,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> {
+/// Whether a response passes its request's check (`Err` says why not).
+pub fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> {
     if status != StatusCode::OK {
         return Err(format!(
             "HTTP {status}: {}",
@@ -305,6 +371,8 @@ fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> 
             "expected {s:?} in {}",
             truncate(&String::from_utf8_lossy(body), 200)
         )),
+        Expect::Exact(e) => e.check(body),
+        Expect::Check(f) => (f.0)(body),
     }
 }
 

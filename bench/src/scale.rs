@@ -149,7 +149,8 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         cache_ttl: None,
         cache_capacity: None,
     };
-    let (proc, tokens) = prepare_server(s, &cfg, s.sessions).await?;
+    let (proc, seeded) = prepare_server(s, &cfg, s.sessions, 0).await?;
+    let tokens = seeded.anonymous;
     let t0 = Instant::now();
     seed::insert_sessions(&url, &seed::gen_tokens(big), true).await?;
     eprintln!(

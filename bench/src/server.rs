@@ -1,5 +1,6 @@
-//! Process management: starts the session server (after `migrate`), the peer and a private
-//! `redis-server`, waits until they answer, and stops them (SIGTERM, then SIGKILL) when dropped.
+//! Process management: starts the session server (after `migrate`), the peer, the bare
+//! async-graphql server and a private `redis-server`, waits until they answer, and stops them
+//! (SIGTERM, then SIGKILL) when dropped.
 //!
 //! Every child gets a clean environment (only `PATH` plus what the benchmark sets), its own
 //! loopback port and a log file in the run's scratch directory.
@@ -250,6 +251,24 @@ pub async fn start_peer(bin: &Path, redis_url: &str, scratch: &Path) -> Result<P
         addr,
         health_path: "/health",
         log: scratch.join("peer.log"),
+        timeout: Duration::from_secs(30),
+    })
+    .await
+}
+
+/// Starts the bare async-graphql + axum server (`bench/src/bin/bare.rs`).
+pub async fn start_bare(bin: &Path, scratch: &Path) -> Result<Proc> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let env = vec![("BARE_BIND".into(), addr.to_string())];
+    spawn(Launch {
+        name: "bare",
+        bin,
+        args: &[],
+        env: &env,
+        addr,
+        health_path: "/health",
+        log: scratch.join("bare.log"),
         timeout: Duration::from_secs(30),
     })
     .await
