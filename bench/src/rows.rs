@@ -612,10 +612,11 @@ async fn requests(k: &KindDef, ready: &Ready) -> Result<Vec<ReqSpec>> {
                         .answer(serde_json::json!({ "data": { "setActiveOrder": { "id": sid } } })),
                 );
                 out.push(
-                    Req::new(r#"{"query":"mutation { unsetActiveOrder { id } }"}"#, Some(t))
-                        .answer(
-                            serde_json::json!({ "data": { "unsetActiveOrder": { "id": sid } } }),
-                        ),
+                    Req::new(
+                        r#"{"query":"mutation { unsetActiveOrder { id } }"}"#,
+                        Some(t),
+                    )
+                    .answer(serde_json::json!({ "data": { "unsetActiveOrder": { "id": sid } } })),
                 );
             }
             out
@@ -637,7 +638,10 @@ async fn requests(k: &KindDef, ready: &Ready) -> Result<Vec<ReqSpec>> {
         }
     };
     if reqs.is_empty() {
-        bail!("kind {}: the server was seeded with nothing to send", k.name);
+        bail!(
+            "kind {}: the server was seeded with nothing to send",
+            k.name
+        );
     }
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
@@ -840,12 +844,9 @@ fn targets(reports: &[RowReport]) -> Vec<Target> {
                 (Some(a), Some(b)) => match t.metric {
                     Metric::Rps => report::ratio(a, b, report::rps, report::rps),
                     Metric::P99 => report::ratio(a, b, report::p99, report::p99),
-                    Metric::KindP99(kind) => report::ratio(
-                        a,
-                        b,
-                        |m| m.kind(kind).map(|k| k.p99_us),
-                        report::p99,
-                    ),
+                    Metric::KindP99(kind) => {
+                        report::ratio(a, b, |m| m.kind(kind).map(|k| k.p99_us), report::p99)
+                    }
                 },
                 _ => None,
             };

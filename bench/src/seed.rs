@@ -382,10 +382,8 @@ pub async fn seed_server(database_url: &str, sessions: usize, users: usize) -> R
     let hash_ids = query_pairs(&db, "SELECT id, token_hash FROM session").await;
     db.close().await.ok();
     let users = r?;
-    let by_hash: std::collections::HashMap<String, i64> = hash_ids?
-        .into_iter()
-        .map(|(id, hash)| (hash, id))
-        .collect();
+    let by_hash: std::collections::HashMap<String, i64> =
+        hash_ids?.into_iter().map(|(id, hash)| (hash, id)).collect();
     let mut anonymous = Vec::with_capacity(anon.len());
     let mut anonymous_ids = Vec::with_capacity(anon.len());
     for t in anon {
@@ -446,9 +444,11 @@ async fn seed_users(db: &sea_orm::DatabaseConnection, n: usize) -> Result<Vec<Us
     .context("inserting seed channels")?;
     db.execute_unprepared(&format!(
         "INSERT INTO role (code, description, permissions, created_at) VALUES {}",
-        sql_list(SEED_ROLES.iter().map(|(code, perms, _)| format!(
-            "('{code}','benchmark role','{perms}',{now})"
-        )))
+        sql_list(
+            SEED_ROLES
+                .iter()
+                .map(|(code, perms, _)| format!("('{code}','benchmark role','{perms}',{now})"))
+        )
     ))
     .await
     .context("inserting seed roles")?;
@@ -467,7 +467,10 @@ async fn seed_users(db: &sea_orm::DatabaseConnection, n: usize) -> Result<Vec<Us
     let role_codes: Vec<&str> = SEED_ROLES.iter().map(|r| r.0).collect();
     let role_ids: std::collections::HashMap<String, i64> = query_pairs(
         db,
-        &format!("SELECT id, code FROM role WHERE code IN ({})", codes(&role_codes)),
+        &format!(
+            "SELECT id, code FROM role WHERE code IN ({})",
+            codes(&role_codes)
+        ),
     )
     .await?
     .into_iter()
@@ -733,4 +736,94 @@ pub async fn session_id(addr: SocketAddr, token: &str) -> Result<i64> {
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("no session for the token: {}", truncate(&body, 300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn listing(nodes: &[(i64, Option<&str>)]) -> Vec<u8> {
+        let nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|(id, user)| {
+                serde_json::json!({
+                    "id": id.to_string(),
+                    "user": user.map(|u| serde_json::json!({ "identifier": u })),
+                })
+            })
+            .collect();
+        serde_json::json!({ "data": { "sessions": { "nodes": nodes } } })
+            .to_string()
+            .into_bytes()
+    }
+
+    fn known() -> HashMap<i64, Option<String>> {
+        (1..=60)
+            .map(|i| (i, (i % 2 == 0).then(|| format!("bench-user-{i:06}"))))
+            .collect()
+    }
+
+    fn right() -> Vec<(i64, Option<String>)> {
+        (1..=50)
+            .map(|i| (i, (i % 2 == 0).then(|| format!("bench-user-{i:06}"))))
+            .collect()
+    }
+
+    fn body(nodes: &[(i64, Option<String>)]) -> Vec<u8> {
+        let n: Vec<(i64, Option<&str>)> = nodes.iter().map(|(i, u)| (*i, u.as_deref())).collect();
+        listing(&n)
+    }
+
+    #[test]
+    fn the_admin_listing_check_accepts_fifty_seeded_sessions_with_their_users() {
+        assert_eq!(check_admin_list(&body(&right()), &known()), Ok(()));
+    }
+
+    #[test]
+    fn the_admin_listing_check_refuses_wrong_listings() {
+        let k = known();
+        let mut short = right();
+        short.pop();
+        assert!(check_admin_list(&body(&short), &k).is_err());
+        let mut wrong_user = right();
+        wrong_user[1].1 = Some("bench-user-000099".into());
+        assert!(check_admin_list(&body(&wrong_user), &k).is_err());
+        let mut lost_user = right();
+        lost_user[1].1 = None;
+        assert!(check_admin_list(&body(&lost_user), &k).is_err());
+        let mut twice = right();
+        twice[1] = twice[0].clone();
+        assert!(check_admin_list(&body(&twice), &k).is_err());
+        let mut unknown = right();
+        unknown[0].0 = 1000;
+        assert!(check_admin_list(&body(&unknown), &k).is_err());
+        assert!(check_admin_list(br#"{"errors":[{"message":"forbidden"}]}"#, &k).is_err());
+    }
+
+    #[test]
+    fn predicted_answers_name_the_session_and_its_user() {
+        let u = UserSession {
+            token: "t".into(),
+            session_id: 12,
+            user: std::sync::Arc::new(SeedUser {
+                id: 5,
+                identifier: "bench-user-000005".into(),
+                channels: vec![("bench-b".into(), vec!["READ_SESSION", "WRITE_ORDER"])],
+            }),
+        };
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(
+            u.session_answer(),
+            json(
+                r#"{"data":{"activeSession":{"id":"12","kind":"AUTHENTICATED","user":{"id":"5","identifier":"bench-user-000005"}}}}"#
+            )
+        );
+        assert_eq!(
+            u.me_answer(),
+            json(
+                r#"{"data":{"me":{"identifier":"bench-user-000005","channels":[{"channelCode":"bench-b","permissions":["READ_SESSION","WRITE_ORDER"]}]}}}"#
+            )
+        );
+    }
 }
