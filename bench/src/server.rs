@@ -193,6 +193,8 @@ pub struct ServerConfig {
     pub redis: Option<(String, String)>,
     pub cache_ttl: Option<&'static str>,
     pub cache_capacity: Option<usize>,
+    /// More environment for this server only.
+    pub extra_env: Vec<(&'static str, &'static str)>,
 }
 
 pub const SUPERADMIN_PASSWORD: &str = "bench-superadmin-password";
@@ -220,6 +222,9 @@ pub async fn start_server(bin: &Path, cfg: &ServerConfig, scratch: &Path) -> Res
     }
     if let Some(cap) = cfg.cache_capacity {
         env.push(("SESSION_CACHE_CAPACITY".into(), cap.to_string()));
+    }
+    for (k, v) in &cfg.extra_env {
+        env.push((k.to_string(), v.to_string()));
     }
     let log = scratch.join(format!("{}.log", cfg.name));
     spawn(Launch {
