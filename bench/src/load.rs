@@ -75,9 +75,12 @@ impl Exact {
     }
 }
 
+/// A check of a response body: `Err` says what is wrong.
+pub type BodyCheck = dyn Fn(&[u8]) -> Result<(), String> + Send + Sync;
+
 /// A custom answer check on the body (for answers that cannot be predicted byte for byte).
 #[derive(Clone)]
-pub struct CheckFn(pub Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>);
+pub struct CheckFn(pub Arc<BodyCheck>);
 
 impl std::fmt::Debug for CheckFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
