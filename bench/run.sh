@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target_dir="${CARGO_TARGET_DIR:-target}"
-bins=(-p session-server -p bench --bin session-server --bin bench --bin peer)
+bins=(-p session-server -p bench --bin session-server --bin bench --bin peer --bin bare)
 
 if [[ " $* " == *" --smoke "* ]]; then
   cargo build --quiet "${bins[@]}"

@@ -4,7 +4,7 @@
 //! previous response body is read). Every request is drawn from a weighted set of request
 //! kinds; latencies go into one `hdrhistogram` per kind (microseconds), so a mixed workload
 //! reports each kind separately. Each response is checked (status 200 and an expected
-//! substring of the body): a benchmark of wrong answers is worthless.
+//! substring of the body, or the exact answer): a benchmark of wrong answers is worthless.
 //!
 //! Timeline of one run: connect all connections, warm up (nothing recorded), measure (the
 //! server's CPU time is sampled from `/proc/<pid>/stat` at both ends of the window), stop.
@@ -32,6 +32,78 @@ pub enum Expect {
     Ok,
     /// Status 200 and the body contains this text.
     Contains(&'static str),
+    /// Status 200 and exactly this JSON answer (see [`Exact`]).
+    Exact(Arc<Exact>),
+    /// Status 200 and the body passes this check.
+    Check(CheckFn),
+}
+
+/// An exact JSON answer. A body is parsed and compared as JSON, ignoring object key order and
+/// list order, so only a different answer fails. The first body that matches is remembered, and
+/// later bodies with the same bytes pass with one comparison (the server's output is
+/// deterministic, so after the warm-up this is every request and the check costs the load
+/// generator almost nothing).
+#[derive(Debug)]
+pub struct Exact {
+    value: serde_json::Value,
+    confirmed: std::sync::OnceLock<Bytes>,
+}
+
+impl Exact {
+    pub fn new(value: serde_json::Value) -> Arc<Exact> {
+        Arc::new(Exact {
+            value,
+            confirmed: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn check(&self, body: &[u8]) -> Result<(), String> {
+        if self.confirmed.get().is_some_and(|b| b.as_ref() == body) {
+            return Ok(());
+        }
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(v) if same_json(&v, &self.value) => {
+                let _ = self.confirmed.set(Bytes::copy_from_slice(body));
+                Ok(())
+            }
+            _ => Err(format!(
+                "expected {} but got {}",
+                truncate(&self.value.to_string(), 200),
+                truncate(&String::from_utf8_lossy(body), 200)
+            )),
+        }
+    }
+}
+
+/// A check of a response body: `Err` says what is wrong.
+pub type BodyCheck = dyn Fn(&[u8]) -> Result<(), String> + Send + Sync;
+
+/// A custom answer check on the body (for answers that cannot be predicted byte for byte).
+#[derive(Clone)]
+pub struct CheckFn(pub Arc<BodyCheck>);
+
+impl std::fmt::Debug for CheckFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckFn")
+    }
+}
+
+/// JSON equality ignoring the order of list items (object keys are unordered already).
+pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    fn normal(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Array(items) => {
+                let mut items: Vec<serde_json::Value> = items.iter().map(normal).collect();
+                items.sort_by_cached_key(|i| i.to_string());
+                serde_json::Value::Array(items)
+            }
+            serde_json::Value::Object(m) => {
+                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), normal(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    a == b || normal(a) == normal(b)
 }
 
 /// One prepared request.
@@ -291,7 +363,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> {
+/// Whether a response passes its request's check (`Err` says why not).
+pub fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> {
     if status != StatusCode::OK {
         return Err(format!(
             "HTTP {status}: {}",
@@ -305,6 +378,8 @@ fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> 
             "expected {s:?} in {}",
             truncate(&String::from_utf8_lossy(body), 200)
         )),
+        Expect::Exact(e) => e.check(body),
+        Expect::Check(f) => (f.0)(body),
     }
 }
 
@@ -446,4 +521,49 @@ pub async fn run(
         kinds,
         server_cpu,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn exact(v: serde_json::Value) -> ReqSpec {
+        ReqSpec::graphql("{}", None, Expect::Exact(Exact::new(v)))
+    }
+
+    #[test]
+    fn an_exact_answer_passes_in_any_key_or_list_order() {
+        let spec = exact(json!({"data": {"me": {"identifier": "a", "channels": [
+            {"channelCode": "x", "permissions": ["READ_SESSION", "READ_ORDER"]},
+            {"channelCode": "y", "permissions": ["READ_USER"]},
+        ]}}}));
+        let same = br#"{"data":{"me":{"channels":[{"channelCode":"x","permissions":["READ_SESSION","READ_ORDER"]},{"channelCode":"y","permissions":["READ_USER"]}],"identifier":"a"}}}"#;
+        assert_eq!(check(&spec, StatusCode::OK, same), Ok(()));
+        let reordered = br#"{"data":{"me":{"identifier":"a","channels":[{"permissions":["READ_USER"],"channelCode":"y"},{"channelCode":"x","permissions":["READ_ORDER","READ_SESSION"]}]}}}"#;
+        assert_eq!(check(&spec, StatusCode::OK, reordered), Ok(()));
+    }
+
+    #[test]
+    fn a_different_answer_fails_the_exact_check() {
+        let spec = exact(
+            json!({"data": {"activeSession": {"id": "7", "kind": "AUTHENTICATED",
+            "user": {"id": "3", "identifier": "bench-user-000003"}}}}),
+        );
+        for wrong in [
+            &br#"{"data":{"activeSession":{"id":"7","kind":"AUTHENTICATED","user":{"id":"3","identifier":"bench-user-000004"}}}}"#[..],
+            br#"{"data":{"activeSession":{"id":"7","kind":"ANONYMOUS","user":null}}}"#,
+            br#"{"data":{"activeSession":null}}"#,
+            br#"{"data":null,"errors":[{"message":"boom"}]}"#,
+            b"not json",
+        ] {
+            assert!(check(&spec, StatusCode::OK, wrong).is_err());
+        }
+        let right = br#"{"data":{"activeSession":{"id":"7","kind":"AUTHENTICATED","user":{"id":"3","identifier":"bench-user-000003"}}}}"#;
+        assert_eq!(check(&spec, StatusCode::OK, right), Ok(()));
+        assert!(check(&spec, StatusCode::INTERNAL_SERVER_ERROR, right).is_err());
+        // Remembering the right bytes lets no wrong answer through afterwards.
+        assert_eq!(check(&spec, StatusCode::OK, right), Ok(()));
+        assert!(check(&spec, StatusCode::OK, br#"{"data":{"activeSession":null}}"#).is_err());
+    }
 }

@@ -199,6 +199,7 @@ pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
     out
 }
 
+#[derive(Clone, Copy, Debug)]
 pub enum Cmp {
     AtLeast,
     AtMost,

@@ -67,6 +67,7 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
             redis: None,
             cache_ttl: Some("1ms"),
             cache_capacity: None,
+            extra_env: Vec::new(),
         };
         server::migrate(
             &s.server_bin,
@@ -148,8 +149,10 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         redis: None,
         cache_ttl: None,
         cache_capacity: None,
+        extra_env: Vec::new(),
     };
-    let (proc, tokens) = prepare_server(s, &cfg, s.sessions).await?;
+    let (proc, seeded) = prepare_server(s, &cfg, s.sessions, 0).await?;
+    let tokens = seeded.anonymous;
     let t0 = Instant::now();
     seed::insert_sessions(&url, &seed::gen_tokens(big), true).await?;
     eprintln!(
@@ -233,6 +236,7 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         redis: None,
         cache_ttl: None,
         cache_capacity: Some(cached.max(100_000) + 1_000),
+        extra_env: Vec::new(),
     };
     server::migrate(
         &s.server_bin,

@@ -1,5 +1,6 @@
-//! Process management: starts the session server (after `migrate`), the peer and a private
-//! `redis-server`, waits until they answer, and stops them (SIGTERM, then SIGKILL) when dropped.
+//! Process management: starts the session server (after `migrate`), the peer, the bare
+//! async-graphql server and a private `redis-server`, waits until they answer, and stops them
+//! (SIGTERM, then SIGKILL) when dropped.
 //!
 //! Every child gets a clean environment (only `PATH` plus what the benchmark sets), its own
 //! loopback port and a log file in the run's scratch directory.
@@ -192,6 +193,8 @@ pub struct ServerConfig {
     pub redis: Option<(String, String)>,
     pub cache_ttl: Option<&'static str>,
     pub cache_capacity: Option<usize>,
+    /// More environment for this server only.
+    pub extra_env: Vec<(&'static str, &'static str)>,
 }
 
 pub const SUPERADMIN_PASSWORD: &str = "bench-superadmin-password";
@@ -219,6 +222,9 @@ pub async fn start_server(bin: &Path, cfg: &ServerConfig, scratch: &Path) -> Res
     }
     if let Some(cap) = cfg.cache_capacity {
         env.push(("SESSION_CACHE_CAPACITY".into(), cap.to_string()));
+    }
+    for (k, v) in &cfg.extra_env {
+        env.push((k.to_string(), v.to_string()));
     }
     let log = scratch.join(format!("{}.log", cfg.name));
     spawn(Launch {
@@ -250,6 +256,24 @@ pub async fn start_peer(bin: &Path, redis_url: &str, scratch: &Path) -> Result<P
         addr,
         health_path: "/health",
         log: scratch.join("peer.log"),
+        timeout: Duration::from_secs(30),
+    })
+    .await
+}
+
+/// Starts the bare async-graphql + axum server (`bench/src/bin/bare.rs`).
+pub async fn start_bare(bin: &Path, scratch: &Path) -> Result<Proc> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let env = vec![("BARE_BIND".into(), addr.to_string())];
+    spawn(Launch {
+        name: "bare",
+        bin,
+        args: &[],
+        env: &env,
+        addr,
+        health_path: "/health",
+        log: scratch.join("bare.log"),
         timeout: Duration::from_secs(30),
     })
     .await
