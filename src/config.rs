@@ -54,6 +54,15 @@ pub enum Command {
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://session-server.db?mode=rwc";
 
+/// The default `DATABASE_MAX_CONNECTIONS`: four per core, 4 to 16. A request holds a connection
+/// only for its statement, so connections beyond what the cores can keep busy add no
+/// throughput, only queueing inside the database (whose CPU competes with ours when both run on
+/// one machine); the cap keeps several instances within a database's connection limit.
+pub fn default_max_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).clamp(4, 16) as u32
+}
+
 /// Which [`crate::cache::SessionCache`] strategy serves session lookups.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheMode {
@@ -144,8 +153,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// Largest number of pooled database connections.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    /// Largest number of pooled database connections; default: four per core, 4 to 16.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = default_max_connections())]
     pub database_max_connections: u32,
 
     /// Longest wait for a database connection; past it the request gets SERVICE_UNAVAILABLE.
@@ -331,6 +340,9 @@ impl Config {
         if !(2..=1_048_576).contains(&self.session_data_max_bytes) {
             return refuse("SESSION_DATA_MAX_BYTES must be between 2 and 1048576");
         }
+        if self.database_max_connections == 0 {
+            return refuse("DATABASE_MAX_CONNECTIONS must be at least 1");
+        }
         if self.cleanup_batch_size == 0 {
             return refuse("CLEANUP_BATCH_SIZE must be at least 1");
         }
@@ -402,6 +414,8 @@ mod tests {
         assert_eq!(c.anonymous_sessions_per_address, 600);
         assert_eq!(c.password_queue_timeout, Duration::from_secs(2));
         assert_eq!(c.password_hash_concurrency, None);
+        assert_eq!(c.database_max_connections, default_max_connections());
+        assert!((4..=16).contains(&c.database_max_connections));
     }
 
     #[test]
@@ -418,6 +432,12 @@ mod tests {
         assert!(err.contains("PASSWORD_HASH_CONCURRENCY"), "{err}");
         let err = parse(&["--password-queue-timeout", "0s"]).unwrap_err();
         assert!(err.contains("PASSWORD_QUEUE_TIMEOUT"), "{err}");
+        let err = parse(&["--database-max-connections", "0"]).unwrap_err();
+        assert!(err.contains("DATABASE_MAX_CONNECTIONS"), "{err}");
+        assert_eq!(
+            parse(&["--database-max-connections", "40"]).map(|c| c.database_max_connections),
+            Ok(40)
+        );
         assert!(parse(&["--token-method", "smoke"]).is_err());
         assert!(parse(&["--cookie-secure", "false"]).is_ok_and(|c| !c.cookie_secure));
     }

@@ -8,13 +8,13 @@ use crate::domain::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::error::{AppError, AppResult};
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};
-use entity::{role, role_channel, session, session_refresh_token, user, user_role};
-use sea_orm::sea_query::{Expr, Query};
+use entity::{channel, role, role_channel, session, session_refresh_token, user, user_role};
+use sea_orm::sea_query::{Expr, Query, SelectStatement};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, Iterable,
+    QueryFilter, QueryResult, QuerySelect, TransactionTrait,
 };
-use std::collections::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,21 +181,14 @@ impl Services {
             return Ok(None);
         }
         let read = self.store.start_read();
-        let model = session::Entity::find()
-            .filter(session::Column::TokenHash.eq(hash.to_hex()))
-            .one(&self.db)
-            .await?;
-        let Some(model) = model.filter(|m| !m.invalidated) else {
+        let Some((model, user)) = self.load_session(hash).await? else {
             self.store.remember_unknown(hash);
             return Ok(None);
         };
-        let user = match model.user_id {
-            Some(user_id) => match self.load_cached_user(&self.db, user_id).await? {
-                Some(u) => Some(u),
-                None => return Ok(None),
-            },
-            None => None,
-        };
+        if model.user_id.is_some() && user.is_none() {
+            // The session's user has been deleted.
+            return Ok(None);
+        }
         // `loaded_at` is when the read started: a Redis cache refuses the entry if the user's
         // sessions were dropped after that.
         let cached = CachedSession::from_model(&model, user, read.started_at);
@@ -274,62 +267,46 @@ impl Services {
         Ok(())
     }
 
-    /// A user with per-channel permissions, as cached with their sessions. `None` if deleted.
+    /// The unrevoked session row of a token hash with its user and the user's per-channel
+    /// permissions, in one statement. The user is `None` for an anonymous session, and for a
+    /// session whose user has been deleted (its `user_id` is then still set).
+    async fn load_session(
+        &self,
+        hash: &TokenHash,
+    ) -> AppResult<Option<(session::Model, Option<CachedUser>)>> {
+        use sea_orm::ExprTrait as _;
+        let mut q = Query::select();
+        q.columns(session::Column::iter().map(|c| (session::Entity, c)))
+            .from(session::Entity)
+            .left_join(
+                user::Entity,
+                Expr::col((user::Entity, user::Column::Id))
+                    .equals((session::Entity, session::Column::UserId)),
+            );
+        join_grants(&mut q);
+        q.and_where(Expr::col((session::Entity, session::Column::TokenHash)).eq(hash.to_hex()))
+            .and_where(Expr::col((session::Entity, session::Column::Invalidated)).eq(false));
+        let rows = self.db.query_all(&q).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let model = session::Model::from_query_result(first, "")?;
+        Ok(Some((model, user_from_rows(&rows)?)))
+    }
+
+    /// A user with per-channel permissions, as cached with their sessions, in one statement.
+    /// `None` if deleted.
     pub async fn load_cached_user<C: ConnectionTrait>(
         &self,
         db: &C,
         user_id: i64,
     ) -> AppResult<Option<CachedUser>> {
         use sea_orm::ExprTrait as _;
-        let Some(u) = user::Entity::find_by_id(user_id).one(db).await? else {
-            return Ok(None);
-        };
-        let roles = role::Entity::find()
-            .filter(
-                role::Column::Id.in_subquery(
-                    Query::select()
-                        .column(user_role::Column::RoleId)
-                        .from(user_role::Entity)
-                        .and_where(Expr::col(user_role::Column::UserId).eq(user_id))
-                        .to_owned(),
-                ),
-            )
-            .all(db)
-            .await?;
-        let role_ids: Vec<i64> = roles.iter().map(|r| r.id).collect();
-        let links = if role_ids.is_empty() {
-            vec![]
-        } else {
-            role_channel::Entity::find()
-                .filter(role_channel::Column::RoleId.is_in(role_ids))
-                .all(db)
-                .await?
-        };
-        let mut grants: BTreeMap<i64, PermissionSet> = BTreeMap::new();
-        for link in &links {
-            if let Some(r) = roles.iter().find(|r| r.id == link.role_id) {
-                let perms = PermissionSet::from_stored(&r.permissions);
-                let slot = grants.entry(link.channel_id).or_default();
-                *slot = slot.union(perms);
-            }
-        }
-        let mut channels = Vec::with_capacity(grants.len());
-        for (channel_id, permissions) in grants {
-            if let Some(ch) = self.channels.by_id(db, channel_id).await? {
-                channels.push(ChannelGrant {
-                    channel_id,
-                    code: ch.code.clone(),
-                    token: ch.token.clone(),
-                    permissions,
-                });
-            }
-        }
-        Ok(Some(CachedUser {
-            id: u.id,
-            identifier: u.identifier,
-            verified: u.verified,
-            channels,
-        }))
+        let mut q = Query::select();
+        q.from(user::Entity);
+        join_grants(&mut q);
+        q.and_where(Expr::col((user::Entity, user::Column::Id)).eq(user_id));
+        user_from_rows(&db.query_all(&q).await?)
     }
 
     /// Inserts a session and returns it with its tokens. Authenticated sessions get a refresh
@@ -667,6 +644,95 @@ pub fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Adds to a query that already has `user` the user's columns and one row per (role, channel)
+/// grant: `user` → `user_role` → `role` → `role_channel` → `channel`, left joins, so a user with
+/// no grant (or no user at all) still gives one row, with NULLs. Read by [`user_from_rows`].
+fn join_grants(q: &mut SelectStatement) {
+    use sea_orm::ExprTrait as _;
+    q.expr_as(Expr::col((user::Entity, user::Column::Id)), "u_id")
+        .expr_as(
+            Expr::col((user::Entity, user::Column::Identifier)),
+            "u_identifier",
+        )
+        .expr_as(
+            Expr::col((user::Entity, user::Column::Verified)),
+            "u_verified",
+        )
+        .expr_as(
+            Expr::col((role::Entity, role::Column::Permissions)),
+            "r_permissions",
+        )
+        .expr_as(Expr::col((channel::Entity, channel::Column::Id)), "c_id")
+        .expr_as(
+            Expr::col((channel::Entity, channel::Column::Code)),
+            "c_code",
+        )
+        .expr_as(
+            Expr::col((channel::Entity, channel::Column::Token)),
+            "c_token",
+        )
+        .left_join(
+            user_role::Entity,
+            Expr::col((user_role::Entity, user_role::Column::UserId))
+                .equals((user::Entity, user::Column::Id)),
+        )
+        .left_join(
+            role::Entity,
+            Expr::col((role::Entity, role::Column::Id))
+                .equals((user_role::Entity, user_role::Column::RoleId)),
+        )
+        .left_join(
+            role_channel::Entity,
+            Expr::col((role_channel::Entity, role_channel::Column::RoleId))
+                .equals((role::Entity, role::Column::Id)),
+        )
+        .left_join(
+            channel::Entity,
+            Expr::col((channel::Entity, channel::Column::Id))
+                .equals((role_channel::Entity, role_channel::Column::ChannelId)),
+        );
+}
+
+/// The user in the rows of a [`join_grants`] query, with the permissions of all their roles
+/// in a channel joined, channels ordered by id; `None` when the rows carry no user.
+fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let Some(id) = first.try_get::<Option<i64>>("", "u_id")? else {
+        return Ok(None);
+    };
+    let mut grants: BTreeMap<i64, ChannelGrant> = BTreeMap::new();
+    for row in rows {
+        let channel_id: Option<i64> = row.try_get("", "c_id")?;
+        let permissions: Option<String> = row.try_get("", "r_permissions")?;
+        let (Some(channel_id), Some(permissions)) = (channel_id, permissions) else {
+            continue;
+        };
+        let permissions = PermissionSet::from_stored(&permissions);
+        match grants.entry(channel_id) {
+            Entry::Occupied(mut e) => {
+                let grant = e.get_mut();
+                grant.permissions = grant.permissions.union(permissions);
+            }
+            Entry::Vacant(e) => {
+                e.insert(ChannelGrant {
+                    channel_id,
+                    code: row.try_get("", "c_code")?,
+                    token: row.try_get("", "c_token")?,
+                    permissions,
+                });
+            }
+        }
+    }
+    Ok(Some(CachedUser {
+        id,
+        identifier: first.try_get("", "u_identifier")?,
+        verified: first.try_get("", "u_verified")?,
+        channels: grants.into_values().collect(),
+    }))
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ async fn statements(app: &TestApp) -> u64 {
 
 /// Runs `query` as `token` (it must succeed) and returns its data and the number of SQL
 /// statements the server ran meanwhile.
-async fn counted(app: &TestApp, token: &str, query: &str) -> (Value, u64) {
+pub(crate) async fn counted(app: &TestApp, token: &str, query: &str) -> (Value, u64) {
     let before = statements(app).await;
     let data = app
         .gql_as(token, query, json!({}))

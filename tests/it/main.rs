@@ -12,6 +12,7 @@ mod cache_reads;
 mod cli;
 mod cluster;
 mod contract;
+mod db_reads;
 mod fuzz;
 mod invalidation;
 mod lifetimes;
