@@ -63,6 +63,15 @@ pub fn default_max_connections() -> u32 {
     (4 * cores).clamp(4, 16) as u32
 }
 
+/// How log lines are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the request's span (and its `request_id`) in each.
+    Json,
+}
+
 /// Which [`crate::cache::SessionCache`] strategy serves session lookups.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheMode {
@@ -289,6 +298,10 @@ pub struct Config {
     /// Log filter in `tracing` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    /// `text` (human-readable lines) or `json` (one JSON object per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use migration::{Migrator, MigratorTrait};
-use session_server::config::{Cli, Command, Config};
+use session_server::config::{Cli, Command, Config, LogFormat};
 use session_server::error::DisplayChain;
 use session_server::startup::{connect_database, Application};
 use std::process::ExitCode;
@@ -12,10 +12,18 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -52,7 +60,7 @@ async fn main() -> ExitCode {
     };
     match command {
         Command::Serve(config) => {
-            init_tracing(&config.log);
+            init_tracing(&config.log, config.log_format);
             let app = match Application::build(*config).await {
                 Ok(app) => app,
                 Err(e) => {
@@ -67,7 +75,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Migrate { database_url } => {
-            init_tracing("info");
+            init_tracing("info", LogFormat::Text);
             let result = async {
                 let db =
                     connect_database(&database_url, 2, std::time::Duration::from_secs(10)).await?;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
@@ -149,9 +150,15 @@ impl Metrics {
 pub struct OperationHandles {
     requests: Counter,
     latency: Histogram,
+    label: Arc<str>,
 }
 
 impl OperationHandles {
+    /// `query.activeSession`, `mutation.login`, … or `other` (never client text).
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
     pub fn record(&self, seconds: f64) {
         self.requests.inc();
         self.latency.observe(seconds);
@@ -174,10 +181,13 @@ impl OperationLabeler {
         mutation_fields: &[String],
     ) -> OperationLabeler {
         let handles = |label: String| {
-            let labels = OperationLabels { operation: label };
+            let labels = OperationLabels {
+                operation: label.clone(),
+            };
             OperationHandles {
                 requests: metrics.requests.get_or_create(&labels).clone(),
                 latency: metrics.latency.get_or_create(&labels).clone(),
+                label: Arc::from(label),
             }
         };
         OperationLabeler {

@@ -5,6 +5,7 @@
 use super::cookies::{self, CookieMode};
 use super::documents::{self, KnownDocument};
 use super::request::{self, TokenSource};
+use super::request_log::AccessInfo;
 use super::transport::{app_error_response, error_response};
 use super::AppState;
 use crate::error::ErrorCode;
@@ -28,8 +29,12 @@ pub(super) async fn execute(
     let started = Instant::now();
     let handles = app.labeler.handles(&request.query);
     let (request, known) = documents::attach(&app.documents, request);
-    let response = execute_inner(app, headers, peer, request, known).await;
+    let mut response = execute_inner(app, headers, peer, request, known).await;
     handles.record(started.elapsed().as_secs_f64());
+    let info = response
+        .extensions_mut()
+        .get_or_insert_with(AccessInfo::default);
+    info.operation = Some(handles.label().clone());
     response
 }
 
@@ -54,6 +59,7 @@ async fn execute_inner(
         Ok(identity) => identity,
         Err(e) => return app_error_response(e),
     };
+    let session_id = session.as_ref().map(|s| s.id);
     let dead_cookie = session.is_none()
         && presented
             .as_ref()
@@ -80,6 +86,17 @@ async fn execute_inner(
         k.mark_validated();
     }
     let unavailable = fix_error_codes(&mut response, &svc.metrics);
+    let error_codes = (!response.errors.is_empty()).then(|| {
+        response
+            .errors
+            .iter()
+            .filter_map(|e| match e.extensions.as_ref()?.get("code") {
+                Some(async_graphql::Value::String(code)) => Some(code.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    });
 
     let body = match serde_json::to_vec(&response) {
         Ok(b) => b,
@@ -108,6 +125,11 @@ async fn execute_inner(
         cookies::clear_dead_session_cookie(h, mode);
     }
     cookies::write_token_changes(h, &tokens.take(), mode);
+    out.extensions_mut().insert(AccessInfo {
+        operation: None,
+        session_id,
+        error_codes,
+    });
     out
 }
 

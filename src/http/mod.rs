@@ -14,6 +14,7 @@
 //!   `refresh-token` headers and the cookies, their names and attributes.
 //! - `cors.rs`: which origins may call, with which headers.
 //! - `health.rs`: `/health` and `/metrics`.
+//! - `request_log.rs`: request ids (`x-request-id`) and the access log.
 
 mod cookies;
 mod cors;
@@ -21,6 +22,7 @@ mod documents;
 mod execute;
 mod health;
 pub mod request;
+mod request_log;
 mod transport;
 
 pub use transport::MAX_BODY_BYTES;
@@ -86,5 +88,7 @@ pub fn router(state: AppState) -> Router {
                 "internal error",
             )
         }))
+        // Outermost: every response, a panic's too, carries the request id and is logged.
+        .layer(axum::middleware::from_fn(request_log::layer))
         .with_state(state)
 }

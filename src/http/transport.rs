@@ -69,7 +69,8 @@ async fn within_request_timeout(
     limit: Duration,
     handler: impl std::future::Future<Output = Response> + Send + 'static,
 ) -> Response {
-    let task = tokio::spawn(handler);
+    // The handler's log lines keep the request's span (and so its request id).
+    let task = tokio::spawn(tracing::Instrument::in_current_span(handler));
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(response)) => response,
         Ok(Err(_)) => {

@@ -16,6 +16,7 @@ mod db_reads;
 mod fuzz;
 mod invalidation;
 mod lifetimes;
+mod logs;
 mod outage;
 mod procs;
 mod refresh;
