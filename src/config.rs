@@ -285,6 +285,16 @@ pub struct Config {
     )]
     pub superadmin_password: String,
 
+    /// A file holding the superadmin's password (a container secret); overrides
+    /// SUPERADMIN_PASSWORD. A trailing newline is ignored.
+    #[arg(long, env = "SUPERADMIN_PASSWORD_FILE")]
+    pub superadmin_password_file: Option<PathBuf>,
+
+    /// Start even though the superadmin still has the default password while BIND is not a
+    /// loopback address (never do this in production).
+    #[arg(long, env = "ALLOW_DEFAULT_PASSWORD", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_default_password: bool,
+
     /// Browser origins allowed to call the API with credentials (comma-separated). Empty: any
     /// origin may call without credentials (bearer tokens), none with cookies.
     #[arg(

@@ -37,6 +37,21 @@ pub enum StartupError {
     Passwords(#[source] ServiceError),
     #[error("cannot create the default channel, role or superadmin: {0}")]
     Bootstrap(#[source] ServiceError),
+    #[error("cannot read SUPERADMIN_PASSWORD_FILE {path}: {source}")]
+    PasswordFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the superadmin '{identifier}' still has the default password and BIND ({bind}) is not a \
+         loopback address: start once with a strong SUPERADMIN_PASSWORD or \
+         SUPERADMIN_PASSWORD_FILE before the superadmin exists, or change the password \
+         (changePassword) while bound to 127.0.0.1; ALLOW_DEFAULT_PASSWORD=true starts anyway"
+    )]
+    DefaultPassword {
+        identifier: String,
+        bind: SocketAddr,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -75,6 +90,16 @@ pub async fn connect_database(
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         config.validate()?;
+        let mut config = config;
+        if let Some(path) = &config.superadmin_password_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| StartupError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            config.superadmin_password = text.trim_end_matches(['\n', '\r']).to_string();
+            config.validate()?;
+        }
         let mut db = connect_database(
             &config.database_url,
             config.database_max_connections,
@@ -128,6 +153,15 @@ impl Application {
         let boot = bootstrap(&db, &passwords, &config)
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
+        if boot.default_password_in_use
+            && !config.bind.ip().is_loopback()
+            && !config.allow_default_password
+        {
+            return Err(StartupError::DefaultPassword {
+                identifier: config.superadmin_identifier.clone(),
+                bind: config.bind,
+            });
+        }
 
         let lifetimes = Lifetimes::new(&config);
         let services: SharedServices = Arc::new(Services {
@@ -254,7 +288,12 @@ struct Bootstrapped {
     default_channel: channel::Model,
     super_admin_role_id: i64,
     superadmin_user_id: i64,
+    /// Whether the superadmin's password is still `superadmin`.
+    default_password_in_use: bool,
 }
+
+/// The superadmin's password when none is configured.
+const DEFAULT_PASSWORD: &str = "superadmin";
 
 /// Makes sure the default channel, the `SUPER_ADMIN` role and the superadmin user exist, through
 /// the directory's start-up functions: safe to run from several instances at once.
@@ -273,12 +312,24 @@ async fn bootstrap(
         &[super_role.id],
     )
     .await?;
-    if config.superadmin_password == "superadmin" {
+    // Where it matters (reachable from other hosts), the stored hash decides, not the setting:
+    // a password changed since is fine, and a new SUPERADMIN_PASSWORD does not change an
+    // existing superadmin. Elsewhere the setting is enough for a warning (no hashing cost).
+    let exposed = !config.bind.ip().is_loopback() && !config.allow_default_password;
+    let default_in_use = if exposed {
+        passwords
+            .verify(DEFAULT_PASSWORD, Some(&admin.password_hash))
+            .await?
+    } else {
+        config.superadmin_password == DEFAULT_PASSWORD
+    };
+    if default_in_use {
         tracing::warn!(
-            "SUPERADMIN_PASSWORD is the default 'superadmin': set a strong password before exposing this server"
+            "the superadmin still has the default password 'superadmin': set a strong one before exposing this server"
         );
     }
     Ok(Bootstrapped {
+        default_password_in_use: default_in_use,
         default_channel,
         super_admin_role_id: super_role.id,
         superadmin_user_id: admin.id,

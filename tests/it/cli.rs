@@ -70,3 +70,52 @@ fn migrate_applies_the_migrations() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
 }
+
+/// No default password in production: bound to a non-loopback address with the superadmin's
+/// password still `superadmin`, the server refuses to start and says how to fix it.
+#[test]
+fn start_up_refuses_the_default_password_on_a_public_address() {
+    refused(
+        &[("BIND", "0.0.0.0:0")],
+        "still has the default password and BIND (0.0.0.0:0) is not a loopback address",
+    );
+    refused(
+        &[
+            ("BIND", "0.0.0.0:0"),
+            ("SUPERADMIN_PASSWORD_FILE", "/nonexistent/secret"),
+        ],
+        "cannot read SUPERADMIN_PASSWORD_FILE /nonexistent/secret",
+    );
+}
+
+/// ALLOW_DEFAULT_PASSWORD=true starts anyway; a password from SUPERADMIN_PASSWORD_FILE (a
+/// container secret) needs no override, and is the one that logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_password_override_and_password_file() {
+    use crate::helpers::{TestApp, Variant};
+    let app = TestApp::spawn_with(Variant::SqliteMemory, |c| {
+        c.bind = "0.0.0.0:0".parse().unwrap();
+        c.allow_default_password = true;
+    })
+    .await
+    .expect("sqlite always runs");
+    app.admin_token().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("superadmin-password");
+    std::fs::write(&secret, "a-long-container-secret\n").unwrap();
+    let app = TestApp::spawn_with(Variant::SqliteMemory, |c| {
+        c.bind = "0.0.0.0:0".parse().unwrap();
+        c.superadmin_password_file = Some(secret.clone());
+    })
+    .await
+    .expect("sqlite always runs");
+    app.login("superadmin", "a-long-container-secret").await;
+    let r = app.try_login("superadmin", "superadmin").await;
+    assert_eq!(
+        r.data()["login"]["__typename"],
+        "InvalidCredentialsError",
+        "{}",
+        r.body
+    );
+}
