@@ -18,6 +18,18 @@ use std::sync::Arc;
 /// Longest key, in characters.
 pub const MAX_KEY_CHARS: usize = 64;
 
+/// Deepest nesting of arrays and objects in a value (the cached entry embeds the data, and
+/// its decoders stop at 128 levels).
+pub const MAX_DEPTH: usize = 32;
+
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Compare-and-swap rounds before giving up (each round, one of the racing writers wins).
 const MAX_ROUNDS: usize = 200;
 
@@ -39,6 +51,12 @@ impl DataChange {
                     crate::graphql::context::clip(key, 70)
                 )));
             }
+        }
+        if let Some((key, _)) = self.set.iter().find(|(_, v)| depth(v) > MAX_DEPTH) {
+            return Err(AppError::bad_input(format!(
+                "the value of '{}' nests deeper than {MAX_DEPTH} levels",
+                crate::graphql::context::clip(key, 70)
+            )));
         }
         if let Some(key) = self
             .unset

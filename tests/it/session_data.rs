@@ -98,7 +98,12 @@ async fn bad_input_changes_nothing(v: Variant) {
     };
     let long = "k".repeat(65);
     let big = "x".repeat(300);
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
     let refused = [
+        json!({ "set": { "deep": deep } }),
         json!({ "set": [1, 2] }),
         json!({ "set": "text" }),
         json!({ "set": { "": 1 } }),
