@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod auth;
+mod browser;
 mod authz;
 mod bad_input;
 mod cache;
