@@ -33,7 +33,9 @@ fn linked_urls(html: &str) -> Vec<String> {
         while let Some(i) = rest.find(attr) {
             let after = &rest[i + attr.len()..];
             let end = after.find('"').unwrap();
-            out.push(after[..end].to_string());
+            if !after.starts_with('#') {
+                out.push(after[..end].to_string());
+            }
             rest = &after[end..];
         }
     }
@@ -236,15 +238,27 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css` names once it is there (again if the page re-renders it
+    /// between finding and clicking).
     async fn click(&self, css: &str) {
-        let element = self
-            .client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"));
-        element.click().await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let element = self
+                .client
+                .wait()
+                .at_most(WAIT)
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            match element.click().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {
