@@ -37,8 +37,16 @@ static ASSETS: &[Asset] = &[
     asset!("graphiql.min.js", "graphiql/graphiql.min.js", JS),
     asset!("graphiql.min.css", "graphiql/graphiql.min.css", CSS),
     asset!("graphiql-LICENSE.txt", "graphiql/LICENSE", TEXT),
-    asset!("react.production.min.js", "react/react.production.min.js", JS),
-    asset!("react-dom.production.min.js", "react/react-dom.production.min.js", JS),
+    asset!(
+        "react.production.min.js",
+        "react/react.production.min.js",
+        JS
+    ),
+    asset!(
+        "react-dom.production.min.js",
+        "react/react-dom.production.min.js",
+        JS
+    ),
     asset!("react-LICENSE.txt", "react/LICENSE", TEXT),
     asset!("playground.js", "playground/playground.js", JS),
     asset!("playground.css", "playground/playground.css", CSS),

@@ -60,7 +60,9 @@ async fn pages_send_a_strict_policy_and_serve_every_asset_themselves(v: Variant)
         let csp = h["content-security-policy"].to_str().unwrap().to_string();
         assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
         assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
-        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval") && !csp.contains("http"));
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval") && !csp.contains("http")
+        );
         let html = r.text().await.unwrap();
         assert!(html.contains(needle), "{path}");
         assert!(!html.contains("<script>"), "{path}: no inline script");
@@ -127,11 +129,17 @@ impl WebDriverCompatibleCommand for BrowserLog {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or_default()))
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(json!({ "type": "browser" }).to_string()))
+        (
+            http::Method::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
     }
 }
 
@@ -293,11 +301,9 @@ impl Browser {
             .collect();
         assert!(errors.is_empty(), "{page}: console errors {errors:#?}");
         let entries = self
-            .js(
-                "return performance.getEntriesByType('navigation')
+            .js("return performance.getEntriesByType('navigation')
                    .concat(performance.getEntriesByType('resource'))
-                   .map(e => ({ name: e.name, status: e.responseStatus }));",
-            )
+                   .map(e => ({ name: e.name, status: e.responseStatus }));")
             .await;
         let entries = entries.as_array().unwrap();
         assert!(entries.len() > 1, "{page}: {entries:?}");
@@ -308,7 +314,10 @@ impl Browser {
                 "{page} reached past the server: {url}"
             );
             let status = e["status"].as_u64().unwrap_or(0);
-            assert!((200..400).contains(&status), "{page}: {url} answered {status}");
+            assert!(
+                (200..400).contains(&status),
+                "{page}: {url} answered {status}"
+            );
         }
     }
 
@@ -346,7 +355,8 @@ async fn run_in_graphiql(b: &Browser, query: &str, expect: &str) -> String {
     ))
     .await;
     b.click(".graphiql-execute-button").await;
-    let response = "return document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue()";
+    let response =
+        "return document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue()";
     b.wait_for(
         &format!("a response with {expect}"),
         &format!("{response}.includes({});", json!(expect)),
@@ -392,9 +402,11 @@ async fn graphiql_runs_offline_and_logs_in_through_the_cookie(v: Variant) {
     .await;
     let out = run_in_graphiql(&b, "{ activeSession { id } }", &id).await;
     assert!(out.contains(&id), "{out}");
-    b.js("document.querySelector('.graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror')
-            .CodeMirror.setValue(''); return true;")
-        .await;
+    b.js(
+        "document.querySelector('.graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror')
+            .CodeMirror.setValue(''); return true;",
+    )
+    .await;
 
     // A login run in GraphiQL sets the cookie; the next activeSession is authenticated by it.
     let login = format!(
@@ -407,7 +419,10 @@ async fn graphiql_runs_offline_and_logs_in_through_the_cookie(v: Variant) {
         "AUTHENTICATED",
     )
     .await;
-    assert!(out.contains(&format!("\"identifier\": \"{ADMIN}\"")), "{out}");
+    assert!(
+        out.contains(&format!("\"identifier\": \"{ADMIN}\"")),
+        "{out}"
+    );
     b.assert_clean("GraphiQL").await;
     b.screenshot("playground").await;
 }
@@ -435,8 +450,13 @@ async fn console_revokes_a_session_and_shows_a_refusal(v: Variant) {
     let reader_role = app
         .create_role(&admin, "reader", &["READ_SESSION", "READ_USER"])
         .await;
-    app.create_user(&admin, "reader@example.com", "reader-password", &[&reader_role])
-        .await;
+    app.create_user(
+        &admin,
+        "reader@example.com",
+        "reader-password",
+        &[&reader_role],
+    )
+    .await;
     let victim = app
         .create_user(&admin, "victim@example.com", "victim-password", &[])
         .await;
@@ -450,8 +470,10 @@ async fn console_revokes_a_session_and_shows_a_refusal(v: Variant) {
     };
     console_sign_in(&b, ADMIN, ADMIN_PASSWORD).await;
     // The user's sessions, found from the users list.
-    b.click(&format!("#users tr[data-user-id='{victim}'] button.user-sessions"))
-        .await;
+    b.click(&format!(
+        "#users tr[data-user-id='{victim}'] button.user-sessions"
+    ))
+    .await;
     let row = |id: &str| format!("#sessions tr[data-session-id='{id}']");
     b.wait_for(
         "the victim's sessions",

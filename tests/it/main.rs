@@ -5,9 +5,9 @@ mod helpers;
 
 mod admin;
 mod auth;
-mod browser;
 mod authz;
 mod bad_input;
+mod browser;
 mod cache;
 mod cache_reads;
 mod cli;
