@@ -281,6 +281,12 @@ impl Browser {
         element.send_keys(text).await.unwrap();
     }
 
+    /// Types `keys` (WebDriver key codes included) into the focused element.
+    async fn keys(&self, keys: &str) {
+        let focused = self.client.active_element().await.unwrap();
+        focused.send_keys(keys).await.unwrap();
+    }
+
     /// The console log since the last call.
     async fn logs(&self) -> Vec<Value> {
         match self.client.issue_cmd(BrowserLog).await.unwrap() {
@@ -489,7 +495,8 @@ async fn console_revokes_a_session_and_shows_a_refusal(v: Variant) {
     b.assert_clean("the console").await;
     b.screenshot("console").await;
 
-    // Revoke one, with a confirmation.
+    // Revoke one, with a confirmation, by keyboard: Escape cancels (nothing is revoked), Tab
+    // and Enter confirm.
     b.click(&format!("{} button.revoke-session", row(&first_id)))
         .await;
     b.wait_for(
@@ -497,7 +504,23 @@ async fn console_revokes_a_session_and_shows_a_refusal(v: Variant) {
         "return document.getElementById('confirm').open;",
     )
     .await;
-    b.click("#confirm-ok").await;
+    b.keys("\u{e00c}").await; // Escape
+    b.wait_for(
+        "the cancelled confirmation",
+        "return !document.getElementById('confirm').open;",
+    )
+    .await;
+    assert!(!app.active_session(&first.token).await.is_null());
+    b.click(&format!("{} button.revoke-session", row(&first_id)))
+        .await;
+    b.wait_for(
+        "the confirmation",
+        "return document.getElementById('confirm').open
+             && document.activeElement.id === 'confirm-cancel';",
+    )
+    .await;
+    b.keys("\u{e004}").await; // Tab, to the confirm button
+    b.keys("\u{e007}").await; // Enter
     b.wait_for(
         "the revocation",
         &format!(
