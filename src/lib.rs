@@ -13,7 +13,9 @@
 //!   transport rules (JSON bodies, no mutations over GET, timeout; `transport`), the parsed
 //!   document cache (`documents`), running one request (identify the caller, execute, error
 //!   codes, 503; `execute`), reading the token, channel and client (`request`), the token
-//!   headers and cookies (`cookies`), CORS (`cors`), `/health` and `/metrics` (`health`).
+//!   headers and cookies (`cookies`), CORS (`cors`), `/health` and `/metrics` (`health`),
+//!   the browser pages' embedded files and headers (`assets`), GraphiQL (`playground`) and
+//!   the operator console (`console`).
 //! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models), the
 //!   per-request context (resolvers record tokens issued or cleared there; `http` writes them)
 //!   and the per-request batches that load a listing's related rows together

@@ -15,12 +15,19 @@
 //! - `cors.rs`: which origins may call, with which headers.
 //! - `health.rs`: `/health` and `/metrics`.
 //! - `request_log.rs`: request ids (`x-request-id`) and the access log.
+//! - `assets.rs`: the browser pages' files embedded in the binary (`/assets/{hash}/{name}`) and
+//!   the headers every page sends (Content-Security-Policy: this origin only).
+//! - `playground.rs`: the GraphiQL page (`GET /graphql` with `Accept: text/html`).
+//! - `console.rs`: the operator console (`/console`).
 
+mod assets;
+mod console;
 mod cookies;
 mod cors;
 mod documents;
 mod execute;
 mod health;
+mod playground;
 pub mod request;
 mod request_log;
 mod transport;
@@ -79,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
+        .route("/console", get(console::page))
+        .route(assets::ROUTE, get(assets::serve))
         .layer(cors)
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");

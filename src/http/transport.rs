@@ -5,11 +5,10 @@
 
 use super::{execute, AppState};
 use crate::error::{AppError, ErrorCode};
-use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -188,13 +187,7 @@ async fn graphql_get_inner(app: AppState, req: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("text/html"));
         if wants_html {
-            return Html(
-                GraphiQLSource::build()
-                    .endpoint("/graphql")
-                    .title("session-server")
-                    .finish(),
-            )
-            .into_response();
+            return super::playground::page();
         }
         return error_response(
             StatusCode::BAD_REQUEST,

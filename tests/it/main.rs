@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 mod authz;
 mod bad_input;
+mod browser;
 mod cache;
 mod cache_reads;
 mod cli;
