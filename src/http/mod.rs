@@ -14,11 +14,14 @@
 //!   `refresh-token` headers and the cookies, their names and attributes.
 //! - `cors.rs`: which origins may call, with which headers.
 //! - `health.rs`: `/health` and `/metrics`.
+//! - `gateway.rs`: the gateway check `/auth` (nginx `auth_request`, Traefik `ForwardAuth`,
+//!   Envoy `ext_authz`) and the session JWT keys at `/.well-known/jwks.json`.
 
 mod cookies;
 mod cors;
 mod documents;
 mod execute;
+mod gateway;
 mod health;
 pub mod request;
 mod transport;
@@ -30,7 +33,7 @@ use crate::graphql::AppSchema;
 use crate::metrics::OperationLabeler;
 use crate::service::SharedServices;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -75,6 +78,9 @@ pub fn router(state: AppState) -> Router {
             "/graphql",
             get(transport::graphql_get).post(transport::graphql_post),
         )
+        .route("/auth", any(gateway::check))
+        .route("/auth/{*rest}", any(gateway::check))
+        .route("/.well-known/jwks.json", get(gateway::jwks))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .layer(cors)

@@ -13,6 +13,7 @@
 //!   in one statement each, for listings.
 //! - `order`: orders and the session's active order.
 //! - `activity`: the throttled, batched last-activity writer.
+//! - `jwt`: session JWTs and their signing keys (the JWKS).
 
 pub mod activity;
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod authz;
 pub mod batch;
 pub mod directory;
 pub mod identify;
+pub mod jwt;
 pub mod order;
 pub mod session;
 pub mod session_admin;
@@ -52,6 +54,8 @@ pub struct Services {
     pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,
     pub throttle: throttle::Throttle,
+    /// The session JWT signing keys, shared through the database.
+    pub jwt: jwt::JwtKeys,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: Arc<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
