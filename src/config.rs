@@ -395,6 +395,13 @@ mod tests {
         assert_eq!(c.anonymous_sessions_per_address, 600);
         assert_eq!(c.password_queue_timeout, Duration::from_secs(2));
         assert_eq!(c.password_hash_concurrency, None);
+        assert_eq!(c.session_jwt_ttl, Duration::from_secs(300));
+        assert_eq!(c.jwt_issuer, "session-server");
+        assert_eq!(c.jwt_key_rotation, Duration::from_secs(30 * 86400));
+        let err = parse(&["--jwt-key-rotation", "500ms"]).unwrap_err();
+        assert!(err.contains("JWT_KEY_ROTATION"), "{err}");
+        let err = parse(&["--session-jwt-ttl", "0s"]).unwrap_err();
+        assert!(err.contains("SESSION_JWT_TTL"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub const X_PERMISSIONS: HeaderName = HeaderName::from_static("x-permissions");
 pub const X_SESSION_JWT: HeaderName = HeaderName::from_static("x-session-jwt");
 
 /// What the gateway asked for in the query string.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Check {
     authenticated_only: bool,
     required: PermissionSet,

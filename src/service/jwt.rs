@@ -240,10 +240,9 @@ impl Services {
                     .ok_or_else(|| AppError::internal("no JWT signing key after a refresh"))?
             }
         };
-        let session_expiry = self.lifetimes.expires_at(
-            session.last_active(),
-            session.absolute_expires_at,
-        );
+        let session_expiry = self
+            .lifetimes
+            .expires_at(session.last_active(), session.absolute_expires_at);
         let expires_ms = now.saturating_add(keys.ttl_ms).min(session_expiry);
         let claims = Claims {
             iss: &keys.issuer,

@@ -58,7 +58,11 @@ pub async fn check(api: &Api, path: &str, token: Option<&str>) -> Check {
 
 fn assert_unauthorized(c: &Check, what: &str) {
     assert_eq!(c.status, 401, "{what}: {}", c.body);
-    assert_eq!(c.header("www-authenticate").as_deref(), Some("Bearer"), "{what}");
+    assert_eq!(
+        c.header("www-authenticate").as_deref(),
+        Some("Bearer"),
+        "{what}"
+    );
     assert!(c.header("x-session-id").is_none(), "{what}");
 }
 
@@ -80,7 +84,12 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
     assert_eq!(c.header("x-session-id"), Some(anon_id.clone()));
     assert_eq!(c.header("x-session-kind").as_deref(), Some("anonymous"));
     assert_eq!(c.header("x-channel-code").as_deref(), Some("default"));
-    for h in ["x-user-id", "x-user-identifier", "x-permissions", "x-session-jwt"] {
+    for h in [
+        "x-user-id",
+        "x-user-identifier",
+        "x-permissions",
+        "x-session-jwt",
+    ] {
         assert!(c.header(h).is_none(), "{h} on an anonymous check");
     }
     assert_unauthorized(
@@ -110,20 +119,40 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
     assert_eq!(c.header("cache-control").as_deref(), Some("no-store"));
 
     // ?require: held → 200; one missing → 403.
-    assert_eq!(check(&app, "/auth?require=READ_SESSION", Some(&t)).await.status, 200);
-    let c = check(&app, "/auth?require=READ_SESSION,WRITE_USER", Some(&t)).await;
-    assert_eq!(c.status, 403, "{}", c.body);
-    assert_eq!(check(&app, "/auth?require=READ_SESSION", Some(&anon)).await.status, 403);
-    // The superadmin passes every requirement.
     assert_eq!(
-        check(&app, "/auth?require=WRITE_USER,REVOKE_SESSION", Some(&admin))
+        check(&app, "/auth?require=READ_SESSION", Some(&t))
             .await
             .status,
         200
     );
+    let c = check(&app, "/auth?require=READ_SESSION,WRITE_USER", Some(&t)).await;
+    assert_eq!(c.status, 403, "{}", c.body);
+    assert_eq!(
+        check(&app, "/auth?require=READ_SESSION", Some(&anon))
+            .await
+            .status,
+        403
+    );
+    // The superadmin passes every requirement.
+    assert_eq!(
+        check(
+            &app,
+            "/auth?require=WRITE_USER,REVOKE_SESSION",
+            Some(&admin)
+        )
+        .await
+        .status,
+        200
+    );
 
     // Any method, any path below /auth, the cookie too.
-    for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::HEAD] {
+    for method in [
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+    ] {
         let c = check_with(&app, method.clone(), "/auth/cart/items?id=3", Some(&t), &[]).await;
         assert_eq!(c.status, 200, "{method}");
         assert_eq!(c.header("x-user-id"), Some(alice.clone()), "{method}");
@@ -139,10 +168,24 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
     assert_eq!(c.status, 200, "{}", c.body);
     assert_eq!(c.header("x-channel-code").as_deref(), Some("eu"));
     assert_eq!(c.header("x-permissions").as_deref(), Some(""));
-    let c = check_with(&app, Method::GET, "/auth?require=READ_SESSION", Some(&t), &ch).await;
+    let c = check_with(
+        &app,
+        Method::GET,
+        "/auth?require=READ_SESSION",
+        Some(&t),
+        &ch,
+    )
+    .await;
     assert_eq!(c.status, 403);
     // An unknown channel-token and a bad query are the caller's mistakes, named.
-    let c = check_with(&app, Method::GET, "/auth", Some(&t), &[("channel-token", "nope")]).await;
+    let c = check_with(
+        &app,
+        Method::GET,
+        "/auth",
+        Some(&t),
+        &[("channel-token", "nope")],
+    )
+    .await;
     assert_eq!(c.status, 400, "{}", c.body);
     let c = check(&app, "/auth?require=READ_EVERYTHING", Some(&t)).await;
     assert_eq!(c.status, 400);
@@ -157,7 +200,10 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
     assert_eq!(claims["sid"], sid.as_str());
     assert_eq!(claims["sub"], alice.as_str());
     assert_eq!(claims["perms"], json!(["READ_SESSION"]));
-    assert!(check(&app, "/auth?jwt=1", None).await.header("x-session-jwt").is_none());
+    assert!(check(&app, "/auth?jwt=1", None)
+        .await
+        .header("x-session-jwt")
+        .is_none());
 }
 
 /// `/auth` moves the session's activity forward: checks alone keep it alive past the idle
@@ -254,7 +300,10 @@ async fn auth_and_jwks_agree_across_instances() {
         let r = signer.gql_as(&t, SESSION_JWT, json!({})).await.ok();
         let jwt = str_of(&r.data()["sessionJwt"]["token"]);
         let (set, _) = jwks(publisher).await;
-        assert!(set.find(&kid_of(&jwt)).is_some(), "kid not published by the other instance");
+        assert!(
+            set.find(&kid_of(&jwt)).is_some(),
+            "kid not published by the other instance"
+        );
         verify(&set, &jwt, None).expect("verifies with the other instance's JWKS");
     }
     let id = a.active_session(&t).await["id"].clone();
@@ -267,8 +316,14 @@ async fn auth_and_jwks_agree_across_instances() {
         .await
         .ok();
     assert_eq!(r.data()["revokeSession"], true);
-    assert_unauthorized(&check(b, "/auth", Some(&t)).await, "revoked on A, checked on B");
-    assert_unauthorized(&check(a, "/auth", Some(&t)).await, "revoked on A, checked on A");
+    assert_unauthorized(
+        &check(b, "/auth", Some(&t)).await,
+        "revoked on A, checked on B",
+    );
+    assert_unauthorized(
+        &check(a, "/auth", Some(&t)).await,
+        "revoked on A, checked on A",
+    );
 }
 
 /// An nginx child process with its configuration, pid and logs in a temp dir; killed on drop.
@@ -335,7 +390,11 @@ http {{
             if let Ok(Some(status)) = nginx.child.try_wait() {
                 panic!("nginx exited ({status}): {}", nginx.error_log());
             }
-            assert!(Instant::now() < deadline, "nginx did not listen: {}", nginx.error_log());
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen: {}",
+                nginx.error_log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         nginx
@@ -433,7 +492,9 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
 
     let admin = app.admin_token().await;
     let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
-    let alice = app.create_user(&admin, "alice", "alice-password", &[&role]).await;
+    let alice = app
+        .create_user(&admin, "alice", "alice-password", &[&role])
+        .await;
     let bob = app.create_user(&admin, "bob", "bob-password", &[]).await;
     let t = app.login("alice", "alice-password").await.token;
 

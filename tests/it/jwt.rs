@@ -12,8 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-pub const SESSION_JWT: &str =
-    "query($a: String) { sessionJwt(audience: $a) { token expiresAt } }";
+pub const SESSION_JWT: &str = "query($a: String) { sessionJwt(audience: $a) { token expiresAt } }";
 
 /// `GET /.well-known/jwks.json`: the key set and the `cache-control` header.
 pub async fn jwks(api: &Api) -> (JwkSet, String) {
@@ -110,7 +109,9 @@ async fn jwts_verify_with_the_published_keys_only(v: Variant) {
     // An authenticated session with READ_SESSION in the default channel.
     let admin = app.admin_token().await;
     let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
-    let alice = app.create_user(&admin, "alice", "alice-password", &[&role]).await;
+    let alice = app
+        .create_user(&admin, "alice", "alice-password", &[&role])
+        .await;
     let t = app.login("alice", "alice-password").await.token;
     let sid = str_of(&app.active_session(&t).await["id"]);
     let (jwt, answer) = session_jwt(&app, &t, Some("cart")).await;
@@ -213,7 +214,10 @@ async fn jwt_never_outlives_its_session(v: Variant) {
     let (set, _) = jwks(&app).await;
     let c = verify(&set, &jwt, None).unwrap();
     let exp = c["exp"].as_i64().unwrap();
-    assert!(exp * 1000 <= expires, "exp {exp} after the session's expiry {expires}");
+    assert!(
+        exp * 1000 <= expires,
+        "exp {exp} after the session's expiry {expires}"
+    );
     // Far below the default five minutes: the session's idle timeout capped it.
     assert!(exp - c["iat"].as_i64().unwrap() <= 3, "{c}");
     assert_eq!(rfc3339_ms(&answer["expiresAt"]), exp * 1000);
@@ -263,7 +267,10 @@ async fn keys_rotate_with_an_overlap(v: Variant) {
     // The retired key leaves once every token it signed has expired, not before.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(Instant::now() < deadline, "retired key {k1} still published");
+        assert!(
+            Instant::now() < deadline,
+            "retired key {k1} still published"
+        );
         let (set, _) = jwks(&app).await;
         if set.find(&k1).is_none() {
             let now = chrono::Utc::now().timestamp_millis();
