@@ -256,6 +256,18 @@ pub struct Config {
     #[arg(long, env = "ANONYMOUS_SESSIONS_PER_ADDRESS", default_value_t = 600)]
     pub anonymous_sessions_per_address: u32,
 
+    /// Lifetime of a session JWT (`sessionJwt`, `/auth?jwt=1`); never past the session's expiry.
+    #[arg(long, env = "SESSION_JWT_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub session_jwt_ttl: Duration,
+
+    /// The `iss` claim of session JWTs.
+    #[arg(long, env = "JWT_ISSUER", default_value = "session-server")]
+    pub jwt_issuer: String,
+
+    /// How long one signing key signs before a new one takes over.
+    #[arg(long, env = "JWT_KEY_ROTATION", default_value = "30d", value_parser = parse_duration)]
+    pub jwt_key_rotation: Duration,
+
     /// Password hashes computed at once; unset: one less than the number of cores, at least 1.
     #[arg(long, env = "PASSWORD_HASH_CONCURRENCY")]
     pub password_hash_concurrency: Option<usize>,
@@ -341,6 +353,8 @@ impl Config {
             ("DATABASE_TIMEOUT", self.database_timeout),
             ("PASSWORD_QUEUE_TIMEOUT", self.password_queue_timeout),
             ("REQUEST_TIMEOUT", self.request_timeout),
+            ("SESSION_JWT_TTL", self.session_jwt_ttl),
+            ("JWT_KEY_ROTATION", self.jwt_key_rotation),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -356,6 +370,9 @@ impl Config {
                 idle: humantime::format_duration(self.session_idle_timeout).to_string(),
                 absolute: humantime::format_duration(self.session_absolute_timeout).to_string(),
             });
+        }
+        if self.jwt_key_rotation < Duration::from_secs(1) {
+            return refuse("JWT_KEY_ROTATION must be at least 1s");
         }
         if self.session_cache_capacity == 0 {
             return refuse("SESSION_CACHE_CAPACITY must be at least 1");
@@ -439,6 +456,13 @@ mod tests {
         assert_eq!(c.password_hash_concurrency, None);
         assert_eq!(c.database_max_connections, default_max_connections());
         assert!((4..=16).contains(&c.database_max_connections));
+        assert_eq!(c.session_jwt_ttl, Duration::from_secs(300));
+        assert_eq!(c.jwt_issuer, "session-server");
+        assert_eq!(c.jwt_key_rotation, Duration::from_secs(30 * 86400));
+        let err = parse(&["--jwt-key-rotation", "500ms"]).unwrap_err();
+        assert!(err.contains("JWT_KEY_ROTATION"), "{err}");
+        let err = parse(&["--session-jwt-ttl", "0s"]).unwrap_err();
+        assert!(err.contains("SESSION_JWT_TTL"), "{err}");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::service::{
-    activity::ActivityWriter, auth, directory, session::Lifetimes, throttle::Throttle, Services,
-    SharedServices,
+    activity::ActivityWriter, auth, directory, jwt::JwtKeys, session::Lifetimes,
+    throttle::Throttle, Services, SharedServices,
 };
 use entity::channel;
 use migration::{Migrator, MigratorTrait};
@@ -163,11 +163,20 @@ impl Application {
             });
         }
 
+        let jwt = JwtKeys::new(
+            config.session_jwt_ttl,
+            config.jwt_key_rotation,
+            config.jwt_issuer.clone(),
+        );
+        jwt.refresh(&db)
+            .await
+            .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
         let lifetimes = Lifetimes::new(&config);
         let services: SharedServices = Arc::new(Services {
             lifetimes,
             activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
             throttle: Throttle::new(&config, redis.clone()),
+            jwt,
             metrics,
             default_channel: Arc::new(boot.default_channel),
             super_admin_role_id: boot.super_admin_role_id,
@@ -189,6 +198,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?
             .port();
         spawn_cleanup(services.clone());
+        spawn_jwt_key_refresh(services.clone());
         let schema = build_schema(services.clone());
         let (query_fields, mutation_fields) = crate::graphql::root_fields();
         let labeler = crate::metrics::OperationLabeler::new(
@@ -261,6 +271,27 @@ impl Application {
 
 /// How long a shutdown waits for in-flight requests, leaving time to flush within 10 s.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(8);
+
+/// Reloads the JWT signing keys (others' new keys, rotation when due) now and then.
+fn spawn_jwt_key_refresh(services: SharedServices) {
+    let every = services.jwt.refresh_every();
+    let weak = Arc::downgrade(&services);
+    drop(services);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(services) = weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = services.jwt.refresh(&services.db).await {
+                tracing::warn!(error = %e.client_message(), "JWT signing keys could not be refreshed");
+            }
+        }
+    });
+}
 
 /// Deletes expired and invalidated sessions every `CLEANUP_INTERVAL`.
 fn spawn_cleanup(services: SharedServices) {

@@ -4,6 +4,7 @@
 //! exact, sortable representation on SQLite, PostgreSQL and MySQL/MariaDB.
 
 pub mod channel;
+pub mod jwt_key;
 pub mod order;
 pub mod role;
 pub mod role_channel;

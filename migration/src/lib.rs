@@ -7,6 +7,7 @@ mod m20261123_000001_create_tables;
 mod m20261124_000002_session_refresh_token;
 mod m20261201_000001_normalize_identifiers;
 mod m20261202_000001_session_data;
+mod m20261205_000001_jwt_key;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_session_refresh_token::Migration),
             Box::new(m20261201_000001_normalize_identifiers::Migration),
             Box::new(m20261202_000001_session_data::Migration),
+            Box::new(m20261205_000001_jwt_key::Migration),
         ]
     }
 }

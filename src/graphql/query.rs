@@ -26,6 +26,28 @@ impl Query {
             .map(|s| Session::from_cached(&s)))
     }
 
+    /// A short-lived JWT of this session (Ed25519, `alg: EdDSA`) for services that verify
+    /// sessions themselves with the keys at `/.well-known/jwks.json`; `aud` is `audience` when
+    /// given. Null without a live session.
+    async fn session_jwt(
+        &self,
+        ctx: &Context<'_>,
+        audience: Option<String>,
+    ) -> Result<Option<SessionJwt>> {
+        let req = ctx.request_ctx()?;
+        let Some(session) = req.session() else {
+            return Ok(None);
+        };
+        let permissions = crate::service::identify::permissions_in(&session, req.channel.id);
+        let jwt = services(ctx)?
+            .session_jwt(&session, &req.channel, permissions, audience.as_deref())
+            .await?;
+        Ok(Some(SessionJwt {
+            token: jwt.token,
+            expires_at: DateTime(jwt.expires_at),
+        }))
+    }
+
     /// The logged-in user with their permissions per channel; null unless logged in.
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<CurrentUser>> {
         Ok(ctx

@@ -689,6 +689,14 @@ where
 pub type SessionConnection = Connection<Session>;
 pub type UserConnection = Connection<User>;
 
+/// A short-lived signed JWT of the current session, verifiable with the keys at
+/// `/.well-known/jwks.json`.
+#[derive(SimpleObject)]
+pub struct SessionJwt {
+    pub token: String,
+    pub expires_at: DateTime,
+}
+
 #[derive(SimpleObject)]
 pub struct SessionStats {
     pub anonymous: i32,

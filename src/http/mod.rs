@@ -19,6 +19,8 @@
 //!   the headers every page sends (Content-Security-Policy: this origin only).
 //! - `playground.rs`: the GraphiQL page (`GET /graphql` with `Accept: text/html`).
 //! - `console.rs`: the operator console (`/console`).
+//! - `gateway.rs`: the gateway check `/auth` (nginx `auth_request`, Traefik `ForwardAuth`,
+//!   Envoy `ext_authz`) and the session JWT keys at `/.well-known/jwks.json`.
 
 mod assets;
 mod console;
@@ -26,6 +28,7 @@ mod cookies;
 mod cors;
 mod documents;
 mod execute;
+mod gateway;
 mod health;
 mod playground;
 pub mod request;
@@ -39,7 +42,7 @@ use crate::graphql::AppSchema;
 use crate::metrics::OperationLabeler;
 use crate::service::SharedServices;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -84,6 +87,9 @@ pub fn router(state: AppState) -> Router {
             "/graphql",
             get(transport::graphql_get).post(transport::graphql_post),
         )
+        .route("/auth", any(gateway::check))
+        .route("/auth/{*rest}", any(gateway::check))
+        .route("/.well-known/jwks.json", get(gateway::jwks))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .route("/console", get(console::page))

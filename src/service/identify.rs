@@ -4,6 +4,7 @@
 use super::Services;
 use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
+use crate::permission::PermissionSet;
 use crate::token::TokenHash;
 use entity::channel;
 use std::sync::Arc;
@@ -15,6 +16,26 @@ pub struct Identity {
     /// The `channel-token` header's channel, else the session's active channel, else the
     /// default channel.
     pub channel: Arc<channel::Model>,
+}
+
+impl Identity {
+    /// What the session's user holds in the request's channel (every permission for a super
+    /// admin, who passes every check); nothing for anonymous sessions.
+    pub fn permissions(&self) -> PermissionSet {
+        match &self.session {
+            Some(s) => permissions_in(s, self.channel.id),
+            None => PermissionSet::default(),
+        }
+    }
+}
+
+/// What `session`'s user holds in channel `channel_id`, as permission checks see it.
+pub fn permissions_in(session: &CachedSession, channel_id: i64) -> PermissionSet {
+    match &session.user {
+        Some(u) if u.is_super_admin() => PermissionSet::all(),
+        Some(u) => u.permissions_in(channel_id),
+        None => PermissionSet::default(),
+    }
 }
 
 impl Services {

@@ -14,6 +14,7 @@
 //! - `order`: orders and the session's active order.
 //! - `paging`: the id-cursor page of a listing (users, sessions, a user's sessions).
 //! - `activity`: the throttled, batched last-activity writer.
+//! - `jwt`: session JWTs and their signing keys (the JWKS).
 
 pub mod activity;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod authz;
 pub mod batch;
 pub mod directory;
 pub mod identify;
+pub mod jwt;
 pub mod order;
 pub mod paging;
 pub mod session;
@@ -54,6 +56,8 @@ pub struct Services {
     pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,
     pub throttle: throttle::Throttle,
+    /// The session JWT signing keys, shared through the database.
+    pub jwt: jwt::JwtKeys,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: Arc<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
