@@ -272,9 +272,13 @@ impl Application {
 /// How long a shutdown waits for in-flight requests, leaving time to flush within 10 s.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(8);
 
-/// Reloads the JWT signing keys (others' new keys, rotation when due) now and then.
-fn spawn_jwt_key_refresh(services: SharedServices) {
-    let every = services.jwt.refresh_every();
+/// Runs `job` every `every` until the application is gone (tests build many in one process);
+/// a failure is logged with its cause chain and the next tick tries again.
+fn spawn_every<F, Fut>(services: SharedServices, every: Duration, what: &'static str, job: F)
+where
+    F: Fn(SharedServices) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = AppResult<()>> + Send,
+{
     let weak = Arc::downgrade(&services);
     drop(services);
     tokio::spawn(async move {
@@ -286,32 +290,26 @@ fn spawn_jwt_key_refresh(services: SharedServices) {
             let Some(services) = weak.upgrade() else {
                 return;
             };
-            if let Err(e) = services.jwt.refresh(&services.db).await {
-                tracing::warn!(error = %e.client_message(), "JWT signing keys could not be refreshed");
+            if let Err(e) = job(services).await {
+                tracing::warn!(error = %e.chain(), "background {what} failed");
             }
         }
+    });
+}
+
+/// Reloads the JWT signing keys (others' new keys, rotation when due) now and then.
+fn spawn_jwt_key_refresh(services: SharedServices) {
+    let every = services.jwt.refresh_every();
+    spawn_every(services, every, "JWT signing key refresh", |s| async move {
+        s.jwt.refresh(&s.db).await
     });
 }
 
 /// Deletes expired and invalidated sessions every `CLEANUP_INTERVAL`.
 fn spawn_cleanup(services: SharedServices) {
     let every = services.config.cleanup_interval;
-    let weak = Arc::downgrade(&services);
-    drop(services);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            // Stop once the application is gone (tests build many in one process).
-            let Some(services) = weak.upgrade() else {
-                return;
-            };
-            if let Err(e) = services.clean_up_expired_sessions().await {
-                tracing::warn!(error = %e.chain(), "background session clean-up failed");
-            }
-        }
+    spawn_every(services, every, "session clean-up", |s| async move {
+        s.clean_up_expired_sessions().await.map(|_| ())
     });
 }
 
