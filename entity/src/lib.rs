@@ -9,6 +9,7 @@ pub mod order;
 pub mod role;
 pub mod role_channel;
 pub mod session;
+pub mod session_event;
 pub mod session_refresh_token;
 pub mod user;
 pub mod user_role;

@@ -8,6 +8,7 @@ mod m20261124_000002_session_refresh_token;
 mod m20261201_000001_normalize_identifiers;
 mod m20261202_000001_session_data;
 mod m20261205_000001_jwt_key;
+mod m20261210_000001_session_event;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_normalize_identifiers::Migration),
             Box::new(m20261202_000001_session_data::Migration),
             Box::new(m20261205_000001_jwt_key::Migration),
+            Box::new(m20261210_000001_session_event::Migration),
         ]
     }
 }

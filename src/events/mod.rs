@@ -1,0 +1,247 @@
+//! Session events: every change to a session or an account, recorded in the same database
+//! transaction as the change (the audit log in `session_event`), then fanned out live to
+//! subscribers and, when configured, to webhooks.
+//!
+//! A service builds [`NewEvent`]s, calls [`record`] with its open transaction, commits, and only
+//! then hands the returned [`Event`]s to [`EventBus::publish`]: an event is published only when
+//! its change happened. Events never carry a token, a token digest or a password.
+
+use crate::error::AppResult;
+use crate::service::ClientInfo;
+use entity::session_event;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// What happened. The names are the GraphQL `SessionEventType` values and the stored `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    SessionCreated,
+    LoginSucceeded,
+    LoginFailed,
+    LoginThrottled,
+    SessionRefreshed,
+    RefreshReuseDetected,
+    LoggedOut,
+    SessionRevoked,
+    SessionExpired,
+    PasswordChanged,
+    UserCreated,
+    UserUpdated,
+    UserDeleted,
+    RoleAssigned,
+    RoleRemoved,
+    RoleChanged,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 16] = [
+        EventType::SessionCreated,
+        EventType::LoginSucceeded,
+        EventType::LoginFailed,
+        EventType::LoginThrottled,
+        EventType::SessionRefreshed,
+        EventType::RefreshReuseDetected,
+        EventType::LoggedOut,
+        EventType::SessionRevoked,
+        EventType::SessionExpired,
+        EventType::PasswordChanged,
+        EventType::UserCreated,
+        EventType::UserUpdated,
+        EventType::UserDeleted,
+        EventType::RoleAssigned,
+        EventType::RoleRemoved,
+        EventType::RoleChanged,
+    ];
+
+    /// The stored and published name (`LOGIN_SUCCEEDED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionCreated => "SESSION_CREATED",
+            EventType::LoginSucceeded => "LOGIN_SUCCEEDED",
+            EventType::LoginFailed => "LOGIN_FAILED",
+            EventType::LoginThrottled => "LOGIN_THROTTLED",
+            EventType::SessionRefreshed => "SESSION_REFRESHED",
+            EventType::RefreshReuseDetected => "REFRESH_REUSE_DETECTED",
+            EventType::LoggedOut => "LOGGED_OUT",
+            EventType::SessionRevoked => "SESSION_REVOKED",
+            EventType::SessionExpired => "SESSION_EXPIRED",
+            EventType::PasswordChanged => "PASSWORD_CHANGED",
+            EventType::UserCreated => "USER_CREATED",
+            EventType::UserUpdated => "USER_UPDATED",
+            EventType::UserDeleted => "USER_DELETED",
+            EventType::RoleAssigned => "ROLE_ASSIGNED",
+            EventType::RoleRemoved => "ROLE_REMOVED",
+            EventType::RoleChanged => "ROLE_CHANGED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// An event about to be recorded; the builder methods fill what the change knows.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: EventType,
+    pub session_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub actor_user_id: Option<i64>,
+    pub identifier: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub channel_id: Option<i64>,
+    pub reason: Option<String>,
+}
+
+impl NewEvent {
+    pub fn new(kind: EventType) -> NewEvent {
+        NewEvent {
+            kind,
+            session_id: None,
+            user_id: None,
+            actor_user_id: None,
+            identifier: None,
+            ip_address: None,
+            user_agent: None,
+            channel_id: None,
+            reason: None,
+        }
+    }
+
+    pub fn session(mut self, id: i64) -> Self {
+        self.session_id = Some(id);
+        self
+    }
+
+    pub fn user(mut self, id: Option<i64>) -> Self {
+        self.user_id = id;
+        self
+    }
+
+    pub fn actor(mut self, id: Option<i64>) -> Self {
+        self.actor_user_id = id;
+        self
+    }
+
+    /// The identifier tried or concerned, cut to the column's 255 characters.
+    pub fn identifier(mut self, identifier: &str) -> Self {
+        self.identifier = Some(crate::service::session::truncate(identifier, 255).to_owned());
+        self
+    }
+
+    pub fn client(mut self, client: &ClientInfo) -> Self {
+        self.ip_address = client.ip_address.clone();
+        self.user_agent = client.user_agent.clone();
+        self
+    }
+
+    pub fn channel(mut self, id: Option<i64>) -> Self {
+        self.channel_id = id;
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.reason = Some(crate::service::session::truncate(reason, 64).to_owned());
+        self
+    }
+}
+
+/// A recorded event, as listed, subscribed to and sent to webhooks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub kind: EventType,
+    /// UTC milliseconds.
+    pub at: i64,
+    pub session_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub actor_user_id: Option<i64>,
+    pub identifier: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub channel_id: Option<i64>,
+    pub reason: Option<String>,
+}
+
+impl Event {
+    /// The event a stored row holds; `None` for a kind this version does not know.
+    pub fn from_model(m: session_event::Model) -> Option<Event> {
+        Some(Event {
+            id: m.id,
+            kind: EventType::parse(&m.kind)?,
+            at: m.at,
+            session_id: m.session_id,
+            user_id: m.user_id,
+            actor_user_id: m.actor_user_id,
+            identifier: m.identifier,
+            ip_address: m.ip_address,
+            user_agent: m.user_agent,
+            channel_id: m.channel_id,
+            reason: m.reason,
+        })
+    }
+}
+
+/// Writes `events` with `db` (the change's own transaction), stamped `at`, and returns them
+/// with their ids, to be published once the transaction has committed.
+pub async fn record<C: ConnectionTrait>(
+    db: &C,
+    at: i64,
+    events: Vec<NewEvent>,
+) -> AppResult<Vec<Event>> {
+    let mut recorded = Vec::with_capacity(events.len());
+    for e in events {
+        let row = session_event::ActiveModel {
+            kind: Set(e.kind.as_str().to_owned()),
+            at: Set(at),
+            session_id: Set(e.session_id),
+            user_id: Set(e.user_id),
+            actor_user_id: Set(e.actor_user_id),
+            identifier: Set(e.identifier),
+            ip_address: Set(e.ip_address),
+            user_agent: Set(e.user_agent),
+            channel_id: Set(e.channel_id),
+            reason: Set(e.reason),
+            ..Default::default()
+        }
+        .insert(db)
+        .await?;
+        recorded.extend(Event::from_model(row));
+    }
+    Ok(recorded)
+}
+
+/// How many published events a subscriber may fall behind before it is dropped.
+pub const SUBSCRIBER_BACKLOG: usize = 1024;
+
+/// The live fan-out of committed events to this process's subscribers.
+#[derive(Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus {
+            sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
+        }
+    }
+}
+
+impl EventBus {
+    /// Hands committed events to every current subscriber (none listening is fine).
+    pub fn publish(&self, events: Vec<Event>) {
+        for e in events {
+            let _ = self.sender.send(Arc::new(e));
+        }
+    }
+
+    /// A new subscriber; it sees events published from now on. A subscriber that falls more
+    /// than [`SUBSCRIBER_BACKLOG`] events behind gets `RecvError::Lagged` and is to be dropped.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
+    }
+}
