@@ -2,9 +2,9 @@
 //! transaction as the change (the audit log in `session_event`), then fanned out live to
 //! subscribers and, when configured, to webhooks.
 //!
-//! A service builds [`NewEvent`]s, calls [`record`] with its open transaction, commits, and only
-//! then hands the returned [`Event`]s to [`EventBus::publish`]: an event is published only when
-//! its change happened. Events never carry a token, a token digest or a password.
+//! A service builds [`NewEvent`]s, calls [`EventLog::record`] with its open transaction, commits,
+//! and only then hands the returned [`Event`]s to [`EventLog::publish`]: an event is published
+//! only when its change happened. Events never carry a token, a token digest or a password.
 
 use crate::error::AppResult;
 use crate::service::ClientInfo;
@@ -185,33 +185,58 @@ impl Event {
     }
 }
 
-/// Writes `events` with `db` (the change's own transaction), stamped `at`, and returns them
-/// with their ids, to be published once the transaction has committed.
-pub async fn record<C: ConnectionTrait>(
-    db: &C,
-    at: i64,
-    events: Vec<NewEvent>,
-) -> AppResult<Vec<Event>> {
-    let mut recorded = Vec::with_capacity(events.len());
-    for e in events {
-        let row = session_event::ActiveModel {
-            kind: Set(e.kind.as_str().to_owned()),
-            at: Set(at),
-            session_id: Set(e.session_id),
-            user_id: Set(e.user_id),
-            actor_user_id: Set(e.actor_user_id),
-            identifier: Set(e.identifier),
-            ip_address: Set(e.ip_address),
-            user_agent: Set(e.user_agent),
-            channel_id: Set(e.channel_id),
-            reason: Set(e.reason),
-            ..Default::default()
-        }
-        .insert(db)
-        .await?;
-        recorded.extend(Event::from_model(row));
+/// The event log of this process: records events in a change's transaction and publishes them
+/// once it has committed. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    /// Live fan-out to subscribers.
+    bus: EventBus,
+}
+
+impl EventLog {
+    pub fn new(bus: EventBus) -> EventLog {
+        EventLog { bus }
     }
-    Ok(recorded)
+
+    /// Writes `events` with `db` (the change's own transaction), stamped `at`, and returns them
+    /// with their ids, to be handed to [`EventLog::publish`] once the transaction has committed.
+    pub async fn record<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        at: i64,
+        events: Vec<NewEvent>,
+    ) -> AppResult<Vec<Event>> {
+        let mut recorded = Vec::with_capacity(events.len());
+        for e in events {
+            let row = session_event::ActiveModel {
+                kind: Set(e.kind.as_str().to_owned()),
+                at: Set(at),
+                session_id: Set(e.session_id),
+                user_id: Set(e.user_id),
+                actor_user_id: Set(e.actor_user_id),
+                identifier: Set(e.identifier),
+                ip_address: Set(e.ip_address),
+                user_agent: Set(e.user_agent),
+                channel_id: Set(e.channel_id),
+                reason: Set(e.reason),
+                ..Default::default()
+            }
+            .insert(db)
+            .await?;
+            recorded.extend(Event::from_model(row));
+        }
+        Ok(recorded)
+    }
+
+    /// Hands committed events to the live subscribers.
+    pub fn publish(&self, events: Vec<Event>) {
+        self.bus.publish(events);
+    }
+
+    /// A new live subscriber (see [`EventBus::subscribe`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.bus.subscribe()
+    }
 }
 
 /// How many published events a subscriber may fall behind before it is dropped.
