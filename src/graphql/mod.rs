@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod context;
+pub mod events;
 mod mutation;
 mod query;
 pub mod types;

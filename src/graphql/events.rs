@@ -1,0 +1,131 @@
+//! The GraphQL face of session events: the `SessionEventType` enum and the `SessionEvent` type,
+//! shared by the `sessionEvents` / `mySessionEvents` listings and the subscription.
+
+use crate::events::{Event, EventType};
+use crate::graphql::context::services;
+use crate::graphql::types::DateTime;
+use async_graphql::{Context, Enum, Object, Result, ID};
+use std::sync::Arc;
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "SessionEventType")]
+pub enum GqlSessionEventType {
+    SessionCreated,
+    LoginSucceeded,
+    LoginFailed,
+    LoginThrottled,
+    SessionRefreshed,
+    RefreshReuseDetected,
+    LoggedOut,
+    SessionRevoked,
+    SessionExpired,
+    PasswordChanged,
+    UserCreated,
+    UserUpdated,
+    UserDeleted,
+    RoleAssigned,
+    RoleRemoved,
+    RoleChanged,
+}
+
+impl From<EventType> for GqlSessionEventType {
+    fn from(t: EventType) -> Self {
+        use GqlSessionEventType as G;
+        match t {
+            EventType::SessionCreated => G::SessionCreated,
+            EventType::LoginSucceeded => G::LoginSucceeded,
+            EventType::LoginFailed => G::LoginFailed,
+            EventType::LoginThrottled => G::LoginThrottled,
+            EventType::SessionRefreshed => G::SessionRefreshed,
+            EventType::RefreshReuseDetected => G::RefreshReuseDetected,
+            EventType::LoggedOut => G::LoggedOut,
+            EventType::SessionRevoked => G::SessionRevoked,
+            EventType::SessionExpired => G::SessionExpired,
+            EventType::PasswordChanged => G::PasswordChanged,
+            EventType::UserCreated => G::UserCreated,
+            EventType::UserUpdated => G::UserUpdated,
+            EventType::UserDeleted => G::UserDeleted,
+            EventType::RoleAssigned => G::RoleAssigned,
+            EventType::RoleRemoved => G::RoleRemoved,
+            EventType::RoleChanged => G::RoleChanged,
+        }
+    }
+}
+
+impl From<GqlSessionEventType> for EventType {
+    fn from(t: GqlSessionEventType) -> Self {
+        use GqlSessionEventType as G;
+        match t {
+            G::SessionCreated => EventType::SessionCreated,
+            G::LoginSucceeded => EventType::LoginSucceeded,
+            G::LoginFailed => EventType::LoginFailed,
+            G::LoginThrottled => EventType::LoginThrottled,
+            G::SessionRefreshed => EventType::SessionRefreshed,
+            G::RefreshReuseDetected => EventType::RefreshReuseDetected,
+            G::LoggedOut => EventType::LoggedOut,
+            G::SessionRevoked => EventType::SessionRevoked,
+            G::SessionExpired => EventType::SessionExpired,
+            G::PasswordChanged => EventType::PasswordChanged,
+            G::UserCreated => EventType::UserCreated,
+            G::UserUpdated => EventType::UserUpdated,
+            G::UserDeleted => EventType::UserDeleted,
+            G::RoleAssigned => EventType::RoleAssigned,
+            G::RoleRemoved => EventType::RoleRemoved,
+            G::RoleChanged => EventType::RoleChanged,
+        }
+    }
+}
+
+/// One recorded event, from a listing or the live subscription.
+pub struct SessionEvent(pub Arc<Event>);
+
+fn opt_id(n: Option<i64>) -> Option<ID> {
+    n.map(|n| ID(n.to_string()))
+}
+
+#[Object]
+impl SessionEvent {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    #[graphql(name = "type")]
+    async fn kind(&self) -> GqlSessionEventType {
+        self.0.kind.into()
+    }
+    async fn at(&self) -> DateTime {
+        DateTime(self.0.at)
+    }
+    async fn session_id(&self) -> Option<ID> {
+        opt_id(self.0.session_id)
+    }
+    async fn user_id(&self) -> Option<ID> {
+        opt_id(self.0.user_id)
+    }
+    async fn actor_user_id(&self) -> Option<ID> {
+        opt_id(self.0.actor_user_id)
+    }
+    async fn identifier(&self) -> Option<&str> {
+        self.0.identifier.as_deref()
+    }
+    async fn ip_address(&self) -> Option<&str> {
+        self.0.ip_address.as_deref()
+    }
+    async fn user_agent(&self) -> Option<&str> {
+        self.0.user_agent.as_deref()
+    }
+    /// The code of the channel the change happened in (channels are kept in process).
+    async fn channel_code(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        let Some(cid) = self.0.channel_id else {
+            return Ok(None);
+        };
+        let svc = services(ctx)?;
+        Ok(svc
+            .channels
+            .by_id(&svc.db, cid)
+            .await?
+            .map(|c| c.code.clone()))
+    }
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+}
