@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod layers;
 mod redis_url;
 
+pub use self::layers::{load, load_from, mask_url_password, Effective, Invocation, LoadError};
 pub use self::redis_url::{RedisTarget, RedisUrlError};
 
 /// A configuration the server refuses to start with; the message names the setting.
@@ -32,6 +34,11 @@ pub enum ConfigError {
 #[derive(Parser, Debug)]
 #[command(name = "session-server", version, about = "A GraphQL session server")]
 pub struct Cli {
+    /// A TOML file of settings: the keys are the environment variables in lower case
+    /// (`session_idle_timeout = "2h"`); the environment and flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -39,17 +46,30 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
-    Serve(Box<Config>),
+    Serve(Box<Serve>),
     /// Apply pending database migrations and exit.
     Migrate {
-        #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-        database_url: String,
+        /// Overrides DATABASE_URL (and `database_url` of the config file).
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Print the GraphQL schema (SDL) to stdout, or write it to a file.
     ExportSchema {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// `serve`: the settings, each a flag and an environment variable, and what to do with them.
+#[derive(Args, Debug, Clone)]
+pub struct Serve {
+    /// Print the effective configuration (defaults < config file < environment < flags) as
+    /// TOML, with secrets masked, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    #[command(flatten)]
+    pub config: Config,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://session-server.db?mode=rwc";
@@ -151,7 +171,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// Settings of the `serve` command. Each field is also an environment variable.
+/// Settings of the `serve` command. Each field is also an environment variable and a key of the
+/// config file (the variable in lower case), with no other code: adding a setting is adding a
+/// field here (and its validation in [`Config::validate`]). A secret sets `hide_env_values =
+/// true`, which also masks it in `--print-config`.
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Address and port to listen on.

@@ -1,8 +1,7 @@
 //! Entry point: parse the command line, then serve, migrate or export the schema.
 
-use clap::Parser;
 use migration::{Migrator, MigratorTrait};
-use session_server::config::{Cli, Command, Config, LogFormat};
+use session_server::config::{Command, LoadError, LogFormat};
 use session_server::error::DisplayChain;
 use session_server::startup::{connect_database, Application};
 use std::process::ExitCode;
@@ -50,18 +49,31 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let command = match cli.command {
-        Some(c) => c,
-        None => match Config::from_env() {
-            Ok(config) => Command::Serve(Box::new(config)),
-            Err(e) => e.exit(),
-        },
+    let invocation = match session_server::config::load() {
+        Ok(invocation) => invocation,
+        Err(LoadError::Usage(e)) => {
+            // Help and version exit 0; a usage error exits 1 (2 means "unreachable").
+            let _ = e.print();
+            return if e.exit_code() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Err(e) => {
+            eprintln!("session-server: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    match command {
-        Command::Serve(config) => {
+    let config = invocation.config;
+    match invocation.command {
+        Command::Serve(serve) if serve.print_config => {
+            print!("{}", invocation.effective.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve(_) => {
             init_tracing(&config.log, config.log_format);
-            let app = match Application::build(*config).await {
+            let app = match Application::build(config).await {
                 Ok(app) => app,
                 Err(e) => {
                     eprintln!("session-server: {}", DisplayChain(&e));
@@ -76,6 +88,7 @@ async fn main() -> ExitCode {
         }
         Command::Migrate { database_url } => {
             init_tracing("info", LogFormat::Text);
+            let database_url = database_url.unwrap_or(config.database_url);
             let result = async {
                 let db =
                     connect_database(&database_url, 2, std::time::Duration::from_secs(10)).await?;

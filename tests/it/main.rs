@@ -12,6 +12,7 @@ mod cache;
 mod cache_reads;
 mod cli;
 mod cluster;
+mod config_file;
 mod contract;
 mod db_reads;
 mod fuzz;
