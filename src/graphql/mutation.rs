@@ -28,8 +28,10 @@ impl Mutation {
             return Ok(Session::from_cached(&s));
         }
         let svc = services(ctx)?;
-        let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+        let channel =
+            (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
         let issued = svc
+            .sessions
             .create_anonymous_session(&req.client.info(), channel)
             .await?;
         issue_tokens(ctx, &issued)?;
@@ -47,6 +49,7 @@ impl Mutation {
         let req = ctx.request_ctx()?;
         let svc = services(ctx)?;
         let outcome = svc
+            .auth
             .login(
                 &username,
                 &password,
@@ -90,7 +93,7 @@ impl Mutation {
             clear_tokens(ctx)?;
             return Ok(false);
         };
-        let ended = services(ctx)?.revoke_session(s.id, None).await?;
+        let ended = services(ctx)?.admin.revoke_session(s.id, None).await?;
         req.set_session(None);
         clear_tokens(ctx)?;
         Ok(ended)
@@ -100,6 +103,7 @@ impl Mutation {
     async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
         let s = require_user(ctx)?;
         let n = services(ctx)?
+            .sessions
             .end_user_sessions(s.user_id().unwrap_or_default())
             .await?;
         ctx.request_ctx()?.set_session(None);
@@ -118,7 +122,7 @@ impl Mutation {
             .or_else(|| req.refresh_cookie.clone())
             .unwrap_or_default();
         let svc = services(ctx)?;
-        Ok(match svc.refresh_session(&presented).await? {
+        Ok(match svc.sessions.refresh_session(&presented).await? {
             Ok(issued) => {
                 issue_tokens(ctx, &issued)?;
                 let user = issued
@@ -164,6 +168,7 @@ impl Mutation {
     ) -> Result<bool> {
         let s = require_user(ctx)?;
         services(ctx)?
+            .auth
             .change_password(&s, &current_password, &new_password)
             .await?;
         Ok(true)
@@ -173,7 +178,7 @@ impl Mutation {
     async fn revoke_my_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = require_user(ctx)?;
         let id = parse_id(&id, "session")?;
-        let revoked = services(ctx)?.revoke_session(id, s.user_id()).await?;
+        let revoked = services(ctx)?.admin.revoke_session(id, s.user_id()).await?;
         if revoked && id == s.id {
             ctx.request_ctx()?.set_session(None);
             clear_tokens(ctx)?;
@@ -186,11 +191,14 @@ impl Mutation {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
         let ch = svc
-            .channels
-            .by_token(&svc.db, &token)
+            .directory
+            .channel_by_token(&token)
             .await?
             .ok_or_else(|| AppError::not_found("no channel has this token"))?;
-        let updated = svc.set_active(&s, s.active_order_id, Some(ch.id)).await?;
+        let updated = svc
+            .sessions
+            .set_active(&s, s.active_order_id, Some(ch.id))
+            .await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
@@ -227,7 +235,7 @@ impl Mutation {
                 let size = serde_json::Value::Object(change.set.clone())
                     .to_string()
                     .len();
-                let max = svc.config.session_data_max_bytes;
+                let max = svc.config().session_data_max_bytes;
                 if size > max {
                     return Err(AppError::bad_input(format!(
                         "the session data would be {size} bytes as JSON; at most {max} are allowed"
@@ -240,15 +248,17 @@ impl Mutation {
                     )
                     .into());
                 }
-                let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+                let channel =
+                    (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
                 let issued = svc
+                    .sessions
                     .create_anonymous_session(&req.client.info(), channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
             }
         };
-        let updated = svc.update_session_data(&s, change).await?;
+        let updated = svc.sessions.update_session_data(&s, change).await?;
         req.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
@@ -261,15 +271,17 @@ impl Mutation {
         let s = match req.session() {
             Some(s) => s,
             None => {
-                let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+                let channel =
+                    (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
                 let issued = svc
+                    .sessions
                     .create_anonymous_session(&req.client.info(), channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
             }
         };
-        let (order, updated) = svc.create_order(&s, req.channel.id).await?;
+        let (order, updated) = svc.orders.create_order(&s, req.channel.id).await?;
         req.set_session(Some(updated));
         Ok(Order::one(order))
     }
@@ -278,14 +290,14 @@ impl Mutation {
     async fn set_active_order(&self, ctx: &Context<'_>, order_id: ID) -> Result<Session> {
         let s = require_session(ctx)?;
         let order_id = parse_id(&order_id, "order")?;
-        let updated = services(ctx)?.set_active_order(&s, order_id).await?;
+        let updated = services(ctx)?.orders.set_active_order(&s, order_id).await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
 
     async fn unset_active_order(&self, ctx: &Context<'_>) -> Result<Session> {
         let s = require_session(ctx)?;
-        let updated = services(ctx)?.unset_active_order(&s).await?;
+        let updated = services(ctx)?.orders.unset_active_order(&s).await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
@@ -294,7 +306,7 @@ impl Mutation {
     async fn place_order(&self, ctx: &Context<'_>) -> Result<Order> {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
-        let order = svc.place_order(&s).await?;
+        let order = svc.orders.place_order(&s).await?;
         ctx.request_ctx()?.set_session(Some(std::sync::Arc::new(
             s.with_active(None, s.active_channel_id),
         )));
@@ -306,6 +318,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let id = parse_id(&id, "session")?;
         let n = services(ctx)?
+            .admin
             .revoke_as(&caller, Revocation::Session(id))
             .await?;
         Ok(n > 0)
@@ -316,6 +329,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let user_id = parse_id(&user_id, "user")?;
         let n = services(ctx)?
+            .admin
             .revoke_as(&caller, Revocation::User(user_id))
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
@@ -330,6 +344,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let order_id = parse_id(&order_id, "order")?;
         let n = services(ctx)?
+            .admin
             .revoke_as(&caller, Revocation::ActiveOrder(order_id))
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
@@ -338,14 +353,14 @@ impl Mutation {
     /// REVOKE_SESSION. Deletes expired and invalidated sessions; returns how many.
     async fn clean_up_expired_sessions(&self, ctx: &Context<'_>) -> Result<i32> {
         require_permission(ctx, Permission::RevokeSession)?;
-        let n = services(ctx)?.clean_up_expired_sessions().await?;
+        let n = services(ctx)?.admin.clean_up_expired_sessions().await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
     /// SUPER_ADMIN. Empties the session cache; sessions are re-read from the database.
     async fn clear_session_cache(&self, ctx: &Context<'_>) -> Result<bool> {
         require_permission(ctx, Permission::SuperAdmin)?;
-        services(ctx)?.clear_cache().await?;
+        services(ctx)?.sessions.clear_cache().await?;
         Ok(true)
     }
 
@@ -354,6 +369,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let role_ids = ids(input.role_ids.as_deref().unwrap_or_default(), "role")?;
         let created = services(ctx)?
+            .directory
             .create_user(
                 &caller,
                 NewUser {
@@ -372,6 +388,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "user")?;
         let updated = services(ctx)?
+            .directory
             .update_user(
                 &caller,
                 UserChanges {
@@ -389,7 +406,7 @@ impl Mutation {
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.delete_user(&caller, id).await?)
+        Ok(services(ctx)?.directory.delete_user(&caller, id).await?)
     }
 
     /// WRITE_USER.
@@ -397,6 +414,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let channel_ids = ids(&input.channel_ids, "channel")?;
         let created = services(ctx)?
+            .directory
             .create_role(
                 &caller,
                 NewRole {
@@ -420,6 +438,7 @@ impl Mutation {
             .map(|l| ids(l, "channel"))
             .transpose()?;
         let updated = services(ctx)?
+            .directory
             .update_role(
                 &caller,
                 RoleChanges {
@@ -440,6 +459,7 @@ impl Mutation {
         let role_id = parse_id(&role_id, "role")?;
         Ok(User::one(
             services(ctx)?
+                .directory
                 .assign_role(&caller, user_id, role_id)
                 .await?,
         ))
@@ -452,6 +472,7 @@ impl Mutation {
         let role_id = parse_id(&role_id, "role")?;
         Ok(User::one(
             services(ctx)?
+                .directory
                 .remove_role(&caller, user_id, role_id)
                 .await?,
         ))
@@ -465,6 +486,7 @@ impl Mutation {
     ) -> Result<Channel> {
         require_permission(ctx, Permission::WriteChannel)?;
         let created = services(ctx)?
+            .directory
             .create_channel(&input.code, input.token.as_deref())
             .await?;
         Ok(Channel(std::sync::Arc::new(created)))

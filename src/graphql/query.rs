@@ -40,6 +40,7 @@ impl Query {
         };
         let permissions = crate::service::identify::permissions_in(&session, req.channel.id);
         let jwt = services(ctx)?
+            .jwt
             .session_jwt(&session, &req.channel, permissions, audience.as_deref())
             .await?;
         Ok(Some(SessionJwt {
@@ -67,7 +68,11 @@ impl Query {
         let Some(order_id) = ctx.request_ctx()?.session().and_then(|s| s.active_order_id) else {
             return Ok(None);
         };
-        Ok(services(ctx)?.order_by_id(order_id).await?.map(Order::one))
+        Ok(services(ctx)?
+            .orders
+            .order_by_id(order_id)
+            .await?
+            .map(Order::one))
     }
 
     /// The logged-in user's live sessions (devices), newest first: at most `first` (0 to 100;
@@ -87,7 +92,10 @@ impl Query {
             None => MY_SESSIONS_CAP,
         };
         let after = after.as_deref().map(decode_cursor).transpose()?;
-        let rows = services(ctx)?.sessions_of_user(uid, first, after).await?;
+        let rows = services(ctx)?
+            .admin
+            .sessions_of_user(uid, first, after)
+            .await?;
         Ok(Session::list(rows))
     }
 
@@ -118,6 +126,7 @@ impl Query {
         };
         let asks = ctx.look_ahead();
         let page = services(ctx)?
+            .admin
             .list_sessions(&caller, &f, first, after, asks.field("totalCount").exists())
             .await?;
         Ok(Connection::new(
@@ -132,6 +141,7 @@ impl Query {
         let caller = require_caller(ctx, Permission::ReadSession)?;
         let id = parse_id(&id, "session")?;
         Ok(services(ctx)?
+            .admin
             .session_by_id(&caller, id)
             .await?
             .map(Session::from_model))
@@ -141,7 +151,7 @@ impl Query {
     async fn session_stats(&self, ctx: &Context<'_>) -> Result<SessionStats> {
         let caller = require_caller(ctx, Permission::ReadSession)?;
         let (anonymous, authenticated, expired, invalidated) =
-            services(ctx)?.session_stats(&caller).await?;
+            services(ctx)?.admin.session_stats(&caller).await?;
         let clamp = |n: u64| n.min(i32::MAX as u64) as i32;
         Ok(SessionStats {
             anonymous: clamp(anonymous),
@@ -163,6 +173,7 @@ impl Query {
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let asks = ctx.look_ahead();
         let page = services(ctx)?
+            .directory
             .list_users(&caller, first, after, asks.field("totalCount").exists())
             .await?;
         Ok(Connection::new(
@@ -177,6 +188,7 @@ impl Query {
         let caller = require_caller(ctx, Permission::ReadUser)?;
         let id = parse_id(&id, "user")?;
         Ok(services(ctx)?
+            .directory
             .visible_user(&caller, id)
             .await?
             .map(User::one))
@@ -185,13 +197,16 @@ impl Query {
     /// Roles in the channels where the caller holds READ_USER.
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let caller = require_caller(ctx, Permission::ReadUser)?;
-        Ok(Role::list(services(ctx)?.list_roles(&caller).await?))
+        Ok(Role::list(
+            services(ctx)?.directory.list_roles(&caller).await?,
+        ))
     }
 
     /// Every channel. READ_CHANNEL.
     async fn channels(&self, ctx: &Context<'_>) -> Result<Vec<Channel>> {
         require_permission(ctx, Permission::ReadChannel)?;
         Ok(services(ctx)?
+            .directory
             .list_channels()
             .await?
             .into_iter()

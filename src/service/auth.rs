@@ -1,11 +1,14 @@
 //! Login and passwords: argon2id hashing on a bounded blocking pool with a bounded wait, login
 //! (throttled through `throttle`) with anonymous-session carry-over, password changes.
 
+use super::session::Sessions;
 use super::session::{ClientInfo, Issued, NewSession};
-use super::Services;
+use super::throttle::Throttle;
+use crate::cache::SessionStore;
 use crate::clock::now_ms;
 use crate::domain::{CachedSession, CachedUser};
 use crate::error::{AppError, AppResult, InternalError};
+use crate::metrics::Metrics;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use entity::{order, session, user};
@@ -133,7 +136,36 @@ pub fn check_password(password: &str) -> AppResult<()> {
     Ok(())
 }
 
-impl Services {
+/// The authentication service: login (with its throttles) and password changes.
+pub struct Auth {
+    db: sea_orm::DatabaseConnection,
+    sessions: Sessions,
+    /// Caches the session a login opens.
+    store: Arc<SessionStore>,
+    passwords: Arc<Passwords>,
+    throttle: Arc<Throttle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Auth {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        sessions: Sessions,
+        store: Arc<SessionStore>,
+        passwords: Arc<Passwords>,
+        throttle: Arc<Throttle>,
+        metrics: Arc<Metrics>,
+    ) -> Auth {
+        Auth {
+            db,
+            sessions,
+            store,
+            passwords,
+            throttle,
+            metrics,
+        }
+    }
+
     /// Verifies credentials and opens an authenticated session, carrying the current anonymous
     /// session's channel and order over in one transaction.
     pub async fn login(
@@ -179,7 +211,7 @@ impl Services {
             return Ok(LoginOutcome::NotVerified);
         }
         self.throttle.clear_identifier(&identifier).await;
-        let Some(user) = self.load_cached_user(&self.db, found.id).await? else {
+        let Some(user) = self.sessions.load_cached_user(&self.db, found.id).await? else {
             return Ok(LoginOutcome::InvalidCredentials);
         };
 
@@ -215,6 +247,7 @@ impl Services {
             }
         }
         let issued = self
+            .sessions
             .insert_session(
                 &txn,
                 NewSession {
@@ -236,11 +269,15 @@ impl Services {
         txn.commit().await?;
 
         if let Some(old) = &current {
-            self.revoke_token(&old.token_hash).await;
+            self.sessions.revoke_token(&old.token_hash).await;
         }
         self.store.put_new(issued.session.clone()).await;
         // The login stands even if the cap cannot be applied now; the next login applies it.
-        if let Err(e) = self.enforce_session_cap(found.id, issued.session.id).await {
+        if let Err(e) = self
+            .sessions
+            .enforce_session_cap(found.id, issued.session.id)
+            .await
+        {
             tracing::warn!(error = %e.chain(), user_id = found.id, "could not apply SESSION_MAX_PER_USER");
         }
         self.metrics.login("success");
@@ -308,13 +345,14 @@ impl Services {
             .filter(user::Column::Id.eq(user_id))
             .exec(&self.db)
             .await?;
-        self.invalidate_sessions(
-            sea_orm::Condition::all()
-                .add(session::Column::UserId.eq(user_id))
-                .add(session::Column::Id.ne(current.id)),
-        )
-        .await?;
-        self.invalidate_user(user_id).await;
+        self.sessions
+            .invalidate_sessions(
+                sea_orm::Condition::all()
+                    .add(session::Column::UserId.eq(user_id))
+                    .add(session::Column::Id.ne(current.id)),
+            )
+            .await?;
+        self.sessions.invalidate_user(user_id).await;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! work they guard (failed logins per identifier and per client address, wrong current passwords
 //! per user, new anonymous sessions per address), and the per-user session cap.
 
-use super::Services;
+use super::session::Sessions;
 use crate::cache::RedisCache;
 use crate::clock::{ms, now_ms};
 use crate::error::{AppError, AppResult};
@@ -318,7 +318,7 @@ impl Throttle {
     }
 }
 
-impl Services {
+impl Sessions {
     /// Ends a user's least recently used live sessions beyond `SESSION_MAX_PER_USER`, never
     /// `keep` (the session just issued). Returns how many were ended.
     ///
