@@ -58,6 +58,21 @@ pub enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Manage users directly in the database (as the superadmin).
+    Users {
+        #[command(subcommand)]
+        command: crate::cli::UsersCommand,
+    },
+    /// List, count and revoke sessions directly in the database (as the superadmin).
+    Sessions {
+        #[command(subcommand)]
+        command: crate::cli::SessionsCommand,
+    },
+    /// Delete expired and invalidated sessions now (the server does it every CLEANUP_INTERVAL).
+    Cleanup {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `serve`: the settings, each a flag and an environment variable, and what to do with them.

@@ -218,7 +218,7 @@ fn cause_of(err: &AppError) -> Option<&(dyn StdError + 'static)> {
 }
 
 /// True when an error means the database cannot be reached, rather than a bad statement.
-fn is_unavailable(err: &DbErr) -> bool {
+pub fn is_unavailable(err: &DbErr) -> bool {
     use sea_orm::sqlx::Error as Sqlx;
     use sea_orm::RuntimeErr;
     match err {

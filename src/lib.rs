@@ -8,7 +8,10 @@
 //! Requests flow `http -> graphql -> service -> (cache | entity)`:
 //!
 //! - [`config`]: the only place that reads the environment; validates lifetimes and `REDIS_URL`.
-//! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap.
+//! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap;
+//!   `Operator::build`, the same services for the command line.
+//! - [`cli`]: the admin command line (`users …`, `sessions …`, `cleanup`): parses, calls one
+//!   service function, prints; exit codes 0 / 1 refused / 2 unreachable.
 //! - [`http`]: everything about HTTP, one file per job: the router and shared state (`mod.rs`),
 //!   transport rules (JSON bodies, no mutations over GET, timeout; `transport`), the parsed
 //!   document cache (`documents`), running one request (identify the caller, execute, error
@@ -34,6 +37,7 @@
 //!   error codes.
 
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;

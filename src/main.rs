@@ -1,7 +1,8 @@
 //! Entry point: parse the command line, then serve, migrate or export the schema.
 
 use migration::{Migrator, MigratorTrait};
-use session_server::config::{Command, LoadError, LogFormat};
+use session_server::cli::AdminCommand;
+use session_server::config::{Command, Config, LoadError, LogFormat};
 use session_server::error::DisplayChain;
 use session_server::startup::{connect_database, Application};
 use std::process::ExitCode;
@@ -23,6 +24,20 @@ fn init_tracing(filter: &str, format: LogFormat) {
             .with_span_list(false)
             .init(),
     }
+}
+
+/// An admin command: warnings and errors go to standard error, which keeps standard output
+/// for the result (`--json`).
+async fn admin(command: AdminCommand, config: Config) -> ExitCode {
+    use std::io::IsTerminal as _;
+    // The bootstrap's default-password warning is the server's business, not each command's.
+    let filter = tracing_subscriber::EnvFilter::new("warn,session_server::startup=error");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    session_server::cli::run(command, config).await
 }
 
 async fn shutdown_signal() {
@@ -106,6 +121,9 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Users { command } => admin(AdminCommand::Users(command), config).await,
+        Command::Sessions { command } => admin(AdminCommand::Sessions(command), config).await,
+        Command::Cleanup { json } => admin(AdminCommand::Cleanup { json }, config).await,
         Command::ExportSchema { output } => {
             let sdl = session_server::graphql::sdl();
             match output {

@@ -84,101 +84,183 @@ pub async fn connect_database(
     Database::connect(opts).await
 }
 
-impl Application {
-    pub async fn build(config: Config) -> Result<Application, StartupError> {
-        config.validate()?;
-        let mut config = config;
-        if let Some(path) = &config.superadmin_password_file {
-            let text =
-                std::fs::read_to_string(path).map_err(|source| StartupError::PasswordFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            config.superadmin_password = text.trim_end_matches(['\n', '\r']).to_string();
-            config.validate()?;
-        }
-        let mut db = connect_database(
-            &config.database_url,
-            config.database_max_connections,
-            config.database_timeout,
-        )
-        .await
-        .map_err(StartupError::Database)?;
-        Migrator::up(&db, None)
-            .await
-            .map_err(StartupError::Migration)?;
+/// Which cache strategy [`assemble`] gives the services.
+#[derive(Clone, Copy)]
+enum CacheRole {
+    /// The server's: `SESSION_CACHE`.
+    Server,
+    /// The command line's: invalidations reach running instances through Redis when configured
+    /// ([`SessionStore::for_operator`]).
+    Operator,
+}
 
-        let metrics = Arc::new(Metrics::default());
-        // Counts every statement from here on (`session_server_db_statements_total`); set before
-        // the connection is cloned, so every clone shares it.
-        let statements = metrics.db_statements();
-        db.set_metric_callback(move |_| {
-            statements.inc();
-        });
-        let redis_target = config.redis_target().map_err(ConfigError::from)?;
-        let redis = match redis_target {
-            // Configured Redis also holds the login throttling counters, whatever the cache.
-            Some(target) => Some(Arc::new(
-                RedisCache::connect(
-                    target,
-                    &config.redis_key_prefix,
-                    config.redis_timeout,
-                    config.session_cache_ttl,
-                    metrics.clone(),
-                )
-                .await
-                .map_err(StartupError::Redis)?,
-            )),
-            None => None,
-        };
-        let store = SessionStore::for_mode(
+/// Everything but the listener and the background tasks: the configuration validated, the
+/// database connected and migrated, Redis, password hashing, the bootstrap rows and JWT keys.
+struct Assembled {
+    services: Services,
+    default_password_in_use: bool,
+    superadmin_user_id: i64,
+}
+
+async fn assemble(
+    config: Config,
+    role: CacheRole,
+    settle: bool,
+) -> Result<Assembled, StartupError> {
+    config.validate()?;
+    let mut config = config;
+    if let Some(path) = &config.superadmin_password_file {
+        let text = std::fs::read_to_string(path).map_err(|source| StartupError::PasswordFile {
+            path: path.clone(),
+            source,
+        })?;
+        config.superadmin_password = text.trim_end_matches(['\n', '\r']).to_string();
+        config.validate()?;
+    }
+    let mut db = connect_database(
+        &config.database_url,
+        config.database_max_connections,
+        config.database_timeout,
+    )
+    .await
+    .map_err(StartupError::Database)?;
+    Migrator::up(&db, None)
+        .await
+        .map_err(StartupError::Migration)?;
+
+    let metrics = Arc::new(Metrics::default());
+    // Counts every statement from here on (`session_server_db_statements_total`); set before
+    // the connection is cloned, so every clone shares it.
+    let statements = metrics.db_statements();
+    db.set_metric_callback(move |_| {
+        statements.inc();
+    });
+    let redis_target = config.redis_target().map_err(ConfigError::from)?;
+    let redis = match redis_target {
+        // Configured Redis also holds the login throttling counters, whatever the cache.
+        Some(target) => Some(Arc::new(
+            RedisCache::connect(
+                target,
+                &config.redis_key_prefix,
+                config.redis_timeout,
+                config.session_cache_ttl,
+                metrics.clone(),
+            )
+            .await
+            .map_err(StartupError::Redis)?,
+        )),
+        None => None,
+    };
+    let store = match role {
+        CacheRole::Server => SessionStore::for_mode(
             config.session_cache,
             redis.clone(),
             config.session_cache_capacity,
             metrics.clone(),
             config.session_cache_ttl,
             config.session_idle_timeout,
-        );
+        ),
+        CacheRole::Operator => SessionStore::for_operator(
+            redis.clone(),
+            metrics.clone(),
+            config.session_cache_ttl,
+            config.session_idle_timeout,
+        ),
+    };
 
-        let passwords = auth::Passwords::new(
-            config.password_hash_concurrency,
-            config.password_queue_timeout,
-        )
+    if settle {
+        store.settle().await;
+    }
+
+    let passwords = auth::Passwords::new(
+        config.password_hash_concurrency,
+        config.password_queue_timeout,
+    )
+    .await
+    .map_err(|e| StartupError::Passwords(ServiceError(e)))?;
+    let boot = bootstrap(&db, &passwords, &config)
         .await
-        .map_err(|e| StartupError::Passwords(ServiceError(e)))?;
-        let boot = bootstrap(&db, &passwords, &config)
-            .await
-            .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
-        if boot.default_password_in_use
-            && !config.bind.ip().is_loopback()
-            && !config.allow_default_password
+        .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
+
+    let jwt = JwtKeys::new(
+        config.session_jwt_ttl,
+        config.jwt_key_rotation,
+        config.jwt_issuer.clone(),
+    );
+    jwt.refresh(&db)
+        .await
+        .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
+    let superadmin_user_id = boot.superadmin_user_id;
+    let services = Services::compose(Parts {
+        config,
+        db,
+        redis,
+        store,
+        metrics,
+        passwords,
+        jwt_keys: jwt,
+        default_channel: boot.default_channel,
+        super_admin_role_id: boot.super_admin_role_id,
+        superadmin_user_id,
+    });
+    Ok(Assembled {
+        services,
+        default_password_in_use: boot.default_password_in_use,
+        superadmin_user_id,
+    })
+}
+
+/// The services for the command line (`users …`, `sessions …`, `cleanup`), acting as the
+/// superadmin; see [`crate::cli`].
+pub struct Operator {
+    pub services: Services,
+    pub caller: crate::service::authz::Caller,
+}
+
+impl Operator {
+    /// Connects and migrates like `serve`, without listening or background tasks. `settle`:
+    /// the command will invalidate cached sessions, so first learn which instances listen
+    /// (about a second, with Redis only; see [`SessionStore::settle`]).
+    pub async fn build(config: Config, settle: bool) -> Result<Operator, StartupError> {
+        let assembled = assemble(config, CacheRole::Operator, settle).await?;
+        let caller = crate::service::authz::Caller::operator(
+            assembled.superadmin_user_id,
+            assembled.services.sessions.default_channel().id,
+        );
+        Ok(Operator {
+            services: assembled.services,
+            caller,
+        })
+    }
+}
+
+impl StartupError {
+    /// Whether the database or Redis could not be reached (rather than refusing something).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StartupError::Database(_) | StartupError::Redis(_) => true,
+            StartupError::Migration(e) => crate::error::is_unavailable(e),
+            StartupError::Passwords(ServiceError(e)) | StartupError::Bootstrap(ServiceError(e)) => {
+                matches!(e, crate::error::AppError::Unavailable(_))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        let bind = config.bind;
+        let allow_default_password = config.allow_default_password;
+        let assembled = assemble(config, CacheRole::Server, false).await?;
+        if assembled.default_password_in_use && !bind.ip().is_loopback() && !allow_default_password
         {
             return Err(StartupError::DefaultPassword {
-                identifier: config.superadmin_identifier.clone(),
-                bind: config.bind,
+                identifier: assembled.services.config().superadmin_identifier.clone(),
+                bind,
             });
         }
-
-        let jwt = JwtKeys::new(
-            config.session_jwt_ttl,
-            config.jwt_key_rotation,
-            config.jwt_issuer.clone(),
-        );
-        jwt.refresh(&db)
-            .await
-            .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
-        let services: SharedServices = Arc::new(Services::compose(Parts {
-            config,
-            db,
-            redis,
-            store,
-            metrics,
-            passwords,
-            jwt_keys: jwt,
-            default_channel: boot.default_channel,
-            super_admin_role_id: boot.super_admin_role_id,
-            superadmin_user_id: boot.superadmin_user_id,
-        }));
+        let services: SharedServices = Arc::new(assembled.services);
 
         let addr = services.config().bind;
         let listener = TcpListener::bind(addr)

@@ -65,6 +65,9 @@ pub trait SessionCache: Send + Sync {
     fn shares_entries(&self) -> bool {
         false
     }
+    /// Waits until invalidations reach every other process as they would from a running
+    /// instance (an observer learning who listens); nothing to wait for by default.
+    async fn settle(&self) {}
     /// `memory`, `redis` or `tiered`, for logs and metrics.
     fn name(&self) -> &'static str;
 }

@@ -97,6 +97,27 @@ impl SessionStore {
         SessionStore::new(cache, epoch, metrics, cache_ttl, idle)
     }
 
+    /// The store of a short-lived process that changes what running instances cache (the
+    /// command line): with Redis, invalidations go to Redis and to the tiered instances'
+    /// channel ([`TieredCache::observe`]); without, there is nothing shared to invalidate.
+    pub fn for_operator(
+        redis: Option<Arc<RedisCache>>,
+        metrics: Arc<Metrics>,
+        cache_ttl: Duration,
+        idle: Duration,
+    ) -> SessionStore {
+        let cache: Arc<dyn SessionCache> = match redis {
+            Some(r) => TieredCache::observe(r, metrics.clone()),
+            None => Arc::new(MemoryCache::new(1, metrics.clone())),
+        };
+        SessionStore::new(cache, Arc::new(AtomicU64::new(0)), metrics, cache_ttl, idle)
+    }
+
+    /// See [`SessionCache::settle`]: call before invalidating from a process that just started.
+    pub async fn settle(&self) {
+        self.cache.settle().await;
+    }
+
     /// `epoch` must be the counter the strategy was built with (the tiered strategy bumps it
     /// when another instance invalidates).
     pub fn new(

@@ -12,6 +12,10 @@
 //! Payloads: `t:<token-hash>|<id>` (drop), `r:<token-hash>|<id>` (revoked: drop and keep a
 //! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`;
 //! `<id>` is `<instance>.<sequence>`.
+//!
+//! An observer ([`TieredCache::observe`], the command line) publishes invalidations and waits
+//! for acknowledgements like an instance, but never announces itself (so no instance waits
+//! for it after it exits), never acknowledges, and keeps no local tier.
 
 use super::{CacheError, MemoryCache, RedisCache, SessionCache};
 use crate::domain::CachedSession;
@@ -53,6 +57,8 @@ pub struct TieredCache {
     sequence: AtomicU64,
     /// Itself, for the acknowledgement tasks it spawns.
     me: Weak<TieredCache>,
+    /// Publishes and listens only: no heartbeats, no acknowledgements, no local tier.
+    observer: bool,
 }
 
 /// A message on the invalidation channel.
@@ -106,7 +112,30 @@ impl TieredCache {
         remote: Arc<RedisCache>,
         epoch: Arc<AtomicU64>,
     ) -> Arc<TieredCache> {
+        let cache = TieredCache::build(local, remote, epoch, false);
+        tokio::spawn(heartbeat_loop(Arc::downgrade(&cache)));
+        cache
+    }
+
+    /// An observer: it invalidates in Redis and tells the instances, and once
+    /// [`SessionCache::settle`] has heard their heartbeats it waits for their acknowledgements,
+    /// but no instance ever waits for it.
+    pub fn observe(
+        remote: Arc<RedisCache>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<TieredCache> {
+        let local = MemoryCache::new(1, metrics);
+        TieredCache::build(local, remote, Arc::new(AtomicU64::new(0)), true)
+    }
+
+    fn build(
+        local: MemoryCache,
+        remote: Arc<RedisCache>,
+        epoch: Arc<AtomicU64>,
+        observer: bool,
+    ) -> Arc<TieredCache> {
         let cache = Arc::new_cyclic(|me| TieredCache {
+            observer,
             me: me.clone(),
             channel: format!("{}invalidate", remote.prefix()),
             instance: crate::token::random_string(6),
@@ -120,13 +149,13 @@ impl TieredCache {
             sequence: AtomicU64::new(0),
         });
         tokio::spawn(subscribe_loop(Arc::downgrade(&cache)));
-        tokio::spawn(heartbeat_loop(Arc::downgrade(&cache)));
         cache
     }
 
     /// Whether the local tier may be used right now.
     fn local_usable(&self) -> bool {
-        self.subscribed.load(Ordering::Acquire)
+        !self.observer
+            && self.subscribed.load(Ordering::Acquire)
             && crate::clock::now_ms() - self.last_heard.load(Ordering::Acquire) < SILENCE_LIMIT_MS
     }
 
@@ -178,7 +207,7 @@ impl TieredCache {
             }
         };
         // Applied: tell the instance that is waiting on it.
-        if let Some(id) = id.filter(|id| origin(id) != self.instance) {
+        if let Some(id) = id.filter(|id| origin(id) != self.instance && !self.observer) {
             if let Some(me) = self.me.upgrade() {
                 tokio::spawn(async move {
                     let _ = me.publish(format!("ack:{id}:{}", me.instance)).await;
@@ -279,7 +308,9 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
                 c.subscribed.store(true, Ordering::Release);
                 tracing::info!("tiered cache subscribed to invalidations");
                 // Announce at once, so peers wait for this instance's acknowledgements.
-                let _ = c.publish(format!("hb:{}", c.instance)).await;
+                if !c.observer {
+                    let _ = c.publish(format!("hb:{}", c.instance)).await;
+                }
                 drop(c);
                 backoff = Duration::from_millis(100);
                 let mut messages = pubsub.into_on_message();
@@ -417,6 +448,27 @@ impl SessionCache for TieredCache {
 
     fn shares_entries(&self) -> bool {
         true
+    }
+
+    /// An observer waits (up to two seconds) to be subscribed, then one heartbeat period, so
+    /// it knows every live instance and waits for their acknowledgements.
+    async fn settle(&self) {
+        if !self.observer {
+            return;
+        }
+        let subscribed = async {
+            while !self.subscribed.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("not subscribed to the cache invalidation channel: instances with SESSION_CACHE=tiered learn of this change from Redis only when their local copy expires");
+            return;
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY + Duration::from_millis(250)).await;
     }
 
     fn name(&self) -> &'static str {

@@ -60,6 +60,21 @@ impl Caller {
         )
     }
 
+    /// The command-line operator (`session-server users …`, `sessions …`): whoever can run the
+    /// binary against the database already holds everything, so it acts with the superadmin's
+    /// authority and on behalf of the superadmin user.
+    pub fn operator(superadmin_user_id: i64, default_channel_id: i64) -> Caller {
+        let mut permissions = PermissionSet::default();
+        permissions.insert(Permission::SuperAdmin);
+        Caller::new(
+            superadmin_user_id,
+            vec![Grant {
+                channel_id: default_channel_id,
+                permissions,
+            }],
+        )
+    }
+
     pub fn is_super_admin(&self) -> bool {
         self.super_admin
     }

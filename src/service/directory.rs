@@ -157,6 +157,15 @@ impl Directory {
         Ok(user::Entity::find_by_id(id).one(&self.db).await?)
     }
 
+    /// A user by identifier, normalized as logins are.
+    pub async fn user_by_identifier(&self, identifier: &str) -> AppResult<Option<user::Model>> {
+        let identifier = entity::user::normalize_identifier(identifier);
+        Ok(user::Entity::find()
+            .filter(user::Column::Identifier.eq(identifier))
+            .one(&self.db)
+            .await?)
+    }
+
     /// One user, if they hold a role in a channel where the caller holds `READ_USER`.
     pub async fn visible_user(&self, caller: &Caller, id: i64) -> AppResult<Option<user::Model>> {
         Ok(user::Entity::find_by_id(id)

@@ -36,6 +36,8 @@ pub enum Revocation {
     Session(i64),
     User(i64),
     ActiveOrder(i64),
+    /// Every session (the command line's `sessions revoke --all`).
+    All,
 }
 
 /// The admin service over sessions: listings, statistics, revocations, the expiry clean-up.
@@ -189,6 +191,7 @@ impl SessionAdmin {
                 Revocation::Session(id) => session::Column::Id.eq(id),
                 Revocation::User(id) => session::Column::UserId.eq(id),
                 Revocation::ActiveOrder(id) => session::Column::ActiveOrderId.eq(id),
+                Revocation::All => session::Column::Invalidated.eq(false),
             })
             .add(self.authz.session_scope(caller, Permission::RevokeSession));
         if !caller.is_super_admin() {
