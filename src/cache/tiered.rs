@@ -332,6 +332,9 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
                                 c.apply(m);
                             }
                         }
+                        // Silence is no news to an observer: it keeps no local tier, and no
+                        // instance may be running.
+                        Err(_) if c.observer => {}
                         // Closed, or silent for too long (heartbeats stopped arriving).
                         Ok(None) | Err(_) => break,
                     }
