@@ -48,6 +48,12 @@ pub enum InternalError {
     HasherClosed(#[source] tokio::sync::AcquireError),
     #[error("background task: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("signing a session JWT")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error("encoding a new JWT signing key")]
+    KeyEncoding(#[source] ed25519_dalek::pkcs8::Error),
+    #[error("a stored JWT signing key is not base64")]
+    KeyBase64(#[source] base64::DecodeError),
     /// A state the code rules out (a row that must exist is missing, data the schema always
     /// carries is absent): a bug, with no underlying error to keep.
     #[error("broken invariant: {0}")]

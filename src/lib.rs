@@ -23,14 +23,18 @@
 //!   per-request context (resolvers record tokens issued or cleared there; `http` writes them)
 //!   and the per-request batches that load a listing's related rows together
 //!   (`graphql::batch`). No axum types below this layer.
-//! - [`service`]: identifying a request's session and channel (`identify`), sessions,
-//!   authorization (who may do what, channel scopes), login and throttling, users / roles /
-//!   channels, orders, batched reads, id-cursor paging, clean-up.
+//! - [`service`]: one value per service, composed in `Services::compose`: `sessions`
+//!   (identify a request's session and channel, lifecycle, refresh, data), `auth` (login,
+//!   passwords, throttles), `directory` (users, roles, channels), `orders`, `admin` (listings,
+//!   revocation, clean-up), `jwt`, `loads` (a listing's related rows in one statement each);
+//!   with `authz` rules and id-cursor `paging`.
 //! - [`events`]: session events: the audit log written with each change, the live bus.
 //! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
 //!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`
-//!   (per-process tier in front of Redis, invalidated over pub/sub) strategies.
+//!   (per-process tier in front of Redis, invalidated over pub/sub) strategies, the staleness
+//!   protocol in front of them (`cache::SessionStore`), and the throttles' shared counters
+//!   (`cache::RedisWindows`). The only layer that talks to Redis.
 //! - [`metrics`]: the Prometheus registry (requests, cache hits, SQL statements, errors).
 //! - [`permission`]: the permission enum and its compact set; [`clock`]: milliseconds and
 //!   RFC 3339; [`token`]: token generation, parsing and hashing; [`error`]: client-visible

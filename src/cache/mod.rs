@@ -8,11 +8,13 @@ mod memory;
 pub mod redis;
 mod store;
 mod tiered;
+mod windows;
 
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
 pub use self::store::{ReadTicket, SessionStore};
 pub use self::tiered::TieredCache;
+pub use self::windows::RedisWindows;
 
 use crate::domain::CachedSession;
 use crate::token::TokenHash;

@@ -1,14 +1,14 @@
 //! The GraphQL face of session events: the `SessionEventType` enum and the `SessionEvent` type,
 //! shared by the `sessionEvents` / `mySessionEvents` listings and the subscription.
 
-use crate::events::{Event, EventType};
+use crate::events::Event;
 use crate::graphql::context::services;
 use crate::graphql::types::DateTime;
 use async_graphql::{Context, Enum, Object, Result, ID};
 use std::sync::Arc;
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-#[graphql(name = "SessionEventType")]
+#[graphql(name = "SessionEventType", remote = "crate::events::EventType")]
 pub enum GqlSessionEventType {
     SessionCreated,
     LoginSucceeded,
@@ -26,54 +26,6 @@ pub enum GqlSessionEventType {
     RoleAssigned,
     RoleRemoved,
     RoleChanged,
-}
-
-impl From<EventType> for GqlSessionEventType {
-    fn from(t: EventType) -> Self {
-        use GqlSessionEventType as G;
-        match t {
-            EventType::SessionCreated => G::SessionCreated,
-            EventType::LoginSucceeded => G::LoginSucceeded,
-            EventType::LoginFailed => G::LoginFailed,
-            EventType::LoginThrottled => G::LoginThrottled,
-            EventType::SessionRefreshed => G::SessionRefreshed,
-            EventType::RefreshReuseDetected => G::RefreshReuseDetected,
-            EventType::LoggedOut => G::LoggedOut,
-            EventType::SessionRevoked => G::SessionRevoked,
-            EventType::SessionExpired => G::SessionExpired,
-            EventType::PasswordChanged => G::PasswordChanged,
-            EventType::UserCreated => G::UserCreated,
-            EventType::UserUpdated => G::UserUpdated,
-            EventType::UserDeleted => G::UserDeleted,
-            EventType::RoleAssigned => G::RoleAssigned,
-            EventType::RoleRemoved => G::RoleRemoved,
-            EventType::RoleChanged => G::RoleChanged,
-        }
-    }
-}
-
-impl From<GqlSessionEventType> for EventType {
-    fn from(t: GqlSessionEventType) -> Self {
-        use GqlSessionEventType as G;
-        match t {
-            G::SessionCreated => EventType::SessionCreated,
-            G::LoginSucceeded => EventType::LoginSucceeded,
-            G::LoginFailed => EventType::LoginFailed,
-            G::LoginThrottled => EventType::LoginThrottled,
-            G::SessionRefreshed => EventType::SessionRefreshed,
-            G::RefreshReuseDetected => EventType::RefreshReuseDetected,
-            G::LoggedOut => EventType::LoggedOut,
-            G::SessionRevoked => EventType::SessionRevoked,
-            G::SessionExpired => EventType::SessionExpired,
-            G::PasswordChanged => EventType::PasswordChanged,
-            G::UserCreated => EventType::UserCreated,
-            G::UserUpdated => EventType::UserUpdated,
-            G::UserDeleted => EventType::UserDeleted,
-            G::RoleAssigned => EventType::RoleAssigned,
-            G::RoleRemoved => EventType::RoleRemoved,
-            G::RoleChanged => EventType::RoleChanged,
-        }
-    }
 }
 
 /// One recorded event, from a listing or the live subscription.

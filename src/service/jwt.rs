@@ -12,7 +12,7 @@ use super::identify::Identity;
 use super::session::Lifetimes;
 use crate::clock::{ms, now_ms};
 use crate::domain::{CachedSession, SessionKind};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, InternalError};
 use crate::token;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -122,10 +122,9 @@ impl JwtKeys {
             .await?;
         let mut keys = Vec::with_capacity(rows.len());
         for row in rows {
-            let der = STANDARD.decode(&row.private_key).map_err(|_| {
-                tracing::error!(kid = %row.kid, "jwt_key: the private key is not base64");
-                AppError::internal("a jwt_key private key is not base64")
-            })?;
+            let der = STANDARD
+                .decode(&row.private_key)
+                .map_err(InternalError::KeyBase64)?;
             keys.push(Arc::new(LoadedKey {
                 encoding: EncodingKey::from_ed_der(&der),
                 kid: row.kid,
@@ -168,10 +167,7 @@ impl JwtKeys {
         let mut seed = [0u8; 32];
         token::os_random(&mut seed);
         let signing = SigningKey::from_bytes(&seed);
-        let der = signing.to_pkcs8_der().map_err(|e| {
-            tracing::error!(error = %e, "cannot encode a new JWT key");
-            AppError::internal("cannot encode a new JWT key")
-        })?;
+        let der = signing.to_pkcs8_der().map_err(InternalError::KeyEncoding)?;
         let sign_until = sign_from.saturating_add(self.rotation_ms);
         let kid = token::random_string(12);
         jwt_key::Entity::insert(jwt_key::ActiveModel {
@@ -296,10 +292,8 @@ impl Jwt {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| {
-            tracing::error!(error = %e, "cannot sign a session JWT");
-            AppError::internal("cannot sign a session JWT")
-        })?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(InternalError::Jwt)?;
         Ok(SignedJwt {
             token,
             expires_at: claims.exp * 1000,

@@ -1,20 +1,20 @@
 //! The service layer: every rule about sessions, users, roles, channels and orders lives here.
-//! Resolvers call one function of [`Services`] and map the result; no SQL or Redis above this.
+//! [`Services::compose`] builds each service once; resolvers call one function of the service
+//! that owns the rule and map the result. No SQL or Redis above this layer.
 //!
-//! - `identify`: the session and channel of a request, in one call.
-//! - `session`: resolve a token (cache, then database), create, extend, invalidate; refresh.
-//! - `session_admin`: listings, statistics, revocation, expiry clean-up.
-//! - `authz`: who may do what: the caller of an admin operation and their channel scopes.
-//! - `auth`: passwords, login and password changes.
-//! - `throttle`: atomic sliding-window throttles (logins, password changes, anonymous
-//!   sessions) and the per-user session cap.
-//! - `directory`: users, roles and channels (and the cached channel lookups).
-//! - `batch`: related rows (users, roles, channels, orders, session counts) for many parents
-//!   in one statement each, for listings.
-//! - `order`: orders and the session's active order.
-//! - `paging`: the id-cursor page of a listing (users, sessions, a user's sessions).
-//! - `activity`: the throttled, batched last-activity writer.
-//! - `jwt`: session JWTs and their signing keys (the JWKS).
+//! Services (each a value with private fields):
+//! - [`session::Sessions`] (`session`, `identify`, `session_data`): find a request's session and
+//!   channel, create, slide, end and refresh sessions, the per-user cap, session data.
+//! - [`auth::Auth`] (`auth`): passwords, login and password changes, using `throttle`.
+//! - [`directory::Directory`] (`directory`): users, roles and channels.
+//! - [`order::Orders`] (`order`): orders and the session's active order.
+//! - [`session_admin::SessionAdmin`] (`session_admin`): listings, statistics, revocation, clean-up.
+//! - [`jwt::Jwt`] (`jwt`): session JWTs and their signing keys (the JWKS).
+//! - [`batch::Loads`] (`batch`): related rows for many parents in one statement each.
+//!
+//! Helpers they share: `authz` (who may do what, channel scopes), `throttle` (sliding-window
+//! throttles; their shared counters are in `cache::RedisWindows`), `paging` (id-cursor pages),
+//! `activity` (the batched last-activity writer).
 
 pub mod activity;
 pub mod auth;

@@ -697,6 +697,58 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Ends a user's least recently used live sessions beyond `SESSION_MAX_PER_USER`, never
+    /// `keep` (the session just issued). Returns how many were ended.
+    ///
+    /// "Recently used" is the stored activity, moved forward by this instance's pending writes,
+    /// so it is exact to within `SESSION_ACTIVITY_WRITE_INTERVAL`.
+    pub async fn enforce_session_cap(&self, user_id: i64, keep: i64) -> AppResult<u64> {
+        let max = self.config.session_max_per_user as usize;
+        if max == 0 {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let rows: Vec<(i64, i64, i64)> = session::Entity::find()
+            .select_only()
+            .columns([
+                session::Column::Id,
+                session::Column::LastActiveAt,
+                session::Column::AbsoluteExpiresAt,
+            ])
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::Invalidated.eq(false))
+            .filter(session::Column::AbsoluteExpiresAt.gt(now))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut others: Vec<(i64, i64)> = rows
+            .into_iter()
+            .filter(|(id, ..)| *id != keep)
+            .filter_map(|(id, last_active, absolute)| {
+                let last_active = last_active.max(self.activity.pending(id).unwrap_or(0));
+                (now < self.lifetimes.expires_at(last_active, absolute))
+                    .then_some((last_active, id))
+            })
+            .collect();
+        // `keep` takes one of the `max` places.
+        let Some(excess) = (others.len() + 1).checked_sub(max).filter(|n| *n > 0) else {
+            return Ok(0);
+        };
+        others.sort_unstable();
+        let ids: Vec<i64> = others.iter().take(excess).map(|(_, id)| *id).collect();
+        let ended = self
+            .invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.is_in(ids)))
+            .await?;
+        tracing::info!(
+            user_id,
+            ended,
+            "session cap reached: least recently used sessions ended"
+        );
+        Ok(ended)
+    }
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {

@@ -1,13 +1,11 @@
 //! Throttles and limits: sliding-window counters that reserve an attempt atomically before the
 //! work they guard (failed logins per identifier and per client address, wrong current passwords
-//! per user, new anonymous sessions per address), and the per-user session cap.
+//! per user, new anonymous sessions per address). The shared half of each counter lives in
+//! Redis, reached through [`crate::cache::RedisWindows`].
 
-use super::session::Sessions;
-use crate::cache::RedisCache;
+use crate::cache::{RedisCache, RedisWindows};
 use crate::clock::{ms, now_ms};
 use crate::error::{AppError, AppResult};
-use entity::session;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -52,48 +50,15 @@ struct Entry {
 struct SlidingWindow {
     /// Counter key -> recent events, oldest first.
     local: moka::sync::Cache<String, Arc<Mutex<Vec<Entry>>>>,
-    redis: Option<Arc<RedisCache>>,
+    /// The counters shared with the other instances, when Redis is configured.
+    redis: Option<Arc<RedisWindows>>,
     window_ms: i64,
     /// Tells this process's reservations apart, so one can be given back.
     next_id: AtomicU64,
-    scripts: Arc<Scripts>,
-}
-
-struct Scripts {
-    /// KEYS: the counter. ARGV: now ms, drop events at or before this ms, max, member, ttl ms.
-    /// Returns {1, 0} when reserved, else {0, time of the event that must age out first}.
-    reserve: redis::Script,
-    /// KEYS: the counter. ARGV: member.
-    release: redis::Script,
-    /// KEYS: the counter.
-    clear: redis::Script,
-}
-
-impl Scripts {
-    fn new() -> Scripts {
-        Scripts {
-            reserve: redis::Script::new(
-                r"
-                redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-                local max = tonumber(ARGV[3])
-                local n = redis.call('ZCARD', KEYS[1])
-                if n >= max then
-                    local first = redis.call('ZRANGE', KEYS[1], n - max, n - max, 'WITHSCORES')
-                    return {0, tonumber(first[2])}
-                end
-                redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-                redis.call('PEXPIRE', KEYS[1], ARGV[5])
-                return {1, 0}
-                ",
-            ),
-            release: redis::Script::new("return redis.call('ZREM', KEYS[1], ARGV[1])"),
-            clear: redis::Script::new("return redis.call('DEL', KEYS[1])"),
-        }
-    }
 }
 
 impl SlidingWindow {
-    fn new(window: Duration, redis: Option<Arc<RedisCache>>, scripts: Arc<Scripts>) -> Self {
+    fn new(window: Duration, redis: Option<Arc<RedisWindows>>) -> Self {
         SlidingWindow {
             local: moka::sync::Cache::builder()
                 .max_capacity(200_000)
@@ -102,18 +67,7 @@ impl SlidingWindow {
             redis,
             window_ms: ms(window),
             next_id: AtomicU64::new(1),
-            scripts,
         }
-    }
-
-    /// The Redis key of a counter: hashed, so identifiers are neither stored nor able to
-    /// smuggle hash-tag braces into the key.
-    fn redis_key(redis: &RedisCache, key: &str) -> String {
-        format!(
-            "{}{{th:{}}}",
-            redis.prefix(),
-            &crate::token::TokenHash::of(key).to_hex()[..32]
-        )
     }
 
     /// Reserves one event on every counter, or none: a refusal gives back what was taken and
@@ -150,21 +104,11 @@ impl SlidingWindow {
         };
         let member = format!("{now}:{}", crate::token::random_string(12));
         let reserved = redis
-            .run_script::<(i64, i64)>(
-                &self.scripts.reserve,
-                &Self::redis_key(redis, &counter.key),
-                (
-                    now,
-                    now - self.window_ms,
-                    counter.max,
-                    &member,
-                    self.window_ms,
-                ),
-            )
+            .reserve(&counter.key, &member, now, self.window_ms, counter.max)
             .await;
         match reserved {
-            Ok((1, _)) => taken.redis_member = Some(member),
-            Ok((_, first)) => {
+            Ok(Ok(())) => taken.redis_member = Some(member),
+            Ok(Err(first)) => {
                 self.local_release(&taken);
                 return Err(first + self.window_ms);
             }
@@ -203,11 +147,7 @@ impl SlidingWindow {
         for t in taken {
             self.local_release(&t);
             if let (Some(redis), Some(member)) = (&self.redis, &t.redis_member) {
-                let key = Self::redis_key(redis, &t.key);
-                if let Err(e) = redis
-                    .run_script::<i64>(&self.scripts.release, &key, member)
-                    .await
-                {
+                if let Err(e) = redis.release(&t.key, member).await {
                     tracing::warn!(error = %e, "throttle: could not give an attempt back in Redis");
                 }
             }
@@ -217,11 +157,7 @@ impl SlidingWindow {
     async fn clear(&self, key: &str) {
         self.local.invalidate(key);
         if let Some(redis) = &self.redis {
-            let key = Self::redis_key(redis, key);
-            if let Err(e) = redis
-                .run_script::<i64>(&self.scripts.clear, &key, Vec::<String>::new())
-                .await
-            {
+            if let Err(e) = redis.clear(key).await {
                 tracing::warn!(error = %e, "throttle: could not clear a counter in Redis");
             }
         }
@@ -241,10 +177,10 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(config: &crate::config::Config, redis: Option<Arc<RedisCache>>) -> Throttle {
-        let scripts = Arc::new(Scripts::new());
+        let redis = redis.map(|r| Arc::new(RedisWindows::new(r)));
         Throttle {
-            attempts: SlidingWindow::new(config.login_window, redis.clone(), scripts.clone()),
-            anonymous: SlidingWindow::new(ANONYMOUS_WINDOW, redis, scripts),
+            attempts: SlidingWindow::new(config.login_window, redis.clone()),
+            anonymous: SlidingWindow::new(ANONYMOUS_WINDOW, redis),
             max_per_identifier: config.login_max_attempts,
             max_per_address: config.login_max_attempts_per_address,
             anonymous_per_address: config.anonymous_sessions_per_address,
@@ -315,57 +251,5 @@ impl Throttle {
                 "too many new sessions from this address; try again in {secs} s"
             ))),
         }
-    }
-}
-
-impl Sessions {
-    /// Ends a user's least recently used live sessions beyond `SESSION_MAX_PER_USER`, never
-    /// `keep` (the session just issued). Returns how many were ended.
-    ///
-    /// "Recently used" is the stored activity, moved forward by this instance's pending writes,
-    /// so it is exact to within `SESSION_ACTIVITY_WRITE_INTERVAL`.
-    pub async fn enforce_session_cap(&self, user_id: i64, keep: i64) -> AppResult<u64> {
-        let max = self.config.session_max_per_user as usize;
-        if max == 0 {
-            return Ok(0);
-        }
-        let now = now_ms();
-        let rows: Vec<(i64, i64, i64)> = session::Entity::find()
-            .select_only()
-            .columns([
-                session::Column::Id,
-                session::Column::LastActiveAt,
-                session::Column::AbsoluteExpiresAt,
-            ])
-            .filter(session::Column::UserId.eq(user_id))
-            .filter(session::Column::Invalidated.eq(false))
-            .filter(session::Column::AbsoluteExpiresAt.gt(now))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        let mut others: Vec<(i64, i64)> = rows
-            .into_iter()
-            .filter(|(id, ..)| *id != keep)
-            .filter_map(|(id, last_active, absolute)| {
-                let last_active = last_active.max(self.activity.pending(id).unwrap_or(0));
-                (now < self.lifetimes.expires_at(last_active, absolute))
-                    .then_some((last_active, id))
-            })
-            .collect();
-        // `keep` takes one of the `max` places.
-        let Some(excess) = (others.len() + 1).checked_sub(max).filter(|n| *n > 0) else {
-            return Ok(0);
-        };
-        others.sort_unstable();
-        let ids: Vec<i64> = others.iter().take(excess).map(|(_, id)| *id).collect();
-        let ended = self
-            .invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.is_in(ids)))
-            .await?;
-        tracing::info!(
-            user_id,
-            ended,
-            "session cap reached: least recently used sessions ended"
-        );
-        Ok(ended)
     }
 }
