@@ -7,7 +7,8 @@
 //!
 //! Requests flow `http -> graphql -> service -> (cache | entity)`:
 //!
-//! - [`config`]: the only place that reads the environment; validates lifetimes and `REDIS_URL`.
+//! - [`config`]: the only place that reads the environment (and the `--config` TOML file,
+//!   layered defaults < file < environment < flags; `--print-config`); validates the settings.
 //! - [`startup`]: `Application::build / port / run_until_stopped`, migrations and bootstrap;
 //!   `Operator::build`, the same services for the command line.
 //! - [`cli`]: the admin command line (`users …`, `sessions …`, `cleanup`): parses, calls one
