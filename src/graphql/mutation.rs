@@ -1,9 +1,10 @@
 //! Mutation resolvers: validate, call one service function, map the result.
 
 use super::context::{
-    clear_tokens, issue_tokens, require_caller, require_permission, require_session, require_user,
-    services, CtxExt,
+    clear_tokens, issue_tokens, origin, require_caller, require_permission, require_session,
+    require_user, services, CtxExt,
 };
+use crate::events::EventType;
 use super::types::*;
 use crate::error::AppError;
 use crate::permission::Permission;
@@ -30,7 +31,7 @@ impl Mutation {
         let svc = services(ctx)?;
         let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
         let issued = svc
-            .create_anonymous_session(&req.client.info(), channel)
+            .create_anonymous_session(&origin(ctx)?, channel)
             .await?;
         issue_tokens(ctx, &issued)?;
         Ok(Session::from_cached(&issued.session))
@@ -52,7 +53,7 @@ impl Mutation {
                 &password,
                 remember_me.unwrap_or(false),
                 req.session(),
-                &req.client.info(),
+                &origin(ctx)?,
             )
             .await?;
         Ok(match outcome {
@@ -90,7 +91,8 @@ impl Mutation {
             clear_tokens(ctx)?;
             return Ok(false);
         };
-        let ended = services(ctx)?.revoke_session(s.id, None).await?;
+        let ending = origin(ctx)?.event(EventType::LoggedOut).reason("logout");
+        let ended = services(ctx)?.revoke_session(s.id, None, &ending).await?;
         req.set_session(None);
         clear_tokens(ctx)?;
         Ok(ended)
@@ -99,8 +101,11 @@ impl Mutation {
     /// Ends every session of the logged-in user; returns how many were live.
     async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
         let s = require_user(ctx)?;
+        let ending = origin(ctx)?
+            .event(EventType::LoggedOut)
+            .reason("logout_everywhere");
         let n = services(ctx)?
-            .end_user_sessions(s.user_id().unwrap_or_default())
+            .end_user_sessions(s.user_id().unwrap_or_default(), &ending)
             .await?;
         ctx.request_ctx()?.set_session(None);
         clear_tokens(ctx)?;
@@ -118,7 +123,7 @@ impl Mutation {
             .or_else(|| req.refresh_cookie.clone())
             .unwrap_or_default();
         let svc = services(ctx)?;
-        Ok(match svc.refresh_session(&presented).await? {
+        Ok(match svc.refresh_session(&presented, &origin(ctx)?).await? {
             Ok(issued) => {
                 issue_tokens(ctx, &issued)?;
                 let user = issued
@@ -164,7 +169,7 @@ impl Mutation {
     ) -> Result<bool> {
         let s = require_user(ctx)?;
         services(ctx)?
-            .change_password(&s, &current_password, &new_password)
+            .change_password(&s, &current_password, &new_password, &origin(ctx)?)
             .await?;
         Ok(true)
     }
@@ -173,7 +178,10 @@ impl Mutation {
     async fn revoke_my_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = require_user(ctx)?;
         let id = parse_id(&id, "session")?;
-        let revoked = services(ctx)?.revoke_session(id, s.user_id()).await?;
+        let ending = origin(ctx)?.event(EventType::SessionRevoked).reason("user");
+        let revoked = services(ctx)?
+            .revoke_session(id, s.user_id(), &ending)
+            .await?;
         if revoked && id == s.id {
             ctx.request_ctx()?.set_session(None);
             clear_tokens(ctx)?;
@@ -242,7 +250,7 @@ impl Mutation {
                 }
                 let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
                 let issued = svc
-                    .create_anonymous_session(&req.client.info(), channel)
+                    .create_anonymous_session(&origin(ctx)?, channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
@@ -263,7 +271,7 @@ impl Mutation {
             None => {
                 let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
                 let issued = svc
-                    .create_anonymous_session(&req.client.info(), channel)
+                    .create_anonymous_session(&origin(ctx)?, channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
@@ -306,7 +314,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let id = parse_id(&id, "session")?;
         let n = services(ctx)?
-            .revoke_as(&caller, Revocation::Session(id))
+            .revoke_as(&caller, Revocation::Session(id), &origin(ctx)?)
             .await?;
         Ok(n > 0)
     }
@@ -316,7 +324,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let user_id = parse_id(&user_id, "user")?;
         let n = services(ctx)?
-            .revoke_as(&caller, Revocation::User(user_id))
+            .revoke_as(&caller, Revocation::User(user_id), &origin(ctx)?)
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
@@ -330,7 +338,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let order_id = parse_id(&order_id, "order")?;
         let n = services(ctx)?
-            .revoke_as(&caller, Revocation::ActiveOrder(order_id))
+            .revoke_as(&caller, Revocation::ActiveOrder(order_id), &origin(ctx)?)
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
@@ -363,6 +371,7 @@ impl Mutation {
                     verified: input.verified.unwrap_or(true),
                     role_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(User::one(created))
@@ -381,6 +390,7 @@ impl Mutation {
                     verified: input.verified,
                     password: input.password,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(User::one(updated))
@@ -390,7 +400,9 @@ impl Mutation {
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.delete_user(&caller, id).await?)
+        Ok(services(ctx)?
+            .delete_user(&caller, id, &origin(ctx)?)
+            .await?)
     }
 
     /// WRITE_USER.
@@ -406,6 +418,7 @@ impl Mutation {
                     permissions: input.permissions,
                     channel_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(Role::one(created))
@@ -429,6 +442,7 @@ impl Mutation {
                     permissions: input.permissions,
                     channel_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(Role::one(updated))
@@ -441,7 +455,7 @@ impl Mutation {
         let role_id = parse_id(&role_id, "role")?;
         Ok(User::one(
             services(ctx)?
-                .assign_role(&caller, user_id, role_id)
+                .assign_role(&caller, user_id, role_id, &origin(ctx)?)
                 .await?,
         ))
     }
@@ -453,7 +467,7 @@ impl Mutation {
         let role_id = parse_id(&role_id, "role")?;
         Ok(User::one(
             services(ctx)?
-                .remove_role(&caller, user_id, role_id)
+                .remove_role(&caller, user_id, role_id, &origin(ctx)?)
                 .await?,
         ))
     }

@@ -6,10 +6,12 @@
 
 use super::auth::{check_identifier, validate_new_password, Passwords, MAX_IDENTIFIER_BYTES};
 use super::authz::{Caller, RoleGrant};
+use super::events::Origin;
 use super::paging::{page_by_id, IdOrder, Page, PageRequest};
 use super::Services;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
+use crate::events::EventType;
 use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
 use sea_orm::sea_query::Expr;
@@ -146,7 +148,12 @@ impl Services {
     }
 
     /// Creates a user with roles the caller may grant.
-    pub async fn create_user(&self, caller: &Caller, new: NewUser) -> AppResult<user::Model> {
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        new: NewUser,
+        origin: &Origin,
+    ) -> AppResult<user::Model> {
         let identifier = check_identifier(&new.identifier)?;
         if identifier.is_empty() {
             return Err(AppError::bad_input("identifier must not be empty"));
@@ -177,7 +184,21 @@ impl Services {
         .await
         .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
         link_roles(&txn, created.id, &new.role_ids).await?;
+        let mut events = vec![origin
+            .event(EventType::UserCreated)
+            .user(Some(created.id))
+            .identifier(&created.identifier)];
+        for role in self.role_grants(&txn, &new.role_ids).await? {
+            events.push(
+                origin
+                    .event(EventType::RoleAssigned)
+                    .user(Some(created.id))
+                    .reason(&role.role.code),
+            );
+        }
+        let recorded = self.events.record(&txn, now_ms(), events).await?;
         txn.commit().await?;
+        self.events.publish(recorded);
         Ok(created)
     }
 
@@ -185,6 +206,7 @@ impl Services {
         &self,
         caller: &Caller,
         changes: UserChanges,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let existing = self
             .user_by_id(changes.id)
@@ -210,27 +232,50 @@ impl Services {
             model.password_hash = Set(self.passwords.hash(password).await?);
             ends_sessions = true;
         }
+        let txn = self.db.begin().await?;
         let updated = user::Entity::update(model)
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
+        let mut events = vec![origin
+            .event(EventType::UserUpdated)
+            .user(Some(updated.id))
+            .identifier(&updated.identifier)];
+        if changes.password.is_some() {
+            events.push(
+                origin
+                    .event(EventType::PasswordChanged)
+                    .user(Some(updated.id))
+                    .reason("admin"),
+            );
+        }
+        let recorded = self.events.record(&txn, now_ms(), events).await?;
+        txn.commit().await?;
+        self.events.publish(recorded);
         if ends_sessions {
-            self.end_user_sessions(updated.id).await?;
+            let reason = if changes.password.is_some() {
+                "password_changed"
+            } else {
+                "unverified"
+            };
+            let ending = origin.event(EventType::SessionRevoked).reason(reason);
+            self.end_user_sessions(updated.id, &ending).await?;
         } else {
             self.invalidate_user(updated.id).await;
         }
         Ok(updated)
     }
 
-    pub async fn delete_user(&self, caller: &Caller, id: i64) -> AppResult<bool> {
-        if self.user_by_id(id).await?.is_none() {
+    pub async fn delete_user(&self, caller: &Caller, id: i64, origin: &Origin) -> AppResult<bool> {
+        let Some(existing) = self.user_by_id(id).await? else {
             return Ok(false);
-        }
+        };
         self.authorize_user_change(caller, id).await?;
         if id == self.superadmin_user_id {
             return Err(AppError::bad_input("the superadmin user cannot be deleted"));
         }
-        self.end_user_sessions(id).await?;
+        let ending = origin.event(EventType::SessionRevoked).reason("user_deleted");
+        self.end_user_sessions(id, &ending).await?;
         let txn = self.db.begin().await?;
         // Explicit deletes, so the outcome does not depend on the backend enforcing cascades.
         session::Entity::delete_many()
@@ -250,9 +295,21 @@ impl Services {
             .exec(&txn)
             .await?;
         let deleted = user::Entity::delete_by_id(id).exec(&txn).await?;
+        if deleted.rows_affected != 1 {
+            // Deleted meanwhile by another request, which recorded it.
+            txn.rollback().await?;
+            self.invalidate_user(id).await;
+            return Ok(false);
+        }
+        let event = origin
+            .event(EventType::UserDeleted)
+            .user(Some(id))
+            .identifier(&existing.identifier);
+        let recorded = self.events.record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events.publish(recorded);
         self.invalidate_user(id).await;
-        Ok(deleted.rows_affected == 1)
+        Ok(true)
     }
 
     /// Gives a user a role the caller may grant; the user must be within the caller's reach or
@@ -262,6 +319,7 @@ impl Services {
         caller: &Caller,
         user_id: i64,
         role_id: i64,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
@@ -280,8 +338,23 @@ impl Services {
             .pop()
             .ok_or_else(|| AppError::not_found("no such role"))?;
         self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
-        link_roles(&txn, user_id, &[role_id]).await?;
+        let held = user_role::Entity::find()
+            .filter(user_role::Column::UserId.eq(user_id))
+            .filter(user_role::Column::RoleId.eq(role_id))
+            .one(&txn)
+            .await?
+            .is_some();
+        let mut recorded = Vec::new();
+        if !held {
+            link_roles(&txn, user_id, &[role_id]).await?;
+            let event = origin
+                .event(EventType::RoleAssigned)
+                .user(Some(user_id))
+                .reason(&role.role.code);
+            recorded = self.events.record(&txn, now_ms(), vec![event]).await?;
+        }
         txn.commit().await?;
+        self.events.publish(recorded);
         self.invalidate_user(user_id).await;
         Ok(user)
     }
@@ -291,6 +364,7 @@ impl Services {
         caller: &Caller,
         user_id: i64,
         role_id: i64,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
@@ -304,11 +378,22 @@ impl Services {
                 "the superadmin user cannot lose the SUPER_ADMIN role",
             ));
         }
-        user_role::Entity::delete_many()
+        let txn = self.db.begin().await?;
+        let removed = user_role::Entity::delete_many()
             .filter(user_role::Column::UserId.eq(user_id))
             .filter(user_role::Column::RoleId.eq(role_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        let mut recorded = Vec::new();
+        if removed.rows_affected > 0 {
+            let event = origin
+                .event(EventType::RoleRemoved)
+                .user(Some(user_id))
+                .reason(&role.role.code);
+            recorded = self.events.record(&txn, now_ms(), vec![event]).await?;
+        }
+        txn.commit().await?;
+        self.events.publish(recorded);
         self.invalidate_user(user_id).await;
         Ok(user)
     }
@@ -340,7 +425,12 @@ impl Services {
         Ok(())
     }
 
-    pub async fn create_role(&self, caller: &Caller, new: NewRole) -> AppResult<role::Model> {
+    pub async fn create_role(
+        &self,
+        caller: &Caller,
+        new: NewRole,
+        origin: &Origin,
+    ) -> AppResult<role::Model> {
         let code = check_code("role code", &new.code)?;
         self.require_channels(&new.channel_ids).await?;
         let permissions: PermissionSet = new.permissions.into_iter().collect();
@@ -357,7 +447,10 @@ impl Services {
         .await
         .map_err(|e| AppError::conflict(e, "a role with this code"))?;
         link_channels(&txn, created.id, &new.channel_ids).await?;
+        let event = origin.event(EventType::RoleChanged).reason(&created.code);
+        let recorded = self.events.record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events.publish(recorded);
         Ok(created)
     }
 
@@ -367,6 +460,7 @@ impl Services {
         &self,
         caller: &Caller,
         changes: RoleChanges,
+        origin: &Origin,
     ) -> AppResult<role::Model> {
         if let Some(ids) = &changes.channel_ids {
             self.require_channels(ids).await?;
@@ -427,7 +521,10 @@ impl Services {
                 .await?;
             link_channels(&txn, updated.id, ids).await?;
         }
+        let event = origin.event(EventType::RoleChanged).reason(&updated.code);
+        let recorded = self.events.record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events.publish(recorded);
         self.invalidate_role_holders(updated.id).await?;
         Ok(updated)
     }

@@ -143,6 +143,14 @@ impl Services {
         Ok(events(page))
     }
 
+    /// Records events that stand alone (a failed or throttled login changes nothing else)
+    /// and publishes them.
+    pub async fn record_now(&self, events: Vec<NewEvent>) -> AppResult<()> {
+        let recorded = self.events.record(&self.db, now_ms(), events).await?;
+        self.events.publish(recorded);
+        Ok(())
+    }
+
     /// The clean-up (every `CLEANUP_INTERVAL` and `cleanUpExpiredSessions`): expired and
     /// invalidated sessions, then events past `EVENT_RETENTION`. Returns how many sessions
     /// were deleted.
