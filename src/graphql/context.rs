@@ -184,7 +184,7 @@ pub fn origin(ctx: &Context<'_>) -> Result<Origin, AppError> {
 
 /// Records newly issued tokens for the client and makes their session the request's.
 pub fn issue_tokens(ctx: &Context<'_>, issued: &Issued) -> Result<(), AppError> {
-    let config = &services(ctx)?.config;
+    let config = &services(ctx)?.config();
     let req = ctx.request_ctx()?;
     req.tokens.record(TokenChange::Issued {
         token: issued.token.clone(),

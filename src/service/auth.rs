@@ -2,12 +2,15 @@
 //! (throttled through `throttle`) with anonymous-session carry-over, password changes.
 
 use super::events::Origin;
+use super::session::Sessions;
 use super::session::{Issued, NewSession};
-use super::Services;
-use crate::events::EventType;
+use super::throttle::Throttle;
+use crate::cache::SessionStore;
 use crate::clock::now_ms;
 use crate::domain::{CachedSession, CachedUser};
 use crate::error::{AppError, AppResult, InternalError};
+use crate::events::EventType;
+use crate::metrics::Metrics;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use entity::{order, session, user};
@@ -135,7 +138,36 @@ pub fn check_password(password: &str) -> AppResult<()> {
     Ok(())
 }
 
-impl Services {
+/// The authentication service: login (with its throttles) and password changes.
+pub struct Auth {
+    db: sea_orm::DatabaseConnection,
+    sessions: Sessions,
+    /// Caches the session a login opens.
+    store: Arc<SessionStore>,
+    passwords: Arc<Passwords>,
+    throttle: Arc<Throttle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Auth {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        sessions: Sessions,
+        store: Arc<SessionStore>,
+        passwords: Arc<Passwords>,
+        throttle: Arc<Throttle>,
+        metrics: Arc<Metrics>,
+    ) -> Auth {
+        Auth {
+            db,
+            sessions,
+            store,
+            passwords,
+            throttle,
+            metrics,
+        }
+    }
+
     /// Verifies credentials and opens an authenticated session, carrying the current anonymous
     /// session's channel and order over in one transaction.
     pub async fn login(
@@ -162,7 +194,7 @@ impl Services {
                     .event(EventType::LoginThrottled)
                     .identifier(&identifier)
                     .reason(throttled.by.as_str());
-                self.record_now(vec![event]).await?;
+                self.sessions.record_now(vec![event]).await?;
                 return Ok(LoginOutcome::TooManyAttempts {
                     retry_after_seconds: throttled.retry_after_seconds,
                 });
@@ -182,7 +214,7 @@ impl Services {
                 // The reservation stays: it is this failure, counted.
                 self.metrics.login("invalid_credentials");
                 let event = failed(found.map(|u| u.id), "bad_credentials");
-                self.record_now(vec![event]).await?;
+                self.sessions.record_now(vec![event]).await?;
                 return Ok(LoginOutcome::InvalidCredentials);
             }
             Err(e) => {
@@ -193,12 +225,13 @@ impl Services {
         self.throttle.release(reservation).await;
         if !found.verified {
             self.metrics.login("not_verified");
-            self.record_now(vec![failed(Some(found.id), "unverified")])
+            self.sessions
+                .record_now(vec![failed(Some(found.id), "unverified")])
                 .await?;
             return Ok(LoginOutcome::NotVerified);
         }
         self.throttle.clear_identifier(&identifier).await;
-        let Some(user) = self.load_cached_user(&self.db, found.id).await? else {
+        let Some(user) = self.sessions.load_cached_user(&self.db, found.id).await? else {
             return Ok(LoginOutcome::InvalidCredentials);
         };
 
@@ -245,6 +278,7 @@ impl Services {
             }
         }
         let issued = self
+            .sessions
             .insert_session(
                 &txn,
                 NewSession {
@@ -270,16 +304,17 @@ impl Services {
                 .user(Some(found.id))
                 .identifier(&identifier),
         );
-        let recorded = self.events.record(&txn, now, events).await?;
+        let recorded = self.sessions.events().record(&txn, now, events).await?;
         txn.commit().await?;
-        self.events.publish(recorded);
+        self.sessions.events().publish(recorded);
 
         if let Some(old) = &current {
-            self.revoke_token(&old.token_hash).await;
+            self.sessions.revoke_token(&old.token_hash).await;
         }
         self.store.put_new(issued.session.clone()).await;
         // The login stands even if the cap cannot be applied now; the next login applies it.
         if let Err(e) = self
+            .sessions
             .enforce_session_cap(found.id, issued.session.id, &as_user)
             .await
         {
@@ -356,20 +391,22 @@ impl Services {
             .event(EventType::PasswordChanged)
             .session(current.id)
             .user(Some(user_id));
-        let recorded = self.events.record(&txn, now_ms(), vec![changed]).await?;
+        let events = self.sessions.events();
+        let recorded = events.record(&txn, now_ms(), vec![changed]).await?;
         txn.commit().await?;
-        self.events.publish(recorded);
-        self.invalidate_sessions(
-            sea_orm::Condition::all()
-                .add(session::Column::UserId.eq(user_id))
-                .add(session::Column::Id.ne(current.id)),
-            &origin
-                .event(EventType::SessionRevoked)
-                .reason("password_changed"),
-            Vec::new(),
-        )
-        .await?;
-        self.invalidate_user(user_id).await;
+        events.publish(recorded);
+        self.sessions
+            .invalidate_sessions(
+                sea_orm::Condition::all()
+                    .add(session::Column::UserId.eq(user_id))
+                    .add(session::Column::Id.ne(current.id)),
+                &origin
+                    .event(EventType::SessionRevoked)
+                    .reason("password_changed"),
+                Vec::new(),
+            )
+            .await?;
+        self.sessions.invalidate_user(user_id).await;
         Ok(())
     }
 }

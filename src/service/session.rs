@@ -1,13 +1,18 @@
 //! Sessions: resolve a presented token (cache first, then the database), create sessions,
 //! slide their expiry, invalidate them, and rotate refresh tokens.
 
+use super::activity::ActivityWriter;
+use super::directory::ChannelDirectory;
 use super::events::Origin;
-use super::{retry_deadlocks, Services};
-use crate::events::{Event, EventType, NewEvent};
+use super::retry_deadlocks;
+use super::throttle::Throttle;
+use crate::cache::SessionStore;
 use crate::clock::{ms, now_ms};
 use crate::config::Config;
 use crate::domain::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::error::{AppError, AppResult};
+use crate::events::{Event, EventLog, EventType, NewEvent};
+use crate::metrics::Metrics;
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};
 use entity::{channel, role, role_channel, session, session_refresh_token, user, user_role};
@@ -164,7 +169,82 @@ pub fn live_condition(now: i64, lifetimes: &Lifetimes) -> sea_orm::Condition {
         .add(session::Column::AbsoluteExpiresAt.gt(now))
 }
 
-impl Services {
+/// The session service: finds a request's session and channel, creates sessions, slides their
+/// expiry, ends them, rotates refresh tokens, and keeps session data. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    pub(super) db: sea_orm::DatabaseConnection,
+    /// The session cache with its staleness protocol.
+    pub(super) store: Arc<SessionStore>,
+    pub(super) lifetimes: Lifetimes,
+    /// Batched last-activity writes.
+    pub(super) activity: Arc<ActivityWriter>,
+    pub(super) metrics: Arc<Metrics>,
+    /// The anonymous-session limit.
+    pub(super) throttle: Arc<Throttle>,
+    /// `SESSION_DATA_MAX_BYTES`, `SESSION_MAX_PER_USER`.
+    pub(super) config: Arc<Config>,
+    /// Channels kept in process, for `identify`.
+    pub(super) channels: Arc<ChannelDirectory>,
+    /// The channel with code `default`, used when a request names none.
+    pub(super) default_channel: Arc<channel::Model>,
+    /// Records session events in the transactions of the changes; publishes them after.
+    pub(super) events: EventLog,
+}
+
+/// What [`Sessions`] is built from.
+pub(super) struct SessionsParts {
+    pub db: sea_orm::DatabaseConnection,
+    pub store: Arc<SessionStore>,
+    pub lifetimes: Lifetimes,
+    pub activity: Arc<ActivityWriter>,
+    pub metrics: Arc<Metrics>,
+    pub throttle: Arc<Throttle>,
+    pub config: Arc<Config>,
+    pub channels: Arc<ChannelDirectory>,
+    pub default_channel: Arc<channel::Model>,
+    pub events: EventLog,
+}
+
+impl Sessions {
+    pub(super) fn new(p: SessionsParts) -> Sessions {
+        Sessions {
+            db: p.db,
+            store: p.store,
+            lifetimes: p.lifetimes,
+            activity: p.activity,
+            metrics: p.metrics,
+            throttle: p.throttle,
+            config: p.config,
+            channels: p.channels,
+            default_channel: p.default_channel,
+            events: p.events,
+        }
+    }
+
+    /// The lifetimes in milliseconds.
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.lifetimes
+    }
+
+    /// The event log: recording in a change's transaction, publishing, subscribing.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Records events that stand alone (a failed or throttled login changes nothing else)
+    /// and publishes them.
+    pub(super) async fn record_now(&self, events: Vec<NewEvent>) -> AppResult<()> {
+        let recorded = self.events.record(&self.db, now_ms(), events).await?;
+        self.events.publish(recorded);
+        Ok(())
+    }
+
+    /// The channel with code `default`.
+    pub fn default_channel(&self) -> &Arc<channel::Model> {
+        &self.default_channel
+    }
+
     /// The session for a presented token, or `None` when it is unknown, expired or revoked.
     ///
     /// Cached path: one cache lookup, an expiry check, and an atomic store to slide the expiry.
@@ -496,9 +576,10 @@ impl Services {
                     return Ok(None);
                 }
                 let mut events = also.clone();
-                events.extend(rows.iter().map(|(id, user_id)| {
-                    ending.clone().session(*id).user(*user_id)
-                }));
+                events.extend(
+                    rows.iter()
+                        .map(|(id, user_id)| ending.clone().session(*id).user(*user_id)),
+                );
                 let recorded = self.events.record(&txn, now_ms(), events).await?;
                 txn.commit().await?;
                 Ok(Some(recorded))

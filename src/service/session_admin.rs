@@ -2,21 +2,26 @@
 //! revocation, and the clean-up of expired and invalidated sessions. Listings, statistics and
 //! revocations reach only sessions active in the caller's channels (see `authz`).
 
+use super::authz::Authz;
 use super::authz::Caller;
-use super::paging::{page_by_id, IdOrder, Page, PageRequest};
-use super::session::live_condition;
 use super::events::Origin;
-use super::{retry_deadlocks, Services};
+use super::paging::{page_by_id, IdOrder, Page, PageRequest};
+use super::retry_deadlocks;
+use super::session::live_condition;
+use super::session::{Lifetimes, Sessions};
 use crate::clock::now_ms;
-use crate::events::{EventType, NewEvent};
+use crate::config::Config;
 use crate::domain::SessionKind;
 use crate::error::AppResult;
+use crate::events::{EventType, NewEvent};
+use crate::metrics::Metrics;
 use crate::permission::Permission;
 use entity::session;
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
+use std::sync::Arc;
 
 /// Filters of the `sessions` listing (already validated).
 #[derive(Default)]
@@ -40,7 +45,36 @@ pub enum Revocation {
     ActiveOrder(i64),
 }
 
-impl Services {
+/// The admin service over sessions: listings, statistics, revocations, the expiry clean-up.
+pub struct SessionAdmin {
+    db: sea_orm::DatabaseConnection,
+    sessions: Sessions,
+    authz: Authz,
+    lifetimes: Lifetimes,
+    /// `CLEANUP_BATCH_SIZE`.
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionAdmin {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        sessions: Sessions,
+        authz: Authz,
+        lifetimes: Lifetimes,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> SessionAdmin {
+        SessionAdmin {
+            db,
+            sessions,
+            authz,
+            lifetimes,
+            config,
+            metrics,
+        }
+    }
+
     fn filter_condition(&self, f: &SessionFilter, now: i64) -> Condition {
         let mut cond = Condition::all();
         if let Some(id) = f.user_id {
@@ -51,7 +85,7 @@ impl Services {
         }
         if let Some(id) = f.channel_id {
             // A session without an active channel is in the default channel.
-            cond = if id == self.default_channel.id {
+            cond = if id == self.authz.default_channel_id {
                 cond.add(
                     Condition::any()
                         .add(session::Column::ActiveChannelId.eq(id))
@@ -87,7 +121,7 @@ impl Services {
     ) -> AppResult<Page<session::Model>> {
         let cond = self
             .filter_condition(f, now_ms())
-            .add(self.session_scope(caller, Permission::ReadSession));
+            .add(self.authz.session_scope(caller, Permission::ReadSession));
         let req = PageRequest {
             first,
             after,
@@ -111,7 +145,7 @@ impl Services {
         id: i64,
     ) -> AppResult<Option<session::Model>> {
         Ok(session::Entity::find_by_id(id)
-            .filter(self.session_scope(caller, Permission::ReadSession))
+            .filter(self.authz.session_scope(caller, Permission::ReadSession))
             .one(&self.db)
             .await?)
     }
@@ -154,7 +188,11 @@ impl Services {
         if let Some(user_id) = owner {
             cond = cond.add(session::Column::UserId.eq(user_id));
         }
-        Ok(self.invalidate_sessions(cond, ending, Vec::new()).await? > 0)
+        Ok(self
+            .sessions
+            .invalidate_sessions(cond, ending, Vec::new())
+            .await?
+            > 0)
     }
 
     /// An admin revocation: ends the sessions `what` names that are active in the caller's
@@ -173,7 +211,7 @@ impl Services {
                 Revocation::User(id) => session::Column::UserId.eq(id),
                 Revocation::ActiveOrder(id) => session::Column::ActiveOrderId.eq(id),
             })
-            .add(self.session_scope(caller, Permission::RevokeSession));
+            .add(self.authz.session_scope(caller, Permission::RevokeSession));
         if !caller.is_super_admin() {
             let owners: Vec<Option<i64>> = session::Entity::find()
                 .select_only()
@@ -185,7 +223,9 @@ impl Services {
                 .all(&self.db)
                 .await?;
             let owners: Vec<i64> = owners.into_iter().flatten().collect();
-            self.authorize_acting_on(&self.db, caller, &owners).await?;
+            self.authz
+                .authorize_acting_on(&self.db, caller, &owners)
+                .await?;
             // Only sessions of the users just checked (a new owner's would not be).
             cond = cond.add(
                 Condition::any()
@@ -194,10 +234,13 @@ impl Services {
             );
         }
         let revoked = origin.event(EventType::SessionRevoked).reason("admin");
-        let n = self.invalidate_sessions(cond, &revoked, Vec::new()).await?;
+        let n = self
+            .sessions
+            .invalidate_sessions(cond, &revoked, Vec::new())
+            .await?;
         if let Revocation::User(user_id) = what {
             // Like `end_user_sessions`: also drops entries cached while we were revoking.
-            self.invalidate_user(user_id).await;
+            self.sessions.invalidate_user(user_id).await;
         }
         Ok(n)
     }
@@ -207,7 +250,7 @@ impl Services {
     pub async fn session_stats(&self, caller: &Caller) -> AppResult<(u64, u64, u64, u64)> {
         let now = now_ms();
         let live = live_condition(now, &self.lifetimes);
-        let scope = self.session_scope(caller, Permission::ReadSession);
+        let scope = self.authz.session_scope(caller, Permission::ReadSession);
         let count = |cond: Condition| {
             session::Entity::find()
                 .filter(cond)
@@ -270,7 +313,7 @@ impl Services {
             let (deleted, recorded) =
                 retry_deadlocks(|| self.delete_expired_batch(&doomed_rows, now)).await?;
             total += deleted;
-            self.events.publish(recorded);
+            self.sessions.events().publish(recorded);
             tokio::task::yield_now().await;
         }
         self.metrics.session_event("cleaned_up", total);
@@ -320,11 +363,11 @@ impl Services {
                     .session(*id)
                     .user(*user_id)
                     // The clean-up has no request: the session's channel scopes the event.
-                    .channel(Some(channel_id.unwrap_or(self.default_channel.id)))
+                    .channel(Some(channel_id.unwrap_or(self.authz.default_channel_id)))
                     .reason(if *absolute <= now { "absolute" } else { "idle" })
             })
             .collect();
-        let recorded = self.events.record(&txn, now, events).await?;
+        let recorded = self.sessions.events().record(&txn, now, events).await?;
         txn.commit().await?;
         Ok((deleted.rows_affected, recorded))
     }

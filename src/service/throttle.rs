@@ -2,7 +2,7 @@
 //! work they guard (failed logins per identifier and per client address, wrong current passwords
 //! per user, new anonymous sessions per address), and the per-user session cap.
 
-use super::Services;
+use super::session::Sessions;
 use crate::cache::RedisCache;
 use crate::clock::{ms, now_ms};
 use crate::error::{AppError, AppResult};
@@ -119,11 +119,7 @@ impl SlidingWindow {
     /// Reserves one event on every counter, or none: a refusal gives back what was taken and
     /// answers the seconds until the refusing counter admits again.
     /// `Err` is the index of the counter that refused and the seconds to wait.
-    async fn reserve(
-        &self,
-        counters: &[Counter],
-        now: i64,
-    ) -> Result<Vec<Taken>, (usize, i64)> {
+    async fn reserve(&self, counters: &[Counter], now: i64) -> Result<Vec<Taken>, (usize, i64)> {
         let mut taken = Vec::with_capacity(counters.len());
         for (i, counter) in counters.iter().enumerate() {
             match self.reserve_one(counter, now).await {
@@ -359,7 +355,7 @@ impl Throttle {
     }
 }
 
-impl Services {
+impl Sessions {
     /// Ends a user's least recently used live sessions beyond `SESSION_MAX_PER_USER`, never
     /// `keep` (the session just issued). Returns how many were ended.
     ///
