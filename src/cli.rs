@@ -179,6 +179,7 @@ async fn users(op: &Operator, command: UsersCommand) -> Outcome {
                         verified: !unverified,
                         role_ids,
                     },
+                    &op.origin,
                 )
                 .await?;
             println!("created user {} ({})", created.identifier, created.id);
@@ -195,6 +196,7 @@ async fn users(op: &Operator, command: UsersCommand) -> Outcome {
                         verified: None,
                         password: Some(password),
                     },
+                    &op.origin,
                 )
                 .await?;
             println!(
@@ -228,7 +230,10 @@ async fn users(op: &Operator, command: UsersCommand) -> Outcome {
         }
         UsersCommand::Delete { identifier } => {
             let found = user_named(op, &identifier).await?;
-            if !directory.delete_user(&op.caller, found.id).await? {
+            if !directory
+                .delete_user(&op.caller, found.id, &op.origin)
+                .await?
+            {
                 return Err(Failure::Refused(format!("no user {identifier}")));
             }
             println!("deleted user {} ({})", found.identifier, found.id);
@@ -293,7 +298,7 @@ async fn sessions(op: &Operator, command: SessionsCommand) -> Outcome {
                 (_, Some(u), _) => Revocation::User(user_by_id_or_identifier(op, u).await?.id),
                 _ => Revocation::All,
             };
-            let revoked = admin.revoke_as(&op.caller, what).await?;
+            let revoked = admin.revoke_as(&op.caller, what, &op.origin).await?;
             if let (Revocation::Session(id), 0) = (what, revoked) {
                 return Err(Failure::Refused(format!("no live session {id}")));
             }
@@ -324,7 +329,7 @@ async fn sessions(op: &Operator, command: SessionsCommand) -> Outcome {
 }
 
 async fn cleanup(op: &Operator, json: bool) -> Outcome {
-    let deleted = op.services.admin.clean_up_expired_sessions().await?;
+    let deleted = op.services.clean_up().await?;
     if json {
         println!("{}", json!({ "deleted": deleted }));
     } else {

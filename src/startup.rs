@@ -196,6 +196,7 @@ async fn assemble(
         db,
         redis,
         store,
+        events: crate::events::EventLog::default(),
         metrics,
         passwords,
         jwt_keys: jwt,
@@ -215,6 +216,9 @@ async fn assemble(
 pub struct Operator {
     pub services: Services,
     pub caller: crate::service::authz::Caller,
+    /// Recorded on the events of the command's changes: the superadmin, in the default
+    /// channel, with the user agent `session-server-cli`.
+    pub origin: crate::service::events::Origin,
 }
 
 impl Operator {
@@ -227,9 +231,18 @@ impl Operator {
             assembled.superadmin_user_id,
             assembled.services.sessions.default_channel().id,
         );
+        let origin = crate::service::events::Origin {
+            actor_user_id: Some(assembled.superadmin_user_id),
+            client: crate::service::ClientInfo {
+                ip_address: None,
+                user_agent: Some("session-server-cli".into()),
+            },
+            channel_id: Some(assembled.services.sessions.default_channel().id),
+        };
         Ok(Operator {
             services: assembled.services,
             caller,
+            origin,
         })
     }
 }
@@ -382,7 +395,7 @@ fn spawn_jwt_key_refresh(services: SharedServices) {
 fn spawn_cleanup(services: SharedServices) {
     let every = services.config().cleanup_interval;
     spawn_every(services, every, "session clean-up", |s| async move {
-        s.admin.clean_up_expired_sessions().await.map(|_| ())
+        s.clean_up().await.map(|_| ())
     });
 }
 

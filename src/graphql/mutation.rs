@@ -1,11 +1,12 @@
 //! Mutation resolvers: validate, call one service function, map the result.
 
 use super::context::{
-    clear_tokens, issue_tokens, require_caller, require_permission, require_session, require_user,
-    services, CtxExt,
+    clear_tokens, issue_tokens, origin, require_caller, require_permission, require_session,
+    require_user, services, CtxExt,
 };
 use super::types::*;
 use crate::error::AppError;
+use crate::events::EventType;
 use crate::permission::Permission;
 use crate::service::auth::LoginOutcome;
 use crate::service::directory::{NewRole, NewUser, RoleChanges, UserChanges};
@@ -32,7 +33,7 @@ impl Mutation {
             (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
         let issued = svc
             .sessions
-            .create_anonymous_session(&req.client.info(), channel)
+            .create_anonymous_session(&origin(ctx)?, channel)
             .await?;
         issue_tokens(ctx, &issued)?;
         Ok(Session::from_cached(&issued.session))
@@ -55,7 +56,7 @@ impl Mutation {
                 &password,
                 remember_me.unwrap_or(false),
                 req.session(),
-                &req.client.info(),
+                &origin(ctx)?,
             )
             .await?;
         Ok(match outcome {
@@ -93,7 +94,11 @@ impl Mutation {
             clear_tokens(ctx)?;
             return Ok(false);
         };
-        let ended = services(ctx)?.admin.revoke_session(s.id, None).await?;
+        let ending = origin(ctx)?.event(EventType::LoggedOut).reason("logout");
+        let ended = services(ctx)?
+            .admin
+            .revoke_session(s.id, None, &ending)
+            .await?;
         req.set_session(None);
         clear_tokens(ctx)?;
         Ok(ended)
@@ -102,9 +107,12 @@ impl Mutation {
     /// Ends every session of the logged-in user; returns how many were live.
     async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
         let s = require_user(ctx)?;
+        let ending = origin(ctx)?
+            .event(EventType::LoggedOut)
+            .reason("logout_everywhere");
         let n = services(ctx)?
             .sessions
-            .end_user_sessions(s.user_id().unwrap_or_default())
+            .end_user_sessions(s.user_id().unwrap_or_default(), &ending)
             .await?;
         ctx.request_ctx()?.set_session(None);
         clear_tokens(ctx)?;
@@ -122,7 +130,7 @@ impl Mutation {
             .or_else(|| req.refresh_cookie.clone())
             .unwrap_or_default();
         let svc = services(ctx)?;
-        Ok(match svc.sessions.refresh_session(&presented).await? {
+        Ok(match svc.sessions.refresh_session(&presented, &origin(ctx)?).await? {
             Ok(issued) => {
                 issue_tokens(ctx, &issued)?;
                 let user = issued
@@ -169,7 +177,7 @@ impl Mutation {
         let s = require_user(ctx)?;
         services(ctx)?
             .auth
-            .change_password(&s, &current_password, &new_password)
+            .change_password(&s, &current_password, &new_password, &origin(ctx)?)
             .await?;
         Ok(true)
     }
@@ -178,7 +186,11 @@ impl Mutation {
     async fn revoke_my_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = require_user(ctx)?;
         let id = parse_id(&id, "session")?;
-        let revoked = services(ctx)?.admin.revoke_session(id, s.user_id()).await?;
+        let ending = origin(ctx)?.event(EventType::SessionRevoked).reason("user");
+        let revoked = services(ctx)?
+            .admin
+            .revoke_session(id, s.user_id(), &ending)
+            .await?;
         if revoked && id == s.id {
             ctx.request_ctx()?.set_session(None);
             clear_tokens(ctx)?;
@@ -252,7 +264,7 @@ impl Mutation {
                     (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
                 let issued = svc
                     .sessions
-                    .create_anonymous_session(&req.client.info(), channel)
+                    .create_anonymous_session(&origin(ctx)?, channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
@@ -275,7 +287,7 @@ impl Mutation {
                     (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
                 let issued = svc
                     .sessions
-                    .create_anonymous_session(&req.client.info(), channel)
+                    .create_anonymous_session(&origin(ctx)?, channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
@@ -319,7 +331,7 @@ impl Mutation {
         let id = parse_id(&id, "session")?;
         let n = services(ctx)?
             .admin
-            .revoke_as(&caller, Revocation::Session(id))
+            .revoke_as(&caller, Revocation::Session(id), &origin(ctx)?)
             .await?;
         Ok(n > 0)
     }
@@ -330,7 +342,7 @@ impl Mutation {
         let user_id = parse_id(&user_id, "user")?;
         let n = services(ctx)?
             .admin
-            .revoke_as(&caller, Revocation::User(user_id))
+            .revoke_as(&caller, Revocation::User(user_id), &origin(ctx)?)
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
@@ -345,15 +357,16 @@ impl Mutation {
         let order_id = parse_id(&order_id, "order")?;
         let n = services(ctx)?
             .admin
-            .revoke_as(&caller, Revocation::ActiveOrder(order_id))
+            .revoke_as(&caller, Revocation::ActiveOrder(order_id), &origin(ctx)?)
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
-    /// REVOKE_SESSION. Deletes expired and invalidated sessions; returns how many.
+    /// REVOKE_SESSION. Deletes expired and invalidated sessions, and session events past
+    /// EVENT_RETENTION; returns how many sessions.
     async fn clean_up_expired_sessions(&self, ctx: &Context<'_>) -> Result<i32> {
         require_permission(ctx, Permission::RevokeSession)?;
-        let n = services(ctx)?.admin.clean_up_expired_sessions().await?;
+        let n = services(ctx)?.clean_up().await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
@@ -378,6 +391,7 @@ impl Mutation {
                     verified: input.verified.unwrap_or(true),
                     role_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(User::one(created))
@@ -397,6 +411,7 @@ impl Mutation {
                     verified: input.verified,
                     password: input.password,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(User::one(updated))
@@ -406,7 +421,10 @@ impl Mutation {
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.directory.delete_user(&caller, id).await?)
+        Ok(services(ctx)?
+            .directory
+            .delete_user(&caller, id, &origin(ctx)?)
+            .await?)
     }
 
     /// WRITE_USER.
@@ -423,6 +441,7 @@ impl Mutation {
                     permissions: input.permissions,
                     channel_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(Role::one(created))
@@ -447,6 +466,7 @@ impl Mutation {
                     permissions: input.permissions,
                     channel_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(Role::one(updated))
@@ -460,7 +480,7 @@ impl Mutation {
         Ok(User::one(
             services(ctx)?
                 .directory
-                .assign_role(&caller, user_id, role_id)
+                .assign_role(&caller, user_id, role_id, &origin(ctx)?)
                 .await?,
         ))
     }
@@ -473,7 +493,7 @@ impl Mutation {
         Ok(User::one(
             services(ctx)?
                 .directory
-                .remove_role(&caller, user_id, role_id)
+                .remove_role(&caller, user_id, role_id, &origin(ctx)?)
                 .await?,
         ))
     }

@@ -7,10 +7,12 @@
 use super::auth::{check_identifier, validate_new_password, Passwords, MAX_IDENTIFIER_BYTES};
 use super::authz::Authz;
 use super::authz::{Caller, RoleGrant};
+use super::events::Origin;
 use super::paging::{page_by_id, IdOrder, Page, PageRequest};
 use super::session::Sessions;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
+use crate::events::EventType;
 use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
 use sea_orm::sea_query::Expr;
@@ -125,6 +127,10 @@ pub struct Directory {
 }
 
 impl Directory {
+    fn events(&self) -> &crate::events::EventLog {
+        self.sessions.events()
+    }
+
     pub(super) fn new(
         db: DatabaseConnection,
         sessions: Sessions,
@@ -193,7 +199,12 @@ impl Directory {
     }
 
     /// Creates a user with roles the caller may grant.
-    pub async fn create_user(&self, caller: &Caller, new: NewUser) -> AppResult<user::Model> {
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        new: NewUser,
+        origin: &Origin,
+    ) -> AppResult<user::Model> {
         let identifier = check_identifier(&new.identifier)?;
         if identifier.is_empty() {
             return Err(AppError::bad_input("identifier must not be empty"));
@@ -210,7 +221,8 @@ impl Directory {
         for role_id in unique(&new.role_ids) {
             lock_role(&txn, role_id).await?;
         }
-        for r in self.authz.role_grants(&txn, &new.role_ids).await? {
+        let grants = self.authz.role_grants(&txn, &new.role_ids).await?;
+        for r in &grants {
             self.authz
                 .authorize_grant(caller, r.permissions, &r.channel_ids)?;
         }
@@ -226,7 +238,21 @@ impl Directory {
         .await
         .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
         link_roles(&txn, created.id, &new.role_ids).await?;
+        let mut events = vec![origin
+            .event(EventType::UserCreated)
+            .user(Some(created.id))
+            .identifier(&created.identifier)];
+        for role in &grants {
+            events.push(
+                origin
+                    .event(EventType::RoleAssigned)
+                    .user(Some(created.id))
+                    .reason(&role.role.code),
+            );
+        }
+        let recorded = self.events().record(&txn, now_ms(), events).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         Ok(created)
     }
 
@@ -234,6 +260,7 @@ impl Directory {
         &self,
         caller: &Caller,
         changes: UserChanges,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let existing = self
             .user_by_id(changes.id)
@@ -261,27 +288,52 @@ impl Directory {
             model.password_hash = Set(self.passwords.hash(password).await?);
             ends_sessions = true;
         }
+        let txn = self.db.begin().await?;
         let updated = user::Entity::update(model)
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
+        let mut events = vec![origin
+            .event(EventType::UserUpdated)
+            .user(Some(updated.id))
+            .identifier(&updated.identifier)];
+        if changes.password.is_some() {
+            events.push(
+                origin
+                    .event(EventType::PasswordChanged)
+                    .user(Some(updated.id))
+                    .reason("admin"),
+            );
+        }
+        let recorded = self.events().record(&txn, now_ms(), events).await?;
+        txn.commit().await?;
+        self.events().publish(recorded);
         if ends_sessions {
-            self.sessions.end_user_sessions(updated.id).await?;
+            let reason = if changes.password.is_some() {
+                "password_changed"
+            } else {
+                "unverified"
+            };
+            let ending = origin.event(EventType::SessionRevoked).reason(reason);
+            self.sessions.end_user_sessions(updated.id, &ending).await?;
         } else {
             self.sessions.invalidate_user(updated.id).await;
         }
         Ok(updated)
     }
 
-    pub async fn delete_user(&self, caller: &Caller, id: i64) -> AppResult<bool> {
-        if self.user_by_id(id).await?.is_none() {
+    pub async fn delete_user(&self, caller: &Caller, id: i64, origin: &Origin) -> AppResult<bool> {
+        let Some(existing) = self.user_by_id(id).await? else {
             return Ok(false);
-        }
+        };
         self.authz.authorize_user_change(caller, id).await?;
         if id == self.authz.superadmin_user_id {
             return Err(AppError::bad_input("the superadmin user cannot be deleted"));
         }
-        self.sessions.end_user_sessions(id).await?;
+        let ending = origin
+            .event(EventType::SessionRevoked)
+            .reason("user_deleted");
+        self.sessions.end_user_sessions(id, &ending).await?;
         let txn = self.db.begin().await?;
         // Explicit deletes, so the outcome does not depend on the backend enforcing cascades.
         session::Entity::delete_many()
@@ -301,9 +353,21 @@ impl Directory {
             .exec(&txn)
             .await?;
         let deleted = user::Entity::delete_by_id(id).exec(&txn).await?;
+        if deleted.rows_affected != 1 {
+            // Deleted meanwhile by another request, which recorded it.
+            txn.rollback().await?;
+            self.sessions.invalidate_user(id).await;
+            return Ok(false);
+        }
+        let event = origin
+            .event(EventType::UserDeleted)
+            .user(Some(id))
+            .identifier(&existing.identifier);
+        let recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         self.sessions.invalidate_user(id).await;
-        Ok(deleted.rows_affected == 1)
+        Ok(true)
     }
 
     /// Gives a user a role the caller may grant; the user must be within the caller's reach or
@@ -313,6 +377,7 @@ impl Directory {
         caller: &Caller,
         user_id: i64,
         role_id: i64,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
@@ -334,8 +399,23 @@ impl Directory {
             .ok_or_else(|| AppError::not_found("no such role"))?;
         self.authz
             .authorize_grant(caller, role.permissions, &role.channel_ids)?;
-        link_roles(&txn, user_id, &[role_id]).await?;
+        let held = user_role::Entity::find()
+            .filter(user_role::Column::UserId.eq(user_id))
+            .filter(user_role::Column::RoleId.eq(role_id))
+            .one(&txn)
+            .await?
+            .is_some();
+        let mut recorded = Vec::new();
+        if !held {
+            link_roles(&txn, user_id, &[role_id]).await?;
+            let event = origin
+                .event(EventType::RoleAssigned)
+                .user(Some(user_id))
+                .reason(&role.role.code);
+            recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
+        }
         txn.commit().await?;
+        self.events().publish(recorded);
         self.sessions.invalidate_user(user_id).await;
         Ok(user)
     }
@@ -345,6 +425,7 @@ impl Directory {
         caller: &Caller,
         user_id: i64,
         role_id: i64,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
@@ -359,11 +440,22 @@ impl Directory {
                 "the superadmin user cannot lose the SUPER_ADMIN role",
             ));
         }
-        user_role::Entity::delete_many()
+        let txn = self.db.begin().await?;
+        let removed = user_role::Entity::delete_many()
             .filter(user_role::Column::UserId.eq(user_id))
             .filter(user_role::Column::RoleId.eq(role_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        let mut recorded = Vec::new();
+        if removed.rows_affected > 0 {
+            let event = origin
+                .event(EventType::RoleRemoved)
+                .user(Some(user_id))
+                .reason(&role.role.code);
+            recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
+        }
+        txn.commit().await?;
+        self.events().publish(recorded);
         self.sessions.invalidate_user(user_id).await;
         Ok(user)
     }
@@ -396,7 +488,12 @@ impl Directory {
         Ok(())
     }
 
-    pub async fn create_role(&self, caller: &Caller, new: NewRole) -> AppResult<role::Model> {
+    pub async fn create_role(
+        &self,
+        caller: &Caller,
+        new: NewRole,
+        origin: &Origin,
+    ) -> AppResult<role::Model> {
         let code = check_code("role code", &new.code)?;
         self.require_channels(&new.channel_ids).await?;
         let permissions: PermissionSet = new.permissions.into_iter().collect();
@@ -414,7 +511,10 @@ impl Directory {
         .await
         .map_err(|e| AppError::conflict(e, "a role with this code"))?;
         link_channels(&txn, created.id, &new.channel_ids).await?;
+        let event = origin.event(EventType::RoleChanged).reason(&created.code);
+        let recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         Ok(created)
     }
 
@@ -424,6 +524,7 @@ impl Directory {
         &self,
         caller: &Caller,
         changes: RoleChanges,
+        origin: &Origin,
     ) -> AppResult<role::Model> {
         if let Some(ids) = &changes.channel_ids {
             self.require_channels(ids).await?;
@@ -489,7 +590,10 @@ impl Directory {
                 .await?;
             link_channels(&txn, updated.id, ids).await?;
         }
+        let event = origin.event(EventType::RoleChanged).reason(&updated.code);
+        let recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         self.invalidate_role_holders(updated.id).await?;
         Ok(updated)
     }

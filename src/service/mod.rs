@@ -11,6 +11,8 @@
 //! - [`session_admin::SessionAdmin`] (`session_admin`): listings, statistics, revocation, clean-up.
 //! - [`jwt::Jwt`] (`jwt`): session JWTs and their signing keys (the JWKS).
 //! - [`batch::Loads`] (`batch`): related rows for many parents in one statement each.
+//! - [`events::SessionEvents`] (`events`): the session event listings and retention;
+//!   [`events::Origin`] says who made a change and from where.
 //!
 //! Helpers they share: `authz` (who may do what, channel scopes), `throttle` (sliding-window
 //! throttles; their shared counters are in `cache::RedisWindows`), `paging` (id-cursor pages),
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod authz;
 pub mod batch;
 pub mod directory;
+pub mod events;
 pub mod identify;
 pub mod jwt;
 pub mod order;
@@ -60,6 +63,8 @@ pub struct Services {
     pub jwt: jwt::Jwt,
     /// A listing's related rows, for many parents in one statement each.
     pub loads: batch::Loads,
+    /// Session event listings and retention.
+    pub events: events::SessionEvents,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     /// For `/health`.
@@ -80,6 +85,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub passwords: auth::Passwords,
     pub jwt_keys: jwt::JwtKeys,
+    /// Records session events in the transactions of the changes and publishes them after.
+    pub events: crate::events::EventLog,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: channel::Model,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
@@ -105,6 +112,7 @@ impl Services {
             metrics,
             passwords,
             jwt_keys,
+            events,
             default_channel,
             super_admin_role_id,
             superadmin_user_id,
@@ -136,6 +144,7 @@ impl Services {
             config: config.clone(),
             channels: channels.clone(),
             default_channel: default_channel.clone(),
+            events,
         });
         Services {
             auth: auth::Auth::new(
@@ -164,6 +173,7 @@ impl Services {
             ),
             jwt: jwt::Jwt::new(db.clone(), jwt_keys, lifetimes),
             loads: batch::Loads::new(db.clone(), lifetimes, channels),
+            events: events::SessionEvents::new(db.clone(), config.clone()),
             sessions,
             config,
             metrics,
@@ -194,6 +204,15 @@ impl Services {
             None => None,
         };
         Health { database, redis }
+    }
+
+    /// The clean-up (every `CLEANUP_INTERVAL` and `cleanUpExpiredSessions`): expired and
+    /// invalidated sessions, then session events past `EVENT_RETENTION`. Returns how many
+    /// sessions were deleted.
+    pub async fn clean_up(&self) -> crate::error::AppResult<u64> {
+        let sessions = self.admin.clean_up_expired_sessions().await?;
+        self.events.clean_up_old_events().await?;
+        Ok(sessions)
     }
 
     /// Writes the pending session activity (on shutdown).

@@ -72,15 +72,16 @@ impl SlidingWindow {
 
     /// Reserves one event on every counter, or none: a refusal gives back what was taken and
     /// answers the seconds until the refusing counter admits again.
-    async fn reserve(&self, counters: &[Counter], now: i64) -> Result<Vec<Taken>, i64> {
+    /// `Err` is the index of the counter that refused and the seconds to wait.
+    async fn reserve(&self, counters: &[Counter], now: i64) -> Result<Vec<Taken>, (usize, i64)> {
         let mut taken = Vec::with_capacity(counters.len());
-        for counter in counters {
+        for (i, counter) in counters.iter().enumerate() {
             match self.reserve_one(counter, now).await {
                 Ok(t) => taken.push(t),
                 Err(free_at) => {
                     self.release(taken).await;
                     let secs = ((free_at - now) as f64 / 1000.0).ceil() as i64;
-                    return Err(secs.max(1));
+                    return Err((i, secs.max(1)));
                 }
             }
         }
@@ -164,6 +165,32 @@ impl SlidingWindow {
     }
 }
 
+/// Which login limit refused an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottledBy {
+    /// `LOGIN_MAX_ATTEMPTS` failed logins on the identifier.
+    Identifier,
+    /// `LOGIN_MAX_ATTEMPTS_PER_ADDRESS` failed logins from the client address.
+    Address,
+}
+
+impl ThrottledBy {
+    /// The reason of the `LOGIN_THROTTLED` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottledBy::Identifier => "identifier",
+            ThrottledBy::Address => "address",
+        }
+    }
+}
+
+/// A refused login attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct Throttled {
+    pub by: ThrottledBy,
+    pub retry_after_seconds: i64,
+}
+
 /// The throttles of the server.
 pub struct Throttle {
     /// Failed logins and wrong current passwords, over `LOGIN_WINDOW`.
@@ -192,12 +219,12 @@ impl Throttle {
     }
 
     /// Reserves a login attempt for a normalized identifier and the client address, before the
-    /// password is verified. `Err` is the number of seconds to wait.
+    /// password is verified. `Err` says which limit refused and how long to wait.
     pub async fn reserve_login(
         &self,
         identifier: &str,
         address: Option<&str>,
-    ) -> Result<Reservation, i64> {
+    ) -> Result<Reservation, Throttled> {
         let mut counters = vec![Counter {
             key: Self::identifier_key(identifier),
             max: self.max_per_identifier,
@@ -208,8 +235,18 @@ impl Throttle {
                 max: self.max_per_address,
             });
         }
-        let taken = self.attempts.reserve(&counters, now_ms()).await?;
-        Ok(Reservation { taken })
+        match self.attempts.reserve(&counters, now_ms()).await {
+            Ok(taken) => Ok(Reservation { taken }),
+            Err((i, secs)) => Err(Throttled {
+                // The identifier's counter comes first.
+                by: if i == 0 {
+                    ThrottledBy::Identifier
+                } else {
+                    ThrottledBy::Address
+                },
+                retry_after_seconds: secs,
+            }),
+        }
     }
 
     /// Reserves a `changePassword` attempt of a user (`LOGIN_MAX_ATTEMPTS` per `LOGIN_WINDOW`).
@@ -220,7 +257,7 @@ impl Throttle {
         };
         match self.attempts.reserve(&[counter], now_ms()).await {
             Ok(taken) => Ok(Reservation { taken }),
-            Err(secs) => Err(AppError::rate_limited(format!(
+            Err((_, secs)) => Err(AppError::rate_limited(format!(
                 "too many wrong passwords; try again in {secs} s"
             ))),
         }
@@ -247,7 +284,7 @@ impl Throttle {
         };
         match self.anonymous.reserve(&[counter], now_ms()).await {
             Ok(_counted) => Ok(()),
-            Err(secs) => Err(AppError::rate_limited(format!(
+            Err((_, secs)) => Err(AppError::rate_limited(format!(
                 "too many new sessions from this address; try again in {secs} s"
             ))),
         }

@@ -16,6 +16,7 @@ mod cluster;
 mod config_file;
 mod contract;
 mod db_reads;
+mod events;
 mod fuzz;
 mod gateway;
 mod invalidation;
