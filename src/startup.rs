@@ -2,9 +2,10 @@
 //! strategy, bootstrap data (default channel, `SUPER_ADMIN` role, superadmin user), background
 //! tasks, and the HTTP listener.
 
-use crate::cache::{RedisCache, SessionStore};
+use crate::cache::{PubSub, RedisCache, SessionStore};
 use crate::config::{Config, ConfigError};
 use crate::error::{AppResult, ServiceError};
+use crate::events::EventBus;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
@@ -172,11 +173,18 @@ impl Application {
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
         let lifetimes = Lifetimes::new(&config);
+        // With Redis, every instance's events reach this instance's subscribers.
+        let event_bus = EventBus::start(
+            config.event_subscriber_backlog,
+            Some(metrics.clone()),
+            redis.clone().map(PubSub::new),
+        );
         let services: SharedServices = Arc::new(Services {
             lifetimes,
             activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
             throttle: Throttle::new(&config, redis.clone()),
             jwt,
+            events: crate::events::EventLog::new(event_bus),
             metrics,
             default_channel: Arc::new(boot.default_channel),
             super_admin_role_id: boot.super_admin_role_id,

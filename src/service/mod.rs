@@ -58,6 +58,8 @@ pub struct Services {
     pub throttle: throttle::Throttle,
     /// The session JWT signing keys, shared through the database.
     pub jwt: jwt::JwtKeys,
+    /// Records session events in the transactions of the changes and publishes them after.
+    pub events: crate::events::EventLog,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: Arc<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
