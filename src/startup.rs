@@ -317,7 +317,7 @@ fn spawn_jwt_key_refresh(services: SharedServices) {
 fn spawn_cleanup(services: SharedServices) {
     let every = services.config.cleanup_interval;
     spawn_every(services, every, "session clean-up", |s| async move {
-        s.clean_up_expired_sessions().await.map(|_| ())
+        s.clean_up().await.map(|_| ())
     });
 }
 

@@ -15,12 +15,14 @@
 //! - `paging`: the id-cursor page of a listing (users, sessions, a user's sessions).
 //! - `activity`: the throttled, batched last-activity writer.
 //! - `jwt`: session JWTs and their signing keys (the JWKS).
+//! - `events`: who made a change ([`events::Origin`]), the session event listings, retention.
 
 pub mod activity;
 pub mod auth;
 pub mod authz;
 pub mod batch;
 pub mod directory;
+pub mod events;
 pub mod identify;
 pub mod jwt;
 pub mod order;
