@@ -120,7 +120,8 @@ impl Default for Metrics {
         );
         registry.register(
             "event_subscribers_dropped",
-            "Live subscriptions ended by the server, by reason",
+            "Live subscriptions (lagged, session_ended, forbidden) and WebSocket connections \
+             (stopped_reading) the server ended, by reason",
             event_subscribers_dropped.clone(),
         );
         Metrics {
@@ -179,7 +180,8 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// A live subscription the server ended: `lagged`, `session_ended`, `forbidden`.
+    /// A live subscription the server ended (`lagged`, `session_ended`, `forbidden`), or a
+    /// WebSocket connection whose client stopped reading (`stopped_reading`).
     pub fn event_subscriber_dropped(&self, reason: &'static str) {
         self.event_subscribers_dropped
             .get_or_create(&ReasonLabels { reason })

@@ -183,4 +183,61 @@ mod tests {
         };
         assert!(all.admits(&event(EventType::RoleChanged, Some(99))));
     }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_an_error_and_the_end() {
+        use futures_util::StreamExt;
+        let bus = EventBus::start(2, None, None);
+        let audience = Audience {
+            types: None,
+            scope: Scope::All,
+            default_channel_id: 1,
+        };
+        let mut s = Box::pin(stream(&bus, audience, || async { Ok(Scope::All) }));
+        bus.publish(
+            (0..5)
+                .map(|_| event(EventType::LoginSucceeded, None))
+                .collect(),
+        );
+        let first = s.next().await.expect("an item");
+        assert_eq!(first.err().map(|e| e.code()), Some(ErrorCode::RateLimited));
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_recheck_ends_the_stream_and_a_passing_one_narrows_it() {
+        use futures_util::StreamExt;
+        let bus = EventBus::start(16, None, None);
+        let audience = Audience {
+            types: None,
+            scope: Scope::All,
+            default_channel_id: 1,
+        };
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = checks.clone();
+        let mut s = Box::pin(stream(&bus, audience, move || {
+            let n = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Ok(Scope::Channels(vec![7])),
+                    _ => Err(AppError::unauthenticated("ended")),
+                }
+            }
+        }));
+        // After the first check only channel 7 is visible.
+        tokio::time::sleep(RECHECK_EVERY + Duration::from_millis(10)).await;
+        bus.publish(vec![
+            event(EventType::LoginSucceeded, Some(3)),
+            event(EventType::LoginFailed, Some(7)),
+        ]);
+        let e = s.next().await.expect("an item").expect("an event");
+        assert_eq!(e.kind, EventType::LoginFailed);
+        let end = s.next().await.expect("an item");
+        assert_eq!(
+            end.err().map(|e| e.code()),
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert!(s.next().await.is_none());
+        assert_eq!(checks.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }

@@ -32,12 +32,16 @@ pub async fn live_scope(svc: &SharedServices, creds: &LiveCredentials) -> Result
         .identify(Some(&creds.token), creds.channel_token.as_deref())
         .await?;
     if !identity.permissions().contains(Permission::ReadSession) {
-        return Err(match identity.session.as_ref().and_then(|s| s.user.as_ref()) {
-            None => AppError::unauthenticated(
-                "a live session of a logged-in user is required (it ended, or was never valid)",
-            ),
-            Some(_) => AppError::forbidden("the READ_SESSION permission is required in this channel"),
-        });
+        return Err(
+            match identity.session.as_ref().and_then(|s| s.user.as_ref()) {
+                None => AppError::unauthenticated(
+                    "a live session of a logged-in user is required (it ended, or was never valid)",
+                ),
+                Some(_) => {
+                    AppError::forbidden("the READ_SESSION permission is required in this channel")
+                }
+            },
+        );
     }
     let user = identity
         .session

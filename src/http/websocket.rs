@@ -302,7 +302,9 @@ async fn authenticate(
     let channel_token = match payload_field(payload, "channel-token") {
         Some(v) => Some(
             v.as_str()
-                .ok_or_else(|| AppError::bad_input("connection_init: channel-token must be a string"))?
+                .ok_or_else(|| {
+                    AppError::bad_input("connection_init: channel-token must be a string")
+                })?
                 .to_string(),
         ),
         None => fallback.channel_token,
@@ -433,6 +435,9 @@ async fn serve(
             Ok(Err(_)) => return, // the client is gone
             Err(_) => {
                 tracing::info!("dropped a WebSocket client that stopped reading");
+                app.services
+                    .metrics
+                    .event_subscriber_dropped("stopped_reading");
                 return;
             }
         }
@@ -443,7 +448,10 @@ async fn serve(
         if lock(&conn).flooded {
             let _ = tokio::time::timeout(
                 SEND_TIMEOUT,
-                ws_tx.send(close(1008, "too many messages breaking the protocol's rules")),
+                ws_tx.send(close(
+                    1008,
+                    "too many messages breaking the protocol's rules",
+                )),
             )
             .await;
             return;

@@ -239,13 +239,21 @@ impl Services {
             .record(
                 &txn,
                 now,
-                vec![crate::events::NewEvent::new(crate::events::EventType::LoginSucceeded)
-                    .session(issued.session.id)
-                    .user(Some(found.id))
-                    .actor(Some(found.id))
-                    .identifier(&identifier)
-                    .client(client)
-                    .channel(carried.1.or(Some(self.default_channel.id)))],
+                vec![
+                    crate::events::NewEvent::new(crate::events::EventType::LoginSucceeded)
+                        .session(issued.session.id)
+                        .user(Some(found.id))
+                        .actor(Some(found.id))
+                        .identifier(&identifier)
+                        .client(&ClientInfo {
+                            ip_address: client.ip_address.clone(),
+                            user_agent: client
+                                .user_agent
+                                .as_deref()
+                                .map(|ua| super::session::truncate(ua, 512).to_owned()),
+                        })
+                        .channel(carried.1.or(Some(self.default_channel.id))),
+                ],
             )
             .await?;
         txn.commit().await?;

@@ -29,5 +29,6 @@ mod session_data;
 mod shutdown;
 mod startup;
 mod storefront;
+mod subscription;
 mod throttle;
 mod transport;
