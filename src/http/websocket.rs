@@ -408,7 +408,7 @@ async fn serve(
             out = out_rx.recv() => match out {
                 Some(msg) => {
                     observe_outgoing(&conn, &msg);
-                    refusal_close(&conn, protocols, msg)
+                    with_error_codes(refusal_close(&conn, protocols, msg))
                 }
                 // The protocol ended (the client left, or the connection was refused).
                 None => break,
@@ -466,6 +466,54 @@ async fn serve(
             None => close(1000, ""),
         };
         let _ = tokio::time::timeout(SEND_TIMEOUT, ws_tx.send(last)).await;
+    }
+}
+
+/// Gives every error the server sends a code, as `/graphql` does: errors raised before
+/// resolvers run (syntax, validation, variables) have none of their own and are all about the
+/// client's input.
+fn with_error_codes(msg: Message) -> Message {
+    let Message::Text(text) = &msg else {
+        return msg;
+    };
+    if !text.as_str().contains("error") {
+        return msg;
+    }
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+        return msg;
+    };
+    let errors = match v["type"].as_str() {
+        Some("error") => v.get_mut("payload"),
+        Some("next" | "data") => v.get_mut("payload").and_then(|p| p.get_mut("errors")),
+        _ => None,
+    };
+    let Some(errors) = errors else {
+        return msg;
+    };
+    let list: Vec<&mut serde_json::Value> = match errors {
+        serde_json::Value::Array(items) => items.iter_mut().collect(),
+        one @ serde_json::Value::Object(_) => vec![one],
+        _ => vec![],
+    };
+    let mut changed = false;
+    for e in list {
+        let Some(obj) = e.as_object_mut() else {
+            continue;
+        };
+        let ext = obj
+            .entry("extensions")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(ext) = ext.as_object_mut() {
+            if !ext.contains_key("code") {
+                ext.insert("code".into(), ErrorCode::BadUserInput.as_str().into());
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        Message::Text(v.to_string().into())
+    } else {
+        msg
     }
 }
 

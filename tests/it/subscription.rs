@@ -603,6 +603,26 @@ async fn the_connection_rules_hold(v: Variant) {
     ws.subscribe("s17", None).await;
     ws.expect_silence(Duration::from_millis(300)).await;
 
+    // A document that does not validate: an error with a code, as over HTTP.
+    let mut ws = Ws::open(app.port, TRANSPORT_WS, &[]).await;
+    ws.init(init.clone()).await;
+    ws.send(json!({ "id": "bad", "type": "subscribe",
+        "payload": { "query": "subscription { sessionEvents { nope } }" } }))
+        .await;
+    let m = ws.expect_json().await;
+    assert_eq!(m["id"], "bad", "{m}");
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{m}"
+    );
+    let m = ws.expect_json().await;
+    assert_eq!((&m["type"], &m["id"]), (&json!("complete"), &json!("bad")));
+    // The slot of a refused document is free again (it did not count).
+    for i in 0..16 {
+        ws.subscribe(&format!("ok{i}"), None).await;
+    }
+    ws.expect_silence(Duration::from_millis(300)).await;
+
     // A second connection_init: 4429.
     let mut ws = Ws::open(app.port, TRANSPORT_WS, &[]).await;
     ws.init(init.clone()).await;
