@@ -15,7 +15,7 @@
 //!   codes, 503; `execute`), reading the token, channel and client (`request`), the token
 //!   headers and cookies (`cookies`), CORS (`cors`), `/health` and `/metrics` (`health`),
 //!   the browser pages' embedded files and headers (`assets`), GraphiQL (`playground`) and
-//!   the operator console (`console`).
+//!   the operator console (`console`), and GraphQL subscriptions over WebSocket (`websocket`).
 //! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models), the
 //!   per-request context (resolvers record tokens issued or cleared there; `http` writes them)
 //!   and the per-request batches that load a listing's related rows together
@@ -23,11 +23,13 @@
 //! - [`service`]: identifying a request's session and channel (`identify`), sessions,
 //!   authorization (who may do what, channel scopes), login and throttling, users / roles /
 //!   channels, orders, batched reads, id-cursor paging, clean-up.
-//! - [`events`]: session events: the audit log written with each change, the live bus.
+//! - [`events`]: session events: the audit log written with each change, the live bus (Redis
+//!   fan-out between instances) and each subscriber's stream.
 //! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
 //!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`
-//!   (per-process tier in front of Redis, invalidated over pub/sub) strategies.
+//!   (per-process tier in front of Redis, invalidated over pub/sub) strategies, and the Redis
+//!   publish/subscribe facility (`cache::pubsub`) the event bus uses.
 //! - [`metrics`]: the Prometheus registry (requests, cache hits, SQL statements, errors).
 //! - [`permission`]: the permission enum and its compact set; [`clock`]: milliseconds and
 //!   RFC 3339; [`token`]: token generation, parsing and hashing; [`error`]: client-visible
