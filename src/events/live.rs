@@ -224,8 +224,10 @@ mod tests {
                 }
             }
         }));
-        // After the first check only channel 7 is visible.
-        tokio::time::sleep(RECHECK_EVERY + Duration::from_millis(10)).await;
+        // Polled past the first check: from then on only channel 7 is visible.
+        let quiet = tokio::time::timeout(RECHECK_EVERY + Duration::from_millis(200), s.next());
+        assert!(quiet.await.is_err(), "nothing was published yet");
+        assert_eq!(checks.load(std::sync::atomic::Ordering::SeqCst), 1);
         bus.publish(vec![
             event(EventType::LoginSucceeded, Some(3)),
             event(EventType::LoginFailed, Some(7)),
