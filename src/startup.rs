@@ -9,10 +9,7 @@ use crate::events::EventBus;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
-use crate::service::{
-    activity::ActivityWriter, auth, directory, jwt::JwtKeys, session::Lifetimes,
-    throttle::Throttle, Services, SharedServices,
-};
+use crate::service::{auth, directory, jwt::JwtKeys, Parts, Services, SharedServices};
 use entity::channel;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
@@ -150,7 +147,6 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Passwords(ServiceError(e)))?;
-        let channels = directory::ChannelDirectory::default();
         let boot = bootstrap(&db, &passwords, &config)
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
@@ -172,32 +168,27 @@ impl Application {
         jwt.refresh(&db)
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
-        let lifetimes = Lifetimes::new(&config);
         // With Redis, every instance's events reach this instance's subscribers.
         let event_bus = EventBus::start(
             config.event_subscriber_backlog,
             Some(metrics.clone()),
             redis.clone().map(PubSub::new),
         );
-        let services: SharedServices = Arc::new(Services {
-            lifetimes,
-            activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
-            throttle: Throttle::new(&config, redis.clone()),
-            jwt,
+        let services: SharedServices = Arc::new(Services::compose(Parts {
+            config,
+            db,
+            redis,
+            store,
             events: crate::events::EventLog::new(event_bus),
             metrics,
-            default_channel: Arc::new(boot.default_channel),
+            passwords,
+            jwt_keys: jwt,
+            default_channel: boot.default_channel,
             super_admin_role_id: boot.super_admin_role_id,
             superadmin_user_id: boot.superadmin_user_id,
-            channels,
-            passwords,
-            store,
-            redis,
-            db,
-            config,
-        });
+        }));
 
-        let addr = services.config.bind;
+        let addr = services.config().bind;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
@@ -210,7 +201,7 @@ impl Application {
         let schema = build_schema(services.clone());
         let (query_fields, mutation_fields) = crate::graphql::root_fields();
         let labeler = crate::metrics::OperationLabeler::new(
-            &services.metrics,
+            services.metrics(),
             &query_fields,
             &mutation_fields,
         );
@@ -266,7 +257,7 @@ impl Application {
                 Ok(())
             }
         };
-        if tokio::time::timeout(Duration::from_secs(1), services.activity.flush())
+        if tokio::time::timeout(Duration::from_secs(1), services.flush_activity())
             .await
             .is_err()
         {
@@ -309,13 +300,13 @@ where
 fn spawn_jwt_key_refresh(services: SharedServices) {
     let every = services.jwt.refresh_every();
     spawn_every(services, every, "JWT signing key refresh", |s| async move {
-        s.jwt.refresh(&s.db).await
+        s.jwt.refresh().await
     });
 }
 
 /// Deletes expired and invalidated sessions every `CLEANUP_INTERVAL`.
 fn spawn_cleanup(services: SharedServices) {
-    let every = services.config.cleanup_interval;
+    let every = services.config().cleanup_interval;
     spawn_every(services, every, "session clean-up", |s| async move {
         s.clean_up().await.map(|_| ())
     });

@@ -86,17 +86,22 @@ impl EventBus {
         if let Some(m) = &self.inner.metrics {
             m.events_fanned_out("local", events.len() as u64);
         }
+        let mut not_relayed = 0usize;
         for e in events {
             let e = Arc::new(e);
             if let Some(relay) = &self.inner.relay {
                 if relay.try_send(e.clone()).is_err() {
-                    tracing::warn!(
-                        event = e.id,
-                        "the Redis event relay is full or stopped; other instances miss this event"
-                    );
+                    not_relayed += 1;
                 }
             }
             let _ = self.inner.sender.send(e);
+        }
+        if not_relayed > 0 {
+            // One line per burst (a clean-up publishes thousands at once), not one per event.
+            tracing::warn!(
+                events = not_relayed,
+                "the Redis event relay is full or stopped; other instances miss these events"
+            );
         }
     }
 

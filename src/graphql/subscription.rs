@@ -29,6 +29,7 @@ pub struct LiveCredentials {
 /// connection's channel. The session comes from the cache like any request's.
 pub async fn live_scope(svc: &SharedServices, creds: &LiveCredentials) -> Result<Scope, AppError> {
     let identity = svc
+        .sessions
         .identify(Some(&creds.token), creds.channel_token.as_deref())
         .await?;
     if !identity.permissions().contains(Permission::ReadSession) {
@@ -73,7 +74,7 @@ impl Subscription {
         let audience = Audience {
             types: types.map(|t| t.into_iter().map(Into::into).collect()),
             scope,
-            default_channel_id: svc.default_channel.id,
+            default_channel_id: svc.sessions.default_channel().id,
         };
         let recheck_svc = svc.clone();
         let recheck = move || {
@@ -81,7 +82,7 @@ impl Subscription {
             let creds = creds.clone();
             async move { live_scope(&svc, &creds).await }
         };
-        Ok(live::stream(svc.events.bus(), audience, recheck)
+        Ok(live::stream(svc.sessions.events().bus(), audience, recheck)
             .map(|item| item.map(SessionEvent).map_err(async_graphql::Error::from)))
     }
 }

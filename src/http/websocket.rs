@@ -118,7 +118,7 @@ pub(super) async fn upgrade(app: AppState, peer: Option<SocketAddr>, mut parts: 
         Err(rejection) => return rejection.into_response(),
     };
     let headers = &parts.headers;
-    let config = &app.services.config;
+    let config = app.services.config();
     let token = request::presented_token(headers, config.token_method).filter(|p| {
         p.source != TokenSource::Cookie
             || cookie_origin_allowed(headers, &config.cors_allowed_origins)
@@ -278,7 +278,7 @@ async fn authenticate(
     client: LazyClientInfo,
 ) -> Result<(RequestContext, LiveCredentials), AppError> {
     let svc = &app.services;
-    let bearer = svc.config.token_method.bearer;
+    let bearer = svc.config().token_method.bearer;
     let from_payload = match payload_field(payload, "authorization").filter(|_| bearer) {
         Some(value) => {
             let raw = value
@@ -315,7 +315,10 @@ async fn authenticate(
              connection_init payload, or the session cookie",
         ));
     };
-    let identity = svc.identify(Some(&token), channel_token.as_deref()).await?;
+    let identity = svc
+        .sessions
+        .identify(Some(&token), channel_token.as_deref())
+        .await?;
     let Some(session) = identity.session.clone().filter(|s| s.user.is_some()) else {
         return Err(AppError::unauthenticated(
             "a live session of a logged-in user is required",
@@ -436,7 +439,7 @@ async fn serve(
             Err(_) => {
                 tracing::info!("dropped a WebSocket client that stopped reading");
                 app.services
-                    .metrics
+                    .metrics()
                     .event_subscriber_dropped("stopped_reading");
                 return;
             }
