@@ -359,6 +359,11 @@ pub struct Config {
     )]
     pub cors_allowed_origins: Vec<String>,
 
+    /// How many session events a live subscriber may fall behind before it is dropped (the
+    /// bound on what a slow subscriber can hold up).
+    #[arg(long, env = "EVENT_SUBSCRIBER_BACKLOG", default_value_t = crate::events::DEFAULT_SUBSCRIBER_BACKLOG)]
+    pub event_subscriber_backlog: usize,
+
     /// Log filter in `tracing` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
@@ -429,6 +434,9 @@ impl Config {
         }
         if self.database_max_connections == 0 {
             return refuse("DATABASE_MAX_CONNECTIONS must be at least 1");
+        }
+        if !(1..=1_000_000).contains(&self.event_subscriber_backlog) {
+            return refuse("EVENT_SUBSCRIBER_BACKLOG must be between 1 and 1000000");
         }
         if self.cleanup_batch_size == 0 {
             return refuse("CLEANUP_BATCH_SIZE must be at least 1");

@@ -19,7 +19,7 @@
 //!   codes, 503; `execute`), reading the token, channel and client (`request`), the token
 //!   headers and cookies (`cookies`), CORS (`cors`), `/health` and `/metrics` (`health`),
 //!   the browser pages' embedded files and headers (`assets`), GraphiQL (`playground`) and
-//!   the operator console (`console`).
+//!   the operator console (`console`), and GraphQL subscriptions over WebSocket (`websocket`).
 //! - [`graphql`]: the schema, thin resolvers, the GraphQL types (never entity models), the
 //!   per-request context (resolvers record tokens issued or cleared there; `http` writes them)
 //!   and the per-request batches that load a listing's related rows together
@@ -29,13 +29,15 @@
 //!   passwords, throttles), `directory` (users, roles, channels), `orders`, `admin` (listings,
 //!   revocation, clean-up), `jwt`, `loads` (a listing's related rows in one statement each);
 //!   with `authz` rules and id-cursor `paging`.
-//! - [`events`]: session events: the audit log written with each change, the live bus.
+//! - [`events`]: session events: the audit log written with each change, the live bus (Redis
+//!   fan-out between instances), each subscriber's stream, and the webhook outbox and worker.
 //! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
 //!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`
 //!   (per-process tier in front of Redis, invalidated over pub/sub) strategies, the staleness
 //!   protocol in front of them (`cache::SessionStore`), and the throttles' shared counters
-//!   (`cache::RedisWindows`). The only layer that talks to Redis.
+//!   (`cache::RedisWindows`), and the publish/subscribe facility the event bus uses
+//!   (`cache::pubsub`). The only layer that talks to Redis.
 //! - [`metrics`]: the Prometheus registry (requests, cache hits, SQL statements, errors).
 //! - [`permission`]: the permission enum and its compact set; [`clock`]: milliseconds and
 //!   RFC 3339; [`token`]: token generation, parsing and hashing; [`error`]: client-visible

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
@@ -33,6 +34,17 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    /// `local` (this instance's changes) or `remote` (another instance's, over Redis).
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ComponentLabels {
     component: &'static str,
 }
@@ -53,6 +65,9 @@ pub struct Metrics {
     logins: Family<OutcomeLabels, Counter>,
     errors: Family<ComponentLabels, Counter>,
     db_statements: Counter,
+    event_subscribers: Gauge,
+    events_fanned_out: Family<SourceLabels, Counter>,
+    event_subscribers_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +82,9 @@ impl Default for Metrics {
         let logins = Family::<OutcomeLabels, Counter>::default();
         let errors = Family::<ComponentLabels, Counter>::default();
         let db_statements = Counter::default();
+        let event_subscribers = Gauge::default();
+        let events_fanned_out = Family::<SourceLabels, Counter>::default();
+        let event_subscribers_dropped = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "graphql_requests",
             "GraphQL requests by operation",
@@ -90,6 +108,22 @@ impl Default for Metrics {
             "SQL statements run on the server's database connection",
             db_statements.clone(),
         );
+        registry.register(
+            "event_subscribers",
+            "Live session event subscriptions open on this instance",
+            event_subscribers.clone(),
+        );
+        registry.register(
+            "events_fanned_out",
+            "Session events handed to this instance's live subscribers, by where they were made",
+            events_fanned_out.clone(),
+        );
+        registry.register(
+            "event_subscribers_dropped",
+            "Live subscriptions (lagged, session_ended, forbidden) and WebSocket connections \
+             (stopped_reading) the server ended, by reason",
+            event_subscribers_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -99,6 +133,9 @@ impl Default for Metrics {
             logins,
             errors,
             db_statements,
+            event_subscribers,
+            events_fanned_out,
+            event_subscribers_dropped,
         }
     }
 }
@@ -128,6 +165,26 @@ impl Metrics {
     pub fn error(&self, component: &'static str) {
         self.errors
             .get_or_create(&ComponentLabels { component })
+            .inc();
+    }
+
+    /// A live event subscription opened (`+1`) or closed (`-1`).
+    pub fn event_subscribers(&self, delta: i64) {
+        self.event_subscribers.inc_by(delta);
+    }
+
+    /// Events handed to this instance's subscribers: `local` or `remote` (from another instance).
+    pub fn events_fanned_out(&self, source: &'static str, n: u64) {
+        self.events_fanned_out
+            .get_or_create(&SourceLabels { source })
+            .inc_by(n);
+    }
+
+    /// A live subscription the server ended (`lagged`, `session_ended`, `forbidden`), or a
+    /// WebSocket connection whose client stopped reading (`stopped_reading`).
+    pub fn event_subscriber_dropped(&self, reason: &'static str) {
+        self.event_subscribers_dropped
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -2,9 +2,10 @@
 //! strategy, bootstrap data (default channel, `SUPER_ADMIN` role, superadmin user), background
 //! tasks, and the HTTP listener.
 
-use crate::cache::{RedisCache, SessionStore};
+use crate::cache::{PubSub, RedisCache, SessionStore};
 use crate::config::{Config, ConfigError};
 use crate::error::{AppResult, ServiceError};
+use crate::events::EventBus;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
@@ -191,12 +192,19 @@ async fn assemble(
         .await
         .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
     let superadmin_user_id = boot.superadmin_user_id;
+    // With Redis, every instance's events reach this instance's subscribers (and the command
+    // line's changes reach every running instance's).
+    let event_bus = EventBus::start(
+        config.event_subscriber_backlog,
+        Some(metrics.clone()),
+        redis.clone().map(PubSub::new),
+    );
     let services = Services::compose(Parts {
         config,
         db,
         redis,
         store,
-        events: crate::events::EventLog::default(),
+        events: crate::events::EventLog::new(event_bus),
         metrics,
         passwords,
         jwt_keys: jwt,

@@ -3,14 +3,19 @@
 //! Entries are keyed by the token's SHA-256 and carry everything a request needs (including the
 //! user's per-channel permissions), so a cached request makes no database query. Strategies are
 //! fallible; the session service treats any cache error as a miss.
+//!
+//! [`PubSub`] (`pubsub`) is the Redis publish/subscribe facility other parts use to reach every
+//! instance at once (the live session events).
 
 mod memory;
+pub mod pubsub;
 pub mod redis;
 mod store;
 mod tiered;
 mod windows;
 
 pub use self::memory::MemoryCache;
+pub use self::pubsub::PubSub;
 pub use self::redis::RedisCache;
 pub use self::store::{ReadTicket, SessionStore};
 pub use self::tiered::TieredCache;

@@ -292,12 +292,7 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
         let node = c.remote.target().any_node().to_string();
         let channel = c.channel.clone();
         drop(c);
-        let subscribed = async {
-            let client = redis::Client::open(node.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            redis::RedisResult::Ok(pubsub)
-        };
+        let subscribed = super::pubsub::open_subscription(&node, &channel);
         match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
             Ok(Ok(pubsub)) => {
                 let Some(c) = cache.upgrade() else { return };

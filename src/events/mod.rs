@@ -5,6 +5,11 @@
 //! A service builds [`NewEvent`]s, calls [`EventLog::record`] with its open transaction, commits,
 //! and only then hands the returned [`Event`]s to [`EventLog::publish`]: an event is published
 //! only when its change happened. Events never carry a token, a token digest or a password.
+//!
+//! - `bus`: the live fan-out: a bounded broadcast per process, and with Redis, every other
+//!   instance's events too (each exactly once).
+//! - [`live`]: one subscriber's stream: its types and channel scope, its session re-checked
+//!   while it runs, dropped when it falls behind.
 
 use crate::error::{AppError, AppResult};
 use crate::service::ClientInfo;
@@ -12,6 +17,11 @@ use entity::session_event;
 use sea_orm::ConnectionTrait;
 use std::sync::Arc;
 use tokio::sync::broadcast;
+
+mod bus;
+pub mod live;
+
+pub use bus::{EventBus, DEFAULT_SUBSCRIBER_BACKLOG};
 
 /// What happened. The names are the GraphQL `SessionEventType` values and the stored `kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -226,6 +236,11 @@ impl EventLog {
         self.bus.publish(events);
     }
 
+    /// The live fan-out (for the subscription streams).
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
     /// A new live subscriber (see [`EventBus::subscribe`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.bus.subscribe()
@@ -296,36 +311,4 @@ async fn insert_returning<C: ConnectionTrait>(
     }
     recorded.sort_unstable_by_key(|e| e.id);
     Ok(recorded)
-}
-
-/// How many published events a subscriber may fall behind before it is dropped.
-pub const SUBSCRIBER_BACKLOG: usize = 1024;
-
-/// The live fan-out of committed events to this process's subscribers.
-#[derive(Clone)]
-pub struct EventBus {
-    sender: broadcast::Sender<Arc<Event>>,
-}
-
-impl Default for EventBus {
-    fn default() -> Self {
-        EventBus {
-            sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
-        }
-    }
-}
-
-impl EventBus {
-    /// Hands committed events to every current subscriber (none listening is fine).
-    pub fn publish(&self, events: Vec<Event>) {
-        for e in events {
-            let _ = self.sender.send(Arc::new(e));
-        }
-    }
-
-    /// A new subscriber; it sees events published from now on. A subscriber that falls more
-    /// than [`SUBSCRIBER_BACKLOG`] events behind gets `RecvError::Lagged` and is to be dropped.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.sender.subscribe()
-    }
 }

@@ -6,21 +6,23 @@ pub mod context;
 pub mod events;
 mod mutation;
 mod query;
+pub mod subscription;
 pub mod types;
 
 use crate::service::SharedServices;
-use async_graphql::{EmptySubscription, Schema, SchemaBuilder};
+use async_graphql::{Schema, SchemaBuilder};
 
 pub use context::{LazyClientInfo, RequestContext, TokenChange, TokenChanges};
 pub use mutation::Mutation;
 pub use query::Query;
+pub use subscription::{LiveCredentials, Subscription};
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Depth and complexity limits: generous for GraphiQL's introspection query, tight enough to
 /// refuse abusive documents before they run.
-fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription)
+fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query, Mutation, Subscription)
         .limit_depth(16)
         .limit_complexity(1000)
         .limit_recursive_depth(32)

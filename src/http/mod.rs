@@ -19,6 +19,8 @@
 //!   the headers every page sends (Content-Security-Policy: this origin only).
 //! - `playground.rs`: the GraphiQL page (`GET /graphql` with `Accept: text/html`).
 //! - `console.rs`: the operator console (`/console`).
+//! - `websocket.rs`: GraphQL subscriptions over WebSocket on `/graphql` (both subprotocols),
+//!   the connection's authentication and limits.
 //! - `gateway.rs`: the gateway check `/auth` (nginx `auth_request`, Traefik `ForwardAuth`,
 //!   Envoy `ext_authz`) and the session JWT keys at `/.well-known/jwks.json`.
 
@@ -34,6 +36,7 @@ mod playground;
 pub mod request;
 mod request_log;
 mod transport;
+mod websocket;
 
 pub use transport::MAX_BODY_BYTES;
 

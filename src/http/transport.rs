@@ -42,7 +42,7 @@ pub(super) fn app_error_response(err: AppError) -> Response {
     error_response(status, code, &err.client_message())
 }
 
-fn peer(req: &Request) -> Option<SocketAddr> {
+pub(super) fn peer(req: &Request) -> Option<SocketAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
@@ -161,6 +161,12 @@ fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
 }
 
 pub(super) async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
+    // A WebSocket for subscriptions: long-lived, so outside the request timeout.
+    if super::websocket::is_upgrade(req.headers()) {
+        let peer = peer(&req);
+        let (parts, _) = req.into_parts();
+        return super::websocket::upgrade(app, peer, parts).await;
+    }
     within_request_timeout(
         app.services.config().request_timeout,
         graphql_get_inner(app, req),

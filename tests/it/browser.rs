@@ -429,6 +429,35 @@ async fn graphiql_runs_offline_and_logs_in_through_the_cookie(v: Variant) {
         out.contains(&format!("\"identifier\": \"{ADMIN}\"")),
         "{out}"
     );
+
+    // A subscription runs over a WebSocket with the same cookie: another client's login
+    // streams into the response pane.
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "alice", "password-one", &[]).await;
+    b.js(&format!(
+        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({});
+         document.querySelector('.graphiql-response .CodeMirror').CodeMirror.setValue('');
+         return true;",
+        json!("subscription { sessionEvents(types: [LOGIN_SUCCEEDED]) { type identifier } }")
+    ))
+    .await;
+    b.click(".graphiql-execute-button").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while crate::procs::metric(&app.metrics().await, "session_server_event_subscribers") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GraphiQL's subscription never started: {:?}",
+            b.logs().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.login("alice", "password-one").await;
+    b.wait_for(
+        "the live login event",
+        "const r = document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue();
+         return r.includes('LOGIN_SUCCEEDED') && r.includes('alice');",
+    )
+    .await;
     b.assert_clean("GraphiQL").await;
     b.screenshot("playground").await;
 }

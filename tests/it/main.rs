@@ -32,5 +32,6 @@ mod session_data;
 mod shutdown;
 mod startup;
 mod storefront;
+mod subscription;
 mod throttle;
 mod transport;
