@@ -1,10 +1,11 @@
 //! Prometheus metrics (prometheus-client), served in the text format at `/metrics`: GraphQL
 //! requests and latency per operation, cache lookups per tier, session lifecycle events,
-//! logins, and database and Redis errors.
+//! logins, database and Redis errors, and webhook deliveries.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
@@ -53,6 +54,9 @@ pub struct Metrics {
     logins: Family<OutcomeLabels, Counter>,
     errors: Family<ComponentLabels, Counter>,
     db_statements: Counter,
+    webhook_deliveries: Family<OutcomeLabels, Counter>,
+    webhook_pending: Gauge,
+    webhook_oldest_pending_age: Gauge,
 }
 
 impl Default for Metrics {
@@ -67,6 +71,9 @@ impl Default for Metrics {
         let logins = Family::<OutcomeLabels, Counter>::default();
         let errors = Family::<ComponentLabels, Counter>::default();
         let db_statements = Counter::default();
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        let webhook_pending = Gauge::default();
+        let webhook_oldest_pending_age = Gauge::default();
         registry.register(
             "graphql_requests",
             "GraphQL requests by operation",
@@ -90,6 +97,22 @@ impl Default for Metrics {
             "SQL statements run on the server's database connection",
             db_statements.clone(),
         );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome: delivered, retried (an attempt failed; it will be \
+             tried again) or failed (given up after WEBHOOK_MAX_AGE)",
+            webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Webhook deliveries waiting in the outbox (shared by every instance)",
+            webhook_pending.clone(),
+        );
+        registry.register(
+            "webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook delivery waiting in the outbox",
+            webhook_oldest_pending_age.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -99,6 +122,9 @@ impl Default for Metrics {
             logins,
             errors,
             db_statements,
+            webhook_deliveries,
+            webhook_pending,
+            webhook_oldest_pending_age,
         }
     }
 }
@@ -134,6 +160,19 @@ impl Metrics {
     /// The counter of SQL statements, for the database connection's metric callback.
     pub fn db_statements(&self) -> Counter {
         self.db_statements.clone()
+    }
+
+    /// A webhook delivery's outcome: `delivered`, `retried` or `failed`, `n` times.
+    pub fn webhook(&self, outcome: &'static str, n: u64) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(n);
+    }
+
+    /// The outbox as last counted: rows waiting and the oldest one's age.
+    pub fn webhook_backlog(&self, pending: i64, oldest_age_seconds: i64) {
+        self.webhook_pending.set(pending);
+        self.webhook_oldest_pending_age.set(oldest_age_seconds);
     }
 
     pub fn render(&self) -> String {

@@ -5,6 +5,7 @@
 use crate::cache::{RedisCache, SessionStore};
 use crate::config::{Config, ConfigError};
 use crate::error::{AppResult, ServiceError};
+use crate::events::webhook::{self, Webhooks};
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
@@ -52,6 +53,8 @@ pub enum StartupError {
         identifier: String,
         bind: SocketAddr,
     },
+    #[error("cannot set up the webhooks: {0}")]
+    Webhooks(#[source] crate::events::webhook::WebhookSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -171,6 +174,7 @@ impl Application {
         jwt.refresh(&db)
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
+        let webhooks = webhooks(&config)?;
         let lifetimes = Lifetimes::new(&config);
         let services: SharedServices = Arc::new(Services {
             lifetimes,
@@ -199,6 +203,14 @@ impl Application {
             .port();
         spawn_cleanup(services.clone());
         spawn_jwt_key_refresh(services.clone());
+        if let Some(webhooks) = webhooks {
+            webhook::spawn_worker(
+                Arc::downgrade(&services),
+                services.db.clone(),
+                services.metrics.clone(),
+                webhooks,
+            );
+        }
         let schema = build_schema(services.clone());
         let (query_fields, mutation_fields) = crate::graphql::root_fields();
         let labeler = crate::metrics::OperationLabeler::new(
@@ -266,6 +278,17 @@ impl Application {
         }
         tracing::info!("session-server stopped");
         served
+    }
+}
+
+/// The webhooks of `WEBHOOK_URLS`, if set: the event log queues their events, the delivery
+/// worker sends them.
+fn webhooks(config: &Config) -> Result<Option<Arc<Webhooks>>, StartupError> {
+    match config.webhooks()? {
+        Some(settings) => Ok(Some(Arc::new(
+            Webhooks::new(settings).map_err(StartupError::Webhooks)?,
+        ))),
+        None => Ok(None),
     }
 }
 

@@ -5,6 +5,11 @@
 //! A service builds [`NewEvent`]s, calls [`EventLog::record`] with its open transaction, commits,
 //! and only then hands the returned [`Event`]s to [`EventLog::publish`]: an event is published
 //! only when its change happened. Events never carry a token, a token digest or a password.
+//!
+//! `webhook`: the outbox rows written with the events when webhooks are configured, and the
+//! worker that delivers them.
+
+pub mod webhook;
 
 use crate::error::AppResult;
 use crate::service::ClientInfo;
@@ -191,15 +196,27 @@ impl Event {
 pub struct EventLog {
     /// Live fan-out to subscribers.
     bus: EventBus,
+    /// The configured webhooks (`WEBHOOK_URLS`): events they want get outbox rows.
+    webhooks: Option<Arc<webhook::Webhooks>>,
 }
 
 impl EventLog {
     pub fn new(bus: EventBus) -> EventLog {
-        EventLog { bus }
+        EventLog {
+            bus,
+            webhooks: None,
+        }
     }
 
-    /// Writes `events` with `db` (the change's own transaction), stamped `at`, and returns them
-    /// with their ids, to be handed to [`EventLog::publish`] once the transaction has committed.
+    /// The same log, also queueing the events `webhooks` wants for delivery.
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<webhook::Webhooks>>) -> EventLog {
+        self.webhooks = webhooks;
+        self
+    }
+
+    /// Writes `events` with `db` (the change's own transaction), stamped `at`, with their
+    /// webhook outbox rows, and returns them with their ids, to be handed to
+    /// [`EventLog::publish`] once the transaction has committed.
     pub async fn record<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -225,11 +242,17 @@ impl EventLog {
             .await?;
             recorded.extend(Event::from_model(row));
         }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.enqueue(db, at, &recorded).await?;
+        }
         Ok(recorded)
     }
 
-    /// Hands committed events to the live subscribers.
+    /// Hands committed events to the live subscribers, and wakes the webhook worker.
     pub fn publish(&self, events: Vec<Event>) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.committed(&events);
+        }
         self.bus.publish(events);
     }
 
