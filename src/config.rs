@@ -358,6 +358,10 @@ pub struct Config {
     #[arg(long, env = "CLEANUP_BATCH_SIZE", default_value_t = 1000)]
     pub cleanup_batch_size: u64,
 
+    /// How long session events are kept; the clean-up deletes older ones.
+    #[arg(long, env = "EVENT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub event_retention: Duration,
+
     /// Identifier of the superadmin user created on first start.
     #[arg(long, env = "SUPERADMIN_IDENTIFIER", default_value = "superadmin")]
     pub superadmin_identifier: String,
@@ -450,6 +454,7 @@ impl Config {
             ),
             ("LOGIN_WINDOW", self.login_window),
             ("CLEANUP_INTERVAL", self.cleanup_interval),
+            ("EVENT_RETENTION", self.event_retention),
             ("REDIS_TIMEOUT", self.redis_timeout),
             ("DATABASE_TIMEOUT", self.database_timeout),
             ("PASSWORD_QUEUE_TIMEOUT", self.password_queue_timeout),
@@ -474,6 +479,10 @@ impl Config {
         }
         if self.jwt_key_rotation < Duration::from_secs(1) {
             return refuse("JWT_KEY_ROTATION must be at least 1s");
+        }
+        // Retention is compared with millisecond timestamps; beyond this it would overflow.
+        if self.event_retention > Duration::from_secs(100 * 365 * 86_400) {
+            return refuse("EVENT_RETENTION must be at most 100 years");
         }
         if self.session_cache_capacity == 0 {
             return refuse("SESSION_CACHE_CAPACITY must be at least 1");
@@ -652,6 +661,11 @@ mod tests {
         assert_eq!(c.session_jwt_ttl, Duration::from_secs(300));
         assert_eq!(c.jwt_issuer, "session-server");
         assert_eq!(c.jwt_key_rotation, Duration::from_secs(30 * 86400));
+        assert_eq!(c.event_retention, Duration::from_secs(90 * 86400));
+        let err = parse(&["--event-retention", "0s"]).unwrap_err();
+        assert!(err.contains("EVENT_RETENTION"), "{err}");
+        let err = parse(&["--event-retention", "200y"]).unwrap_err();
+        assert!(err.contains("EVENT_RETENTION"), "{err}");
         let err = parse(&["--jwt-key-rotation", "500ms"]).unwrap_err();
         assert!(err.contains("JWT_KEY_ROTATION"), "{err}");
         let err = parse(&["--session-jwt-ttl", "0s"]).unwrap_err();

@@ -181,6 +181,7 @@ impl Application {
             activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
             throttle: Throttle::new(&config, redis.clone()),
             jwt,
+            events: crate::events::EventLog::default(),
             metrics,
             default_channel: Arc::new(boot.default_channel),
             super_admin_role_id: boot.super_admin_role_id,
@@ -332,7 +333,7 @@ fn spawn_jwt_key_refresh(services: SharedServices) {
 fn spawn_cleanup(services: SharedServices) {
     let every = services.config.cleanup_interval;
     spawn_every(services, every, "session clean-up", |s| async move {
-        s.clean_up_expired_sessions().await.map(|_| ())
+        s.clean_up().await.map(|_| ())
     });
 }
 

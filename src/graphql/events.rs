@@ -1,10 +1,13 @@
 //! The GraphQL face of session events: the `SessionEventType` enum and the `SessionEvent` type,
 //! shared by the `sessionEvents` / `mySessionEvents` listings and the subscription.
 
+use crate::error::AppError;
 use crate::events::{Event, EventType};
 use crate::graphql::context::services;
-use crate::graphql::types::DateTime;
-use async_graphql::{Context, Enum, Object, Result, ID};
+use crate::graphql::types::{parse_id, Connection, DateTime, SessionEventConnection};
+use crate::service::events::EventFilter;
+use crate::service::paging::Page;
+use async_graphql::{Context, Enum, InputObject, Object, Result, ID};
 use std::sync::Arc;
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -128,4 +131,50 @@ impl SessionEvent {
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
     }
+}
+
+/// The filters of `sessionEvents`. `since` is inclusive and `until` exclusive; an empty
+/// `types` list is the same as none (every type).
+#[derive(InputObject, Default)]
+#[graphql(name = "SessionEventFilter")]
+pub struct SessionEventFilterInput {
+    pub types: Option<Vec<GqlSessionEventType>>,
+    pub user_id: Option<ID>,
+    pub session_id: Option<ID>,
+    pub since: Option<DateTime>,
+    pub until: Option<DateTime>,
+}
+
+impl SessionEventFilterInput {
+    /// The service filter, or `BAD_USER_INPUT` for a malformed id.
+    pub fn validate(self) -> Result<EventFilter, AppError> {
+        let id = |id: Option<ID>, what: &str| id.as_ref().map(|i| parse_id(i, what)).transpose();
+        Ok(EventFilter {
+            types: self
+                .types
+                .unwrap_or_default()
+                .into_iter()
+                .map(EventType::from)
+                .collect(),
+            user_id: id(self.user_id, "user")?,
+            session_id: id(self.session_id, "session")?,
+            since: self.since.map(|d| d.0),
+            until: self.until.map(|d| d.0),
+        })
+    }
+}
+
+/// The connection of a page of events.
+pub fn connection(page: Page<Event>, with_edges: bool) -> SessionEventConnection {
+    let page = Page {
+        items: page.items.into_iter().map(Arc::new).collect::<Vec<_>>(),
+        total: page.total,
+        has_next: page.has_next,
+        has_previous: page.has_previous,
+    };
+    Connection::new(
+        page,
+        |items| items.into_iter().map(SessionEvent).collect(),
+        with_edges,
+    )
 }

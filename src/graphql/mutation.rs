@@ -335,10 +335,11 @@ impl Mutation {
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
-    /// REVOKE_SESSION. Deletes expired and invalidated sessions; returns how many.
+    /// REVOKE_SESSION. Deletes expired and invalidated sessions, and session events past
+    /// EVENT_RETENTION; returns how many sessions.
     async fn clean_up_expired_sessions(&self, ctx: &Context<'_>) -> Result<i32> {
         require_permission(ctx, Permission::RevokeSession)?;
-        let n = services(ctx)?.clean_up_expired_sessions().await?;
+        let n = services(ctx)?.clean_up().await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 

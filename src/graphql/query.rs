@@ -1,7 +1,9 @@
 //! Query resolvers: validate, call one service function, map the result.
 
 use super::context::{require_caller, require_permission, require_user, services, CtxExt};
+use super::events::{connection, SessionEventFilterInput};
 use super::types::*;
+use crate::service::paging::PageRequest;
 use crate::error::AppError;
 use crate::permission::Permission;
 use crate::service::session_admin::SessionFilter;
@@ -149,6 +151,51 @@ impl Query {
             expired_awaiting_cleanup: clamp(expired),
             invalidated: clamp(invalidated),
         })
+    }
+
+    /// Session events recorded in the channels where the caller holds READ_SESSION (every
+    /// channel for a super admin), newest first: at most `first` (0 to 100, 20 when absent),
+    /// after the event whose `cursor` is `after`.
+    async fn session_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<SessionEventFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<SessionEventConnection> {
+        let caller = require_caller(ctx, Permission::ReadSession)?;
+        let filter = filter.unwrap_or_default().validate()?;
+        let asks = ctx.look_ahead();
+        let req = PageRequest {
+            first: page_size(first)?,
+            after: after.as_deref().map(decode_cursor).transpose()?,
+            with_total: asks.field("totalCount").exists(),
+        };
+        let page = services(ctx)?
+            .list_session_events(&caller, &filter, req)
+            .await?;
+        Ok(connection(page, asks.field("edges").exists()))
+    }
+
+    /// The logged-in user's own events (logins with address and user agent, failed logins on
+    /// their identifier, revocations, password changes), newest first; paged like
+    /// `sessionEvents`.
+    async fn my_session_events(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<SessionEventConnection> {
+        let s = require_user(ctx)?;
+        let uid = s.user_id().unwrap_or_default();
+        let asks = ctx.look_ahead();
+        let req = PageRequest {
+            first: page_size(first)?,
+            after: after.as_deref().map(decode_cursor).transpose()?,
+            with_total: asks.field("totalCount").exists(),
+        };
+        let page = services(ctx)?.events_of_user(uid, req).await?;
+        Ok(connection(page, asks.field("edges").exists()))
     }
 
     /// Users in id order. READ_USER.

@@ -3,6 +3,7 @@
 
 use super::batch::{OrderBatch, RoleBatch, SessionBatch, UserBatch};
 use super::context::{require_permission, services, CtxExt};
+use super::events::SessionEvent;
 use crate::clock::rfc3339;
 use crate::domain::SessionData;
 use crate::domain::{CachedSession, CachedUser, SessionKind};
@@ -618,6 +619,12 @@ impl Listed for Session {
     }
 }
 
+impl Listed for SessionEvent {
+    fn list_id(&self) -> i64 {
+        self.0.id
+    }
+}
+
 impl Listed for User {
     fn list_id(&self) -> i64 {
         self.user_id().unwrap_or_default()
@@ -627,7 +634,8 @@ impl Listed for User {
 #[derive(SimpleObject)]
 #[graphql(
     concrete(name = "SessionEdge", params(Session)),
-    concrete(name = "UserEdge", params(User))
+    concrete(name = "UserEdge", params(User)),
+    concrete(name = "SessionEventEdge", params(SessionEvent))
 )]
 pub struct Edge<T: OutputType> {
     pub cursor: String,
@@ -638,7 +646,8 @@ pub struct Edge<T: OutputType> {
 #[derive(SimpleObject)]
 #[graphql(
     concrete(name = "SessionConnection", params(Session)),
-    concrete(name = "UserConnection", params(User))
+    concrete(name = "UserConnection", params(User)),
+    concrete(name = "SessionEventConnection", params(SessionEvent))
 )]
 pub struct Connection<T: OutputType>
 where
@@ -688,6 +697,7 @@ where
 
 pub type SessionConnection = Connection<Session>;
 pub type UserConnection = Connection<User>;
+pub type SessionEventConnection = Connection<SessionEvent>;
 
 /// A short-lived signed JWT of the current session, verifiable with the keys at
 /// `/.well-known/jwks.json`.

@@ -15,12 +15,14 @@
 //! - `paging`: the id-cursor page of a listing (users, sessions, a user's sessions).
 //! - `activity`: the throttled, batched last-activity writer.
 //! - `jwt`: session JWTs and their signing keys (the JWKS).
+//! - `events`: who made a change ([`events::Origin`]), the session event listings, retention.
 
 pub mod activity;
 pub mod auth;
 pub mod authz;
 pub mod batch;
 pub mod directory;
+pub mod events;
 pub mod identify;
 pub mod jwt;
 pub mod order;
@@ -58,6 +60,8 @@ pub struct Services {
     pub throttle: throttle::Throttle,
     /// The session JWT signing keys, shared through the database.
     pub jwt: jwt::JwtKeys,
+    /// Records session events in the transactions of the changes and publishes them after.
+    pub events: crate::events::EventLog,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: Arc<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
