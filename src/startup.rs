@@ -181,7 +181,7 @@ impl Application {
             activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
             throttle: Throttle::new(&config, redis.clone()),
             jwt,
-            events: crate::events::EventLog::default(),
+            events: crate::events::EventLog::default().with_webhooks(webhooks.clone()),
             metrics,
             default_channel: Arc::new(boot.default_channel),
             super_admin_role_id: boot.super_admin_role_id,
