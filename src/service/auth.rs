@@ -246,7 +246,12 @@ impl Services {
                 .actor(Some(found.id))
                 .identifier(&identifier)
                 .client(client)
-                .channel(issued.session.active_channel_id)],
+                .channel(Some(
+                    issued
+                        .session
+                        .active_channel_id
+                        .unwrap_or(self.default_channel.id),
+                ))],
             )
             .await?;
         txn.commit().await?;
