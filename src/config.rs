@@ -218,7 +218,9 @@ pub fn decode_webhook_secret(secret: &str) -> Result<Vec<u8>, &'static str> {
     let raw = raw.strip_prefix("whsec_").unwrap_or(raw);
     let key = base64::engine::general_purpose::STANDARD
         .decode(raw)
-        .map_err(|_| "WEBHOOK_SECRET must be whsec_ followed by standard base64 (or the bare base64)")?;
+        .map_err(|_| {
+            "WEBHOOK_SECRET must be whsec_ followed by standard base64 (or the bare base64)"
+        })?;
     if !(24..=64).contains(&key.len()) {
         return Err("WEBHOOK_SECRET must decode to 24 to 64 bytes (e.g. whsec_ and the base64 of 32 random bytes: `openssl rand -base64 32`)");
     }
@@ -396,12 +398,7 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
 
     /// Where session events are POSTed: comma-separated http(s) URLs. Empty: no webhooks.
-    #[arg(
-        long,
-        env = "WEBHOOK_URLS",
-        value_delimiter = ',',
-        default_value = ""
-    )]
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',', default_value = "")]
     pub webhook_urls: Vec<String>,
 
     /// The webhook signing key: `whsec_<base64>` (Standard Webhooks) or the bare base64, 24 to
@@ -528,7 +525,12 @@ impl Config {
     pub fn webhooks(&self) -> Result<Option<WebhookSettings>, ConfigError> {
         let refuse = |msg: String| Err(ConfigError::Webhook(msg));
         let mut urls: Vec<String> = vec![];
-        for raw in self.webhook_urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+        for raw in self
+            .webhook_urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+        {
             let shown = redact_url(raw);
             let Ok(url) = reqwest::Url::parse(raw) else {
                 return refuse(format!("WEBHOOK_URLS: '{shown}' is not a URL"));
@@ -554,7 +556,12 @@ impl Config {
         }
         let mut events = vec![];
         let mut unknown = vec![];
-        for name in self.webhook_events.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        for name in self
+            .webhook_events
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+        {
             match crate::events::EventType::parse(&name.to_ascii_uppercase()) {
                 Some(t) if !events.contains(&t) => events.push(t),
                 Some(_) => {}
@@ -579,7 +586,10 @@ impl Config {
             return refuse("WEBHOOK_MAX_AGE must be at least 1s".into());
         }
         let key = match &self.webhook_secret {
-            Some(secret) => Some(decode_webhook_secret(secret.expose()).map_err(|m| ConfigError::Webhook(m.into()))?),
+            Some(secret) => Some(
+                decode_webhook_secret(secret.expose())
+                    .map_err(|m| ConfigError::Webhook(m.into()))?,
+            ),
             None => None,
         };
         if urls.is_empty() {
@@ -755,7 +765,12 @@ mod tests {
         let url = "--webhook-urls=https://hooks.example/a";
         let err = parse(&[url]).unwrap_err();
         assert!(err.contains("WEBHOOK_SECRET is required"), "{err}");
-        for bad in ["ftp://hooks.example/a", "not a url", "https://", "mailto:a@b.c"] {
+        for bad in [
+            "ftp://hooks.example/a",
+            "not a url",
+            "https://",
+            "mailto:a@b.c",
+        ] {
             let err = parse(&[&format!("--webhook-urls={bad}"), &secret]).unwrap_err();
             assert!(err.contains("WEBHOOK_URLS"), "{bad}: {err}");
         }
@@ -764,9 +779,16 @@ mod tests {
             &secret,
         ])
         .unwrap_err();
-        assert!(err.contains("listed twice") && !err.contains("t0ps3cret") && !err.contains("pw@"), "{err}");
-        let err = parse(&[url, &secret, "--webhook-events=LOGIN_SUCCEEDED,LOGIN_BOGUS,nope"])
-            .unwrap_err();
+        assert!(
+            err.contains("listed twice") && !err.contains("t0ps3cret") && !err.contains("pw@"),
+            "{err}"
+        );
+        let err = parse(&[
+            url,
+            &secret,
+            "--webhook-events=LOGIN_SUCCEEDED,LOGIN_BOGUS,nope",
+        ])
+        .unwrap_err();
         assert!(
             err.contains("WEBHOOK_EVENTS") && err.contains("LOGIN_BOGUS, nope"),
             "{err}"

@@ -408,9 +408,7 @@ impl Worker {
                 format!("{why}; still failing after WEBHOOK_MAX_AGE")
             }
             Err(Failure::Retry(why)) => {
-                let next = now
-                    .saturating_add(ms(backoff(row.attempts)))
-                    .min(deadline);
+                let next = now.saturating_add(ms(backoff(row.attempts))).min(deadline);
                 webhook_outbox::Entity::update_many()
                     .col_expr(C::NextAttemptAt, Expr::value(next))
                     .col_expr(
@@ -451,10 +449,7 @@ impl Worker {
                 .column_as(Expr::col(C::Id).count(), "n")
                 .column_as(Expr::col(C::CreatedAt).min(), "oldest")
         };
-        let counted: Option<(i64, Option<i64>)> = counted
-            .into_tuple()
-            .one(&self.db)
-            .await?;
+        let counted: Option<(i64, Option<i64>)> = counted.into_tuple().one(&self.db).await?;
         let (n, oldest) = counted.unwrap_or((0, None));
         let age = oldest.map_or(0, |o| (now_ms() - o).max(0) / 1000);
         self.metrics.webhook_backlog(n, age);
@@ -470,13 +465,22 @@ mod tests {
     fn backoff_doubles_with_jitter_and_is_capped() {
         for attempts in [0, 1] {
             let d = backoff(attempts);
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(500) && d <= Duration::from_secs(1),
+                "{d:?}"
+            );
         }
         let d = backoff(4);
-        assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+            "{d:?}"
+        );
         for attempts in [11, 30, i32::MAX] {
             let d = backoff(attempts);
-            assert!(d >= BACKOFF_CAP / 2 && d <= BACKOFF_CAP, "{attempts}: {d:?}");
+            assert!(
+                d >= BACKOFF_CAP / 2 && d <= BACKOFF_CAP,
+                "{attempts}: {d:?}"
+            );
         }
     }
 

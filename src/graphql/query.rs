@@ -3,9 +3,9 @@
 use super::context::{require_caller, require_permission, require_user, services, CtxExt};
 use super::events::{connection, SessionEventFilterInput};
 use super::types::*;
-use crate::service::paging::PageRequest;
 use crate::error::AppError;
 use crate::permission::Permission;
+use crate::service::paging::PageRequest;
 use crate::service::session_admin::SessionFilter;
 use async_graphql::{Context, Object, Result, ID};
 

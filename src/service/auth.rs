@@ -238,20 +238,20 @@ impl Services {
             .record(
                 &txn,
                 now,
-                vec![crate::events::NewEvent::new(
-                    crate::events::EventType::LoginSucceeded,
-                )
-                .session(issued.session.id)
-                .user(Some(found.id))
-                .actor(Some(found.id))
-                .identifier(&identifier)
-                .client(client)
-                .channel(Some(
-                    issued
-                        .session
-                        .active_channel_id
-                        .unwrap_or(self.default_channel.id),
-                ))],
+                vec![
+                    crate::events::NewEvent::new(crate::events::EventType::LoginSucceeded)
+                        .session(issued.session.id)
+                        .user(Some(found.id))
+                        .actor(Some(found.id))
+                        .identifier(&identifier)
+                        .client(client)
+                        .channel(Some(
+                            issued
+                                .session
+                                .active_channel_id
+                                .unwrap_or(self.default_channel.id),
+                        )),
+                ],
             )
             .await?;
         txn.commit().await?;

@@ -182,7 +182,10 @@ impl Services {
             }
         }
         if total > 0 {
-            tracing::info!(deleted = total, "deleted session events past EVENT_RETENTION");
+            tracing::info!(
+                deleted = total,
+                "deleted session events past EVENT_RETENTION"
+            );
         }
         Ok(total)
     }

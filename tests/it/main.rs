@@ -31,3 +31,4 @@ mod startup;
 mod storefront;
 mod throttle;
 mod transport;
+mod webhooks;
