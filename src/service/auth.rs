@@ -233,29 +233,7 @@ impl Services {
             .filter(user::Column::Id.eq(found.id))
             .exec(&txn)
             .await?;
-        let recorded = self
-            .events
-            .record(
-                &txn,
-                now,
-                vec![
-                    crate::events::NewEvent::new(crate::events::EventType::LoginSucceeded)
-                        .session(issued.session.id)
-                        .user(Some(found.id))
-                        .actor(Some(found.id))
-                        .identifier(&identifier)
-                        .client(client)
-                        .channel(Some(
-                            issued
-                                .session
-                                .active_channel_id
-                                .unwrap_or(self.default_channel.id),
-                        )),
-                ],
-            )
-            .await?;
         txn.commit().await?;
-        self.events.publish(recorded);
 
         if let Some(old) = &current {
             self.revoke_token(&old.token_hash).await;
