@@ -9,10 +9,7 @@ use crate::events::webhook::{self, Webhooks};
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
-use crate::service::{
-    activity::ActivityWriter, auth, directory, jwt::JwtKeys, session::Lifetimes,
-    throttle::Throttle, Services, SharedServices,
-};
+use crate::service::{auth, directory, jwt::JwtKeys, Parts, Services, SharedServices};
 use entity::channel;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
@@ -152,7 +149,6 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Passwords(ServiceError(e)))?;
-        let channels = directory::ChannelDirectory::default();
         let boot = bootstrap(&db, &passwords, &config)
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
@@ -175,26 +171,22 @@ impl Application {
             .await
             .map_err(|e| StartupError::Bootstrap(ServiceError(e)))?;
         let webhooks = webhooks(&config)?;
-        let lifetimes = Lifetimes::new(&config);
-        let services: SharedServices = Arc::new(Services {
-            lifetimes,
-            activity: ActivityWriter::start(db.clone(), lifetimes.flush_every()),
-            throttle: Throttle::new(&config, redis.clone()),
-            jwt,
+        let worker_db = db.clone();
+        let services: SharedServices = Arc::new(Services::compose(Parts {
+            config,
+            db,
+            redis,
+            store,
             events: crate::events::EventLog::default().with_webhooks(webhooks.clone()),
             metrics,
-            default_channel: Arc::new(boot.default_channel),
+            passwords,
+            jwt_keys: jwt,
+            default_channel: boot.default_channel,
             super_admin_role_id: boot.super_admin_role_id,
             superadmin_user_id: boot.superadmin_user_id,
-            channels,
-            passwords,
-            store,
-            redis,
-            db,
-            config,
-        });
+        }));
 
-        let addr = services.config.bind;
+        let addr = services.config().bind;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
@@ -207,15 +199,15 @@ impl Application {
         if let Some(webhooks) = webhooks {
             webhook::spawn_worker(
                 Arc::downgrade(&services),
-                services.db.clone(),
-                services.metrics.clone(),
+                worker_db,
+                services.metrics().clone(),
                 webhooks,
             );
         }
         let schema = build_schema(services.clone());
         let (query_fields, mutation_fields) = crate::graphql::root_fields();
         let labeler = crate::metrics::OperationLabeler::new(
-            &services.metrics,
+            services.metrics(),
             &query_fields,
             &mutation_fields,
         );
@@ -271,7 +263,7 @@ impl Application {
                 Ok(())
             }
         };
-        if tokio::time::timeout(Duration::from_secs(1), services.activity.flush())
+        if tokio::time::timeout(Duration::from_secs(1), services.flush_activity())
             .await
             .is_err()
         {
@@ -325,13 +317,13 @@ where
 fn spawn_jwt_key_refresh(services: SharedServices) {
     let every = services.jwt.refresh_every();
     spawn_every(services, every, "JWT signing key refresh", |s| async move {
-        s.jwt.refresh(&s.db).await
+        s.jwt.refresh().await
     });
 }
 
 /// Deletes expired and invalidated sessions every `CLEANUP_INTERVAL`.
 fn spawn_cleanup(services: SharedServices) {
-    let every = services.config.cleanup_interval;
+    let every = services.config().cleanup_interval;
     spawn_every(services, every, "session clean-up", |s| async move {
         s.clean_up().await.map(|_| ())
     });

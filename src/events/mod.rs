@@ -11,10 +11,10 @@
 
 pub mod webhook;
 
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::service::ClientInfo;
 use entity::session_event;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+use sea_orm::ConnectionTrait;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -216,7 +216,8 @@ impl EventLog {
 
     /// Writes `events` with `db` (the change's own transaction), stamped `at`, with their
     /// webhook outbox rows, and returns them with their ids, to be handed to
-    /// [`EventLog::publish`] once the transaction has committed.
+    /// [`EventLog::publish`] once the transaction has committed. Many events (a bulk
+    /// revocation, a clean-up batch) go in one multi-row insert per [`INSERT_CHUNK`] events.
     pub async fn record<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -224,23 +225,8 @@ impl EventLog {
         events: Vec<NewEvent>,
     ) -> AppResult<Vec<Event>> {
         let mut recorded = Vec::with_capacity(events.len());
-        for e in events {
-            let row = session_event::ActiveModel {
-                kind: Set(e.kind.as_str().to_owned()),
-                at: Set(at),
-                session_id: Set(e.session_id),
-                user_id: Set(e.user_id),
-                actor_user_id: Set(e.actor_user_id),
-                identifier: Set(e.identifier),
-                ip_address: Set(e.ip_address),
-                user_agent: Set(e.user_agent),
-                channel_id: Set(e.channel_id),
-                reason: Set(e.reason),
-                ..Default::default()
-            }
-            .insert(db)
-            .await?;
-            recorded.extend(Event::from_model(row));
+        for chunk in events.chunks(INSERT_CHUNK) {
+            recorded.extend(insert_returning(db, at, chunk).await?);
         }
         if let Some(webhooks) = &self.webhooks {
             webhooks.enqueue(db, at, &recorded).await?;
@@ -260,6 +246,72 @@ impl EventLog {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.bus.subscribe()
     }
+}
+
+/// Events per multi-row insert: 10 bound values a row stays far below every backend's limit on
+/// bound parameters (SQLite 32766, PostgreSQL 65535).
+pub const INSERT_CHUNK: usize = 1000;
+
+/// One multi-row `INSERT ... RETURNING *` of `events`, read back as recorded events in id
+/// order (RETURNING rows come in no promised order). PostgreSQL, SQLite (3.35+) and MariaDB
+/// (10.5+) support RETURNING on insert; sea-query leaves it out for MySQL, so it is appended.
+async fn insert_returning<C: ConnectionTrait>(
+    db: &C,
+    at: i64,
+    events: &[NewEvent],
+) -> AppResult<Vec<Event>> {
+    use sea_orm::sea_query::{Query, SimpleExpr};
+    use sea_orm::{DbBackend, FromQueryResult};
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut insert = Query::insert();
+    insert.into_table(session_event::Entity).columns([
+        session_event::Column::Kind,
+        session_event::Column::At,
+        session_event::Column::SessionId,
+        session_event::Column::UserId,
+        session_event::Column::ActorUserId,
+        session_event::Column::Identifier,
+        session_event::Column::IpAddress,
+        session_event::Column::UserAgent,
+        session_event::Column::ChannelId,
+        session_event::Column::Reason,
+    ]);
+    for e in events {
+        let row: [SimpleExpr; 10] = [
+            e.kind.as_str().into(),
+            at.into(),
+            e.session_id.into(),
+            e.user_id.into(),
+            e.actor_user_id.into(),
+            e.identifier.clone().into(),
+            e.ip_address.clone().into(),
+            e.user_agent.clone().into(),
+            e.channel_id.into(),
+            e.reason.clone().into(),
+        ];
+        insert
+            .values(row)
+            .map_err(|_| AppError::internal("session event row does not match its columns"))?;
+    }
+    insert.returning_all();
+    let backend = db.get_database_backend();
+    let mut statement = backend.build(&insert);
+    if backend == DbBackend::MySql {
+        statement.sql.push_str(" RETURNING *");
+    }
+    let rows = db.query_all_raw(statement).await?;
+    let mut recorded = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let model = session_event::Model::from_query_result(row, "")?;
+        recorded.extend(Event::from_model(model));
+    }
+    if recorded.len() != events.len() {
+        return Err(AppError::internal("session events were not all recorded"));
+    }
+    recorded.sort_unstable_by_key(|e| e.id);
+    Ok(recorded)
 }
 
 /// How many published events a subscriber may fall behind before it is dropped.

@@ -63,7 +63,10 @@ impl UserBatch {
         svc: &Services,
         user_id: i64,
     ) -> AppResult<(&[role::Model], Arc<RoleBatch>)> {
-        let all = self.roles.get(|| svc.roles_of_users(&self.ids)).await?;
+        let all = self
+            .roles
+            .get(|| svc.loads.roles_of_users(&self.ids))
+            .await?;
         let batch = self
             .role_batch
             .get_or_init(|| async { RoleBatch::new(all.values().flatten().map(|r| r.id)) })
@@ -76,7 +79,7 @@ impl UserBatch {
     pub async fn live_sessions_of(&self, svc: &Services, user_id: i64) -> AppResult<u64> {
         let counts = self
             .session_counts
-            .get(|| svc.live_session_counts(&self.ids))
+            .get(|| svc.loads.live_session_counts(&self.ids))
             .await?;
         Ok(counts.get(&user_id).copied().unwrap_or(0))
     }
@@ -104,7 +107,7 @@ impl RoleBatch {
     ) -> AppResult<Vec<Arc<channel::Model>>> {
         let all = self
             .channels
-            .get(|| svc.channels_of_roles(&self.ids))
+            .get(|| svc.loads.channels_of_roles(&self.ids))
             .await?;
         Ok(all.get(&role_id).cloned().unwrap_or_default())
     }
@@ -131,7 +134,7 @@ impl UsersOf {
         svc: &Services,
         user_id: i64,
     ) -> AppResult<Option<(user::Model, Arc<UserBatch>)>> {
-        let rows = self.rows.get(|| svc.users_by_ids(&self.ids)).await?;
+        let rows = self.rows.get(|| svc.loads.users_by_ids(&self.ids)).await?;
         let batch = self
             .batch
             .get_or_init(|| async { UserBatch::new(rows.keys().copied()) })
@@ -178,7 +181,7 @@ impl SessionBatch {
     ) -> AppResult<Option<(order::Model, Arc<OrderBatch>)>> {
         let rows = self
             .orders
-            .get(|| svc.orders_by_ids(&self.order_ids))
+            .get(|| svc.loads.orders_by_ids(&self.order_ids))
             .await?;
         let batch = self
             .order_batch

@@ -7,6 +7,7 @@ use crate::domain::CachedSession;
 use crate::error::AppError;
 use crate::permission::Permission;
 use crate::service::authz::Caller;
+use crate::service::events::Origin;
 use crate::service::{ClientInfo, Issued, SharedServices};
 use async_graphql::Context;
 use entity::channel;
@@ -170,9 +171,20 @@ pub fn require_caller(ctx: &Context<'_>, permission: Permission) -> Result<Calle
         .ok_or_else(|| AppError::unauthenticated("you must be logged in"))
 }
 
+/// Who makes this request and from where, for the events its changes record: the logged-in
+/// user, the client's address and user agent, and the request's channel.
+pub fn origin(ctx: &Context<'_>) -> Result<Origin, AppError> {
+    let req = ctx.request_ctx()?;
+    Ok(Origin {
+        actor_user_id: req.session().and_then(|s| s.user_id()),
+        client: req.client.info(),
+        channel_id: Some(req.channel.id),
+    })
+}
+
 /// Records newly issued tokens for the client and makes their session the request's.
 pub fn issue_tokens(ctx: &Context<'_>, issued: &Issued) -> Result<(), AppError> {
-    let config = &services(ctx)?.config;
+    let config = &services(ctx)?.config();
     let req = ctx.request_ctx()?;
     req.tokens.record(TokenChange::Issued {
         token: issued.token.clone(),

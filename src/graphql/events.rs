@@ -123,8 +123,8 @@ impl SessionEvent {
         };
         let svc = services(ctx)?;
         Ok(svc
-            .channels
-            .by_id(&svc.db, cid)
+            .directory
+            .channel_by_id(cid)
             .await?
             .map(|c| c.code.clone()))
     }

@@ -1,11 +1,12 @@
 //! Mutation resolvers: validate, call one service function, map the result.
 
 use super::context::{
-    clear_tokens, issue_tokens, require_caller, require_permission, require_session, require_user,
-    services, CtxExt,
+    clear_tokens, issue_tokens, origin, require_caller, require_permission, require_session,
+    require_user, services, CtxExt,
 };
 use super::types::*;
 use crate::error::AppError;
+use crate::events::EventType;
 use crate::permission::Permission;
 use crate::service::auth::LoginOutcome;
 use crate::service::directory::{NewRole, NewUser, RoleChanges, UserChanges};
@@ -28,9 +29,11 @@ impl Mutation {
             return Ok(Session::from_cached(&s));
         }
         let svc = services(ctx)?;
-        let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+        let channel =
+            (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
         let issued = svc
-            .create_anonymous_session(&req.client.info(), channel)
+            .sessions
+            .create_anonymous_session(&origin(ctx)?, channel)
             .await?;
         issue_tokens(ctx, &issued)?;
         Ok(Session::from_cached(&issued.session))
@@ -47,12 +50,13 @@ impl Mutation {
         let req = ctx.request_ctx()?;
         let svc = services(ctx)?;
         let outcome = svc
+            .auth
             .login(
                 &username,
                 &password,
                 remember_me.unwrap_or(false),
                 req.session(),
-                &req.client.info(),
+                &origin(ctx)?,
             )
             .await?;
         Ok(match outcome {
@@ -90,7 +94,11 @@ impl Mutation {
             clear_tokens(ctx)?;
             return Ok(false);
         };
-        let ended = services(ctx)?.revoke_session(s.id, None).await?;
+        let ending = origin(ctx)?.event(EventType::LoggedOut).reason("logout");
+        let ended = services(ctx)?
+            .admin
+            .revoke_session(s.id, None, &ending)
+            .await?;
         req.set_session(None);
         clear_tokens(ctx)?;
         Ok(ended)
@@ -99,8 +107,12 @@ impl Mutation {
     /// Ends every session of the logged-in user; returns how many were live.
     async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
         let s = require_user(ctx)?;
+        let ending = origin(ctx)?
+            .event(EventType::LoggedOut)
+            .reason("logout_everywhere");
         let n = services(ctx)?
-            .end_user_sessions(s.user_id().unwrap_or_default())
+            .sessions
+            .end_user_sessions(s.user_id().unwrap_or_default(), &ending)
             .await?;
         ctx.request_ctx()?.set_session(None);
         clear_tokens(ctx)?;
@@ -118,7 +130,7 @@ impl Mutation {
             .or_else(|| req.refresh_cookie.clone())
             .unwrap_or_default();
         let svc = services(ctx)?;
-        Ok(match svc.refresh_session(&presented).await? {
+        Ok(match svc.sessions.refresh_session(&presented, &origin(ctx)?).await? {
             Ok(issued) => {
                 issue_tokens(ctx, &issued)?;
                 let user = issued
@@ -164,7 +176,8 @@ impl Mutation {
     ) -> Result<bool> {
         let s = require_user(ctx)?;
         services(ctx)?
-            .change_password(&s, &current_password, &new_password)
+            .auth
+            .change_password(&s, &current_password, &new_password, &origin(ctx)?)
             .await?;
         Ok(true)
     }
@@ -173,7 +186,11 @@ impl Mutation {
     async fn revoke_my_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = require_user(ctx)?;
         let id = parse_id(&id, "session")?;
-        let revoked = services(ctx)?.revoke_session(id, s.user_id()).await?;
+        let ending = origin(ctx)?.event(EventType::SessionRevoked).reason("user");
+        let revoked = services(ctx)?
+            .admin
+            .revoke_session(id, s.user_id(), &ending)
+            .await?;
         if revoked && id == s.id {
             ctx.request_ctx()?.set_session(None);
             clear_tokens(ctx)?;
@@ -186,11 +203,14 @@ impl Mutation {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
         let ch = svc
-            .channels
-            .by_token(&svc.db, &token)
+            .directory
+            .channel_by_token(&token)
             .await?
             .ok_or_else(|| AppError::not_found("no channel has this token"))?;
-        let updated = svc.set_active(&s, s.active_order_id, Some(ch.id)).await?;
+        let updated = svc
+            .sessions
+            .set_active(&s, s.active_order_id, Some(ch.id))
+            .await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
@@ -227,7 +247,7 @@ impl Mutation {
                 let size = serde_json::Value::Object(change.set.clone())
                     .to_string()
                     .len();
-                let max = svc.config.session_data_max_bytes;
+                let max = svc.config().session_data_max_bytes;
                 if size > max {
                     return Err(AppError::bad_input(format!(
                         "the session data would be {size} bytes as JSON; at most {max} are allowed"
@@ -240,15 +260,17 @@ impl Mutation {
                     )
                     .into());
                 }
-                let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+                let channel =
+                    (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
                 let issued = svc
-                    .create_anonymous_session(&req.client.info(), channel)
+                    .sessions
+                    .create_anonymous_session(&origin(ctx)?, channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
             }
         };
-        let updated = svc.update_session_data(&s, change).await?;
+        let updated = svc.sessions.update_session_data(&s, change).await?;
         req.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
@@ -261,15 +283,17 @@ impl Mutation {
         let s = match req.session() {
             Some(s) => s,
             None => {
-                let channel = (req.channel.id != svc.default_channel.id).then_some(req.channel.id);
+                let channel =
+                    (req.channel.id != svc.sessions.default_channel().id).then_some(req.channel.id);
                 let issued = svc
-                    .create_anonymous_session(&req.client.info(), channel)
+                    .sessions
+                    .create_anonymous_session(&origin(ctx)?, channel)
                     .await?;
                 issue_tokens(ctx, &issued)?;
                 issued.session
             }
         };
-        let (order, updated) = svc.create_order(&s, req.channel.id).await?;
+        let (order, updated) = svc.orders.create_order(&s, req.channel.id).await?;
         req.set_session(Some(updated));
         Ok(Order::one(order))
     }
@@ -278,14 +302,14 @@ impl Mutation {
     async fn set_active_order(&self, ctx: &Context<'_>, order_id: ID) -> Result<Session> {
         let s = require_session(ctx)?;
         let order_id = parse_id(&order_id, "order")?;
-        let updated = services(ctx)?.set_active_order(&s, order_id).await?;
+        let updated = services(ctx)?.orders.set_active_order(&s, order_id).await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
 
     async fn unset_active_order(&self, ctx: &Context<'_>) -> Result<Session> {
         let s = require_session(ctx)?;
-        let updated = services(ctx)?.unset_active_order(&s).await?;
+        let updated = services(ctx)?.orders.unset_active_order(&s).await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))
     }
@@ -294,7 +318,7 @@ impl Mutation {
     async fn place_order(&self, ctx: &Context<'_>) -> Result<Order> {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
-        let order = svc.place_order(&s).await?;
+        let order = svc.orders.place_order(&s).await?;
         ctx.request_ctx()?.set_session(Some(std::sync::Arc::new(
             s.with_active(None, s.active_channel_id),
         )));
@@ -306,7 +330,8 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let id = parse_id(&id, "session")?;
         let n = services(ctx)?
-            .revoke_as(&caller, Revocation::Session(id))
+            .admin
+            .revoke_as(&caller, Revocation::Session(id), &origin(ctx)?)
             .await?;
         Ok(n > 0)
     }
@@ -316,7 +341,8 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let user_id = parse_id(&user_id, "user")?;
         let n = services(ctx)?
-            .revoke_as(&caller, Revocation::User(user_id))
+            .admin
+            .revoke_as(&caller, Revocation::User(user_id), &origin(ctx)?)
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
@@ -330,7 +356,8 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let order_id = parse_id(&order_id, "order")?;
         let n = services(ctx)?
-            .revoke_as(&caller, Revocation::ActiveOrder(order_id))
+            .admin
+            .revoke_as(&caller, Revocation::ActiveOrder(order_id), &origin(ctx)?)
             .await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
@@ -346,7 +373,7 @@ impl Mutation {
     /// SUPER_ADMIN. Empties the session cache; sessions are re-read from the database.
     async fn clear_session_cache(&self, ctx: &Context<'_>) -> Result<bool> {
         require_permission(ctx, Permission::SuperAdmin)?;
-        services(ctx)?.clear_cache().await?;
+        services(ctx)?.sessions.clear_cache().await?;
         Ok(true)
     }
 
@@ -355,6 +382,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let role_ids = ids(input.role_ids.as_deref().unwrap_or_default(), "role")?;
         let created = services(ctx)?
+            .directory
             .create_user(
                 &caller,
                 NewUser {
@@ -363,6 +391,7 @@ impl Mutation {
                     verified: input.verified.unwrap_or(true),
                     role_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(User::one(created))
@@ -373,6 +402,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "user")?;
         let updated = services(ctx)?
+            .directory
             .update_user(
                 &caller,
                 UserChanges {
@@ -381,6 +411,7 @@ impl Mutation {
                     verified: input.verified,
                     password: input.password,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(User::one(updated))
@@ -390,7 +421,10 @@ impl Mutation {
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&id, "user")?;
-        Ok(services(ctx)?.delete_user(&caller, id).await?)
+        Ok(services(ctx)?
+            .directory
+            .delete_user(&caller, id, &origin(ctx)?)
+            .await?)
     }
 
     /// WRITE_USER.
@@ -398,6 +432,7 @@ impl Mutation {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let channel_ids = ids(&input.channel_ids, "channel")?;
         let created = services(ctx)?
+            .directory
             .create_role(
                 &caller,
                 NewRole {
@@ -406,6 +441,7 @@ impl Mutation {
                     permissions: input.permissions,
                     channel_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(Role::one(created))
@@ -421,6 +457,7 @@ impl Mutation {
             .map(|l| ids(l, "channel"))
             .transpose()?;
         let updated = services(ctx)?
+            .directory
             .update_role(
                 &caller,
                 RoleChanges {
@@ -429,6 +466,7 @@ impl Mutation {
                     permissions: input.permissions,
                     channel_ids,
                 },
+                &origin(ctx)?,
             )
             .await?;
         Ok(Role::one(updated))
@@ -441,7 +479,8 @@ impl Mutation {
         let role_id = parse_id(&role_id, "role")?;
         Ok(User::one(
             services(ctx)?
-                .assign_role(&caller, user_id, role_id)
+                .directory
+                .assign_role(&caller, user_id, role_id, &origin(ctx)?)
                 .await?,
         ))
     }
@@ -453,7 +492,8 @@ impl Mutation {
         let role_id = parse_id(&role_id, "role")?;
         Ok(User::one(
             services(ctx)?
-                .remove_role(&caller, user_id, role_id)
+                .directory
+                .remove_role(&caller, user_id, role_id, &origin(ctx)?)
                 .await?,
         ))
     }
@@ -466,6 +506,7 @@ impl Mutation {
     ) -> Result<Channel> {
         require_permission(ctx, Permission::WriteChannel)?;
         let created = services(ctx)?
+            .directory
             .create_channel(&input.code, input.token.as_deref())
             .await?;
         Ok(Channel(std::sync::Arc::new(created)))

@@ -42,6 +42,7 @@ impl Query {
         };
         let permissions = crate::service::identify::permissions_in(&session, req.channel.id);
         let jwt = services(ctx)?
+            .jwt
             .session_jwt(&session, &req.channel, permissions, audience.as_deref())
             .await?;
         Ok(Some(SessionJwt {
@@ -69,7 +70,11 @@ impl Query {
         let Some(order_id) = ctx.request_ctx()?.session().and_then(|s| s.active_order_id) else {
             return Ok(None);
         };
-        Ok(services(ctx)?.order_by_id(order_id).await?.map(Order::one))
+        Ok(services(ctx)?
+            .orders
+            .order_by_id(order_id)
+            .await?
+            .map(Order::one))
     }
 
     /// The logged-in user's live sessions (devices), newest first: at most `first` (0 to 100;
@@ -89,7 +94,10 @@ impl Query {
             None => MY_SESSIONS_CAP,
         };
         let after = after.as_deref().map(decode_cursor).transpose()?;
-        let rows = services(ctx)?.sessions_of_user(uid, first, after).await?;
+        let rows = services(ctx)?
+            .admin
+            .sessions_of_user(uid, first, after)
+            .await?;
         Ok(Session::list(rows))
     }
 
@@ -120,6 +128,7 @@ impl Query {
         };
         let asks = ctx.look_ahead();
         let page = services(ctx)?
+            .admin
             .list_sessions(&caller, &f, first, after, asks.field("totalCount").exists())
             .await?;
         Ok(Connection::new(
@@ -134,6 +143,7 @@ impl Query {
         let caller = require_caller(ctx, Permission::ReadSession)?;
         let id = parse_id(&id, "session")?;
         Ok(services(ctx)?
+            .admin
             .session_by_id(&caller, id)
             .await?
             .map(Session::from_model))
@@ -143,7 +153,7 @@ impl Query {
     async fn session_stats(&self, ctx: &Context<'_>) -> Result<SessionStats> {
         let caller = require_caller(ctx, Permission::ReadSession)?;
         let (anonymous, authenticated, expired, invalidated) =
-            services(ctx)?.session_stats(&caller).await?;
+            services(ctx)?.admin.session_stats(&caller).await?;
         let clamp = |n: u64| n.min(i32::MAX as u64) as i32;
         Ok(SessionStats {
             anonymous: clamp(anonymous),
@@ -172,6 +182,7 @@ impl Query {
             with_total: asks.field("totalCount").exists(),
         };
         let page = services(ctx)?
+            .events
             .list_session_events(&caller, &filter, req)
             .await?;
         Ok(connection(page, asks.field("edges").exists()))
@@ -194,7 +205,7 @@ impl Query {
             after: after.as_deref().map(decode_cursor).transpose()?,
             with_total: asks.field("totalCount").exists(),
         };
-        let page = services(ctx)?.events_of_user(uid, req).await?;
+        let page = services(ctx)?.events.events_of_user(uid, req).await?;
         Ok(connection(page, asks.field("edges").exists()))
     }
 
@@ -210,6 +221,7 @@ impl Query {
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let asks = ctx.look_ahead();
         let page = services(ctx)?
+            .directory
             .list_users(&caller, first, after, asks.field("totalCount").exists())
             .await?;
         Ok(Connection::new(
@@ -224,6 +236,7 @@ impl Query {
         let caller = require_caller(ctx, Permission::ReadUser)?;
         let id = parse_id(&id, "user")?;
         Ok(services(ctx)?
+            .directory
             .visible_user(&caller, id)
             .await?
             .map(User::one))
@@ -232,13 +245,16 @@ impl Query {
     /// Roles in the channels where the caller holds READ_USER.
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let caller = require_caller(ctx, Permission::ReadUser)?;
-        Ok(Role::list(services(ctx)?.list_roles(&caller).await?))
+        Ok(Role::list(
+            services(ctx)?.directory.list_roles(&caller).await?,
+        ))
     }
 
     /// Every channel. READ_CHANNEL.
     async fn channels(&self, ctx: &Context<'_>) -> Result<Vec<Channel>> {
         require_permission(ctx, Permission::ReadChannel)?;
         Ok(services(ctx)?
+            .directory
             .list_channels()
             .await?
             .into_iter()

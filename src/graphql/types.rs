@@ -266,6 +266,7 @@ impl User {
                 Ok(row
                     .get_or_try_init(|| async {
                         services(ctx)?
+                            .directory
                             .user_by_id(id)
                             .await?
                             .ok_or_else(|| AppError::not_found("no such user"))
@@ -395,8 +396,8 @@ impl Order {
     async fn channel(&self, ctx: &Context<'_>) -> Result<Channel> {
         let svc = services(ctx)?;
         let ch = svc
-            .channels
-            .by_id(&svc.db, self.row.channel_id)
+            .directory
+            .channel_by_id(self.row.channel_id)
             .await?
             .ok_or_else(|| AppError::internal("order channel missing"))?;
         Ok(Channel(ch))
@@ -507,7 +508,7 @@ impl Session {
         let svc = services(ctx)?;
         match self {
             Session::Cached(s) => match s.active_order_id {
-                Some(oid) => Ok(svc.order_by_id(oid).await?.map(Order::one)),
+                Some(oid) => Ok(svc.orders.order_by_id(oid).await?.map(Order::one)),
                 None => Ok(None),
             },
             Session::Row(m, batch) => match m.active_order_id {
@@ -528,7 +529,7 @@ impl Session {
             return Ok(None);
         };
         let svc = services(ctx)?;
-        Ok(svc.channels.by_id(&svc.db, cid).await?.map(Channel))
+        Ok(svc.directory.channel_by_id(cid).await?.map(Channel))
     }
     async fn created_at(&self) -> DateTime {
         DateTime(match self {
@@ -540,7 +541,7 @@ impl Session {
         DateTime(self.last_active())
     }
     async fn expires_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
-        let lifetimes = services(ctx)?.lifetimes;
+        let lifetimes = services(ctx)?.sessions.lifetimes();
         Ok(DateTime(
             lifetimes.expires_at(self.last_active(), self.absolute_expiry()),
         ))

@@ -48,8 +48,9 @@ async fn execute_inner(
     known: Option<Arc<KnownDocument>>,
 ) -> Response {
     let svc = &app.services;
-    let presented = request::presented_token(headers, svc.config.token_method);
+    let presented = request::presented_token(headers, svc.config().token_method);
     let Identity { session, channel } = match svc
+        .sessions
         .identify(
             presented.as_ref().and_then(|p| p.hash.as_ref()),
             request::channel_token(headers),
@@ -65,7 +66,7 @@ async fn execute_inner(
             .as_ref()
             .is_some_and(|p| p.source == TokenSource::Cookie);
 
-    let client = request::client_info(headers, peer, svc.config.trust_proxy);
+    let client = request::client_info(headers, peer, svc.config().trust_proxy);
     let tokens = TokenChanges::default();
     let ctx = RequestContext::new(
         session,
@@ -85,7 +86,7 @@ async fn execute_inner(
     if let Some(k) = known.filter(|_| !already_valid && response.errors.is_empty()) {
         k.mark_validated();
     }
-    let unavailable = fix_error_codes(&mut response, &svc.metrics);
+    let unavailable = fix_error_codes(&mut response, svc.metrics());
     let error_codes = (!response.errors.is_empty()).then(|| {
         response
             .errors
@@ -120,7 +121,7 @@ async fn execute_inner(
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let mode = CookieMode::of(&svc.config);
+    let mode = CookieMode::of(svc.config());
     if dead_cookie {
         cookies::clear_dead_session_cookie(h, mode);
     }

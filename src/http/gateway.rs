@@ -83,8 +83,9 @@ pub(super) async fn check(State(app): State<AppState>, uri: Uri, headers: Header
         Err(msg) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &msg),
     };
     let svc = &app.services;
-    let presented = request::presented_token(&headers, svc.config.token_method);
+    let presented = request::presented_token(&headers, svc.config().token_method);
     let identity = match svc
+        .sessions
         .identify(
             presented.as_ref().and_then(|p| p.hash.as_ref()),
             request::channel_token(&headers),
@@ -105,7 +106,7 @@ pub(super) async fn check(State(app): State<AppState>, uri: Uri, headers: Header
         return status_only(StatusCode::FORBIDDEN);
     }
     let jwt = if check.jwt {
-        match svc.identity_jwt(&identity, None).await {
+        match svc.jwt.identity_jwt(&identity, None).await {
             Ok(jwt) => jwt,
             Err(e) => return identify_failed(e),
         }
@@ -173,7 +174,7 @@ fn identify_failed(e: AppError) -> Response {
 /// `GET /.well-known/jwks.json`: the public keys that verify session JWTs.
 pub(super) async fn jwks(State(app): State<AppState>) -> Response {
     let svc = &app.services;
-    let body = svc.jwt.jwks(&svc.db).await;
+    let body = svc.jwt.jwks().await;
     let cache = format!("public, max-age={}", svc.jwt.max_age_secs());
     (
         [

@@ -8,19 +8,13 @@ use serde_json::json;
 use std::time::Duration;
 
 pub(super) async fn health(State(app): State<AppState>) -> Response {
-    let svc = &app.services;
+    let health = app.services.health(Duration::from_secs(2)).await;
     let mut failing = Vec::new();
-    let db_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), svc.db.ping()).await,
-        Ok(Ok(()))
-    );
-    if !db_ok {
+    if !health.database {
         failing.push("database");
     }
-    if let Some(redis) = &svc.redis {
-        if redis.ping().await.is_err() {
-            failing.push("redis");
-        }
+    if health.redis == Some(false) {
+        failing.push("redis");
     }
     if failing.is_empty() {
         (StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response()
@@ -36,7 +30,7 @@ pub(super) async fn health(State(app): State<AppState>) -> Response {
 pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.services.metrics.render(),
+        app.services.metrics().render(),
     )
         .into_response()
 }

@@ -81,7 +81,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let cors = cors::layer(&state.services.config.cors_allowed_origins);
+    let cors = cors::layer(&state.services.config().cors_allowed_origins);
     Router::new()
         .route(
             "/graphql",

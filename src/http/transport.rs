@@ -93,7 +93,7 @@ async fn within_request_timeout(
 
 pub(super) async fn graphql_post(State(app): State<AppState>, req: Request) -> Response {
     within_request_timeout(
-        app.services.config.request_timeout,
+        app.services.config().request_timeout,
         graphql_post_inner(app, req),
     )
     .await
@@ -162,7 +162,7 @@ fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
 
 pub(super) async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {
     within_request_timeout(
-        app.services.config.request_timeout,
+        app.services.config().request_timeout,
         graphql_get_inner(app, req),
     )
     .await

@@ -1,11 +1,16 @@
 //! Login and passwords: argon2id hashing on a bounded blocking pool with a bounded wait, login
 //! (throttled through `throttle`) with anonymous-session carry-over, password changes.
 
-use super::session::{ClientInfo, Issued, NewSession};
-use super::Services;
+use super::events::Origin;
+use super::session::Sessions;
+use super::session::{Issued, NewSession};
+use super::throttle::Throttle;
+use crate::cache::SessionStore;
 use crate::clock::now_ms;
 use crate::domain::{CachedSession, CachedUser};
 use crate::error::{AppError, AppResult, InternalError};
+use crate::events::EventType;
+use crate::metrics::Metrics;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use entity::{order, session, user};
@@ -133,7 +138,36 @@ pub fn check_password(password: &str) -> AppResult<()> {
     Ok(())
 }
 
-impl Services {
+/// The authentication service: login (with its throttles) and password changes.
+pub struct Auth {
+    db: sea_orm::DatabaseConnection,
+    sessions: Sessions,
+    /// Caches the session a login opens.
+    store: Arc<SessionStore>,
+    passwords: Arc<Passwords>,
+    throttle: Arc<Throttle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Auth {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        sessions: Sessions,
+        store: Arc<SessionStore>,
+        passwords: Arc<Passwords>,
+        throttle: Arc<Throttle>,
+        metrics: Arc<Metrics>,
+    ) -> Auth {
+        Auth {
+            db,
+            sessions,
+            store,
+            passwords,
+            throttle,
+            metrics,
+        }
+    }
+
     /// Verifies credentials and opens an authenticated session, carrying the current anonymous
     /// session's channel and order over in one transaction.
     pub async fn login(
@@ -142,10 +176,11 @@ impl Services {
         password: &str,
         remember_me: bool,
         current: Option<Arc<CachedSession>>,
-        client: &ClientInfo,
+        origin: &Origin,
     ) -> AppResult<LoginOutcome> {
         let identifier = check_identifier(identifier)?;
         check_password(password)?;
+        let client = &origin.client;
         let now = now_ms();
         let address = client.ip_address.as_deref();
         // The attempt is reserved before the password is checked, so concurrent guesses cannot
@@ -153,19 +188,33 @@ impl Services {
         // it back.
         let reservation = match self.throttle.reserve_login(&identifier, address).await {
             Ok(r) => r,
-            Err(secs) => {
+            Err(throttled) => {
                 self.metrics.login("throttled");
+                let event = origin
+                    .event(EventType::LoginThrottled)
+                    .identifier(&identifier)
+                    .reason(throttled.by.as_str());
+                self.sessions.record_now(vec![event]).await?;
                 return Ok(LoginOutcome::TooManyAttempts {
-                    retry_after_seconds: secs,
+                    retry_after_seconds: throttled.retry_after_seconds,
                 });
             }
         };
         let checked = self.check_credentials(&identifier, password).await;
+        let failed = |user: Option<i64>, reason: &str| {
+            origin
+                .event(EventType::LoginFailed)
+                .identifier(&identifier)
+                .user(user)
+                .reason(reason)
+        };
         let found = match checked {
-            Ok(Some(found)) => found,
-            Ok(None) => {
+            Ok((Some(found), true)) => found,
+            Ok((found, _)) => {
                 // The reservation stays: it is this failure, counted.
                 self.metrics.login("invalid_credentials");
+                let event = failed(found.map(|u| u.id), "bad_credentials");
+                self.sessions.record_now(vec![event]).await?;
                 return Ok(LoginOutcome::InvalidCredentials);
             }
             Err(e) => {
@@ -176,10 +225,13 @@ impl Services {
         self.throttle.release(reservation).await;
         if !found.verified {
             self.metrics.login("not_verified");
+            self.sessions
+                .record_now(vec![failed(Some(found.id), "unverified")])
+                .await?;
             return Ok(LoginOutcome::NotVerified);
         }
         self.throttle.clear_identifier(&identifier).await;
-        let Some(user) = self.load_cached_user(&self.db, found.id).await? else {
+        let Some(user) = self.sessions.load_cached_user(&self.db, found.id).await? else {
             return Ok(LoginOutcome::InvalidCredentials);
         };
 
@@ -189,6 +241,8 @@ impl Services {
         // The presented session is replaced: claim it (only one login may consume it).
         let mut carried = (None, None);
         let mut carried_data = None;
+        let as_user = origin.acting_as(found.id);
+        let mut events = Vec::new();
         if let Some(old) = &current {
             let claimed = session::Entity::update_many()
                 .col_expr(session::Column::Invalidated, Expr::value(true))
@@ -196,6 +250,15 @@ impl Services {
                 .filter(session::Column::Invalidated.eq(false))
                 .exec(&txn)
                 .await?;
+            if claimed.rows_affected == 1 {
+                events.push(
+                    as_user
+                        .event(EventType::SessionRevoked)
+                        .session(old.id)
+                        .user(old.user_id())
+                        .reason("replaced"),
+                );
+            }
             if claimed.rows_affected == 1 && old.user.is_none() {
                 carried = (old.active_order_id, old.active_channel_id);
                 // The data as committed (an update may have landed since this request
@@ -215,6 +278,7 @@ impl Services {
             }
         }
         let issued = self
+            .sessions
             .insert_session(
                 &txn,
                 NewSession {
@@ -233,14 +297,27 @@ impl Services {
             .filter(user::Column::Id.eq(found.id))
             .exec(&txn)
             .await?;
+        events.push(
+            as_user
+                .event(EventType::LoginSucceeded)
+                .session(issued.session.id)
+                .user(Some(found.id))
+                .identifier(&identifier),
+        );
+        let recorded = self.sessions.events().record(&txn, now, events).await?;
         txn.commit().await?;
+        self.sessions.events().publish(recorded);
 
         if let Some(old) = &current {
-            self.revoke_token(&old.token_hash).await;
+            self.sessions.revoke_token(&old.token_hash).await;
         }
         self.store.put_new(issued.session.clone()).await;
         // The login stands even if the cap cannot be applied now; the next login applies it.
-        if let Err(e) = self.enforce_session_cap(found.id, issued.session.id).await {
+        if let Err(e) = self
+            .sessions
+            .enforce_session_cap(found.id, issued.session.id, &as_user)
+            .await
+        {
             tracing::warn!(error = %e.chain(), user_id = found.id, "could not apply SESSION_MAX_PER_USER");
         }
         self.metrics.login("success");
@@ -248,13 +325,13 @@ impl Services {
         Ok(LoginOutcome::Success { issued, user })
     }
 
-    /// The user whose identifier and password these are, or `None`; an unknown user costs the
-    /// same argon2 work as a wrong password.
+    /// The user with this identifier, if any, and whether the password is theirs; an unknown
+    /// user costs the same argon2 work as a wrong password.
     async fn check_credentials(
         &self,
         identifier: &str,
         password: &str,
-    ) -> AppResult<Option<user::Model>> {
+    ) -> AppResult<(Option<user::Model>, bool)> {
         let found = if identifier.is_empty() {
             None
         } else {
@@ -267,7 +344,7 @@ impl Services {
             .passwords
             .verify(password, found.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
-        Ok(found.filter(|_| ok))
+        Ok((found, ok))
     }
 
     /// Changes the caller's password and ends their other sessions.
@@ -276,6 +353,7 @@ impl Services {
         current: &CachedSession,
         old_password: &str,
         new_password: &str,
+        origin: &Origin,
     ) -> AppResult<()> {
         let Some(user_id) = current.user_id() else {
             return Err(AppError::unauthenticated("log in to change your password"));
@@ -303,18 +381,32 @@ impl Services {
             }
         }
         let hash = self.passwords.hash(new_password).await?;
+        let txn = self.db.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, Expr::value(hash))
             .filter(user::Column::Id.eq(user_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
-        self.invalidate_sessions(
-            sea_orm::Condition::all()
-                .add(session::Column::UserId.eq(user_id))
-                .add(session::Column::Id.ne(current.id)),
-        )
-        .await?;
-        self.invalidate_user(user_id).await;
+        let changed = origin
+            .event(EventType::PasswordChanged)
+            .session(current.id)
+            .user(Some(user_id));
+        let events = self.sessions.events();
+        let recorded = events.record(&txn, now_ms(), vec![changed]).await?;
+        txn.commit().await?;
+        events.publish(recorded);
+        self.sessions
+            .invalidate_sessions(
+                sea_orm::Condition::all()
+                    .add(session::Column::UserId.eq(user_id))
+                    .add(session::Column::Id.ne(current.id)),
+                &origin
+                    .event(EventType::SessionRevoked)
+                    .reason("password_changed"),
+                Vec::new(),
+            )
+            .await?;
+        self.sessions.invalidate_user(user_id).await;
         Ok(())
     }
 }

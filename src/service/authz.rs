@@ -2,7 +2,6 @@
 //! permissions per channel) and decides here: which sessions, users and roles a permission
 //! reaches (the channels of the roles that grant it), and who may grant or touch what.
 
-use super::Services;
 use crate::domain::CachedUser;
 use crate::error::{AppError, AppResult};
 use crate::permission::{Permission, PermissionSet};
@@ -202,10 +201,37 @@ fn forbidden_grant() -> AppError {
     )
 }
 
-impl Services {
+/// The authorization rules that need the bootstrap's ids: who outranks whom, who may grant
+/// what, which sessions a caller's permission reaches.
+#[derive(Clone)]
+pub struct Authz {
+    db: sea_orm::DatabaseConnection,
+    /// Id of the `SUPER_ADMIN` role.
+    pub(super) super_admin_role_id: i64,
+    /// Id of the superadmin user, who cannot be deleted or lose that role.
+    pub(super) superadmin_user_id: i64,
+    /// Sessions without an active channel are in this one.
+    pub(super) default_channel_id: i64,
+}
+
+impl Authz {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        super_admin_role_id: i64,
+        superadmin_user_id: i64,
+        default_channel_id: i64,
+    ) -> Authz {
+        Authz {
+            db,
+            super_admin_role_id,
+            superadmin_user_id,
+            default_channel_id,
+        }
+    }
+
     /// The sessions a caller's `permission` reaches.
     pub(crate) fn session_scope(&self, caller: &Caller, permission: Permission) -> Condition {
-        caller.scope(permission).sessions(self.default_channel.id)
+        caller.scope(permission).sessions(self.default_channel_id)
     }
 
     /// What each of `user_ids` holds, per channel, in one query (users without roles in any

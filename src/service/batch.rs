@@ -5,8 +5,9 @@
 //! Every function returns an empty map without a statement when given no ids, and each id at
 //! most once however often it is given.
 
+use super::directory::ChannelDirectory;
 use super::session::live_condition;
-use super::Services;
+use super::session::Lifetimes;
 use crate::clock::now_ms;
 use crate::error::AppResult;
 use entity::{channel, order, role, role_channel, session, user, user_role};
@@ -53,7 +54,27 @@ struct UserCount {
     n: i64,
 }
 
-impl Services {
+/// Related rows of a listing (users, orders, roles, channels, session counts), for many
+/// parents in one statement each.
+pub struct Loads {
+    db: sea_orm::DatabaseConnection,
+    lifetimes: Lifetimes,
+    channels: Arc<ChannelDirectory>,
+}
+
+impl Loads {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        lifetimes: Lifetimes,
+        channels: Arc<ChannelDirectory>,
+    ) -> Loads {
+        Loads {
+            db,
+            lifetimes,
+            channels,
+        }
+    }
+
     /// Users by id; ids of deleted users are absent.
     pub async fn users_by_ids(&self, ids: &[i64]) -> AppResult<HashMap<i64, user::Model>> {
         let ids = distinct(ids);

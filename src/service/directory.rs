@@ -5,17 +5,20 @@
 //! whether they may, before anything is written.
 
 use super::auth::{check_identifier, validate_new_password, Passwords, MAX_IDENTIFIER_BYTES};
+use super::authz::Authz;
 use super::authz::{Caller, RoleGrant};
+use super::events::Origin;
 use super::paging::{page_by_id, IdOrder, Page, PageRequest};
-use super::Services;
+use super::session::Sessions;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
+use crate::events::EventType;
 use crate::permission::{Permission, PermissionSet};
 use entity::{channel, role, role_channel, session, user, user_role};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -112,7 +115,48 @@ fn check_code(what: &str, code: &str) -> AppResult<String> {
     Ok(code.to_string())
 }
 
-impl Services {
+/// The directory service: users, roles and channels, with the authorization rules for
+/// changing them.
+pub struct Directory {
+    db: DatabaseConnection,
+    /// Ends and drops sessions when an account changes.
+    sessions: Sessions,
+    authz: Authz,
+    channels: Arc<ChannelDirectory>,
+    passwords: Arc<Passwords>,
+}
+
+impl Directory {
+    fn events(&self) -> &crate::events::EventLog {
+        self.sessions.events()
+    }
+
+    pub(super) fn new(
+        db: DatabaseConnection,
+        sessions: Sessions,
+        authz: Authz,
+        channels: Arc<ChannelDirectory>,
+        passwords: Arc<Passwords>,
+    ) -> Directory {
+        Directory {
+            db,
+            sessions,
+            authz,
+            channels,
+            passwords,
+        }
+    }
+
+    /// A channel by id (kept in process once read).
+    pub async fn channel_by_id(&self, id: i64) -> AppResult<Option<Arc<channel::Model>>> {
+        self.channels.by_id(&self.db, id).await
+    }
+
+    /// A channel by its token (kept in process once read).
+    pub async fn channel_by_token(&self, token: &str) -> AppResult<Option<Arc<channel::Model>>> {
+        self.channels.by_token(&self.db, token).await
+    }
+
     // ---- users ----
 
     pub async fn user_by_id(&self, id: i64) -> AppResult<Option<user::Model>> {
@@ -146,14 +190,20 @@ impl Services {
     }
 
     /// Creates a user with roles the caller may grant.
-    pub async fn create_user(&self, caller: &Caller, new: NewUser) -> AppResult<user::Model> {
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        new: NewUser,
+        origin: &Origin,
+    ) -> AppResult<user::Model> {
         let identifier = check_identifier(&new.identifier)?;
         if identifier.is_empty() {
             return Err(AppError::bad_input("identifier must not be empty"));
         }
         validate_new_password(&new.password)?;
-        for r in self.role_grants(&self.db, &new.role_ids).await? {
-            self.authorize_grant(caller, r.permissions, &r.channel_ids)?;
+        for r in self.authz.role_grants(&self.db, &new.role_ids).await? {
+            self.authz
+                .authorize_grant(caller, r.permissions, &r.channel_ids)?;
         }
         let hash = self.passwords.hash(&new.password).await?;
         let txn = self.db.begin().await?;
@@ -162,8 +212,10 @@ impl Services {
         for role_id in unique(&new.role_ids) {
             lock_role(&txn, role_id).await?;
         }
-        for r in self.role_grants(&txn, &new.role_ids).await? {
-            self.authorize_grant(caller, r.permissions, &r.channel_ids)?;
+        let grants = self.authz.role_grants(&txn, &new.role_ids).await?;
+        for r in &grants {
+            self.authz
+                .authorize_grant(caller, r.permissions, &r.channel_ids)?;
         }
         let created = user::Entity::insert(user::ActiveModel {
             identifier: Set(identifier),
@@ -177,7 +229,21 @@ impl Services {
         .await
         .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
         link_roles(&txn, created.id, &new.role_ids).await?;
+        let mut events = vec![origin
+            .event(EventType::UserCreated)
+            .user(Some(created.id))
+            .identifier(&created.identifier)];
+        for role in &grants {
+            events.push(
+                origin
+                    .event(EventType::RoleAssigned)
+                    .user(Some(created.id))
+                    .reason(&role.role.code),
+            );
+        }
+        let recorded = self.events().record(&txn, now_ms(), events).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         Ok(created)
     }
 
@@ -185,12 +251,15 @@ impl Services {
         &self,
         caller: &Caller,
         changes: UserChanges,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let existing = self
             .user_by_id(changes.id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
-        self.authorize_user_change(caller, existing.id).await?;
+        self.authz
+            .authorize_user_change(caller, existing.id)
+            .await?;
         let mut model: user::ActiveModel = existing.clone().into();
         if let Some(identifier) = &changes.identifier {
             let identifier = check_identifier(identifier)?;
@@ -210,27 +279,52 @@ impl Services {
             model.password_hash = Set(self.passwords.hash(password).await?);
             ends_sessions = true;
         }
+        let txn = self.db.begin().await?;
         let updated = user::Entity::update(model)
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
+        let mut events = vec![origin
+            .event(EventType::UserUpdated)
+            .user(Some(updated.id))
+            .identifier(&updated.identifier)];
+        if changes.password.is_some() {
+            events.push(
+                origin
+                    .event(EventType::PasswordChanged)
+                    .user(Some(updated.id))
+                    .reason("admin"),
+            );
+        }
+        let recorded = self.events().record(&txn, now_ms(), events).await?;
+        txn.commit().await?;
+        self.events().publish(recorded);
         if ends_sessions {
-            self.end_user_sessions(updated.id).await?;
+            let reason = if changes.password.is_some() {
+                "password_changed"
+            } else {
+                "unverified"
+            };
+            let ending = origin.event(EventType::SessionRevoked).reason(reason);
+            self.sessions.end_user_sessions(updated.id, &ending).await?;
         } else {
-            self.invalidate_user(updated.id).await;
+            self.sessions.invalidate_user(updated.id).await;
         }
         Ok(updated)
     }
 
-    pub async fn delete_user(&self, caller: &Caller, id: i64) -> AppResult<bool> {
-        if self.user_by_id(id).await?.is_none() {
+    pub async fn delete_user(&self, caller: &Caller, id: i64, origin: &Origin) -> AppResult<bool> {
+        let Some(existing) = self.user_by_id(id).await? else {
             return Ok(false);
-        }
-        self.authorize_user_change(caller, id).await?;
-        if id == self.superadmin_user_id {
+        };
+        self.authz.authorize_user_change(caller, id).await?;
+        if id == self.authz.superadmin_user_id {
             return Err(AppError::bad_input("the superadmin user cannot be deleted"));
         }
-        self.end_user_sessions(id).await?;
+        let ending = origin
+            .event(EventType::SessionRevoked)
+            .reason("user_deleted");
+        self.sessions.end_user_sessions(id, &ending).await?;
         let txn = self.db.begin().await?;
         // Explicit deletes, so the outcome does not depend on the backend enforcing cascades.
         session::Entity::delete_many()
@@ -250,9 +344,21 @@ impl Services {
             .exec(&txn)
             .await?;
         let deleted = user::Entity::delete_by_id(id).exec(&txn).await?;
+        if deleted.rows_affected != 1 {
+            // Deleted meanwhile by another request, which recorded it.
+            txn.rollback().await?;
+            self.sessions.invalidate_user(id).await;
+            return Ok(false);
+        }
+        let event = origin
+            .event(EventType::UserDeleted)
+            .user(Some(id))
+            .identifier(&existing.identifier);
+        let recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
-        self.invalidate_user(id).await;
-        Ok(deleted.rows_affected == 1)
+        self.events().publish(recorded);
+        self.sessions.invalidate_user(id).await;
+        Ok(true)
     }
 
     /// Gives a user a role the caller may grant; the user must be within the caller's reach or
@@ -262,27 +368,46 @@ impl Services {
         caller: &Caller,
         user_id: i64,
         role_id: i64,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
         let role = self.one_role_grant(role_id).await?;
-        self.authorize_user_change(caller, user_id).await?;
-        self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
+        self.authz.authorize_user_change(caller, user_id).await?;
+        self.authz
+            .authorize_grant(caller, role.permissions, &role.channel_ids)?;
         // Checked again under the role's lock: a concurrent `updateRole` waits, so what is
         // assigned is the role that was checked.
         let txn = self.db.begin().await?;
         lock_role(&txn, role_id).await?;
         let role = self
+            .authz
             .role_grants(&txn, &[role_id])
             .await?
             .pop()
             .ok_or_else(|| AppError::not_found("no such role"))?;
-        self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
-        link_roles(&txn, user_id, &[role_id]).await?;
+        self.authz
+            .authorize_grant(caller, role.permissions, &role.channel_ids)?;
+        let held = user_role::Entity::find()
+            .filter(user_role::Column::UserId.eq(user_id))
+            .filter(user_role::Column::RoleId.eq(role_id))
+            .one(&txn)
+            .await?
+            .is_some();
+        let mut recorded = Vec::new();
+        if !held {
+            link_roles(&txn, user_id, &[role_id]).await?;
+            let event = origin
+                .event(EventType::RoleAssigned)
+                .user(Some(user_id))
+                .reason(&role.role.code);
+            recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
+        }
         txn.commit().await?;
-        self.invalidate_user(user_id).await;
+        self.events().publish(recorded);
+        self.sessions.invalidate_user(user_id).await;
         Ok(user)
     }
 
@@ -291,32 +416,46 @@ impl Services {
         caller: &Caller,
         user_id: i64,
         role_id: i64,
+        origin: &Origin,
     ) -> AppResult<user::Model> {
         let user = self
             .user_by_id(user_id)
             .await?
             .ok_or_else(|| AppError::not_found("no such user"))?;
         let role = self.one_role_grant(role_id).await?;
-        self.authorize_user_change(caller, user_id).await?;
-        self.authorize_grant(caller, role.permissions, &role.channel_ids)?;
-        if user_id == self.superadmin_user_id && role_id == self.super_admin_role_id {
+        self.authz.authorize_user_change(caller, user_id).await?;
+        self.authz
+            .authorize_grant(caller, role.permissions, &role.channel_ids)?;
+        if user_id == self.authz.superadmin_user_id && role_id == self.authz.super_admin_role_id {
             return Err(AppError::bad_input(
                 "the superadmin user cannot lose the SUPER_ADMIN role",
             ));
         }
-        user_role::Entity::delete_many()
+        let txn = self.db.begin().await?;
+        let removed = user_role::Entity::delete_many()
             .filter(user_role::Column::UserId.eq(user_id))
             .filter(user_role::Column::RoleId.eq(role_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
-        self.invalidate_user(user_id).await;
+        let mut recorded = Vec::new();
+        if removed.rows_affected > 0 {
+            let event = origin
+                .event(EventType::RoleRemoved)
+                .user(Some(user_id))
+                .reason(&role.role.code);
+            recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
+        }
+        txn.commit().await?;
+        self.events().publish(recorded);
+        self.sessions.invalidate_user(user_id).await;
         Ok(user)
     }
 
     // ---- roles ----
 
     async fn one_role_grant(&self, role_id: i64) -> AppResult<RoleGrant> {
-        self.role_grants(&self.db, &[role_id])
+        self.authz
+            .role_grants(&self.db, &[role_id])
             .await?
             .pop()
             .ok_or_else(|| AppError::not_found("no such role"))
@@ -340,11 +479,17 @@ impl Services {
         Ok(())
     }
 
-    pub async fn create_role(&self, caller: &Caller, new: NewRole) -> AppResult<role::Model> {
+    pub async fn create_role(
+        &self,
+        caller: &Caller,
+        new: NewRole,
+        origin: &Origin,
+    ) -> AppResult<role::Model> {
         let code = check_code("role code", &new.code)?;
         self.require_channels(&new.channel_ids).await?;
         let permissions: PermissionSet = new.permissions.into_iter().collect();
-        self.authorize_grant(caller, permissions, &new.channel_ids)?;
+        self.authz
+            .authorize_grant(caller, permissions, &new.channel_ids)?;
         let txn = self.db.begin().await?;
         let created = role::Entity::insert(role::ActiveModel {
             code: Set(code),
@@ -357,7 +502,10 @@ impl Services {
         .await
         .map_err(|e| AppError::conflict(e, "a role with this code"))?;
         link_channels(&txn, created.id, &new.channel_ids).await?;
+        let event = origin.event(EventType::RoleChanged).reason(&created.code);
+        let recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         Ok(created)
     }
 
@@ -367,6 +515,7 @@ impl Services {
         &self,
         caller: &Caller,
         changes: RoleChanges,
+        origin: &Origin,
     ) -> AppResult<role::Model> {
         if let Some(ids) = &changes.channel_ids {
             self.require_channels(ids).await?;
@@ -381,11 +530,13 @@ impl Services {
         // caller may not grant. A write first also spares SQLite a read-to-write upgrade.
         lock_role(&txn, changes.id).await?;
         let existing = self
+            .authz
             .role_grants(&txn, &[changes.id])
             .await?
             .pop()
             .ok_or_else(|| AppError::not_found("no such role"))?;
-        self.authorize_grant(caller, existing.permissions, &existing.channel_ids)?;
+        self.authz
+            .authorize_grant(caller, existing.permissions, &existing.channel_ids)?;
         let new_permissions = permissions.unwrap_or(existing.permissions);
         let new_channels = unique(
             changes
@@ -393,8 +544,9 @@ impl Services {
                 .as_deref()
                 .unwrap_or(&existing.channel_ids),
         );
-        self.authorize_grant(caller, new_permissions, &new_channels)?;
-        if changes.id == self.super_admin_role_id {
+        self.authz
+            .authorize_grant(caller, new_permissions, &new_channels)?;
+        if changes.id == self.authz.super_admin_role_id {
             return Err(AppError::bad_input(
                 "the SUPER_ADMIN role cannot be changed",
             ));
@@ -410,7 +562,9 @@ impl Services {
                 .into_tuple()
                 .all(&txn)
                 .await?;
-            self.authorize_acting_on(&txn, caller, &holders).await?;
+            self.authz
+                .authorize_acting_on(&txn, caller, &holders)
+                .await?;
         }
         let mut model: role::ActiveModel = existing.role.into();
         if let Some(description) = changes.description {
@@ -427,7 +581,10 @@ impl Services {
                 .await?;
             link_channels(&txn, updated.id, ids).await?;
         }
+        let event = origin.event(EventType::RoleChanged).reason(&updated.code);
+        let recorded = self.events().record(&txn, now_ms(), vec![event]).await?;
         txn.commit().await?;
+        self.events().publish(recorded);
         self.invalidate_role_holders(updated.id).await?;
         Ok(updated)
     }
@@ -442,7 +599,7 @@ impl Services {
             .all(&self.db)
             .await?;
         for user_id in holders {
-            self.invalidate_user(user_id).await;
+            self.sessions.invalidate_user(user_id).await;
         }
         Ok(())
     }
@@ -477,9 +634,9 @@ impl Services {
         .await
         .map_err(|e| AppError::conflict(e, "a channel with this code or token"))?;
         // The SUPER_ADMIN role covers every channel, like Vendure's.
-        link_channels(&txn, self.super_admin_role_id, &[created.id]).await?;
+        link_channels(&txn, self.authz.super_admin_role_id, &[created.id]).await?;
         txn.commit().await?;
-        self.invalidate_role_holders(self.super_admin_role_id)
+        self.invalidate_role_holders(self.authz.super_admin_role_id)
             .await?;
         Ok(created)
     }

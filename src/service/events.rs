@@ -5,13 +5,16 @@
 use super::authz::{Caller, Scope};
 use super::paging::{page_by_id, IdOrder, Page, PageRequest};
 use super::session::ClientInfo;
-use super::Services;
 use crate::clock::{ms, now_ms};
+use crate::config::Config;
 use crate::error::AppResult;
 use crate::events::{Event, EventType, NewEvent};
 use crate::permission::Permission;
 use entity::session_event;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use std::sync::Arc;
 
 /// Who made a change and from where: the request's logged-in user (the admin who acted, or the
 /// user themself), its client address and user agent, and its channel. Every event a request
@@ -104,7 +107,19 @@ fn events(page: Page<session_event::Model>) -> Page<Event> {
     }
 }
 
-impl Services {
+/// The session event service: the listings and retention (recording happens in the services
+/// that make the changes, through the shared [`crate::events::EventLog`]).
+pub struct SessionEvents {
+    db: DatabaseConnection,
+    /// `EVENT_RETENTION`, `CLEANUP_BATCH_SIZE`.
+    config: Arc<Config>,
+}
+
+impl SessionEvents {
+    pub(super) fn new(db: DatabaseConnection, config: Arc<Config>) -> SessionEvents {
+        SessionEvents { db, config }
+    }
+
     /// Events recorded in the caller's `READ_SESSION` channels, newest first; `after` is the id
     /// of the last event of the previous page.
     pub async fn list_session_events(
@@ -141,15 +156,6 @@ impl Services {
         )
         .await?;
         Ok(events(page))
-    }
-
-    /// The clean-up (every `CLEANUP_INTERVAL` and `cleanUpExpiredSessions`): expired and
-    /// invalidated sessions, then events past `EVENT_RETENTION`. Returns how many sessions
-    /// were deleted.
-    pub async fn clean_up(&self) -> AppResult<u64> {
-        let sessions = self.clean_up_expired_sessions().await?;
-        self.clean_up_old_events().await?;
-        Ok(sessions)
     }
 
     /// Deletes events older than `EVENT_RETENTION` in batches of `CLEANUP_BATCH_SIZE`; returns

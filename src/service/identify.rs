@@ -1,7 +1,7 @@
 //! Who is calling: the session a request presents and the channel it runs in, found with one
 //! call before any resolver runs.
 
-use super::Services;
+use super::session::Sessions;
 use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
 use crate::permission::PermissionSet;
@@ -38,7 +38,7 @@ pub fn permissions_in(session: &CachedSession, channel_id: i64) -> PermissionSet
     }
 }
 
-impl Services {
+impl Sessions {
     /// Resolves the presented token (cache first, then the database) and the channel. Both
     /// come from memory on a warm cache: channels are kept in process once read.
     ///

@@ -9,7 +9,7 @@
 //! them then sign with the newest by `sign_from`, then kid, once they reload.
 
 use super::identify::Identity;
-use super::Services;
+use super::session::Lifetimes;
 use crate::clock::{ms, now_ms};
 use crate::domain::{CachedSession, SessionKind};
 use crate::error::{AppError, AppResult};
@@ -215,7 +215,42 @@ impl JwtKeys {
     }
 }
 
-impl Services {
+/// The session JWT service: signs JWTs of sessions and publishes the keys (JWKS).
+pub struct Jwt {
+    db: sea_orm::DatabaseConnection,
+    keys: JwtKeys,
+    lifetimes: Lifetimes,
+}
+
+impl Jwt {
+    pub(super) fn new(db: sea_orm::DatabaseConnection, keys: JwtKeys, lifetimes: Lifetimes) -> Jwt {
+        Jwt {
+            db,
+            keys,
+            lifetimes,
+        }
+    }
+
+    /// The JWKS document: every published key.
+    pub async fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks(&self.db).await
+    }
+
+    /// `cache-control: max-age` of the JWKS, in seconds.
+    pub fn max_age_secs(&self) -> i64 {
+        self.keys.max_age_secs()
+    }
+
+    /// How often the key set is re-read (and a new key made when due).
+    pub fn refresh_every(&self) -> std::time::Duration {
+        self.keys.refresh_every()
+    }
+
+    /// Re-reads the keys, creating the next one when due.
+    pub async fn refresh(&self) -> AppResult<()> {
+        self.keys.refresh(&self.db).await
+    }
+
     /// A JWT of the caller's session in the request's channel, signed with the current key.
     /// `exp` is `SESSION_JWT_TTL` away, never after the session expires.
     pub async fn session_jwt(
@@ -233,7 +268,7 @@ impl Services {
             }
         }
         let now = now_ms();
-        let keys = &self.jwt;
+        let keys = &self.keys;
         let key = match keys.current(now) {
             Some(k) => k,
             None => {
@@ -271,7 +306,7 @@ impl Services {
         })
     }
 
-    /// [`Services::session_jwt`] for a request's identity; `None` without a session.
+    /// [`Jwt::session_jwt`] for a request's identity; `None` without a session.
     pub async fn identity_jwt(
         &self,
         identity: &Identity,

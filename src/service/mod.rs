@@ -44,30 +44,180 @@ pub use self::session::{ClientInfo, Issued};
 /// Shared state of the whole server; cheap to clone.
 pub type SharedServices = Arc<Services>;
 
+/// Every service of the server, composed once at start-up ([`Services::compose`]). Each is a
+/// separate value with private fields; they share the database pool and the session store.
 pub struct Services {
+    /// Finding a request's session and channel, creating, sliding, refreshing and ending
+    /// sessions, session data.
+    pub sessions: session::Sessions,
+    /// Login and password changes, with their throttles.
+    pub auth: auth::Auth,
+    /// Users, roles and channels.
+    pub directory: directory::Directory,
+    /// Orders and a session's active order.
+    pub orders: order::Orders,
+    /// Admin listings, statistics, revocations and the expiry clean-up.
+    pub admin: session_admin::SessionAdmin,
+    /// Session JWTs and the published signing keys.
+    pub jwt: jwt::Jwt,
+    /// A listing's related rows, for many parents in one statement each.
+    pub loads: batch::Loads,
+    /// Session event listings and retention.
+    pub events: events::SessionEvents,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    /// For `/health`.
+    db: DatabaseConnection,
+    /// For `/health`: the Redis connection when one is configured.
+    redis: Option<Arc<RedisCache>>,
+    /// Flushed on shutdown.
+    activity: Arc<activity::ActivityWriter>,
+}
+
+/// What start-up hands over to compose the services: connections, the cache, and what the
+/// bootstrap made sure exists.
+pub struct Parts {
     pub config: Config,
     pub db: DatabaseConnection,
-    /// The session cache (the `SESSION_CACHE` strategy) with its staleness protocol.
-    pub store: SessionStore,
-    /// The Redis connection when one is configured (for `/health`).
     pub redis: Option<Arc<RedisCache>>,
+    pub store: SessionStore,
     pub metrics: Arc<Metrics>,
-    /// Lifetimes in milliseconds, derived once from the configuration.
-    pub lifetimes: session::Lifetimes,
-    pub activity: activity::ActivityWriter,
-    pub channels: directory::ChannelDirectory,
     pub passwords: auth::Passwords,
-    pub throttle: throttle::Throttle,
-    /// The session JWT signing keys, shared through the database.
-    pub jwt: jwt::JwtKeys,
+    pub jwt_keys: jwt::JwtKeys,
     /// Records session events in the transactions of the changes and publishes them after.
     pub events: crate::events::EventLog,
     /// The channel with code `default`, used when a request names none.
-    pub default_channel: Arc<channel::Model>,
+    pub default_channel: channel::Model,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
     pub super_admin_role_id: i64,
     /// Id of the superadmin user, who cannot be deleted or lose that role.
     pub superadmin_user_id: i64,
+}
+
+/// Whether the database and (when configured) Redis answer.
+pub struct Health {
+    pub database: bool,
+    pub redis: Option<bool>,
+}
+
+impl Services {
+    /// Builds every service from the start-up parts; the one place that wires them together.
+    pub fn compose(parts: Parts) -> Services {
+        let Parts {
+            config,
+            db,
+            redis,
+            store,
+            metrics,
+            passwords,
+            jwt_keys,
+            events,
+            default_channel,
+            super_admin_role_id,
+            superadmin_user_id,
+        } = parts;
+        let config = Arc::new(config);
+        let lifetimes = session::Lifetimes::new(&config);
+        let store = Arc::new(store);
+        let activity = Arc::new(activity::ActivityWriter::start(
+            db.clone(),
+            lifetimes.flush_every(),
+        ));
+        let channels = Arc::new(directory::ChannelDirectory::default());
+        let default_channel = channels.remember(default_channel);
+        let passwords = Arc::new(passwords);
+        let throttle = Arc::new(throttle::Throttle::new(&config, redis.clone()));
+        let authz = authz::Authz::new(
+            db.clone(),
+            super_admin_role_id,
+            superadmin_user_id,
+            default_channel.id,
+        );
+        let sessions = session::Sessions::new(session::SessionsParts {
+            db: db.clone(),
+            store: store.clone(),
+            lifetimes,
+            activity: activity.clone(),
+            metrics: metrics.clone(),
+            throttle: throttle.clone(),
+            config: config.clone(),
+            channels: channels.clone(),
+            default_channel: default_channel.clone(),
+            events,
+        });
+        Services {
+            auth: auth::Auth::new(
+                db.clone(),
+                sessions.clone(),
+                store.clone(),
+                passwords.clone(),
+                throttle,
+                metrics.clone(),
+            ),
+            directory: directory::Directory::new(
+                db.clone(),
+                sessions.clone(),
+                authz.clone(),
+                channels.clone(),
+                passwords,
+            ),
+            orders: order::Orders::new(db.clone(), sessions.clone(), store),
+            admin: session_admin::SessionAdmin::new(
+                db.clone(),
+                sessions.clone(),
+                authz,
+                lifetimes,
+                config.clone(),
+                metrics.clone(),
+            ),
+            jwt: jwt::Jwt::new(db.clone(), jwt_keys, lifetimes),
+            loads: batch::Loads::new(db.clone(), lifetimes, channels),
+            events: events::SessionEvents::new(db.clone(), config.clone()),
+            sessions,
+            config,
+            metrics,
+            db,
+            redis,
+            activity,
+        }
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The Prometheus registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Pings the database (within `limit`) and Redis (within its own command timeout).
+    pub async fn health(&self, limit: std::time::Duration) -> Health {
+        let database = matches!(
+            tokio::time::timeout(limit, self.db.ping()).await,
+            Ok(Ok(()))
+        );
+        let redis = match &self.redis {
+            Some(redis) => Some(redis.ping().await.is_ok()),
+            None => None,
+        };
+        Health { database, redis }
+    }
+
+    /// The clean-up (every `CLEANUP_INTERVAL` and `cleanUpExpiredSessions`): expired and
+    /// invalidated sessions, then session events past `EVENT_RETENTION`. Returns how many
+    /// sessions were deleted.
+    pub async fn clean_up(&self) -> crate::error::AppResult<u64> {
+        let sessions = self.admin.clean_up_expired_sessions().await?;
+        self.events.clean_up_old_events().await?;
+        Ok(sessions)
+    }
+
+    /// Writes the pending session activity (on shutdown).
+    pub async fn flush_activity(&self) {
+        self.activity.flush().await;
+    }
 }
 
 /// Runs `op` again, a few times, when the database picked it as the victim of a deadlock.

@@ -1,6 +1,8 @@
 //! Orders and the session's active order.
 
-use super::{retry_deadlocks, Services};
+use super::retry_deadlocks;
+use super::session::Sessions;
+use crate::cache::SessionStore;
 use crate::clock::now_ms;
 use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
@@ -23,7 +25,26 @@ fn owns(s: &CachedSession, o: &order::Model) -> bool {
     }
 }
 
-impl Services {
+/// The order service: orders and a session's active order.
+pub struct Orders {
+    db: sea_orm::DatabaseConnection,
+    sessions: Sessions,
+    store: Arc<SessionStore>,
+}
+
+impl Orders {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        sessions: Sessions,
+        store: Arc<SessionStore>,
+    ) -> Orders {
+        Orders {
+            db,
+            sessions,
+            store,
+        }
+    }
+
     pub async fn order_by_id(&self, id: i64) -> AppResult<Option<order::Model>> {
         Ok(order::Entity::find_by_id(id).one(&self.db).await?)
     }
@@ -52,7 +73,8 @@ impl Services {
         // Check the session is live and lock its row before the insert: the order's foreign key
         // would take a shared lock on the row, which two concurrent creations then both try to
         // upgrade (a deadlock on MySQL). On error the transaction rolls back as it is dropped.
-        self.write_active(&txn, s, s.active_order_id, s.active_channel_id)
+        self.sessions
+            .write_active(&txn, s, s.active_order_id, s.active_channel_id)
             .await?;
         let created = order::Entity::insert(order::ActiveModel {
             code: Set(crate::token::random_string(12).to_uppercase()),
@@ -66,7 +88,8 @@ impl Services {
         })
         .exec_with_returning(&txn)
         .await?;
-        self.write_active(&txn, s, Some(created.id), s.active_channel_id)
+        self.sessions
+            .write_active(&txn, s, Some(created.id), s.active_channel_id)
             .await?;
         txn.commit().await?;
         Ok(created)
@@ -88,11 +111,13 @@ impl Services {
                 o.state
             )));
         }
-        self.set_active(s, Some(o.id), s.active_channel_id).await
+        self.sessions
+            .set_active(s, Some(o.id), s.active_channel_id)
+            .await
     }
 
     pub async fn unset_active_order(&self, s: &CachedSession) -> AppResult<Arc<CachedSession>> {
-        self.set_active(s, None, s.active_channel_id).await
+        self.sessions.set_active(s, None, s.active_channel_id).await
     }
 
     /// Moves the active order to `PLACED` and unsets it on every session that has it active.
@@ -149,7 +174,7 @@ impl Services {
             .iter()
             .filter_map(|h| crate::token::TokenHash::from_hex(h))
         {
-            self.invalidate_token(&hash).await;
+            self.sessions.invalidate_token(&hash).await;
         }
         Ok(order::Model {
             state: PLACED.into(),

@@ -1,11 +1,18 @@
 //! Sessions: resolve a presented token (cache first, then the database), create sessions,
 //! slide their expiry, invalidate them, and rotate refresh tokens.
 
-use super::{retry_deadlocks, Services};
+use super::activity::ActivityWriter;
+use super::directory::ChannelDirectory;
+use super::events::Origin;
+use super::retry_deadlocks;
+use super::throttle::Throttle;
+use crate::cache::SessionStore;
 use crate::clock::{ms, now_ms};
 use crate::config::Config;
 use crate::domain::{CachedSession, CachedUser, ChannelGrant, SessionKind};
 use crate::error::{AppError, AppResult};
+use crate::events::{Event, EventLog, EventType, NewEvent};
+use crate::metrics::Metrics;
 use crate::permission::PermissionSet;
 use crate::token::{self, TokenHash};
 use entity::{channel, role, role_channel, session, session_refresh_token, user, user_role};
@@ -162,7 +169,82 @@ pub fn live_condition(now: i64, lifetimes: &Lifetimes) -> sea_orm::Condition {
         .add(session::Column::AbsoluteExpiresAt.gt(now))
 }
 
-impl Services {
+/// The session service: finds a request's session and channel, creates sessions, slides their
+/// expiry, ends them, rotates refresh tokens, and keeps session data. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    pub(super) db: sea_orm::DatabaseConnection,
+    /// The session cache with its staleness protocol.
+    pub(super) store: Arc<SessionStore>,
+    pub(super) lifetimes: Lifetimes,
+    /// Batched last-activity writes.
+    pub(super) activity: Arc<ActivityWriter>,
+    pub(super) metrics: Arc<Metrics>,
+    /// The anonymous-session limit.
+    pub(super) throttle: Arc<Throttle>,
+    /// `SESSION_DATA_MAX_BYTES`, `SESSION_MAX_PER_USER`.
+    pub(super) config: Arc<Config>,
+    /// Channels kept in process, for `identify`.
+    pub(super) channels: Arc<ChannelDirectory>,
+    /// The channel with code `default`, used when a request names none.
+    pub(super) default_channel: Arc<channel::Model>,
+    /// Records session events in the transactions of the changes; publishes them after.
+    pub(super) events: EventLog,
+}
+
+/// What [`Sessions`] is built from.
+pub(super) struct SessionsParts {
+    pub db: sea_orm::DatabaseConnection,
+    pub store: Arc<SessionStore>,
+    pub lifetimes: Lifetimes,
+    pub activity: Arc<ActivityWriter>,
+    pub metrics: Arc<Metrics>,
+    pub throttle: Arc<Throttle>,
+    pub config: Arc<Config>,
+    pub channels: Arc<ChannelDirectory>,
+    pub default_channel: Arc<channel::Model>,
+    pub events: EventLog,
+}
+
+impl Sessions {
+    pub(super) fn new(p: SessionsParts) -> Sessions {
+        Sessions {
+            db: p.db,
+            store: p.store,
+            lifetimes: p.lifetimes,
+            activity: p.activity,
+            metrics: p.metrics,
+            throttle: p.throttle,
+            config: p.config,
+            channels: p.channels,
+            default_channel: p.default_channel,
+            events: p.events,
+        }
+    }
+
+    /// The lifetimes in milliseconds.
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.lifetimes
+    }
+
+    /// The event log: recording in a change's transaction, publishing, subscribing.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Records events that stand alone (a failed or throttled login changes nothing else)
+    /// and publishes them.
+    pub(super) async fn record_now(&self, events: Vec<NewEvent>) -> AppResult<()> {
+        let recorded = self.events.record(&self.db, now_ms(), events).await?;
+        self.events.publish(recorded);
+        Ok(())
+    }
+
+    /// The channel with code `default`.
+    pub fn default_channel(&self) -> &Arc<channel::Model> {
+        &self.default_channel
+    }
+
     /// The session for a presented token, or `None` when it is unknown, expired or revoked.
     ///
     /// Cached path: one cache lookup, an expiry check, and an atomic store to slide the expiry.
@@ -365,15 +447,17 @@ impl Services {
     /// `createAnonymousSession`, and the implicit session of `createOrder`.
     pub async fn create_anonymous_session(
         &self,
-        client: &ClientInfo,
+        origin: &Origin,
         channel_id: Option<i64>,
     ) -> AppResult<Issued> {
+        let client = &origin.client;
         self.throttle
             .admit_anonymous(client.ip_address.as_deref())
             .await?;
+        let txn = self.db.begin().await?;
         let issued = self
             .insert_session(
-                &self.db,
+                &txn,
                 NewSession {
                     user: None,
                     authentication_strategy: None,
@@ -385,21 +469,35 @@ impl Services {
                 },
             )
             .await?;
+        let created = origin
+            .event(EventType::SessionCreated)
+            .session(issued.session.id);
+        let recorded = self.events.record(&txn, now_ms(), vec![created]).await?;
+        txn.commit().await?;
+        self.events.publish(recorded);
         self.store.put_new(issued.session.clone()).await;
         Ok(issued)
     }
 
-    /// Marks sessions invalidated and drops them from the cache. Returns how many of them were
-    /// live (not already invalidated or expired).
-    pub async fn invalidate_sessions(&self, filter: sea_orm::Condition) -> AppResult<u64> {
+    /// Marks sessions invalidated, records `ending` (completed with each session and its user)
+    /// for every one of them in the same transaction, batch by batch, publishes the events, and
+    /// drops the sessions from the cache. `also` is recorded with the first batch (what caused
+    /// the revocation, e.g. `REFRESH_REUSE_DETECTED`). Returns how many of them were live.
+    pub async fn invalidate_sessions(
+        &self,
+        filter: sea_orm::Condition,
+        ending: &NewEvent,
+        also: Vec<NewEvent>,
+    ) -> AppResult<u64> {
         let now = now_ms();
-        let targets: Vec<(i64, String, i64, i64)> = session::Entity::find()
+        let targets: Vec<(i64, String, i64, i64, Option<i64>)> = session::Entity::find()
             .select_only()
             .columns([
                 session::Column::Id,
                 session::Column::TokenHash,
                 session::Column::LastActiveAt,
                 session::Column::AbsoluteExpiresAt,
+                session::Column::UserId,
             ])
             .filter(filter)
             .filter(session::Column::Invalidated.eq(false))
@@ -409,51 +507,121 @@ impl Services {
         if targets.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = targets.iter().map(|t| t.0).collect();
         let mut dead: Vec<String> = targets.iter().map(|t| t.1.clone()).collect();
-        for chunk in ids.chunks(1000) {
-            retry_deadlocks(|| async {
-                session::Entity::update_many()
-                    .col_expr(session::Column::Invalidated, Expr::value(true))
-                    // Revocation deletes the session's data; the row stays for the listing.
-                    .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
-                    .filter(session::Column::Id.is_in(chunk.to_vec()))
-                    .exec(&self.db)
-                    .await
-                    .map_err(AppError::from)
-            })
-            .await?;
+        let mut also = Some(also);
+        let mut live = 0;
+        for chunk in targets.chunks(1000) {
+            let rows: Vec<(i64, Option<i64>)> = chunk.iter().map(|t| (t.0, t.4)).collect();
+            let ended = self
+                .end_batch(rows, ending, also.take().unwrap_or_default())
+                .await?;
             // A refresh may have rotated a token between the read above and the update; now
             // that the rows are marked no write can change them, so this read is final.
+            let ids: Vec<i64> = chunk.iter().map(|t| t.0).collect();
             let current: Vec<String> = session::Entity::find()
                 .select_only()
                 .column(session::Column::TokenHash)
-                .filter(session::Column::Id.is_in(chunk.to_vec()))
+                .filter(session::Column::Id.is_in(ids))
                 .into_tuple()
                 .all(&self.db)
                 .await?;
             dead.extend(current);
+            for (id, _, last_active, absolute, _) in chunk {
+                if !ended.contains(id) {
+                    continue;
+                }
+                let last_active = (*last_active).max(self.activity.pending(*id).unwrap_or(0));
+                if now < self.lifetimes.expires_at(last_active, *absolute) {
+                    live += 1;
+                }
+            }
         }
         dead.sort_unstable();
         dead.dedup();
         for hash in dead.iter().filter_map(|h| TokenHash::from_hex(h)) {
             self.revoke_token(&hash).await;
         }
-        let mut live = 0;
-        for (id, _, last_active, absolute) in &targets {
-            let last_active = (*last_active).max(self.activity.pending(*id).unwrap_or(0));
-            if now < self.lifetimes.expires_at(last_active, *absolute) {
-                live += 1;
-            }
-        }
         self.metrics.session_event("revoked", live);
         Ok(live)
     }
 
-    /// Ends every session of a user, in the database and in every cache.
-    pub async fn end_user_sessions(&self, user_id: i64) -> AppResult<u64> {
+    /// Invalidates one batch of `(session id, user id)` and records their events in one
+    /// transaction; returns the ids this call ended. Sessions another request revoked
+    /// meanwhile are left to that request's events: when the update does not change every
+    /// row, it is rolled back and tried again with the rows still live, so each session gets
+    /// exactly one ending event.
+    async fn end_batch(
+        &self,
+        mut rows: Vec<(i64, Option<i64>)>,
+        ending: &NewEvent,
+        mut also: Vec<NewEvent>,
+    ) -> AppResult<Vec<i64>> {
+        loop {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let attempt = retry_deadlocks(|| async {
+                let txn = self.db.begin().await?;
+                let updated = session::Entity::update_many()
+                    .col_expr(session::Column::Invalidated, Expr::value(true))
+                    // Revocation deletes the session's data; the row stays for the listing.
+                    .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
+                    .filter(session::Column::Id.is_in(ids.clone()))
+                    .filter(session::Column::Invalidated.eq(false))
+                    .exec(&txn)
+                    .await?;
+                if updated.rows_affected != ids.len() as u64 {
+                    txn.rollback().await?;
+                    return Ok(None);
+                }
+                let mut events = also.clone();
+                events.extend(
+                    rows.iter()
+                        .map(|(id, user_id)| ending.clone().session(*id).user(*user_id)),
+                );
+                let recorded = self.events.record(&txn, now_ms(), events).await?;
+                txn.commit().await?;
+                Ok(Some(recorded))
+            })
+            .await?;
+            if let Some(recorded) = attempt {
+                self.events.publish(recorded);
+                return Ok(ids);
+            }
+            // Another request revoked some of them meanwhile: retry with those still live.
+            let still: Vec<(i64, Option<i64>)> = session::Entity::find()
+                .select_only()
+                .columns([session::Column::Id, session::Column::UserId])
+                .filter(session::Column::Id.is_in(ids))
+                .filter(session::Column::Invalidated.eq(false))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            rows = still;
+            if rows.is_empty() {
+                // What caused the revocation still happened; record it on its own.
+                if !also.is_empty() {
+                    let recorded = self
+                        .events
+                        .record(&self.db, now_ms(), std::mem::take(&mut also))
+                        .await?;
+                    self.events.publish(recorded);
+                }
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Ends every session of a user, in the database and in every cache, recording `ending`
+    /// for each.
+    pub async fn end_user_sessions(&self, user_id: i64, ending: &NewEvent) -> AppResult<u64> {
         let n = self
-            .invalidate_sessions(sea_orm::Condition::all().add(session::Column::UserId.eq(user_id)))
+            .invalidate_sessions(
+                sea_orm::Condition::all().add(session::Column::UserId.eq(user_id)),
+                ending,
+                Vec::new(),
+            )
             .await?;
         self.invalidate_user(user_id).await;
         Ok(n)
@@ -505,6 +673,7 @@ impl Services {
     pub async fn refresh_session(
         &self,
         refresh_token: &str,
+        origin: &Origin,
     ) -> AppResult<Result<Issued, RefreshFailure>> {
         let Some(hash) = token::parse(refresh_token) else {
             return Ok(Err(RefreshFailure::Unknown));
@@ -534,10 +703,18 @@ impl Services {
             };
             let token = token::generate();
             let refresh = token::generate();
-            let rotated = retry_deadlocks(|| self.rotate(&s, &hex, &token, &refresh, now)).await?;
-            if !rotated {
+            let refreshed = origin
+                .acting_as(user_id)
+                .event(EventType::SessionRefreshed)
+                .session(s.id)
+                .user(Some(user_id));
+            let rotated =
+                retry_deadlocks(|| self.rotate(&s, &hex, &token, &refresh, now, &refreshed))
+                    .await?;
+            let Some(recorded) = rotated else {
                 return Ok(Err(RefreshFailure::Superseded));
-            }
+            };
+            self.events.publish(recorded);
             if let Some(old) = TokenHash::from_hex(&s.token_hash) {
                 self.revoke_token(&old).await;
             }
@@ -567,7 +744,7 @@ impl Services {
         let owner = session::Entity::find_by_id(superseded.session_id)
             .one(&self.db)
             .await?;
-        if owner.is_none_or(|s| s.invalidated) {
+        if owner.as_ref().is_none_or(|s| s.invalidated) {
             return Ok(Err(RefreshFailure::Unknown));
         }
         if now - superseded.superseded_at <= self.lifetimes.grace_ms {
@@ -578,8 +755,16 @@ impl Services {
             session_id = superseded.session_id,
             "superseded refresh token reused; revoking the session"
         );
+        let owner_id = owner.and_then(|s| s.user_id);
+        let detected = origin
+            .event(EventType::RefreshReuseDetected)
+            .session(superseded.session_id)
+            .user(owner_id)
+            .reason("REUSED");
         self.invalidate_sessions(
             sea_orm::Condition::all().add(session::Column::Id.eq(superseded.session_id)),
+            &origin.event(EventType::SessionRevoked).reason("REUSED"),
+            vec![detected],
         )
         .await?;
         Ok(Err(RefreshFailure::Reused))
@@ -587,7 +772,8 @@ impl Services {
 
     /// The rotation of [`Self::refresh_session`]: swaps in the new token hashes if `old_refresh`
     /// is still the session's refresh token and the session is live, and records the old one
-    /// as superseded, in one transaction. False when it was not (any more).
+    /// as superseded, and records `refreshed`, in one transaction. `None` when it was not (any
+    /// more); else the recorded event, to publish.
     async fn rotate(
         &self,
         s: &session::Model,
@@ -595,7 +781,8 @@ impl Services {
         token: &token::IssuedToken,
         refresh: &token::IssuedToken,
         now: i64,
-    ) -> AppResult<bool> {
+        refreshed: &NewEvent,
+    ) -> AppResult<Option<Vec<Event>>> {
         let txn = self.db.begin().await?;
         let rotated = session::Entity::update_many()
             .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
@@ -620,7 +807,7 @@ impl Services {
             .await?;
         if rotated.rows_affected != 1 {
             txn.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
         session_refresh_token::Entity::insert(session_refresh_token::ActiveModel {
             hash: Set(old_refresh.to_string()),
@@ -629,8 +816,12 @@ impl Services {
         })
         .exec_without_returning(&txn)
         .await?;
+        let recorded = self
+            .events
+            .record(&txn, now, vec![refreshed.clone()])
+            .await?;
         txn.commit().await?;
-        Ok(true)
+        Ok(Some(recorded))
     }
 }
 

@@ -2,18 +2,26 @@
 //! revocation, and the clean-up of expired and invalidated sessions. Listings, statistics and
 //! revocations reach only sessions active in the caller's channels (see `authz`).
 
+use super::authz::Authz;
 use super::authz::Caller;
+use super::events::Origin;
 use super::paging::{page_by_id, IdOrder, Page, PageRequest};
+use super::retry_deadlocks;
 use super::session::live_condition;
-use super::Services;
+use super::session::{Lifetimes, Sessions};
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::domain::SessionKind;
 use crate::error::AppResult;
+use crate::events::{EventType, NewEvent};
+use crate::metrics::Metrics;
 use crate::permission::Permission;
 use entity::session;
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
+use std::sync::Arc;
 
 /// Filters of the `sessions` listing (already validated).
 #[derive(Default)]
@@ -26,6 +34,9 @@ pub struct SessionFilter {
     pub include_invalidated: bool,
 }
 
+/// A session the clean-up deletes: id, user, active channel, invalidated, absolute expiry.
+type Doomed = (i64, Option<i64>, Option<i64>, bool, i64);
+
 /// The sessions an admin revocation names.
 #[derive(Clone, Copy, Debug)]
 pub enum Revocation {
@@ -34,7 +45,36 @@ pub enum Revocation {
     ActiveOrder(i64),
 }
 
-impl Services {
+/// The admin service over sessions: listings, statistics, revocations, the expiry clean-up.
+pub struct SessionAdmin {
+    db: sea_orm::DatabaseConnection,
+    sessions: Sessions,
+    authz: Authz,
+    lifetimes: Lifetimes,
+    /// `CLEANUP_BATCH_SIZE`.
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionAdmin {
+    pub(super) fn new(
+        db: sea_orm::DatabaseConnection,
+        sessions: Sessions,
+        authz: Authz,
+        lifetimes: Lifetimes,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> SessionAdmin {
+        SessionAdmin {
+            db,
+            sessions,
+            authz,
+            lifetimes,
+            config,
+            metrics,
+        }
+    }
+
     fn filter_condition(&self, f: &SessionFilter, now: i64) -> Condition {
         let mut cond = Condition::all();
         if let Some(id) = f.user_id {
@@ -45,7 +85,7 @@ impl Services {
         }
         if let Some(id) = f.channel_id {
             // A session without an active channel is in the default channel.
-            cond = if id == self.default_channel.id {
+            cond = if id == self.authz.default_channel_id {
                 cond.add(
                     Condition::any()
                         .add(session::Column::ActiveChannelId.eq(id))
@@ -81,7 +121,7 @@ impl Services {
     ) -> AppResult<Page<session::Model>> {
         let cond = self
             .filter_condition(f, now_ms())
-            .add(self.session_scope(caller, Permission::ReadSession));
+            .add(self.authz.session_scope(caller, Permission::ReadSession));
         let req = PageRequest {
             first,
             after,
@@ -105,7 +145,7 @@ impl Services {
         id: i64,
     ) -> AppResult<Option<session::Model>> {
         Ok(session::Entity::find_by_id(id)
-            .filter(self.session_scope(caller, Permission::ReadSession))
+            .filter(self.authz.session_scope(caller, Permission::ReadSession))
             .one(&self.db)
             .await?)
     }
@@ -136,28 +176,42 @@ impl Services {
         Ok(page.await?.items)
     }
 
-    /// Revokes one session; `owner` restricts it to that user's sessions. False when there is
-    /// no such (live) session.
-    pub async fn revoke_session(&self, id: i64, owner: Option<i64>) -> AppResult<bool> {
+    /// Revokes one session, recording `ending`; `owner` restricts it to that user's sessions.
+    /// False when there is no such (live) session.
+    pub async fn revoke_session(
+        &self,
+        id: i64,
+        owner: Option<i64>,
+        ending: &NewEvent,
+    ) -> AppResult<bool> {
         let mut cond = Condition::all().add(session::Column::Id.eq(id));
         if let Some(user_id) = owner {
             cond = cond.add(session::Column::UserId.eq(user_id));
         }
-        Ok(self.invalidate_sessions(cond).await? > 0)
+        Ok(self
+            .sessions
+            .invalidate_sessions(cond, ending, Vec::new())
+            .await?
+            > 0)
     }
 
     /// An admin revocation: ends the sessions `what` names that are active in the caller's
     /// `REVOKE_SESSION` channels (others are left alone, as if absent) and returns how many were
     /// live. `FORBIDDEN`, with nothing revoked, when one of them belongs to a user holding a
     /// permission the caller does not hold (`SUPER_ADMIN` included).
-    pub async fn revoke_as(&self, caller: &Caller, what: Revocation) -> AppResult<u64> {
+    pub async fn revoke_as(
+        &self,
+        caller: &Caller,
+        what: Revocation,
+        origin: &Origin,
+    ) -> AppResult<u64> {
         let mut cond = Condition::all()
             .add(match what {
                 Revocation::Session(id) => session::Column::Id.eq(id),
                 Revocation::User(id) => session::Column::UserId.eq(id),
                 Revocation::ActiveOrder(id) => session::Column::ActiveOrderId.eq(id),
             })
-            .add(self.session_scope(caller, Permission::RevokeSession));
+            .add(self.authz.session_scope(caller, Permission::RevokeSession));
         if !caller.is_super_admin() {
             let owners: Vec<Option<i64>> = session::Entity::find()
                 .select_only()
@@ -169,7 +223,9 @@ impl Services {
                 .all(&self.db)
                 .await?;
             let owners: Vec<i64> = owners.into_iter().flatten().collect();
-            self.authorize_acting_on(&self.db, caller, &owners).await?;
+            self.authz
+                .authorize_acting_on(&self.db, caller, &owners)
+                .await?;
             // Only sessions of the users just checked (a new owner's would not be).
             cond = cond.add(
                 Condition::any()
@@ -177,10 +233,14 @@ impl Services {
                     .add(session::Column::UserId.is_in(owners)),
             );
         }
-        let n = self.invalidate_sessions(cond).await?;
+        let revoked = origin.event(EventType::SessionRevoked).reason("admin");
+        let n = self
+            .sessions
+            .invalidate_sessions(cond, &revoked, Vec::new())
+            .await?;
         if let Revocation::User(user_id) = what {
             // Like `end_user_sessions`: also drops entries cached while we were revoking.
-            self.invalidate_user(user_id).await;
+            self.sessions.invalidate_user(user_id).await;
         }
         Ok(n)
     }
@@ -190,7 +250,7 @@ impl Services {
     pub async fn session_stats(&self, caller: &Caller) -> AppResult<(u64, u64, u64, u64)> {
         let now = now_ms();
         let live = live_condition(now, &self.lifetimes);
-        let scope = self.session_scope(caller, Permission::ReadSession);
+        let scope = self.authz.session_scope(caller, Permission::ReadSession);
         let count = |cond: Condition| {
             session::Entity::find()
                 .filter(cond)
@@ -232,32 +292,28 @@ impl Services {
             .add(session::Column::AbsoluteExpiresAt.lte(now));
         let mut total = 0u64;
         loop {
-            let ids: Vec<i64> = session::Entity::find()
+            let doomed_rows: Vec<Doomed> = session::Entity::find()
                 .select_only()
-                .column(session::Column::Id)
+                .columns([
+                    session::Column::Id,
+                    session::Column::UserId,
+                    session::Column::ActiveChannelId,
+                    session::Column::Invalidated,
+                    session::Column::AbsoluteExpiresAt,
+                ])
                 .filter(doomed.clone())
                 .order_by_asc(session::Column::Id)
                 .limit(self.config.cleanup_batch_size)
                 .into_tuple()
                 .all(&self.db)
                 .await?;
-            if ids.is_empty() {
+            if doomed_rows.is_empty() {
                 break;
             }
-            // Guest orders keep existing without their session.
-            entity::order::Entity::update_many()
-                .col_expr(
-                    entity::order::Column::SessionId,
-                    sea_orm::sea_query::Expr::value(Option::<i64>::None),
-                )
-                .filter(entity::order::Column::SessionId.is_in(ids.clone()))
-                .exec(&self.db)
-                .await?;
-            let deleted = session::Entity::delete_many()
-                .filter(session::Column::Id.is_in(ids))
-                .exec(&self.db)
-                .await?;
-            total += deleted.rows_affected;
+            let (deleted, recorded) =
+                retry_deadlocks(|| self.delete_expired_batch(&doomed_rows, now)).await?;
+            total += deleted;
+            self.sessions.events().publish(recorded);
             tokio::task::yield_now().await;
         }
         self.metrics.session_event("cleaned_up", total);
@@ -268,5 +324,51 @@ impl Services {
             );
         }
         Ok(total)
+    }
+
+    /// Deletes one batch of the clean-up and records `SESSION_EXPIRED` (reason `absolute` or
+    /// `idle`) for each session that had not been revoked (a revoked one got its event then),
+    /// in one transaction with one multi-row insert. When another clean-up (another instance)
+    /// deleted some of the rows first, the batch is rolled back and left to the next read, so
+    /// each session is recorded once. Returns how many were deleted and the events.
+    async fn delete_expired_batch(
+        &self,
+        rows: &[Doomed],
+        now: i64,
+    ) -> AppResult<(u64, Vec<crate::events::Event>)> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let txn = self.db.begin().await?;
+        // Guest orders keep existing without their session.
+        entity::order::Entity::update_many()
+            .col_expr(
+                entity::order::Column::SessionId,
+                sea_orm::sea_query::Expr::value(Option::<i64>::None),
+            )
+            .filter(entity::order::Column::SessionId.is_in(ids.clone()))
+            .exec(&txn)
+            .await?;
+        let deleted = session::Entity::delete_many()
+            .filter(session::Column::Id.is_in(ids.clone()))
+            .exec(&txn)
+            .await?;
+        if deleted.rows_affected != ids.len() as u64 {
+            txn.rollback().await?;
+            return Ok((0, Vec::new()));
+        }
+        let events: Vec<NewEvent> = rows
+            .iter()
+            .filter(|(_, _, _, invalidated, _)| !invalidated)
+            .map(|(id, user_id, channel_id, _, absolute)| {
+                NewEvent::new(EventType::SessionExpired)
+                    .session(*id)
+                    .user(*user_id)
+                    // The clean-up has no request: the session's channel scopes the event.
+                    .channel(Some(channel_id.unwrap_or(self.authz.default_channel_id)))
+                    .reason(if *absolute <= now { "absolute" } else { "idle" })
+            })
+            .collect();
+        let recorded = self.sessions.events().record(&txn, now, events).await?;
+        txn.commit().await?;
+        Ok((deleted.rows_affected, recorded))
     }
 }

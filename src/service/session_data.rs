@@ -7,7 +7,8 @@
 //! the others get `CONFLICT`. The data is cached with the session and written through, so
 //! reads cost no query.
 
-use super::{retry_deadlocks, Services};
+use super::retry_deadlocks;
+use super::session::Sessions;
 use crate::domain::{CachedSession, SessionData};
 use crate::error::{AppError, AppResult};
 use entity::session;
@@ -118,7 +119,7 @@ pub(crate) async fn take_data<C: ConnectionTrait>(
 /// What an update reads of the row.
 type Current = (Option<String>, i64, Option<i64>, Option<i64>);
 
-impl Services {
+impl Sessions {
     /// Applies `change` to the session's data and returns the session as it now is.
     ///
     /// `BAD_USER_INPUT` (and nothing written) when a key is invalid or the result would exceed

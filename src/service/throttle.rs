@@ -2,7 +2,7 @@
 //! work they guard (failed logins per identifier and per client address, wrong current passwords
 //! per user, new anonymous sessions per address), and the per-user session cap.
 
-use super::Services;
+use super::session::Sessions;
 use crate::cache::RedisCache;
 use crate::clock::{ms, now_ms};
 use crate::error::{AppError, AppResult};
@@ -118,15 +118,16 @@ impl SlidingWindow {
 
     /// Reserves one event on every counter, or none: a refusal gives back what was taken and
     /// answers the seconds until the refusing counter admits again.
-    async fn reserve(&self, counters: &[Counter], now: i64) -> Result<Vec<Taken>, i64> {
+    /// `Err` is the index of the counter that refused and the seconds to wait.
+    async fn reserve(&self, counters: &[Counter], now: i64) -> Result<Vec<Taken>, (usize, i64)> {
         let mut taken = Vec::with_capacity(counters.len());
-        for counter in counters {
+        for (i, counter) in counters.iter().enumerate() {
             match self.reserve_one(counter, now).await {
                 Ok(t) => taken.push(t),
                 Err(free_at) => {
                     self.release(taken).await;
                     let secs = ((free_at - now) as f64 / 1000.0).ceil() as i64;
-                    return Err(secs.max(1));
+                    return Err((i, secs.max(1)));
                 }
             }
         }
@@ -228,6 +229,32 @@ impl SlidingWindow {
     }
 }
 
+/// Which login limit refused an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottledBy {
+    /// `LOGIN_MAX_ATTEMPTS` failed logins on the identifier.
+    Identifier,
+    /// `LOGIN_MAX_ATTEMPTS_PER_ADDRESS` failed logins from the client address.
+    Address,
+}
+
+impl ThrottledBy {
+    /// The reason of the `LOGIN_THROTTLED` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottledBy::Identifier => "identifier",
+            ThrottledBy::Address => "address",
+        }
+    }
+}
+
+/// A refused login attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct Throttled {
+    pub by: ThrottledBy,
+    pub retry_after_seconds: i64,
+}
+
 /// The throttles of the server.
 pub struct Throttle {
     /// Failed logins and wrong current passwords, over `LOGIN_WINDOW`.
@@ -256,12 +283,12 @@ impl Throttle {
     }
 
     /// Reserves a login attempt for a normalized identifier and the client address, before the
-    /// password is verified. `Err` is the number of seconds to wait.
+    /// password is verified. `Err` says which limit refused and how long to wait.
     pub async fn reserve_login(
         &self,
         identifier: &str,
         address: Option<&str>,
-    ) -> Result<Reservation, i64> {
+    ) -> Result<Reservation, Throttled> {
         let mut counters = vec![Counter {
             key: Self::identifier_key(identifier),
             max: self.max_per_identifier,
@@ -272,8 +299,18 @@ impl Throttle {
                 max: self.max_per_address,
             });
         }
-        let taken = self.attempts.reserve(&counters, now_ms()).await?;
-        Ok(Reservation { taken })
+        match self.attempts.reserve(&counters, now_ms()).await {
+            Ok(taken) => Ok(Reservation { taken }),
+            Err((i, secs)) => Err(Throttled {
+                // The identifier's counter comes first.
+                by: if i == 0 {
+                    ThrottledBy::Identifier
+                } else {
+                    ThrottledBy::Address
+                },
+                retry_after_seconds: secs,
+            }),
+        }
     }
 
     /// Reserves a `changePassword` attempt of a user (`LOGIN_MAX_ATTEMPTS` per `LOGIN_WINDOW`).
@@ -284,7 +321,7 @@ impl Throttle {
         };
         match self.attempts.reserve(&[counter], now_ms()).await {
             Ok(taken) => Ok(Reservation { taken }),
-            Err(secs) => Err(AppError::rate_limited(format!(
+            Err((_, secs)) => Err(AppError::rate_limited(format!(
                 "too many wrong passwords; try again in {secs} s"
             ))),
         }
@@ -311,20 +348,25 @@ impl Throttle {
         };
         match self.anonymous.reserve(&[counter], now_ms()).await {
             Ok(_counted) => Ok(()),
-            Err(secs) => Err(AppError::rate_limited(format!(
+            Err((_, secs)) => Err(AppError::rate_limited(format!(
                 "too many new sessions from this address; try again in {secs} s"
             ))),
         }
     }
 }
 
-impl Services {
+impl Sessions {
     /// Ends a user's least recently used live sessions beyond `SESSION_MAX_PER_USER`, never
     /// `keep` (the session just issued). Returns how many were ended.
     ///
     /// "Recently used" is the stored activity, moved forward by this instance's pending writes,
     /// so it is exact to within `SESSION_ACTIVITY_WRITE_INTERVAL`.
-    pub async fn enforce_session_cap(&self, user_id: i64, keep: i64) -> AppResult<u64> {
+    pub async fn enforce_session_cap(
+        &self,
+        user_id: i64,
+        keep: i64,
+        origin: &super::events::Origin,
+    ) -> AppResult<u64> {
         let max = self.config.session_max_per_user as usize;
         if max == 0 {
             return Ok(0);
@@ -359,7 +401,13 @@ impl Services {
         others.sort_unstable();
         let ids: Vec<i64> = others.iter().take(excess).map(|(_, id)| *id).collect();
         let ended = self
-            .invalidate_sessions(sea_orm::Condition::all().add(session::Column::Id.is_in(ids)))
+            .invalidate_sessions(
+                sea_orm::Condition::all().add(session::Column::Id.is_in(ids)),
+                &origin
+                    .event(crate::events::EventType::SessionRevoked)
+                    .reason("session_limit"),
+                Vec::new(),
+            )
             .await?;
         tracing::info!(
             user_id,

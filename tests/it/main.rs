@@ -14,6 +14,7 @@ mod cli;
 mod cluster;
 mod contract;
 mod db_reads;
+mod events;
 mod fuzz;
 mod gateway;
 mod invalidation;
