@@ -14,8 +14,8 @@ use entity::{channel, session_event, webhook_outbox};
 use futures_util::StreamExt;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, IsolationLevel,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -276,7 +276,12 @@ impl Worker {
         }
         // PostgreSQL and MariaDB: rows another instance is claiming right now are skipped, not
         // waited for; the short transaction only sets the lease, the POSTs happen after it.
-        let txn = self.db.begin().await?;
+        // READ COMMITTED: on MariaDB the locking read then takes no gap locks, so it never holds
+        // up the requests inserting new rows.
+        let txn = self
+            .db
+            .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+            .await?;
         let mut rows = webhook_outbox::Entity::find()
             .filter(C::NextAttemptAt.lte(now))
             .order_by_asc(C::NextAttemptAt)
