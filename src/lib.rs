@@ -23,7 +23,8 @@
 //! - [`service`]: identifying a request's session and channel (`identify`), sessions,
 //!   authorization (who may do what, channel scopes), login and throttling, users / roles /
 //!   channels, orders, batched reads, id-cursor paging, clean-up.
-//! - [`events`]: session events: the audit log written with each change, the live bus.
+//! - [`events`]: session events: the audit log written with each change, the live bus, and the
+//!   webhook outbox with its delivery worker (`events::webhook`).
 //! - [`domain`]: the session and user a request knows ([`domain::CachedSession`]), shared by
 //!   the service and the cache.
 //! - [`cache`]: the [`cache::SessionCache`] trait and its `memory`, `redis` and `tiered`
