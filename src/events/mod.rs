@@ -137,9 +137,15 @@ impl NewEvent {
         self
     }
 
+    /// The request's address and user agent, cut to their columns (64 and 512 bytes) like the
+    /// session's own copy: a huge `User-Agent` must not make the change fail.
     pub fn client(mut self, client: &ClientInfo) -> Self {
-        self.ip_address = client.ip_address.clone();
-        self.user_agent = client.user_agent.clone();
+        let cut = |s: &Option<String>, max| {
+            s.as_deref()
+                .map(|s| crate::service::session::truncate(s, max).to_owned())
+        };
+        self.ip_address = cut(&client.ip_address, 64);
+        self.user_agent = cut(&client.user_agent, 512);
         self
     }
 

@@ -512,9 +512,11 @@ impl Sessions {
         let mut live = 0;
         for chunk in targets.chunks(1000) {
             let rows: Vec<(i64, Option<i64>)> = chunk.iter().map(|t| (t.0, t.4)).collect();
-            let ended = self
+            let ended: std::collections::HashSet<i64> = self
                 .end_batch(rows, ending, also.take().unwrap_or_default())
-                .await?;
+                .await?
+                .into_iter()
+                .collect();
             // A refresh may have rotated a token between the read above and the update; now
             // that the rows are marked no write can change them, so this read is final.
             let ids: Vec<i64> = chunk.iter().map(|t| t.0).collect();

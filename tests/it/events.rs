@@ -192,6 +192,17 @@ async fn login_events_carry_the_request(v: Variant) {
     assert_eq!(revoked.len(), before + 1);
     assert_eq!(revoked[0]["sessionId"], anon_id.as_str());
     assert_eq!(revoked[0]["reason"], "replaced");
+
+    // A huge user agent is cut to the column, not a failed change.
+    let huge = "x".repeat(5000);
+    TestApp::send(
+        app.post("mutation { createAnonymousSession { id } }", json!({}))
+            .header("user-agent", &huge),
+    )
+    .await
+    .ok();
+    let e = &of_type(&app, &admin, &["SESSION_CREATED"]).await[0];
+    assert_eq!(e["userAgent"], huge[..512]);
 }
 
 async fn session_events_record_who_and_why(v: Variant) {
