@@ -264,6 +264,19 @@ async fn outbox_rows(db: &DatabaseConnection) -> i64 {
     row.try_get("", "n").unwrap()
 }
 
+/// Waits until every outbox row is gone (a row is deleted just after its receiver answered).
+async fn wait_outbox_empty(db: &DatabaseConnection) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = outbox_rows(db).await;
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} rows stay in the outbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `metric_name` on `/metrics` satisfies `ok`; panics with the text after `limit`.
 async fn wait_metric(api: &crate::helpers::Api, sample: &str, ok: impl Fn(f64) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -361,11 +374,7 @@ async fn every_event_arrives_after_the_receiver_recovers(v: Variant) {
         "{:?}",
         hook.counts()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while outbox_rows(&db).await != 0 {
-        assert!(Instant::now() < deadline, "the outbox never emptied");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_outbox_empty(&db).await;
     let delivered = r#"session_server_webhook_deliveries_total{outcome="delivered"}"#;
     wait_metric(&app, delivered, |n| n >= expected.len() as f64).await;
     wait_metric(
@@ -425,7 +434,7 @@ async fn webhook_events_selects_what_is_sent() {
         .collect();
     assert_eq!(types, BTreeSet::from(["USER_CREATED".to_owned()]));
     assert!(event_ids(&db, None).await.len() > wanted.len());
-    assert_eq!(outbox_rows(&db).await, 0);
+    wait_outbox_empty(&db).await;
     hook.assert_all_genuine();
 }
 
@@ -474,7 +483,7 @@ async fn an_event_past_webhook_max_age_is_given_up() {
     assert!(outbox_rows(&db).await >= 1);
     let failed = r#"session_server_webhook_deliveries_total{outcome="failed"}"#;
     wait_metric(&app, failed, |f| f >= n as f64).await;
-    assert_eq!(outbox_rows(&db).await, 0);
+    wait_outbox_empty(&db).await;
     assert!(hook.refused() >= 2, "retried before giving up");
     hook.open();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -592,7 +601,7 @@ async fn three_instances_deliver_each_event_once(database_url: &str) {
     hook.assert_all_genuine();
     let twice: Vec<_> = hook.counts().into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    assert_eq!(outbox_rows(&db).await, 0);
+    wait_outbox_empty(&db).await;
     assert!(hook.refused() >= 1);
 }
 
@@ -646,7 +655,7 @@ async fn a_killed_server_delivers_after_restart() {
     // A row the killed server had claimed waits for its 30 s lease to end.
     hook.wait_for(&expected, Duration::from_secs(60)).await;
     hook.assert_all_genuine();
-    assert_eq!(outbox_rows(&db).await, 0);
+    wait_outbox_empty(&db).await;
 }
 
 /// Bad webhook settings stop the server at start-up with a message naming the setting (and
