@@ -45,7 +45,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         // Listings are newest first by id; each filter has an index that ends in `id`, so a
-        // filtered page is an index range scan, and retention deletes by `at`.
+        // filtered page is an index range scan.
         let indexes: [(&str, Vec<SessionEvent>); 5] = [
             (
                 "idx_session_event_user",
@@ -63,7 +63,11 @@ impl MigrationTrait for Migration {
                 "idx_session_event_channel",
                 vec![SessionEvent::ChannelId, SessionEvent::Id],
             ),
-            ("idx_session_event_at", vec![SessionEvent::At]),
+            // Time-filtered listings are ordered by (at, id); retention deletes by `at`.
+            (
+                "idx_session_event_at",
+                vec![SessionEvent::At, SessionEvent::Id],
+            ),
         ];
         for (name, cols) in indexes {
             let mut index = Index::create();

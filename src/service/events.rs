@@ -11,8 +11,10 @@ use crate::error::AppResult;
 use crate::events::{Event, EventType, NewEvent};
 use crate::permission::Permission;
 use entity::session_event;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use std::sync::Arc;
 
@@ -132,15 +134,71 @@ impl SessionEvents {
             .condition()
             .add(events_in(&caller.scope(Permission::ReadSession)));
         let query = session_event::Entity::find().filter(cond);
-        let page = page_by_id(
-            &self.db,
-            query,
-            session_event::Column::Id,
-            IdOrder::Descending,
-            req,
-        )
-        .await?;
-        Ok(events(page))
+        if filter.since.is_none() && filter.until.is_none() {
+            let page = page_by_id(
+                &self.db,
+                query,
+                session_event::Column::Id,
+                IdOrder::Descending,
+                req,
+            )
+            .await?;
+            return Ok(events(page));
+        }
+        self.page_by_time(query, req).await
+    }
+
+    /// A page of a listing filtered by time, newest first by `(at, id)`: the `(at, id)` index
+    /// serves any window as a range scan, where id order would scan every newer event to
+    /// reach a window in the past. `at` follows id except between events recorded within the
+    /// same moment, so the order is the same as the other listings' but for those. The cursor
+    /// stays an event id; its `at` is looked up.
+    async fn page_by_time(
+        &self,
+        query: sea_orm::Select<session_event::Entity>,
+        req: PageRequest,
+    ) -> AppResult<Page<Event>> {
+        use sea_orm::PaginatorTrait;
+        let total = if req.with_total {
+            Some(query.clone().count(&self.db).await?)
+        } else {
+            None
+        };
+        let mut query = query;
+        if let Some(after) = req.after {
+            let at: Option<i64> = session_event::Entity::find_by_id(after)
+                .select_only()
+                .column(session_event::Column::At)
+                .into_tuple()
+                .one(&self.db)
+                .await?;
+            query = match at {
+                // A row-value comparison, which the `(at, id)` index serves as a range.
+                Some(at) => query.filter(
+                    Expr::tuple([
+                        Expr::col(session_event::Column::At),
+                        Expr::col(session_event::Column::Id),
+                    ])
+                    .lt(Expr::tuple([Expr::val(at), Expr::val(after)])),
+                ),
+                // Deleted by retention: everything after it is older still.
+                None => query.filter(session_event::Column::Id.lt(after)),
+            };
+        }
+        let mut items = query
+            .order_by_desc(session_event::Column::At)
+            .order_by_desc(session_event::Column::Id)
+            .limit(req.first.saturating_add(1))
+            .all(&self.db)
+            .await?;
+        let has_next = items.len() as u64 > req.first;
+        items.truncate(usize::try_from(req.first).unwrap_or(usize::MAX));
+        Ok(events(Page {
+            items,
+            total,
+            has_next,
+            has_previous: req.after.is_some(),
+        }))
     }
 
     /// The events about one user (their logins, failed logins on their identifier, revocations,

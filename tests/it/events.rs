@@ -794,6 +794,34 @@ async fn listing_pages_and_filters(v: Variant) {
     let past = events(&app, &admin, json!({ "until": "2000-01-01T00:00:00Z" })).await;
     assert!(past.is_empty());
 
+    // A time-filtered listing pages by (at, id), newest first, with the same cursors.
+    let q = "query($a: String) { sessionEvents(first: 3, after: $a, filter: {since: \"2000-01-01T00:00:00Z\"}) {
+        totalCount nodes { id at } pageInfo { hasNextPage endCursor } } }";
+    let mut timed: Vec<(String, i64)> = vec![];
+    let mut after = Value::Null;
+    loop {
+        let r = app.gql_as(&admin, q, json!({ "a": after })).await.ok();
+        let c = &r.data()["sessionEvents"];
+        assert_eq!(c["totalCount"], 8);
+        for n in c["nodes"].as_array().unwrap() {
+            timed.push((at(n), str_of(&n["id"]).parse().unwrap()));
+        }
+        if c["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = c["pageInfo"]["endCursor"].clone();
+    }
+    assert_eq!(timed.len(), 8);
+    assert!(
+        timed.windows(2).all(|w| w[0] > w[1]),
+        "newest first by (at, id): {timed:?}"
+    );
+    let mut timed_ids: Vec<String> = timed.iter().map(|t| t.1.to_string()).collect();
+    timed_ids.sort_unstable();
+    let mut all_ids = expected.clone();
+    all_ids.sort_unstable();
+    assert_eq!(timed_ids, all_ids);
+
     // Bad input.
     for (vars, what) in [
         (json!({ "first": 101 }), "first > 100"),
