@@ -29,6 +29,10 @@ pub enum ConfigError {
     /// Any other refused setting, with the rule it breaks.
     #[error("{0}")]
     Refused(&'static str),
+    /// A refused webhook setting; the message names the setting and the offending entries
+    /// (never the secret).
+    #[error("{0}")]
+    Webhook(String),
 }
 
 #[derive(Parser, Debug)]
@@ -184,6 +188,78 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("invalid duration '{s}' ({e}): expected a positive duration such as 500ms, 30s, 15m or 7d")
     })
+}
+
+/// A secret setting: its `Debug` output never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(hidden)")
+    }
+}
+
+/// Never fails: a bad secret is refused by [`Config::validate`], whose message, unlike clap's,
+/// does not repeat the value.
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret(s.to_owned()))
+}
+
+/// Most `WEBHOOK_URLS`: each event is queued once per URL, in the transaction of its change.
+pub const MAX_WEBHOOK_URLS: usize = 16;
+/// Longest webhook URL (the outbox column's width).
+pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
+
+/// The webhook settings, checked: where to send which events, signed with what.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    /// Distinct http(s) URLs, in the configured order.
+    pub urls: Vec<String>,
+    /// The HMAC-SHA256 key (decoded from `WEBHOOK_SECRET`).
+    pub key: Vec<u8>,
+    /// The event types sent (all when `WEBHOOK_EVENTS` is empty).
+    pub events: Vec<crate::events::EventType>,
+    /// Past this age an undelivered event is given up.
+    pub max_age: Duration,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("urls", &self.urls.len())
+            .field("key", &"hidden")
+            .field("events", &self.events)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
+}
+
+/// The key of a Standard Webhooks secret: `whsec_` (optional) then standard base64 of 24 to 64
+/// bytes. The error never contains the secret.
+pub fn decode_webhook_secret(secret: &str) -> Result<Vec<u8>, &'static str> {
+    use base64::Engine;
+    let raw = secret.trim();
+    let raw = raw.strip_prefix("whsec_").unwrap_or(raw);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| {
+            "WEBHOOK_SECRET must be whsec_ followed by standard base64 (or the bare base64)"
+        })?;
+    if !(24..=64).contains(&key.len()) {
+        return Err("WEBHOOK_SECRET must decode to 24 to 64 bytes (e.g. whsec_ and the base64 of 32 random bytes: `openssl rand -base64 32`)");
+    }
+    Ok(key)
 }
 
 /// Settings of the `serve` command. Each field is also an environment variable and a key of the
@@ -359,6 +435,27 @@ pub struct Config {
     )]
     pub cors_allowed_origins: Vec<String>,
 
+    /// Where session events are POSTed: comma-separated http(s) URLs. Empty: no webhooks.
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',', default_value = "")]
+    pub webhook_urls: Vec<String>,
+
+    /// The webhook signing key: `whsec_<base64>` (Standard Webhooks) or the bare base64, 24 to
+    /// 64 bytes once decoded. Required with WEBHOOK_URLS.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub webhook_secret: Option<Secret>,
+
+    /// Event types sent to the webhooks: comma-separated `SessionEventType` names. Empty: all.
+    #[arg(
+        long,
+        env = "WEBHOOK_EVENTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub webhook_events: Vec<String>,
+
+    /// An event not delivered this long after it happened is given up (counted as failed).
+    #[arg(long, env = "WEBHOOK_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_max_age: Duration,
     /// How many session events a live subscriber may fall behind before it is dropped (the
     /// bound on what a slow subscriber can hold up).
     #[arg(long, env = "EVENT_SUBSCRIBER_BACKLOG", default_value_t = crate::events::DEFAULT_SUBSCRIBER_BACKLOG)]
@@ -464,7 +561,94 @@ impl Config {
         if self.superadmin_identifier.trim().is_empty() || self.superadmin_password.is_empty() {
             return refuse("SUPERADMIN_IDENTIFIER and SUPERADMIN_PASSWORD must not be empty");
         }
+        self.webhooks()?;
         Ok(())
+    }
+
+    /// The checked webhook settings; `None` when `WEBHOOK_URLS` is empty. The other
+    /// `WEBHOOK_*` settings are checked even then, so a typo is caught before it matters.
+    pub fn webhooks(&self) -> Result<Option<WebhookSettings>, ConfigError> {
+        let refuse = |msg: String| Err(ConfigError::Webhook(msg));
+        let mut urls: Vec<String> = vec![];
+        for raw in self
+            .webhook_urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+        {
+            let shown = redact_url(raw);
+            let Ok(url) = reqwest::Url::parse(raw) else {
+                return refuse(format!("WEBHOOK_URLS: '{shown}' is not a URL"));
+            };
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return refuse(format!(
+                    "WEBHOOK_URLS: '{shown}' must be an http:// or https:// URL with a host"
+                ));
+            }
+            let url = url.to_string();
+            if url.len() > MAX_WEBHOOK_URL_LEN {
+                return refuse(format!(
+                    "WEBHOOK_URLS: a URL is longer than {MAX_WEBHOOK_URL_LEN} characters"
+                ));
+            }
+            if urls.contains(&url) {
+                return refuse(format!("WEBHOOK_URLS: '{shown}' is listed twice"));
+            }
+            urls.push(url);
+        }
+        if urls.len() > MAX_WEBHOOK_URLS {
+            return refuse(format!("WEBHOOK_URLS: at most {MAX_WEBHOOK_URLS} URLs"));
+        }
+        let mut events = vec![];
+        let mut unknown = vec![];
+        for name in self
+            .webhook_events
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+        {
+            match crate::events::EventType::parse(&name.to_ascii_uppercase()) {
+                Some(t) if !events.contains(&t) => events.push(t),
+                Some(_) => {}
+                None => unknown.push(name.chars().take(64).collect::<String>()),
+            }
+        }
+        if !unknown.is_empty() {
+            let known: Vec<&str> = crate::events::EventType::ALL
+                .iter()
+                .map(|t| t.as_str())
+                .collect();
+            return refuse(format!(
+                "WEBHOOK_EVENTS: unknown event types {} (known: {})",
+                unknown.join(", "),
+                known.join(", ")
+            ));
+        }
+        if events.is_empty() {
+            events = crate::events::EventType::ALL.to_vec();
+        }
+        if self.webhook_max_age < Duration::from_secs(1) {
+            return refuse("WEBHOOK_MAX_AGE must be at least 1s".into());
+        }
+        let key = match &self.webhook_secret {
+            Some(secret) => Some(
+                decode_webhook_secret(secret.expose())
+                    .map_err(|m| ConfigError::Webhook(m.into()))?,
+            ),
+            None => None,
+        };
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let Some(key) = key else {
+            return refuse("WEBHOOK_SECRET is required when WEBHOOK_URLS is set".into());
+        };
+        Ok(Some(WebhookSettings {
+            urls,
+            key,
+            events,
+            max_age: self.webhook_max_age,
+        }))
     }
 
     /// The Redis of `REDIS_URL`, if one is configured.
@@ -473,6 +657,24 @@ impl Config {
             .as_deref()
             .map(RedisTarget::parse)
             .transpose()
+    }
+}
+
+/// A URL as it may be shown in messages and logs: scheme, host, port and path, without the
+/// user info, query or fragment (which may carry credentials).
+pub fn redact_url(raw: &str) -> String {
+    match reqwest::Url::parse(raw) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("");
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}{}", u.scheme(), u.path())
+        }
+        // Not a URL: show only its first characters, up to anything that may start a secret.
+        Err(_) => raw
+            .chars()
+            .take_while(|c| !matches!(c, '@' | '?' | '#'))
+            .take(64)
+            .collect(),
     }
 }
 
@@ -562,6 +764,92 @@ mod tests {
             let err = hops(garbage).unwrap_err();
             assert!(err.contains("TRUST_PROXY"), "{garbage}: {err}");
         }
+    }
+
+    /// 32 bytes, base64.
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw8k0pbzH4KVM=";
+
+    #[test]
+    fn webhooks_are_off_by_default_and_checked_when_set() {
+        let c = parse(&[]).unwrap();
+        assert!(c.webhooks().unwrap().is_none());
+        assert_eq!(c.webhook_max_age, Duration::from_secs(24 * 3600));
+
+        let urls = "--webhook-urls=https://hooks.example/a, http://127.0.0.1:9000/b";
+        let c = parse(&[urls, &format!("--webhook-secret={SECRET}")]).unwrap();
+        let w = c.webhooks().unwrap().unwrap();
+        assert_eq!(
+            w.urls,
+            ["https://hooks.example/a", "http://127.0.0.1:9000/b"]
+        );
+        assert_eq!(w.key.len(), 32);
+        assert_eq!(w.events.len(), crate::events::EventType::ALL.len());
+        // The bare base64 is accepted too; the secret never shows in Debug output.
+        let bare = SECRET.trim_start_matches("whsec_");
+        let c = parse(&[urls, &format!("--webhook-secret={bare}")]).unwrap();
+        assert_eq!(c.webhooks().unwrap().unwrap().key, w.key);
+        assert!(!format!("{c:?}").contains(bare));
+        assert!(!format!("{w:?}").contains(bare));
+
+        let c = parse(&[
+            urls,
+            &format!("--webhook-secret={SECRET}"),
+            "--webhook-events=login_succeeded,SESSION_REVOKED,LOGIN_SUCCEEDED",
+        ])
+        .unwrap();
+        use crate::events::EventType as T;
+        assert_eq!(
+            c.webhooks().unwrap().unwrap().events,
+            [T::LoginSucceeded, T::SessionRevoked]
+        );
+    }
+
+    #[test]
+    fn bad_webhook_settings_are_refused_with_a_clear_message() {
+        let secret = format!("--webhook-secret={SECRET}");
+        let url = "--webhook-urls=https://hooks.example/a";
+        let err = parse(&[url]).unwrap_err();
+        assert!(err.contains("WEBHOOK_SECRET is required"), "{err}");
+        for bad in [
+            "ftp://hooks.example/a",
+            "not a url",
+            "https://",
+            "mailto:a@b.c",
+        ] {
+            let err = parse(&[&format!("--webhook-urls={bad}"), &secret]).unwrap_err();
+            assert!(err.contains("WEBHOOK_URLS"), "{bad}: {err}");
+        }
+        let err = parse(&[
+            "--webhook-urls=https://u:pw@hooks.example/a?token=t0ps3cret,https://u:pw@hooks.example/a?token=t0ps3cret",
+            &secret,
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("listed twice") && !err.contains("t0ps3cret") && !err.contains("pw@"),
+            "{err}"
+        );
+        let err = parse(&[
+            url,
+            &secret,
+            "--webhook-events=LOGIN_SUCCEEDED,LOGIN_BOGUS,nope",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("WEBHOOK_EVENTS") && err.contains("LOGIN_BOGUS, nope"),
+            "{err}"
+        );
+        // Unknown names are refused even without URLs: a typo is caught before it matters.
+        let err = parse(&["--webhook-events=LOGIN_BOGUS"]).unwrap_err();
+        assert!(err.contains("LOGIN_BOGUS"), "{err}");
+        for bad in ["whsec_short", "whsec_!!!notbase64!!!", "", "whsec_"] {
+            let err = parse(&[url, &format!("--webhook-secret={bad}")]).unwrap_err();
+            assert!(err.contains("WEBHOOK_SECRET"), "{bad}: {err}");
+            if !bad.is_empty() && bad != "whsec_" {
+                assert!(!err.contains(bad), "the secret is repeated: {err}");
+            }
+        }
+        let err = parse(&[url, &secret, "--webhook-max-age=0s"]).unwrap_err();
+        assert!(err.contains("WEBHOOK_MAX_AGE"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Prometheus metrics (prometheus-client), served in the text format at `/metrics`: GraphQL
 //! requests and latency per operation, cache lookups per tier, session lifecycle events,
-//! logins, and database and Redis errors.
+//! logins, database and Redis errors, and webhook deliveries.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +68,9 @@ pub struct Metrics {
     event_subscribers: Gauge,
     events_fanned_out: Family<SourceLabels, Counter>,
     event_subscribers_dropped: Family<ReasonLabels, Counter>,
+    webhook_deliveries: Family<OutcomeLabels, Counter>,
+    webhook_pending: Gauge,
+    webhook_oldest_pending_age: Gauge,
 }
 
 impl Default for Metrics {
@@ -85,6 +88,9 @@ impl Default for Metrics {
         let event_subscribers = Gauge::default();
         let events_fanned_out = Family::<SourceLabels, Counter>::default();
         let event_subscribers_dropped = Family::<ReasonLabels, Counter>::default();
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        let webhook_pending = Gauge::default();
+        let webhook_oldest_pending_age = Gauge::default();
         registry.register(
             "graphql_requests",
             "GraphQL requests by operation",
@@ -124,6 +130,22 @@ impl Default for Metrics {
              (stopped_reading) the server ended, by reason",
             event_subscribers_dropped.clone(),
         );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome: delivered, retried (an attempt failed; it will be \
+             tried again) or failed (given up after WEBHOOK_MAX_AGE)",
+            webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Webhook deliveries waiting in the outbox (shared by every instance)",
+            webhook_pending.clone(),
+        );
+        registry.register(
+            "webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook delivery waiting in the outbox",
+            webhook_oldest_pending_age.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -136,6 +158,9 @@ impl Default for Metrics {
             event_subscribers,
             events_fanned_out,
             event_subscribers_dropped,
+            webhook_deliveries,
+            webhook_pending,
+            webhook_oldest_pending_age,
         }
     }
 }
@@ -191,6 +216,19 @@ impl Metrics {
     /// The counter of SQL statements, for the database connection's metric callback.
     pub fn db_statements(&self) -> Counter {
         self.db_statements.clone()
+    }
+
+    /// A webhook delivery's outcome: `delivered`, `retried` or `failed`, `n` times.
+    pub fn webhook(&self, outcome: &'static str, n: u64) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(n);
+    }
+
+    /// The outbox as last counted: rows waiting and the oldest one's age.
+    pub fn webhook_backlog(&self, pending: i64, oldest_age_seconds: i64) {
+        self.webhook_pending.set(pending);
+        self.webhook_oldest_pending_age.set(oldest_age_seconds);
     }
 
     pub fn render(&self) -> String {

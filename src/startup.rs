@@ -5,6 +5,7 @@
 use crate::cache::{PubSub, RedisCache, SessionStore};
 use crate::config::{Config, ConfigError};
 use crate::error::{AppResult, ServiceError};
+use crate::events::webhook::{self, Webhooks};
 use crate::events::EventBus;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
@@ -50,6 +51,8 @@ pub enum StartupError {
         identifier: String,
         bind: SocketAddr,
     },
+    #[error("cannot set up the webhooks: {0}")]
+    Webhooks(#[source] crate::events::webhook::WebhookSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -99,6 +102,10 @@ enum CacheRole {
 /// database connected and migrated, Redis, password hashing, the bootstrap rows and JWT keys.
 struct Assembled {
     services: Services,
+    /// The webhooks of `WEBHOOK_URLS` (the server runs their delivery worker).
+    webhooks: Option<Arc<Webhooks>>,
+    /// A handle on the pool for the webhook worker.
+    db: DatabaseConnection,
     default_password_in_use: bool,
     superadmin_user_id: i64,
 }
@@ -199,12 +206,14 @@ async fn assemble(
         Some(metrics.clone()),
         redis.clone().map(PubSub::new),
     );
+    let webhooks = webhooks(&config)?;
+    let worker_db = db.clone();
     let services = Services::compose(Parts {
         config,
         db,
         redis,
         store,
-        events: crate::events::EventLog::new(event_bus),
+        events: crate::events::EventLog::new(event_bus).with_webhooks(webhooks.clone()),
         metrics,
         passwords,
         jwt_keys: jwt,
@@ -214,6 +223,8 @@ async fn assemble(
     });
     Ok(Assembled {
         services,
+        webhooks,
+        db: worker_db,
         default_password_in_use: boot.default_password_in_use,
         superadmin_user_id,
     })
@@ -281,6 +292,8 @@ impl Application {
                 bind,
             });
         }
+        let webhooks = assembled.webhooks;
+        let worker_db = assembled.db;
         let services: SharedServices = Arc::new(assembled.services);
 
         let addr = services.config().bind;
@@ -293,6 +306,14 @@ impl Application {
             .port();
         spawn_cleanup(services.clone());
         spawn_jwt_key_refresh(services.clone());
+        if let Some(webhooks) = webhooks {
+            webhook::spawn_worker(
+                Arc::downgrade(&services),
+                worker_db,
+                services.metrics().clone(),
+                webhooks,
+            );
+        }
         let schema = build_schema(services.clone());
         let (query_fields, mutation_fields) = crate::graphql::root_fields();
         let labeler = crate::metrics::OperationLabeler::new(
@@ -360,6 +381,17 @@ impl Application {
         }
         tracing::info!("session-server stopped");
         served
+    }
+}
+
+/// The webhooks of `WEBHOOK_URLS`, if set: the event log queues their events, the delivery
+/// worker sends them.
+fn webhooks(config: &Config) -> Result<Option<Arc<Webhooks>>, StartupError> {
+    match config.webhooks()? {
+        Some(settings) => Ok(Some(Arc::new(
+            Webhooks::new(settings).map_err(StartupError::Webhooks)?,
+        ))),
+        None => Ok(None),
     }
 }
 

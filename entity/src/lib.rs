@@ -13,3 +13,4 @@ pub mod session_event;
 pub mod session_refresh_token;
 pub mod user;
 pub mod user_role;
+pub mod webhook_outbox;

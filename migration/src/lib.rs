@@ -9,6 +9,7 @@ mod m20261201_000001_normalize_identifiers;
 mod m20261202_000001_session_data;
 mod m20261205_000001_jwt_key;
 mod m20261210_000001_session_event;
+mod m20261211_000001_webhook_outbox;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_session_data::Migration),
             Box::new(m20261205_000001_jwt_key::Migration),
             Box::new(m20261210_000001_session_event::Migration),
+            Box::new(m20261211_000001_webhook_outbox::Migration),
         ]
     }
 }

@@ -10,6 +10,8 @@
 //!   instance's events too (each exactly once).
 //! - [`live`]: one subscriber's stream: its types and channel scope, its session re-checked
 //!   while it runs, dropped when it falls behind.
+//! - [`webhook`]: the outbox rows written with the events when webhooks are configured, and
+//!   the worker that delivers them.
 
 use crate::error::{AppError, AppResult};
 use crate::service::ClientInfo;
@@ -20,6 +22,7 @@ use tokio::sync::broadcast;
 
 mod bus;
 pub mod live;
+pub mod webhook;
 
 pub use bus::{EventBus, DEFAULT_SUBSCRIBER_BACKLOG};
 
@@ -207,17 +210,28 @@ impl Event {
 pub struct EventLog {
     /// Live fan-out to subscribers.
     bus: EventBus,
+    /// The configured webhooks (`WEBHOOK_URLS`): events they want get outbox rows.
+    webhooks: Option<Arc<webhook::Webhooks>>,
 }
 
 impl EventLog {
     pub fn new(bus: EventBus) -> EventLog {
-        EventLog { bus }
+        EventLog {
+            bus,
+            webhooks: None,
+        }
     }
 
-    /// Writes `events` with `db` (the change's own transaction), stamped `at`, and returns them
-    /// with their ids, to be handed to [`EventLog::publish`] once the transaction has committed.
-    /// Many events (a bulk revocation, a clean-up batch) go in one multi-row insert per
-    /// [`INSERT_CHUNK`] events.
+    /// The same log, also queueing the events `webhooks` wants for delivery.
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<webhook::Webhooks>>) -> EventLog {
+        self.webhooks = webhooks;
+        self
+    }
+
+    /// Writes `events` with `db` (the change's own transaction), stamped `at`, with their
+    /// webhook outbox rows, and returns them with their ids, to be handed to
+    /// [`EventLog::publish`] once the transaction has committed. Many events (a bulk
+    /// revocation, a clean-up batch) go in one multi-row insert per [`INSERT_CHUNK`] events.
     pub async fn record<C: ConnectionTrait>(
         &self,
         db: &C,
@@ -228,11 +242,17 @@ impl EventLog {
         for chunk in events.chunks(INSERT_CHUNK) {
             recorded.extend(insert_returning(db, at, chunk).await?);
         }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.enqueue(db, at, &recorded).await?;
+        }
         Ok(recorded)
     }
 
-    /// Hands committed events to the live subscribers.
+    /// Hands committed events to the live subscribers, and wakes the webhook worker.
     pub fn publish(&self, events: Vec<Event>) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.committed(&events);
+        }
         self.bus.publish(events);
     }
 

@@ -35,3 +35,4 @@ mod storefront;
 mod subscription;
 mod throttle;
 mod transport;
+mod webhooks;
