@@ -258,6 +258,8 @@ fn read_file(path: &Path, serve: &clap::Command) -> Result<Vec<(String, FileValu
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(bad)?;
                 match delimiter {
+                    // An empty list is the empty value, as `CORS_ALLOWED_ORIGINS=` would be.
+                    Some(_) if items.is_empty() => FileValue::One(String::new()),
                     Some(_) => FileValue::Many(items),
                     // A single-valued setting that takes a comma-separated list (TOKEN_METHOD).
                     None => FileValue::One(items.join(",")),
