@@ -586,6 +586,10 @@ async fn start(
             .await
             .context("seeding sessions with data")
             .map_err(failed)?;
+        // They are anonymous sessions of this server: the admin listing may show them.
+        for d in &ready.data {
+            ready.seeded.session_users.insert(d.session_id, None);
+        }
         eprintln!(
             "  {} sessions with {} bytes of data each ({:.1} s)",
             ready.data.len(),

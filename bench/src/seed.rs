@@ -771,6 +771,7 @@ pub const SESSION_DATA_BYTES: usize = 1024;
 /// An anonymous session whose data was set through `updateSessionData` at seed time.
 pub struct DataSession {
     pub token: String,
+    pub session_id: i64,
     pub data: serde_json::Value,
 }
 
@@ -850,13 +851,18 @@ pub async fn seed_session_data(
                 let (_, answer) = conn.graphql(&body, Some(&token)).await?;
                 let v: serde_json::Value = serde_json::from_str(&answer)?;
                 let s = &v["data"]["updateSessionData"];
-                if s["dataVersion"] != 1
-                    || !s["id"].is_string()
-                    || !crate::load::same_json(&s["data"], &data)
-                {
+                let session_id = s["id"].as_str().and_then(|id| id.parse().ok());
+                let (Some(session_id), true) = (
+                    session_id,
+                    s["dataVersion"] == 1 && crate::load::same_json(&s["data"], &data),
+                ) else {
                     bail!("updateSessionData answered {}", truncate(&answer, 300));
-                }
-                out.push(DataSession { token, data });
+                };
+                out.push(DataSession {
+                    token,
+                    session_id,
+                    data,
+                });
             }
             anyhow::Ok(out)
         }));
