@@ -840,7 +840,7 @@ impl JwtCheck {
         let n = self
             .answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let claims: serde_json::Value = if n % JWT_VERIFY_EVERY == 0 {
+        let claims: serde_json::Value = if n.is_multiple_of(JWT_VERIFY_EVERY) {
             jsonwebtoken::decode(token, key, &self.validation)
                 .map_err(|e| format!("the JWT does not verify ({e}): {token}"))?
                 .claims
