@@ -4,7 +4,8 @@
 //! previous response body is read). Every request is drawn from a weighted set of request
 //! kinds; latencies go into one `hdrhistogram` per kind (microseconds), so a mixed workload
 //! reports each kind separately. Each response is checked (status 200 and an expected
-//! substring of the body, or the exact answer): a benchmark of wrong answers is worthless.
+//! substring of the body, the exact answer, a custom check of the body, or exact response
+//! headers): a benchmark of wrong answers is worthless.
 //!
 //! Timeline of one run: connect all connections, warm up (nothing recorded), measure (the
 //! server's CPU time is sampled from `/proc/<pid>/stat` at both ends of the window), stop.
@@ -36,6 +37,9 @@ pub enum Expect {
     Exact(Arc<Exact>),
     /// Status 200 and the body passes this check.
     Check(CheckFn),
+    /// Status 200 and each of these response headers has exactly this value (for `/auth`,
+    /// which answers with headers and an empty body).
+    Headers(Arc<[(HeaderName, HeaderValue)]>),
 }
 
 /// An exact JSON answer. A body is parsed and compared as JSON, ignoring object key order and
@@ -364,7 +368,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Whether a response passes its request's check (`Err` says why not).
-pub fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), String> {
+pub fn check(
+    spec: &ReqSpec,
+    status: StatusCode,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
     if status != StatusCode::OK {
         return Err(format!(
             "HTTP {status}: {}",
@@ -380,6 +389,22 @@ pub fn check(spec: &ReqSpec, status: StatusCode, body: &[u8]) -> Result<(), Stri
         )),
         Expect::Exact(e) => e.check(body),
         Expect::Check(f) => (f.0)(body),
+        Expect::Headers(want) => {
+            for (name, value) in want.iter() {
+                match headers.get(name) {
+                    Some(v) if v == value => {}
+                    got => {
+                        return Err(truncate(
+                            &format!(
+                                "header {name}: expected {value:?}, got {got:?} (all: {headers:?})"
+                            ),
+                            400,
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -459,7 +484,7 @@ pub async fn run(
                 let elapsed = t0.elapsed();
                 let measuring = p == MEASURE && phase.load(Ordering::Relaxed) == MEASURE;
                 match res {
-                    Ok((status, _, body)) => match check(spec, status, &body) {
+                    Ok((status, headers, body)) => match check(spec, status, &headers, &body) {
                         Ok(()) => {
                             if measuring {
                                 let us = (elapsed.as_micros() as u64).max(1);
@@ -539,9 +564,15 @@ mod tests {
             {"channelCode": "y", "permissions": ["READ_USER"]},
         ]}}}));
         let same = br#"{"data":{"me":{"channels":[{"channelCode":"x","permissions":["READ_SESSION","READ_ORDER"]},{"channelCode":"y","permissions":["READ_USER"]}],"identifier":"a"}}}"#;
-        assert_eq!(check(&spec, StatusCode::OK, same), Ok(()));
+        assert_eq!(
+            check(&spec, StatusCode::OK, &hyper::HeaderMap::new(), same),
+            Ok(())
+        );
         let reordered = br#"{"data":{"me":{"identifier":"a","channels":[{"permissions":["READ_USER"],"channelCode":"y"},{"channelCode":"x","permissions":["READ_ORDER","READ_SESSION"]}]}}}"#;
-        assert_eq!(check(&spec, StatusCode::OK, reordered), Ok(()));
+        assert_eq!(
+            check(&spec, StatusCode::OK, &hyper::HeaderMap::new(), reordered),
+            Ok(())
+        );
     }
 
     #[test]
@@ -557,13 +588,31 @@ mod tests {
             br#"{"data":null,"errors":[{"message":"boom"}]}"#,
             b"not json",
         ] {
-            assert!(check(&spec, StatusCode::OK, wrong).is_err());
+            assert!(check(&spec, StatusCode::OK, &hyper::HeaderMap::new(), wrong).is_err());
         }
         let right = br#"{"data":{"activeSession":{"id":"7","kind":"AUTHENTICATED","user":{"id":"3","identifier":"bench-user-000003"}}}}"#;
-        assert_eq!(check(&spec, StatusCode::OK, right), Ok(()));
-        assert!(check(&spec, StatusCode::INTERNAL_SERVER_ERROR, right).is_err());
+        assert_eq!(
+            check(&spec, StatusCode::OK, &hyper::HeaderMap::new(), right),
+            Ok(())
+        );
+        assert!(check(
+            &spec,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &hyper::HeaderMap::new(),
+            right
+        )
+        .is_err());
         // Remembering the right bytes lets no wrong answer through afterwards.
-        assert_eq!(check(&spec, StatusCode::OK, right), Ok(()));
-        assert!(check(&spec, StatusCode::OK, br#"{"data":{"activeSession":null}}"#).is_err());
+        assert_eq!(
+            check(&spec, StatusCode::OK, &hyper::HeaderMap::new(), right),
+            Ok(())
+        );
+        assert!(check(
+            &spec,
+            StatusCode::OK,
+            &hyper::HeaderMap::new(),
+            br#"{"data":{"activeSession":null}}"#
+        )
+        .is_err());
     }
 }

@@ -81,9 +81,10 @@ pub struct Args {
     /// Treat a missing PostgreSQL/Redis/redis-server as an error instead of skipping the row.
     #[arg(long)]
     require_all: bool,
-    /// Only these rows (comma-separated ids: floor, bare-floor, memory, user-memory, me,
-    /// admin-list, redis, user-redis, tiered, user-tiered, db-sqlite, db-postgres,
-    /// db-postgres-user, mixed, garbage, peer). The floor is always included.
+    /// Only these rows (comma-separated ids: floor, bare-floor, auth-memory, memory,
+    /// user-memory, me, data-1k, update-data, jwt, admin-list, redis, user-redis, tiered,
+    /// user-tiered, auth-tiered, db-sqlite, db-postgres, db-postgres-user, mixed, garbage, peer).
+    /// The floor is always included.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

@@ -12,7 +12,7 @@ use crate::report::{self, Cmp, Measurement, RowReport, Status, Target};
 use crate::server::{self, Proc, ServerConfig};
 use crate::{prepare_server, quiesce, seed, sqlite_url, Args, Cleanup, Settings};
 use anyhow::{anyhow, bail, Context, Result};
-use hyper::header::{HeaderValue, COOKIE};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use hyper::Method;
 use std::sync::Arc;
 
@@ -62,6 +62,19 @@ pub enum Send {
     Login,
     /// The peer's `GET /read` with each seeded session cookie.
     PeerRead,
+    /// `updateSessionData(set: { bench: "…" }) { id data dataVersion }` with each anonymous
+    /// session's bearer token, each session setting its own value.
+    UpdateData,
+    /// `{ activeSession { data } }` with each data session's bearer token (anonymous sessions
+    /// whose ~1 KiB of data was set through `updateSessionData` when the server was prepared).
+    SessionData,
+    /// `GET /auth` (the gateway check, no GraphQL) with each authenticated session's bearer
+    /// token, in the default channel.
+    Gateway,
+    /// The same with a `channel-token` header (`bench-a` or `bench-b`, alternating by user).
+    GatewayChannel,
+    /// `{ sessionJwt { token expiresAt } }` with each authenticated session's bearer token.
+    SessionJwt,
 }
 
 /// How each answer of a request kind is checked (a wrong answer counts as an error).
@@ -76,6 +89,18 @@ pub enum Check {
     Exact,
     /// Status 200 and 50 distinct seeded sessions, each with its own user's identifier.
     AdminList,
+    /// `Send::UpdateData`: status 200, the session's own id, exactly the data it set, and a
+    /// `dataVersion` above the seeded 0 that no earlier answer for that session carried (every
+    /// update increments it, so a lost or stale update answers a version twice).
+    DataVersion,
+    /// `Send::Gateway*`: status 200 and exactly the identity headers the seed predicts
+    /// (`x-session-id`, `x-session-kind`, `x-user-id`, `x-user-identifier`, `x-channel-code`,
+    /// `x-permissions`).
+    Headers,
+    /// `Send::SessionJwt`: a JWT whose claims name the seeded session (`sid`), its user
+    /// (`sub`), `kind`, channel and permissions, unexpired; its `kid` is in the server's JWKS,
+    /// and every [`JWT_VERIFY_EVERY`]-th answer's Ed25519 signature is verified with it.
+    Jwt,
 }
 
 /// One request kind of a row: its name in the report, its share of the row's requests, what it
@@ -108,6 +133,27 @@ const fn single(send: Send, check: Check) -> KindDef {
 
 const SESSION_FOUND: Check = Check::Contains(r#""activeSession":{"#);
 
+/// The gateway rows' requests: half without a channel, half with a `channel-token`.
+const GATEWAY: &[KindDef] = &[
+    KindDef {
+        name: "bearer",
+        weight: 1,
+        send: Send::Gateway,
+        check: Check::Headers,
+    },
+    KindDef {
+        name: "bearer + channel-token",
+        weight: 1,
+        send: Send::GatewayChannel,
+        check: Check::Headers,
+    },
+];
+
+/// One `sessionJwt` answer in this many has its signature verified; every answer's claims are
+/// checked. Verifying all would cost the load generator, which shares the CPU with the server,
+/// about as much as the server spends signing.
+pub const JWT_VERIFY_EVERY: u64 = 16;
+
 /// Every row, in measuring order (each round walks this list; rows compared by a target sit
 /// close together so that they see the same machine).
 pub const ROWS: &[RowDef] = &[
@@ -122,6 +168,12 @@ pub const ROWS: &[RowDef] = &[
         label: "bare async-graphql 7 + axum 0.8 `{ __typename }`",
         server: Server::Bare,
         kinds: &[single(Send::Typename, Check::Exact)],
+    },
+    RowDef {
+        id: "auth-memory",
+        label: "gateway check `GET /auth` (half with a channel-token), SESSION_CACHE=memory",
+        server: Server::Memory,
+        kinds: GATEWAY,
     },
     RowDef {
         id: "memory",
@@ -140,6 +192,24 @@ pub const ROWS: &[RowDef] = &[
         label: "`me` with channels, SESSION_CACHE=memory",
         server: Server::Memory,
         kinds: &[single(Send::Me, Check::Exact)],
+    },
+    RowDef {
+        id: "data-1k",
+        label: "`activeSession { data }` with 1 KiB of data (memory)",
+        server: Server::Memory,
+        kinds: &[single(Send::SessionData, Check::Exact)],
+    },
+    RowDef {
+        id: "update-data",
+        label: "`updateSessionData(set: …)`, anonymous sessions (memory)",
+        server: Server::Memory,
+        kinds: &[single(Send::UpdateData, Check::DataVersion)],
+    },
+    RowDef {
+        id: "jwt",
+        label: "`sessionJwt { token expiresAt }`, authenticated sessions (memory)",
+        server: Server::Memory,
+        kinds: &[single(Send::SessionJwt, Check::Jwt)],
     },
     RowDef {
         id: "admin-list",
@@ -170,6 +240,12 @@ pub const ROWS: &[RowDef] = &[
         label: "activeSession with user, SESSION_CACHE=tiered",
         server: Server::Tiered,
         kinds: &[single(Send::SessionWithUser, Check::Exact)],
+    },
+    RowDef {
+        id: "auth-tiered",
+        label: "gateway check `GET /auth` (half with a channel-token), SESSION_CACHE=tiered",
+        server: Server::Tiered,
+        kinds: GATEWAY,
     },
     RowDef {
         id: "db-sqlite",
@@ -263,7 +339,8 @@ const fn at_least(name: &'static str, num: &'static str, den: &'static str, b: f
     }
 }
 
-/// Every target (issues 4 and 8). Missed targets never change the exit status.
+/// Every target (issues 4, 8 and 12; issue 10's rows have no bound, their ratios to the floor
+/// are in the table). Missed targets never change the exit status.
 pub const TARGETS: &[TargetDef] = &[
     at_least("memory: req/s ÷ floor", "memory", "floor", 0.95),
     TargetDef {
@@ -336,6 +413,24 @@ pub const TARGETS: &[TargetDef] = &[
         "bare-floor",
         1.0,
     ),
+    at_least(
+        "gateway check, memory: req/s ÷ floor",
+        "auth-memory",
+        "floor",
+        1.5,
+    ),
+    at_least(
+        "gateway check, memory: req/s ÷ peer",
+        "auth-memory",
+        "peer",
+        1.3,
+    ),
+    at_least(
+        "gateway check, tiered: req/s ÷ peer",
+        "auth-tiered",
+        "peer",
+        1.0,
+    ),
 ];
 
 /// Row ids, for `--help` and error messages.
@@ -351,6 +446,8 @@ struct Ready {
     orders: Vec<String>,
     /// `Server::Peer`: the seeded session cookies.
     cookies: Vec<String>,
+    /// Sessions with ~1 KiB of data, when a wanted row on this server reads them.
+    data: Vec<seed::DataSession>,
 }
 
 impl Ready {
@@ -360,6 +457,7 @@ impl Ready {
             seeded: seed::Seeded::default(),
             orders: Vec::new(),
             cookies: Vec::new(),
+            data: Vec::new(),
         }
     }
 }
@@ -390,8 +488,14 @@ fn users(s: &Settings) -> usize {
     s.sessions.max(seed::ADMIN_LIST_NODES)
 }
 
-/// Starts (and seeds) one server.
-async fn start(id: Server, env: &mut Env<'_>, cleanup: &mut Cleanup) -> Result<Ready, Status> {
+/// Starts (and seeds) one server; `with_data` also seeds the sessions with data that
+/// `Send::SessionData` reads.
+async fn start(
+    id: Server,
+    with_data: bool,
+    env: &mut Env<'_>,
+    cleanup: &mut Cleanup,
+) -> Result<Ready, Status> {
     let s = env.s;
     let failed = |e: anyhow::Error| Status::Failed(format!("{e:#}"));
     let sqlite = |name: &str, cache, ttl| ServerConfig {
@@ -474,7 +578,25 @@ async fn start(id: Server, env: &mut Env<'_>, cleanup: &mut Cleanup) -> Result<R
         seeded,
         orders: Vec::new(),
         cookies: Vec::new(),
+        data: Vec::new(),
     };
+    if with_data {
+        let t0 = std::time::Instant::now();
+        ready.data = seed::seed_session_data(&cfg.database_url, ready.proc.addr, s.sessions, 8)
+            .await
+            .context("seeding sessions with data")
+            .map_err(failed)?;
+        // They are anonymous sessions of this server: the admin listing may show them.
+        for d in &ready.data {
+            ready.seeded.session_users.insert(d.session_id, None);
+        }
+        eprintln!(
+            "  {} sessions with {} bytes of data each ({:.1} s)",
+            ready.data.len(),
+            seed::SESSION_DATA_BYTES,
+            t0.elapsed().as_secs_f64()
+        );
+    }
     if id == Server::Mixed {
         let addr = ready.proc.addr;
         let tokens = &ready.seeded.anonymous;
@@ -521,11 +643,13 @@ async fn start_peer(env: &mut Env<'_>) -> Result<Ready, Status> {
     r.map_err(|e| Status::Failed(format!("{e:#}")))
 }
 
-/// One request before its check: body, bearer token, and the answer when it is known.
+/// One request before its check: body, bearer token, and the answer when it is known, or the
+/// check prepared for it (for checks that need the request's own state).
 struct Req {
     body: String,
     bearer: Option<String>,
     answer: Option<serde_json::Value>,
+    prepared: Option<Expect>,
 }
 
 impl Req {
@@ -534,11 +658,17 @@ impl Req {
             body: body.into(),
             bearer: bearer.map(str::to_string),
             answer: None,
+            prepared: None,
         }
     }
 
     fn answer(mut self, v: serde_json::Value) -> Req {
         self.answer = Some(v);
+        self
+    }
+
+    fn prepared(mut self, e: Expect) -> Req {
+        self.prepared = Some(e);
         self
     }
 }
@@ -549,6 +679,7 @@ type Listing = Arc<std::collections::HashMap<i64, Option<String>>>;
 fn expect(
     k: &KindDef,
     answer: Option<serde_json::Value>,
+    prepared: Option<Expect>,
     listing: Option<&Listing>,
 ) -> Result<Expect> {
     Ok(match k.check {
@@ -565,10 +696,210 @@ fn expect(
                 seed::check_admin_list(body, &known)
             })))
         }
+        Check::DataVersion | Check::Headers | Check::Jwt => prepared.ok_or_else(|| {
+            anyhow!(
+                "kind {}: {:?} prepares no {:?} check",
+                k.name,
+                k.send,
+                k.check
+            )
+        })?,
     })
 }
 
-/// The prepared requests of one kind on a ready server, each with its check.
+/// The identity headers `/auth` must answer for a seeded user's session in `channel_code`.
+fn gateway_headers(
+    u: &seed::UserSession,
+    channel_code: &str,
+) -> Result<Arc<[(HeaderName, HeaderValue)]>> {
+    let perms = u
+        .user
+        .channels
+        .iter()
+        .find(|(code, _)| code == channel_code)
+        .map(|(_, p)| p.join(","))
+        .unwrap_or_default();
+    let h = |name: &'static str, value: &str| -> Result<(HeaderName, HeaderValue)> {
+        Ok((HeaderName::from_static(name), HeaderValue::from_str(value)?))
+    };
+    Ok(Arc::from(vec![
+        h("x-session-id", &u.session_id.to_string())?,
+        h("x-session-kind", "authenticated")?,
+        h("x-user-id", &u.user.id.to_string())?,
+        h("x-user-identifier", &u.user.identifier)?,
+        h("x-channel-code", channel_code)?,
+        h("x-permissions", &perms)?,
+    ]))
+}
+
+/// Checks the `updateSessionData` answers of one session: its id, exactly the data it set, and
+/// a `dataVersion` above the seeded 0 that no earlier answer carried (a bit set of the versions
+/// seen; concurrent updates of one session may answer out of order, but never twice the same).
+struct DataVersionCheck {
+    session_id: String,
+    data: serde_json::Value,
+    seen: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Highest `dataVersion` the check accepts (its bit set stays under 1 MiB per session).
+const MAX_DATA_VERSION: u64 = 1 << 23;
+
+impl DataVersionCheck {
+    fn check(&self, body: &[u8]) -> Result<(), String> {
+        let text = || load::truncate(&String::from_utf8_lossy(body), 300);
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {}", text()))?;
+        let s = &v["data"]["updateSessionData"];
+        if s["id"].as_str() != Some(self.session_id.as_str())
+            || !load::same_json(&s["data"], &self.data)
+        {
+            return Err(format!(
+                "expected session {} with data {}, got {}",
+                self.session_id,
+                self.data,
+                text()
+            ));
+        }
+        let version = s["dataVersion"]
+            .as_u64()
+            .filter(|v| (1..MAX_DATA_VERSION).contains(v))
+            .ok_or_else(|| format!("dataVersion out of range: {}", text()))?;
+        let (word, bit) = ((version / 64) as usize, version % 64);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() <= word {
+            seen.resize(word + 1, 0);
+        }
+        if seen[word] & (1 << bit) != 0 {
+            return Err(format!(
+                "session {}: dataVersion {version} answered twice (an update was not counted)",
+                self.session_id
+            ));
+        }
+        seen[word] |= 1 << bit;
+        Ok(())
+    }
+}
+
+/// Checks `sessionJwt` answers against the keys the server published at start.
+struct JwtCheck {
+    keys: std::collections::HashMap<String, jsonwebtoken::DecodingKey>,
+    validation: jsonwebtoken::Validation,
+    answered: std::sync::atomic::AtomicU64,
+}
+
+/// `JWT_ISSUER`'s default (the harness does not set it).
+const JWT_ISSUER: &str = "session-server";
+/// `SESSION_JWT_TTL`'s default in seconds (the harness does not set it).
+const JWT_TTL_SECS: i64 = 300;
+
+impl JwtCheck {
+    fn new(set: &jsonwebtoken::jwk::JwkSet) -> Result<JwtCheck> {
+        let mut keys = std::collections::HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| anyhow!("a JWKS key has no kid"))?;
+            keys.insert(kid, jsonwebtoken::DecodingKey::from_jwk(jwk)?);
+        }
+        if keys.is_empty() {
+            bail!("the server's JWKS holds no key");
+        }
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        validation.set_issuer(&[JWT_ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        Ok(JwtCheck {
+            keys,
+            validation,
+            answered: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The answer of a seeded user's session `sid` (user `sub`, no permissions in the default
+    /// channel).
+    fn check(&self, body: &[u8], sid: &str, sub: &str) -> Result<(), String> {
+        let text = || load::truncate(&String::from_utf8_lossy(body), 300);
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {}", text()))?;
+        let jwt = &v["data"]["sessionJwt"];
+        let (Some(token), Some(expires_at)) = (jwt["token"].as_str(), jwt["expiresAt"].as_str())
+        else {
+            return Err(format!("no sessionJwt token and expiresAt: {}", text()));
+        };
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT ({e}): {token}"))?;
+        if header.alg != jsonwebtoken::Algorithm::EdDSA {
+            return Err(format!("alg {:?}, expected EdDSA", header.alg));
+        }
+        let kid = header.kid.as_deref().ok_or("the JWT header has no kid")?;
+        let key = self
+            .keys
+            .get(kid)
+            .ok_or_else(|| format!("kid {kid} is not in the server's JWKS"))?;
+        let n = self
+            .answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let claims: serde_json::Value = if n.is_multiple_of(JWT_VERIFY_EVERY) {
+            jsonwebtoken::decode(token, key, &self.validation)
+                .map_err(|e| format!("the JWT does not verify ({e}): {token}"))?
+                .claims
+        } else {
+            jsonwebtoken::dangerous::insecure_decode_claims(token)
+                .map_err(|e| format!("undecodable JWT payload ({e}): {token}"))?
+        };
+        check_claims(&claims, sid, sub, expires_at)
+    }
+}
+
+/// The claims of a seeded user's session JWT, and `expiresAt` equal to `exp`.
+fn check_claims(
+    c: &serde_json::Value,
+    sid: &str,
+    sub: &str,
+    expires_at: &str,
+) -> Result<(), String> {
+    for (name, want) in [
+        ("sid", sid),
+        ("sub", sub),
+        ("kind", "authenticated"),
+        ("iss", JWT_ISSUER),
+        ("ch", seed::DEFAULT_CHANNEL),
+    ] {
+        if c[name].as_str() != Some(want) {
+            return Err(format!("claim {name}: expected {want:?} in {c}"));
+        }
+    }
+    if c["perms"] != serde_json::json!([]) {
+        return Err(format!("claim perms: expected [] in {c}"));
+    }
+    if c["jti"].as_str().is_none_or(str::is_empty) {
+        return Err(format!("claim jti missing in {c}"));
+    }
+    let (Some(iat), Some(exp)) = (c["iat"].as_i64(), c["exp"].as_i64()) else {
+        return Err(format!("claims iat and exp missing in {c}"));
+    };
+    let now = seed::now_ms() / 1000;
+    if !(1..=JWT_TTL_SECS).contains(&(exp - iat)) || exp < now || iat > now + 5 {
+        return Err(format!(
+            "iat {iat} / exp {exp} do not fit now ({now}) in {c}"
+        ));
+    }
+    let expires = humantime::parse_rfc3339_weak(expires_at)
+        .map_err(|e| format!("expiresAt {expires_at:?}: {e}"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("expiresAt {expires_at:?}: {e}"))?
+        .as_secs() as i64;
+    if expires != exp {
+        return Err(format!("expiresAt {expires_at} is not exp {exp}"));
+    }
+    Ok(())
+}
+
+pub const SESSION_JWT: &str = r#"{"query":"{ sessionJwt { token expiresAt } }"}"#;
+
+/// The prepared requests of one kind on a ready server, each with its check; the first is sent
+/// once and must pass before anything is measured.
 async fn requests(k: &KindDef, ready: &Ready) -> Result<Vec<ReqSpec>> {
     let seeded = &ready.seeded;
     let mut listing: Option<Listing> = None;
@@ -634,8 +965,54 @@ async fn requests(k: &KindDef, ready: &Ready) -> Result<Vec<ReqSpec>> {
             }
             out
         }
+        Send::UpdateData => seeded
+            .anonymous
+            .iter()
+            .zip(&seeded.anonymous_ids)
+            .map(|(t, sid)| {
+                // Each session writes its own value, so an answer with another's is caught.
+                let value = format!("{sid}-{}", crate::random_suffix());
+                let query = format!(
+                    r#"mutation {{ updateSessionData(set: {{ bench: "{value}" }}) {{ id data dataVersion }} }}"#
+                );
+                let check = Arc::new(DataVersionCheck {
+                    session_id: sid.to_string(),
+                    data: serde_json::json!({ "bench": value }),
+                    seen: std::sync::Mutex::new(Vec::new()),
+                });
+                let body = serde_json::json!({ "query": query }).to_string();
+                Req::new(body, Some(t)).prepared(Expect::Check(CheckFn(Arc::new(move |b| {
+                    check.check(b)
+                }))))
+            })
+            .collect(),
+        Send::SessionData => ready
+            .data
+            .iter()
+            .map(|d| Req::new(seed::SESSION_DATA, Some(&d.token)).answer(d.answer()))
+            .collect(),
+        Send::SessionJwt => {
+            let check = Arc::new(
+                JwtCheck::new(&seed::jwks(ready.proc.addr).await?)
+                    .context("reading the server's JWKS")?,
+            );
+            seeded
+                .users
+                .iter()
+                .map(|u| {
+                    let (check, sid, sub) =
+                        (check.clone(), u.session_id.to_string(), u.user.id.to_string());
+                    Req::new(SESSION_JWT, Some(&u.token)).prepared(Expect::Check(CheckFn(
+                        Arc::new(move |b| check.check(b, &sid, &sub)),
+                    )))
+                })
+                .collect()
+        }
+        Send::Gateway | Send::GatewayChannel => {
+            return first_checked(k, ready, gateway_requests(k, seeded)?).await;
+        }
         Send::PeerRead => {
-            return ready
+            let reqs = ready
                 .cookies
                 .iter()
                 .map(|c| {
@@ -644,33 +1021,71 @@ async fn requests(k: &KindDef, ready: &Ready) -> Result<Vec<ReqSpec>> {
                         path: "/read",
                         headers: vec![(COOKIE, HeaderValue::from_str(c)?)],
                         body: bytes::Bytes::new(),
-                        expect: expect(k, None, None)?,
+                        expect: expect(k, None, None, None)?,
                     })
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
+            return first_checked(k, ready, reqs).await;
         }
     };
-    if reqs.is_empty() {
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let e = expect(k, r.answer, r.prepared, listing.as_ref())?;
+        out.push(ReqSpec::graphql(r.body, r.bearer.as_deref(), e));
+    }
+    first_checked(k, ready, out).await
+}
+
+/// `GET /auth` with each seeded user's bearer token, in the default channel or (for
+/// `Send::GatewayChannel`) with a seeded channel's `channel-token`.
+fn gateway_requests(k: &KindDef, seeded: &seed::Seeded) -> Result<Vec<ReqSpec>> {
+    let with_channel = matches!(k.send, Send::GatewayChannel);
+    if with_channel && seeded.channels.is_empty() {
+        bail!("kind {}: the server was seeded without channels", k.name);
+    }
+    let mut out = Vec::with_capacity(seeded.users.len());
+    for (i, u) in seeded.users.iter().enumerate() {
+        let mut headers = vec![(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", u.token))?,
+        )];
+        let code = if with_channel {
+            let c = &seeded.channels[i % seeded.channels.len()];
+            headers.push((
+                HeaderName::from_static("channel-token"),
+                HeaderValue::from_str(&c.token)?,
+            ));
+            c.code.as_str()
+        } else {
+            seed::DEFAULT_CHANNEL
+        };
+        let e = Expect::Headers(gateway_headers(u, code)?);
+        out.push(ReqSpec {
+            method: Method::GET,
+            path: "/auth",
+            headers,
+            body: bytes::Bytes::new(),
+            expect: expect(k, None, Some(e), None)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Returns `reqs` once the first has been sent and passed its check: fails before measuring
+/// when the server was seeded with nothing to send, or its very first answer is wrong.
+async fn first_checked(k: &KindDef, ready: &Ready, reqs: Vec<ReqSpec>) -> Result<Vec<ReqSpec>> {
+    let Some(r) = reqs.first() else {
         bail!(
             "kind {}: the server was seeded with nothing to send",
             k.name
         );
-    }
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let e = expect(k, r.answer, listing.as_ref())?;
-        out.push(ReqSpec::graphql(r.body, r.bearer.as_deref(), e));
-    }
-    if listing.is_some() {
-        // Fail before measuring if the very first listing is wrong.
-        let mut conn = load::Conn::connect(ready.proc.addr).await?;
-        let r = &out[0];
-        let (status, _, body) = conn
-            .send(r.method.clone(), r.path, &r.headers, r.body.clone())
-            .await?;
-        load::check(r, status, &body).map_err(|e| anyhow!("{}: {e}", k.name))?;
-    }
-    Ok(out)
+    };
+    let mut conn = load::Conn::connect(ready.proc.addr).await?;
+    let (status, headers, body) = conn
+        .send(r.method.clone(), r.path, &r.headers, r.body.clone())
+        .await?;
+    load::check(r, status, &headers, &body).map_err(|e| anyhow!("{}: {e}", k.name))?;
+    Ok(reqs)
 }
 
 /// Builds a row's workload on its ready server.
@@ -727,7 +1142,10 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         if servers.iter().any(|(id, _)| *id == row.server) {
             continue;
         }
-        let ready = start(row.server, &mut env, cleanup).await;
+        let with_data = rows.iter().any(|r| {
+            r.server == row.server && r.kinds.iter().any(|k| matches!(k.send, Send::SessionData))
+        });
+        let ready = start(row.server, with_data, &mut env, cleanup).await;
         if row.server == Server::Memory {
             if let Err(Status::Failed(e) | Status::Skipped(e)) = &ready {
                 bail!("the memory-cache server (needed for the floor) did not start: {e}");
@@ -871,4 +1289,177 @@ fn targets(reports: &[RowReport]) -> Vec<Target> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use serde_json::json;
+
+    fn update_check() -> DataVersionCheck {
+        DataVersionCheck {
+            session_id: "7".into(),
+            data: json!({ "bench": "7-abc" }),
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn update_answer(id: &str, value: &str, version: u64) -> Vec<u8> {
+        json!({ "data": { "updateSessionData": {
+            "id": id, "data": { "bench": value }, "dataVersion": version,
+        }}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn update_answers_pass_once_per_version_in_any_order() {
+        let c = update_check();
+        for v in [2, 1, 3, 200] {
+            assert_eq!(c.check(&update_answer("7", "7-abc", v)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_repeated_version_or_another_sessions_answer_fails_the_update_check() {
+        let c = update_check();
+        assert_eq!(c.check(&update_answer("7", "7-abc", 5)), Ok(()));
+        assert!(c.check(&update_answer("7", "7-abc", 5)).is_err());
+        assert!(c.check(&update_answer("7", "7-abc", 0)).is_err());
+        assert!(c.check(&update_answer("8", "7-abc", 6)).is_err());
+        assert!(c.check(&update_answer("7", "8-abc", 7)).is_err());
+        assert!(c
+            .check(br#"{"data":null,"errors":[{"message":"CONFLICT"}]}"#)
+            .is_err());
+    }
+
+    /// RFC 8037's Ed25519 example key (appendix A.1), as PKCS#8 DER for signing.
+    const D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+    const X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn sign(claims: &serde_json::Value, kid: &str) -> String {
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend(URL_SAFE_NO_PAD.decode(D).unwrap());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(&der),
+        )
+        .unwrap()
+    }
+
+    fn jwt_check() -> JwtCheck {
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(json!({ "keys": [{
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "k1", "x": X,
+        }]}))
+        .unwrap();
+        JwtCheck::new(&set).unwrap()
+    }
+
+    fn claims(sid: &str) -> serde_json::Value {
+        let now = seed::now_ms() / 1000;
+        json!({ "iss": JWT_ISSUER, "sub": "3", "sid": sid, "kind": "authenticated",
+            "ch": "default", "perms": [], "iat": now, "exp": now + 300, "jti": "j" })
+    }
+
+    fn jwt_answer(token: &str, exp: i64) -> Vec<u8> {
+        let at = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp as u64),
+        );
+        json!({ "data": { "sessionJwt": { "token": token, "expiresAt": at.to_string() } } })
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_signed_jwt_of_the_session_passes() {
+        let c = claims("7");
+        let token = sign(&c, "k1");
+        let check = jwt_check();
+        let exp = c["exp"].as_i64().unwrap();
+        // The first answer is verified, the next decoded only: both pass.
+        assert_eq!(check.check(&jwt_answer(&token, exp), "7", "3"), Ok(()));
+        assert_eq!(check.check(&jwt_answer(&token, exp), "7", "3"), Ok(()));
+    }
+
+    #[test]
+    fn wrong_jwts_fail() {
+        let c = claims("7");
+        let exp = c["exp"].as_i64().unwrap();
+        // Another session's token.
+        let other = sign(&claims("8"), "k1");
+        assert!(jwt_check()
+            .check(&jwt_answer(&other, exp), "7", "3")
+            .is_err());
+        // A key the JWKS does not hold.
+        let unknown = sign(&c, "k2");
+        assert!(jwt_check()
+            .check(&jwt_answer(&unknown, exp), "7", "3")
+            .is_err());
+        // A payload swapped under the signature fails verification.
+        let token = sign(&c, "k1");
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(claims("7").to_string().replace("\"3\"", "\"4\""));
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert!(jwt_check()
+            .check(&jwt_answer(&forged, exp), "7", "4")
+            .is_err());
+        // expiresAt that is not exp, and no token at all.
+        assert!(jwt_check()
+            .check(&jwt_answer(&token, exp + 60), "7", "3")
+            .is_err());
+        assert!(jwt_check()
+            .check(br#"{"data":{"sessionJwt":null}}"#, "7", "3")
+            .is_err());
+    }
+
+    #[test]
+    fn the_gateway_check_wants_every_identity_header_exactly() {
+        let u = seed::UserSession {
+            token: "t".into(),
+            session_id: 12,
+            user: Arc::new(seed::SeedUser {
+                id: 5,
+                identifier: "bench-user-000005".into(),
+                channels: vec![("bench-b".into(), vec!["READ_SESSION", "WRITE_ORDER"])],
+            }),
+        };
+        let spec = |code: &str| ReqSpec {
+            method: Method::GET,
+            path: "/auth",
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+            expect: Expect::Headers(gateway_headers(&u, code).unwrap()),
+        };
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in [
+            ("x-session-id", "12"),
+            ("x-session-kind", "authenticated"),
+            ("x-user-id", "5"),
+            ("x-user-identifier", "bench-user-000005"),
+            ("x-channel-code", "bench-b"),
+            ("x-permissions", "READ_SESSION,WRITE_ORDER"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let ok = hyper::StatusCode::OK;
+        assert_eq!(load::check(&spec("bench-b"), ok, &h, b""), Ok(()));
+        // The same headers are wrong for the default channel (no permissions there).
+        assert!(load::check(&spec("default"), ok, &h, b"").is_err());
+        let mut other = h.clone();
+        other.insert("x-user-id", HeaderValue::from_static("6"));
+        assert!(load::check(&spec("bench-b"), ok, &other, b"").is_err());
+        let mut missing = h.clone();
+        missing.remove("x-permissions");
+        assert!(load::check(&spec("bench-b"), ok, &missing, b"").is_err());
+        assert!(load::check(&spec("bench-b"), hyper::StatusCode::UNAUTHORIZED, &h, b"").is_err());
+    }
 }

@@ -333,6 +333,10 @@ const PERMISSION_ORDER: [&str; 9] = [
     "WRITE_ORDER",
 ];
 
+/// The code of the channel the server creates at first start, a request's channel without a
+/// `channel-token` or active channel.
+pub const DEFAULT_CHANNEL: &str = "default";
+
 /// The seeded channels and roles: `BENCH_READER` in both channels, `BENCH_WRITER` in the second.
 const SEED_CHANNELS: [&str; 2] = ["bench-a", "bench-b"];
 const SEED_ROLES: [(&str, &str, &[usize]); 2] = [
@@ -355,6 +359,12 @@ pub struct UserSession {
     pub user: std::sync::Arc<SeedUser>,
 }
 
+/// A seeded channel and the `channel-token` that selects it.
+pub struct SeedChannel {
+    pub code: String,
+    pub token: String,
+}
+
 /// Everything a server was seeded with.
 #[derive(Default)]
 pub struct Seeded {
@@ -366,6 +376,8 @@ pub struct Seeded {
     pub users: Vec<UserSession>,
     /// Every seeded session's id and its user's identifier (`None` for anonymous ones).
     pub session_users: std::collections::HashMap<i64, Option<String>>,
+    /// The seeded channels (`bench-a`, `bench-b`) with their tokens; empty without users.
+    pub channels: Vec<SeedChannel>,
 }
 
 /// Inserts `sessions` anonymous sessions and `users` users, each with one authenticated session.
@@ -381,7 +393,7 @@ pub async fn seed_server(database_url: &str, sessions: usize, users: usize) -> R
     let mut session_users = std::collections::HashMap::new();
     let hash_ids = query_pairs(&db, "SELECT id, token_hash FROM session").await;
     db.close().await.ok();
-    let users = r?;
+    let (users, channels) = r?;
     let by_hash: std::collections::HashMap<String, i64> =
         hash_ids?.into_iter().map(|(id, hash)| (hash, id)).collect();
     let mut anonymous = Vec::with_capacity(anon.len());
@@ -402,6 +414,7 @@ pub async fn seed_server(database_url: &str, sessions: usize, users: usize) -> R
         anonymous_ids,
         users,
         session_users,
+        channels,
     })
 }
 
@@ -426,9 +439,12 @@ fn sql_list(items: impl IntoIterator<Item = String>) -> String {
     items.into_iter().collect::<Vec<_>>().join(",")
 }
 
-async fn seed_users(db: &sea_orm::DatabaseConnection, n: usize) -> Result<Vec<UserSession>> {
+async fn seed_users(
+    db: &sea_orm::DatabaseConnection,
+    n: usize,
+) -> Result<(Vec<UserSession>, Vec<SeedChannel>)> {
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let now = now_ms();
     let run = format!("{:08x}", rand::random::<u32>());
@@ -592,7 +608,7 @@ async fn seed_users(db: &sea_orm::DatabaseConnection, n: usize) -> Result<Vec<Us
     .into_iter()
     .map(|(id, h)| (h, id))
     .collect();
-    tokens
+    let sessions = tokens
         .into_iter()
         .zip(users)
         .map(|(t, user)| {
@@ -605,7 +621,15 @@ async fn seed_users(db: &sea_orm::DatabaseConnection, n: usize) -> Result<Vec<Us
                 user,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let channels = SEED_CHANNELS
+        .iter()
+        .map(|c| SeedChannel {
+            code: c.to_string(),
+            token: format!("{c}-{run}"),
+        })
+        .collect();
+    Ok((sessions, channels))
 }
 
 pub const SESSION_WITH_USER: &str =
@@ -738,10 +762,156 @@ pub async fn session_id(addr: SocketAddr, token: &str) -> Result<i64> {
         .ok_or_else(|| anyhow!("no session for the token: {}", truncate(&body, 300)))
 }
 
+/// The query of the `data-1k` row.
+pub const SESSION_DATA: &str = r#"{"query":"{ activeSession { data } }"}"#;
+
+/// Serialized size of each `data-1k` session's data.
+pub const SESSION_DATA_BYTES: usize = 1024;
+
+/// An anonymous session whose data was set through `updateSessionData` at seed time.
+pub struct DataSession {
+    pub token: String,
+    pub session_id: i64,
+    pub data: serde_json::Value,
+}
+
+impl DataSession {
+    /// The exact answer to [`SESSION_DATA`] with this session's token.
+    pub fn answer(&self) -> serde_json::Value {
+        serde_json::json!({ "data": { "activeSession": { "data": self.data } } })
+    }
+}
+
+fn random_word(rng: &mut impl Rng, len: usize) -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len)
+        .map(|_| ALNUM[rng.random_range(0..ALNUM.len())] as char)
+        .collect()
+}
+
+/// A storefront's session data, different for every call, that serializes to exactly
+/// [`SESSION_DATA_BYTES`]: strings, numbers, booleans, nested objects and lists, padded with a
+/// flash message.
+pub fn session_data(rng: &mut impl Rng) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = (0..6)
+        .map(|_| {
+            serde_json::json!({
+                "sku": random_word(rng, 10),
+                "qty": rng.random_range(1..10),
+                "gift": rng.random_bool(0.2),
+            })
+        })
+        .collect();
+    let recent: Vec<String> = (0..6).map(|_| random_word(rng, 12)).collect();
+    let mut data = serde_json::json!({
+        "locale": "de-DE",
+        "currency": "EUR",
+        "cart": { "items": items, "coupon": random_word(rng, 8) },
+        "consent": { "analytics": true, "marketing": rng.random_bool(0.5) },
+        "checkoutStep": "shipping",
+        "recentlyViewed": recent,
+        "flash": "",
+    });
+    let len = data.to_string().len();
+    debug_assert!(len < SESSION_DATA_BYTES, "session data base is {len} bytes");
+    data["flash"] =
+        serde_json::Value::String(random_word(rng, SESSION_DATA_BYTES.saturating_sub(len)));
+    data
+}
+
+/// Inserts `n` anonymous sessions, sets [`session_data`] on each through the
+/// `updateSessionData` mutation (checking the echoed data and `dataVersion` 1), then reads each
+/// once with [`SESSION_DATA`], checking the answer exactly (which also warms the cache).
+pub async fn seed_session_data(
+    database_url: &str,
+    addr: SocketAddr,
+    n: usize,
+    conc: usize,
+) -> Result<Vec<DataSession>> {
+    let tokens = gen_tokens(n);
+    insert_sessions(database_url, &tokens, false).await?;
+    let mut rng = rand::rng();
+    let cases: Vec<(String, serde_json::Value)> = tokens
+        .into_iter()
+        .map(|t| (t.token, session_data(&mut rng)))
+        .collect();
+    let chunk = cases.len().div_ceil(conc.max(1)).max(1);
+    let mut tasks = Vec::new();
+    for part in cases.chunks(chunk) {
+        let part = part.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            let mut out = Vec::with_capacity(part.len());
+            for (token, data) in part {
+                let body = serde_json::json!({
+                    "query": "mutation($set: JSON!) { updateSessionData(set: $set) { id data dataVersion } }",
+                    "variables": { "set": data },
+                })
+                .to_string();
+                let (_, answer) = conn.graphql(&body, Some(&token)).await?;
+                let v: serde_json::Value = serde_json::from_str(&answer)?;
+                let s = &v["data"]["updateSessionData"];
+                let session_id = s["id"].as_str().and_then(|id| id.parse().ok());
+                let (Some(session_id), true) = (
+                    session_id,
+                    s["dataVersion"] == 1 && crate::load::same_json(&s["data"], &data),
+                ) else {
+                    bail!("updateSessionData answered {}", truncate(&answer, 300));
+                };
+                out.push(DataSession {
+                    token,
+                    session_id,
+                    data,
+                });
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let cases = all.iter().map(|d| (d.token.clone(), d.answer())).collect();
+    warm_exact(addr, SESSION_DATA, cases, conc)
+        .await
+        .context("reading the seeded session data back")?;
+    Ok(all)
+}
+
+/// `GET /.well-known/jwks.json`: the keys that verify the server's session JWTs.
+pub async fn jwks(addr: SocketAddr) -> Result<jsonwebtoken::jwk::JwkSet> {
+    let mut conn = Conn::connect(addr).await?;
+    let (status, _, body) = conn
+        .send(
+            hyper::Method::GET,
+            "/.well-known/jwks.json",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await?;
+    if status != hyper::StatusCode::OK {
+        bail!(
+            "/.well-known/jwks.json answered {status}: {}",
+            truncate(&String::from_utf8_lossy(&body), 300)
+        );
+    }
+    serde_json::from_slice(&body).context("parsing /.well-known/jwks.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn seeded_session_data_is_one_kib_and_differs_per_session() {
+        let mut rng = rand::rng();
+        let a = session_data(&mut rng);
+        let b = session_data(&mut rng);
+        assert_eq!(a.to_string().len(), SESSION_DATA_BYTES);
+        assert_eq!(b.to_string().len(), SESSION_DATA_BYTES);
+        assert_ne!(a, b);
+    }
 
     fn listing(nodes: &[(i64, Option<&str>)]) -> Vec<u8> {
         let nodes: Vec<serde_json::Value> = nodes
