@@ -258,6 +258,50 @@ async fn auth_refuses_a_revoked_session_at_once(v: Variant) {
     assert_unauthorized(&check(&app, "/auth", Some(&t)).await, "logged out");
 }
 
+/// `/auth` is for gateways, not browsers: a CORS preflight is checked like any request (no
+/// token: 401, without CORS headers), and an OPTIONS with a live token passes.
+#[tokio::test]
+async fn auth_checks_preflights_like_any_request() {
+    let Some(app) = TestApp::spawn_with(Variant::SqliteMemory, |c| {
+        c.cors_allowed_origins = vec!["https://shop.example".into()];
+    })
+    .await
+    else {
+        return;
+    };
+    let preflight = [
+        ("origin", "https://shop.example"),
+        ("access-control-request-method", "GET"),
+    ];
+    let c = check_with(&app, Method::OPTIONS, "/auth", None, &preflight).await;
+    assert_unauthorized(&c, "a preflight without a token");
+    assert!(
+        c.header("access-control-allow-origin").is_none(),
+        "{:?}",
+        c.headers
+    );
+    let (t, _) = app.anonymous_session().await;
+    let c = check_with(&app, Method::OPTIONS, "/auth/x", Some(&t), &preflight).await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert!(c.header("x-session-id").is_some());
+    // `/graphql` still answers the preflight for an allowed origin.
+    let r = app
+        .client
+        .request(Method::OPTIONS, app.url("/graphql"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+            .as_deref(),
+        Some("https://shop.example")
+    );
+}
+
 all_caches!(
     auth_answers_with_the_identity_headers,
     auth_slides_the_session,
