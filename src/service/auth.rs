@@ -238,6 +238,14 @@ impl Auth {
         // Only writes inside the transaction: on SQLite a transaction that reads first and then
         // writes can fail to upgrade its lock under concurrency.
         let txn = self.db.begin().await?;
+        // The user row first: its exclusive lock queues concurrent logins of the same user.
+        // Taken after the session insert (whose foreign key share-locks the user row on
+        // MariaDB), two such logins deadlocked.
+        user::Entity::update_many()
+            .col_expr(user::Column::LastLoginAt, Expr::value(now))
+            .filter(user::Column::Id.eq(found.id))
+            .exec(&txn)
+            .await?;
         // The presented session is replaced: claim it (only one login may consume it).
         let mut carried = (None, None);
         let mut carried_data = None;
@@ -291,11 +299,6 @@ impl Auth {
                     client,
                 },
             )
-            .await?;
-        user::Entity::update_many()
-            .col_expr(user::Column::LastLoginAt, Expr::value(now))
-            .filter(user::Column::Id.eq(found.id))
-            .exec(&txn)
             .await?;
         events.push(
             as_user

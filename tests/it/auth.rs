@@ -10,6 +10,7 @@ crate::variants!(
     remember_me_adds_max_age,
     login_from_anonymous_session_carries_over,
     login_sets_last_login_at,
+    concurrent_logins_of_one_user_all_succeed,
     unknown_user_and_wrong_password_look_the_same,
     unverified_user_gets_not_verified_error,
     too_many_attempts_per_identifier_then_window_passes,
@@ -230,6 +231,23 @@ async fn login_sets_last_login_at(v: Variant) {
     let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
     let age = chrono::Utc::now().signed_duration_since(at);
     assert!(age.num_seconds().abs() < 60, "{at}");
+}
+
+/// A user signing in on several devices at once: every login gets its session (on MariaDB the
+/// session insert and the `lastLoginAt` update of two logins could deadlock into INTERNAL).
+async fn concurrent_logins_of_one_user_all_succeed(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "erin", "erin-password-1").await;
+    // Four: attempts are reserved before the password is checked, and five per identifier
+    // are allowed at once.
+    for _ in 0..10 {
+        let logins = (0..4).map(|_| app.try_login("erin", "erin-password-1"));
+        for r in futures_util::future::join_all(logins).await {
+            assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+        }
+    }
 }
 
 async fn unknown_user_and_wrong_password_look_the_same(v: Variant) {
