@@ -8,6 +8,7 @@ use crate::error::AppError;
 use crate::events::live::{self, Audience};
 use crate::permission::Permission;
 use crate::service::authz::{Caller, Scope};
+use crate::service::session::Activity;
 use crate::service::SharedServices;
 use crate::token::TokenHash;
 use async_graphql::{Context, Result, Subscription as GqlSubscription};
@@ -27,10 +28,14 @@ pub struct LiveCredentials {
 /// The channels where the holder of `creds` may read sessions now, or why they may not:
 /// `UNAUTHENTICATED` once their session has ended, `FORBIDDEN` without `READ_SESSION` in the
 /// connection's channel. The session comes from the cache like any request's.
-pub async fn live_scope(svc: &SharedServices, creds: &LiveCredentials) -> Result<Scope, AppError> {
+pub async fn live_scope(
+    svc: &SharedServices,
+    creds: &LiveCredentials,
+    activity: Activity,
+) -> Result<Scope, AppError> {
     let identity = svc
         .sessions
-        .identify(Some(&creds.token), creds.channel_token.as_deref())
+        .identify_as(Some(&creds.token), creds.channel_token.as_deref(), activity)
         .await?;
     if !identity.permissions().contains(Permission::ReadSession) {
         return Err(
@@ -70,7 +75,7 @@ impl Subscription {
             .map_err(|_| AppError::unauthenticated("subscriptions are served over WebSocket"))?
             .clone();
         // The session as it is now, not as it was when the connection opened.
-        let scope = live_scope(&svc, &creds).await?;
+        let scope = live_scope(&svc, &creds, Activity::Slide).await?;
         let audience = Audience {
             types: types.map(|t| t.into_iter().map(Into::into).collect()),
             scope,
@@ -80,7 +85,9 @@ impl Subscription {
         let recheck = move || {
             let svc = recheck_svc.clone();
             let creds = creds.clone();
-            async move { live_scope(&svc, &creds).await }
+            // The re-check observes: an open subscription alone does not keep the
+            // session from idling out.
+            async move { live_scope(&svc, &creds, Activity::Observe).await }
         };
         Ok(live::stream(svc.sessions.events().bus(), audience, recheck)
             .map(|item| item.map(SessionEvent).map_err(async_graphql::Error::from)))

@@ -1,7 +1,7 @@
 //! Who is calling: the session a request presents and the channel it runs in, found with one
 //! call before any resolver runs.
 
-use super::session::Sessions;
+use super::session::{Activity, Sessions};
 use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
 use crate::permission::PermissionSet;
@@ -49,8 +49,20 @@ impl Sessions {
         token: Option<&TokenHash>,
         channel_token: Option<&str>,
     ) -> AppResult<Identity> {
+        self.identify_as(token, channel_token, Activity::Slide)
+            .await
+    }
+
+    /// [`Self::identify`], moving the session's activity forward or not: a live subscription's
+    /// periodic re-check observes the session without keeping it from idling out.
+    pub async fn identify_as(
+        &self,
+        token: Option<&TokenHash>,
+        channel_token: Option<&str>,
+        activity: Activity,
+    ) -> AppResult<Identity> {
         let session = match token {
-            Some(hash) => self.resolve_session(hash).await.inspect_err(|_| {
+            Some(hash) => self.resolve(hash, activity).await.inspect_err(|_| {
                 self.metrics.error("database");
             })?,
             None => None,

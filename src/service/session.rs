@@ -102,6 +102,15 @@ pub struct NewSession<'a> {
     pub client: &'a ClientInfo,
 }
 
+/// Whether looking a session up counts as its use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activity {
+    /// A request: the session's idle expiry moves forward.
+    Slide,
+    /// A background re-check (a live subscription): the session is checked, not used.
+    Observe,
+}
+
 /// Why a refresh token was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefreshFailure {
@@ -249,11 +258,20 @@ impl Sessions {
     ///
     /// Cached path: one cache lookup, an expiry check, and an atomic store to slide the expiry.
     pub async fn resolve_session(&self, hash: &TokenHash) -> AppResult<Option<Arc<CachedSession>>> {
+        self.resolve(hash, Activity::Slide).await
+    }
+
+    /// [`Self::resolve_session`], moving the session's activity forward or not.
+    pub(super) async fn resolve(
+        &self,
+        hash: &TokenHash,
+        activity: Activity,
+    ) -> AppResult<Option<Arc<CachedSession>>> {
         let now = now_ms();
         let mut stale = None;
         if let Some(s) = self.store.get(hash).await {
             if self.store.is_fresh(&s, now) && now < s.expires_at(self.lifetimes.idle_ms) {
-                return Ok(self.accept(s, now).await);
+                return Ok(self.accept(s, now, activity).await);
             }
             // Stale, or expired as far as this copy knows; activity seen elsewhere (another
             // instance, the pending writes) may say otherwise, so the database decides.
@@ -300,11 +318,16 @@ impl Sessions {
             return Ok(None);
         }
         self.store.put_read(cached.clone(), read).await;
-        Ok(self.accept(cached, now).await)
+        Ok(self.accept(cached, now, activity).await)
     }
 
-    /// Checks expiry and token age, and slides the session forward.
-    async fn accept(&self, s: Arc<CachedSession>, now: i64) -> Option<Arc<CachedSession>> {
+    /// Checks expiry and token age, and (with [`Activity::Slide`]) slides the session forward.
+    async fn accept(
+        &self,
+        s: Arc<CachedSession>,
+        now: i64,
+        activity: Activity,
+    ) -> Option<Arc<CachedSession>> {
         if now >= s.expires_at(self.lifetimes.idle_ms) {
             self.store.drop_expired(&s.token_hash).await;
             return None;
@@ -313,6 +336,9 @@ impl Sessions {
             if now >= s.token_issued_at.saturating_add(ttl) {
                 return None;
             }
+        }
+        if activity == Activity::Observe {
+            return Some(s);
         }
         s.last_active_at.fetch_max(now, Ordering::Relaxed);
         let persisted = s.persisted_active_at.load(Ordering::Relaxed);

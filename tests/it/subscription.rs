@@ -534,6 +534,30 @@ async fn the_stream_ends_when_the_subscribers_session_is_revoked(v: Variant) {
     assert!(m["payload"]["data"].is_null(), "{m}");
 }
 
+/// The periodic re-check observes the subscriber's session without using it: a subscription
+/// alone does not keep an idle session alive, and its stream ends when the session idles out.
+#[tokio::test]
+async fn an_idle_subscribers_session_still_expires() {
+    let Some(app) = TestApp::spawn_with(Variant::SqliteMemory, |c| {
+        c.session_idle_timeout = Duration::from_secs(4);
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let (_, reader_token) = reader(&app, &admin, "ida").await;
+    let mut ws = subscriber(&app, &reader_token, Some(&["LOGIN_SUCCEEDED"])).await;
+    // Nothing uses the session now; re-checks every 2 s must not slide it (WAIT is 15 s).
+    let m = ws.expect_json().await;
+    assert_eq!(m["type"], "next", "{m}");
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{m}"
+    );
+    assert!(app.active_session(&reader_token).await.is_null());
+}
+
 async fn the_older_graphql_ws_protocol_works_too(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
