@@ -248,6 +248,30 @@ impl EventLog {
         Ok(recorded)
     }
 
+    /// Records `SESSION_EXPIRED` for the sessions `ids` that are about to be deleted by the
+    /// clean-up, in its transaction `db`: one `INSERT ... SELECT` over their rows (a revoked
+    /// session got its event when it was revoked, so only those not invalidated are recorded;
+    /// the reason is `absolute` past the absolute lifetime, else `idle`; a session without a
+    /// channel is scoped to `default_channel`). The database copies the rows itself, so a
+    /// batch costs one statement with one bound id per session, and only the columns an event
+    /// needs come back.
+    pub async fn record_expired<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        at: i64,
+        default_channel: i64,
+        ids: &[i64],
+    ) -> AppResult<Vec<Event>> {
+        let mut recorded = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            recorded.extend(insert_expired(db, at, default_channel, chunk).await?);
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.enqueue(db, at, &recorded).await?;
+        }
+        Ok(recorded)
+    }
+
     /// Hands committed events to the live subscribers, and wakes the webhook worker.
     pub fn publish(&self, events: Vec<Event>) {
         if let Some(webhooks) = &self.webhooks {
@@ -328,6 +352,89 @@ async fn insert_returning<C: ConnectionTrait>(
     }
     if recorded.len() != events.len() {
         return Err(AppError::internal("session events were not all recorded"));
+    }
+    recorded.sort_unstable_by_key(|e| e.id);
+    Ok(recorded)
+}
+
+/// One `INSERT INTO session_event ... SELECT ... FROM session` of `SESSION_EXPIRED` for the
+/// live (not invalidated) sessions among `ids`, returning what an event needs, in id order.
+async fn insert_expired<C: ConnectionTrait>(
+    db: &C,
+    at: i64,
+    default_channel: i64,
+    ids: &[i64],
+) -> AppResult<Vec<Event>> {
+    use entity::session;
+    use sea_orm::sea_query::{CaseStatement, Expr, Func, Query};
+    use sea_orm::{ColumnTrait, DbBackend};
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reason = CaseStatement::new()
+        .case(
+            session::Column::AbsoluteExpiresAt.lte(at),
+            "absolute",
+        )
+        .finally("idle");
+    let rows = Query::select()
+        .expr(Expr::val(EventType::SessionExpired.as_str()))
+        .expr(Expr::val(at))
+        .column(session::Column::Id)
+        .column(session::Column::UserId)
+        .expr(Func::coalesce([
+            Expr::col(session::Column::ActiveChannelId),
+            Expr::val(default_channel),
+        ]))
+        .expr(reason)
+        .from(session::Entity)
+        .and_where(session::Column::Id.is_in(ids.iter().copied()))
+        .and_where(session::Column::Invalidated.eq(false))
+        .to_owned();
+    let mut insert = Query::insert();
+    insert
+        .into_table(session_event::Entity)
+        .columns([
+            session_event::Column::Kind,
+            session_event::Column::At,
+            session_event::Column::SessionId,
+            session_event::Column::UserId,
+            session_event::Column::ChannelId,
+            session_event::Column::Reason,
+        ])
+        .select_from(rows)
+        .map_err(|_| AppError::internal("SESSION_EXPIRED rows do not match their columns"))?;
+    let returned = [
+        session_event::Column::Id,
+        session_event::Column::SessionId,
+        session_event::Column::UserId,
+        session_event::Column::ChannelId,
+        session_event::Column::Reason,
+    ];
+    insert.returning(Query::returning().columns(returned));
+    let backend = db.get_database_backend();
+    let mut statement = backend.build(&insert);
+    if backend == DbBackend::MySql {
+        statement
+            .sql
+            .push_str(" RETURNING id, session_id, user_id, channel_id, reason");
+    }
+    let rows = db.query_all_raw(statement).await?;
+    let mut recorded = Vec::with_capacity(rows.len());
+    for row in &rows {
+        recorded.push(Event {
+            id: row.try_get_by_index(0)?,
+            kind: EventType::SessionExpired,
+            at,
+            session_id: row.try_get_by_index(1)?,
+            user_id: row.try_get_by_index(2)?,
+            actor_user_id: None,
+            identifier: None,
+            ip_address: None,
+            user_agent: None,
+            channel_id: row.try_get_by_index(3)?,
+            reason: row.try_get_by_index(4)?,
+        });
     }
     recorded.sort_unstable_by_key(|e| e.id);
     Ok(recorded)

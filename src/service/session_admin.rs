@@ -34,9 +34,6 @@ pub struct SessionFilter {
     pub include_invalidated: bool,
 }
 
-/// A session the clean-up deletes: id, user, active channel, invalidated, absolute expiry.
-type Doomed = (i64, Option<i64>, Option<i64>, bool, i64);
-
 /// The sessions an admin revocation names.
 #[derive(Clone, Copy, Debug)]
 pub enum Revocation {
@@ -295,26 +292,20 @@ impl SessionAdmin {
             .add(session::Column::AbsoluteExpiresAt.lte(now));
         let mut total = 0u64;
         loop {
-            let doomed_rows: Vec<Doomed> = session::Entity::find()
+            let doomed_ids: Vec<i64> = session::Entity::find()
                 .select_only()
-                .columns([
-                    session::Column::Id,
-                    session::Column::UserId,
-                    session::Column::ActiveChannelId,
-                    session::Column::Invalidated,
-                    session::Column::AbsoluteExpiresAt,
-                ])
+                .column(session::Column::Id)
                 .filter(doomed.clone())
                 .order_by_asc(session::Column::Id)
                 .limit(self.config.cleanup_batch_size)
                 .into_tuple()
                 .all(&self.db)
                 .await?;
-            if doomed_rows.is_empty() {
+            if doomed_ids.is_empty() {
                 break;
             }
             let (deleted, recorded) =
-                retry_deadlocks(|| self.delete_expired_batch(&doomed_rows, now)).await?;
+                retry_deadlocks(|| self.delete_expired_batch(&doomed_ids, now)).await?;
             total += deleted;
             self.sessions.events().publish(recorded);
             tokio::task::yield_now().await;
@@ -331,15 +322,15 @@ impl SessionAdmin {
 
     /// Deletes one batch of the clean-up and records `SESSION_EXPIRED` (reason `absolute` or
     /// `idle`) for each session that had not been revoked (a revoked one got its event then),
-    /// in one transaction with one multi-row insert. When another clean-up (another instance)
-    /// deleted some of the rows first, the batch is rolled back and left to the next read, so
-    /// each session is recorded once. Returns how many were deleted and the events.
+    /// in one transaction: the events are copied from the rows by the database just before
+    /// they go. When another clean-up (another instance) deleted some of the rows first, the
+    /// batch is rolled back and left to the next read, so each session is recorded once.
+    /// Returns how many were deleted and the events.
     async fn delete_expired_batch(
         &self,
-        rows: &[Doomed],
+        ids: &[i64],
         now: i64,
     ) -> AppResult<(u64, Vec<crate::events::Event>)> {
-        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let txn = self.db.begin().await?;
         // Guest orders keep existing without their session.
         entity::order::Entity::update_many()
@@ -347,30 +338,23 @@ impl SessionAdmin {
                 entity::order::Column::SessionId,
                 sea_orm::sea_query::Expr::value(Option::<i64>::None),
             )
-            .filter(entity::order::Column::SessionId.is_in(ids.clone()))
+            .filter(entity::order::Column::SessionId.is_in(ids.iter().copied()))
             .exec(&txn)
             .await?;
+        // The clean-up has no request: the session's channel scopes the event.
+        let recorded = self
+            .sessions
+            .events()
+            .record_expired(&txn, now, self.authz.default_channel_id, ids)
+            .await?;
         let deleted = session::Entity::delete_many()
-            .filter(session::Column::Id.is_in(ids.clone()))
+            .filter(session::Column::Id.is_in(ids.iter().copied()))
             .exec(&txn)
             .await?;
         if deleted.rows_affected != ids.len() as u64 {
             txn.rollback().await?;
             return Ok((0, Vec::new()));
         }
-        let events: Vec<NewEvent> = rows
-            .iter()
-            .filter(|(_, _, _, invalidated, _)| !invalidated)
-            .map(|(id, user_id, channel_id, _, absolute)| {
-                NewEvent::new(EventType::SessionExpired)
-                    .session(*id)
-                    .user(*user_id)
-                    // The clean-up has no request: the session's channel scopes the event.
-                    .channel(Some(channel_id.unwrap_or(self.authz.default_channel_id)))
-                    .reason(if *absolute <= now { "absolute" } else { "idle" })
-            })
-            .collect();
-        let recorded = self.sessions.events().record(&txn, now, events).await?;
         txn.commit().await?;
         Ok((deleted.rows_affected, recorded))
     }

@@ -684,6 +684,13 @@ async fn expired_sessions_and_retention(v: Variant) {
         assert_eq!(e["reason"], "idle");
         assert_eq!(e["channelCode"], "default");
         assert_eq!(e["actorUserId"], Value::Null);
+        // The admin's expired session names its user; the anonymous one names none.
+        let user = if e["sessionId"] == old_admin_sid.as_str() {
+            json!(admin_id)
+        } else {
+            Value::Null
+        };
+        assert_eq!(e["userId"], user, "{e}");
     }
     let login = &all[2];
     assert_eq!(login["userId"], admin_id.as_str());
