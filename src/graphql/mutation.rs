@@ -63,7 +63,7 @@ impl Mutation {
             LoginOutcome::Success { issued, user } => {
                 issue_tokens(ctx, &issued)?;
                 LoginResult::AuthenticationSuccess(AuthenticationSuccess {
-                    user: CurrentUser(user),
+                    user: CurrentUser::Owned(user),
                     session: Session::from_cached(&issued.session),
                 })
             }
@@ -133,13 +133,10 @@ impl Mutation {
         Ok(match svc.sessions.refresh_session(&presented, &origin(ctx)?).await? {
             Ok(issued) => {
                 issue_tokens(ctx, &issued)?;
-                let user = issued
-                    .session
-                    .user
-                    .clone()
+                let user = CurrentUser::of_session(&issued.session)
                     .ok_or_else(|| AppError::internal("refreshed session has no user"))?;
                 RefreshSessionResult::AuthenticationSuccess(AuthenticationSuccess {
-                    user: CurrentUser(*user),
+                    user,
                     session: Session::from_cached(&issued.session),
                 })
             }

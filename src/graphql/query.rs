@@ -56,8 +56,7 @@ impl Query {
         Ok(ctx
             .request_ctx()?
             .session()
-            .and_then(|s| s.user.clone())
-            .map(|u| CurrentUser(*u)))
+            .and_then(|s| CurrentUser::of_session(&s)))
     }
 
     /// The channel of this request.

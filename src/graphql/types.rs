@@ -205,7 +205,8 @@ pub enum User {
     Cached {
         session: Arc<CachedSession>,
         row: tokio::sync::OnceCell<user::Model>,
-        batch: Arc<UserBatch>,
+        /// Made on first use: most reads of a cached user need only what the cache holds.
+        batch: std::sync::OnceLock<Arc<UserBatch>>,
     },
 }
 
@@ -229,17 +230,21 @@ impl User {
 
     /// The user of a cached session, if it has one.
     pub fn from_cached_session(session: &Arc<CachedSession>) -> Option<User> {
-        let id = session.user.as_ref()?.id;
+        session.user.as_ref()?;
         Some(User::Cached {
             session: session.clone(),
             row: tokio::sync::OnceCell::new(),
-            batch: UserBatch::new([id]),
+            batch: std::sync::OnceLock::new(),
         })
     }
 
-    fn batch(&self) -> &UserBatch {
+    fn batch(&self) -> Result<&UserBatch, AppError> {
         match self {
-            User::Row { batch, .. } | User::Cached { batch, .. } => batch,
+            User::Row { batch, .. } => Ok(batch),
+            User::Cached { session, batch, .. } => {
+                let id = Self::cached(session)?.id;
+                Ok(batch.get_or_init(|| UserBatch::new([id])))
+            }
         }
     }
 
@@ -296,7 +301,7 @@ impl User {
     }
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let svc = services(ctx)?;
-        let (roles, batch) = self.batch().roles_of(svc, self.user_id()?).await?;
+        let (roles, batch) = self.batch()?.roles_of(svc, self.user_id()?).await?;
         Ok(roles
             .iter()
             .map(|row| Role {
@@ -314,7 +319,7 @@ impl User {
     async fn active_session_count(&self, ctx: &Context<'_>) -> Result<i32> {
         let svc = services(ctx)?;
         Ok(self
-            .batch()
+            .batch()?
             .live_sessions_of(svc, self.user_id()?)
             .await?
             .min(i32::MAX as u64) as i32)
@@ -329,21 +334,42 @@ pub struct ChannelPermissions {
     pub permissions: Vec<Permission>,
 }
 
-pub struct CurrentUser(pub CachedUser);
+/// The logged-in user: read straight from the cached session (no copy of its grants), or a
+/// user a mutation just produced.
+pub enum CurrentUser {
+    Owned(CachedUser),
+    OfSession(Arc<CachedSession>),
+}
+
+impl CurrentUser {
+    /// The user of `session`, if it has one.
+    pub fn of_session(session: &Arc<CachedSession>) -> Option<CurrentUser> {
+        session.user.as_ref()?;
+        Some(CurrentUser::OfSession(session.clone()))
+    }
+
+    fn user(&self) -> Result<&CachedUser, AppError> {
+        match self {
+            CurrentUser::Owned(u) => Ok(u),
+            CurrentUser::OfSession(s) => User::cached(s),
+        }
+    }
+}
 
 #[Object]
 impl CurrentUser {
-    async fn id(&self) -> ID {
-        id(self.0.id)
+    async fn id(&self) -> Result<ID> {
+        Ok(id(self.user()?.id))
     }
-    async fn identifier(&self) -> &str {
-        &self.0.identifier
+    async fn identifier(&self) -> Result<&str> {
+        Ok(&self.user()?.identifier)
     }
-    async fn verified(&self) -> bool {
-        self.0.verified
+    async fn verified(&self) -> Result<bool> {
+        Ok(self.user()?.verified)
     }
-    async fn channels(&self) -> Vec<ChannelPermissions> {
-        self.0
+    async fn channels(&self) -> Result<Vec<ChannelPermissions>> {
+        Ok(self
+            .user()?
             .channels
             .iter()
             .map(|c| ChannelPermissions {
@@ -352,7 +378,7 @@ impl CurrentUser {
                 channel_token: c.token.clone(),
                 permissions: c.permissions.to_vec(),
             })
-            .collect()
+            .collect())
     }
 }
 

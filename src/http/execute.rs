@@ -82,7 +82,9 @@ async fn execute_inner(
     } else {
         &app.schema
     };
-    let mut response = schema.execute(request.data(ctx)).await;
+    // Boxed: async-graphql's execution future is several kilobytes, and every layer around
+    // this one would otherwise copy it on each move.
+    let mut response = Box::pin(schema.execute(request.data(ctx))).await;
     if let Some(k) = known.filter(|_| !already_valid && response.errors.is_empty()) {
         k.mark_validated();
     }

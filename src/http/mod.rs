@@ -50,9 +50,13 @@ use axum::Router;
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
 
-/// What every handler shares.
+/// What every handler shares: one pointer, so handing it to a handler is one reference-count
+/// increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub services: SharedServices,
     /// The schema with full validation.
     pub schema: AppSchema,
@@ -60,10 +64,18 @@ pub struct AppState {
     /// (limits, fragment cycles): for documents that already passed full validation.
     pub schema_revalidated: AppSchema,
     /// Metric handles per operation.
-    pub labeler: Arc<OperationLabeler>,
+    pub labeler: OperationLabeler,
     /// Parsed documents by query text: clients repeat the same few queries, so most requests
     /// skip the parser, and repeated variable-free ones skip the static validation rules.
     pub documents: documents::Documents,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -73,18 +85,20 @@ impl AppState {
         schema_revalidated: AppSchema,
         labeler: OperationLabeler,
     ) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             services,
             schema,
             schema_revalidated,
-            labeler: Arc::new(labeler),
+            labeler,
             documents: documents::new_cache(),
-        }
+        }))
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    let cors = cors::layer(&state.services.config().cors_allowed_origins);
+    let cors = cors::BrowserCorsLayer::new(cors::layer(
+        &state.services.config().cors_allowed_origins,
+    ));
     // The gateway check answers API gateways, never a browser's cross-origin request, so it
     // skips the CORS layer (a measurable share of its cost) and checks every method, OPTIONS
     // included.

@@ -69,7 +69,8 @@ async fn within_request_timeout(
     handler: impl std::future::Future<Output = Response> + Send + 'static,
 ) -> Response {
     // The handler's log lines keep the request's span (and so its request id).
-    let task = tokio::spawn(tracing::Instrument::in_current_span(handler));
+    // Boxed, so the task holds a pointer rather than the handler's whole state.
+    let task = tokio::spawn(tracing::Instrument::in_current_span(Box::pin(handler)));
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(response)) => response,
         Ok(Err(_)) => {

@@ -118,3 +118,55 @@ async fn unknown_users_cost_as_much_as_wrong_passwords(v: Variant) {
         "unknown user answered in {unknown:.4} s, wrong password in {wrong:.4} s"
     );
 }
+
+/// CORS applies to browser requests (with `Origin`): an allowed origin gets its
+/// `Access-Control-Allow-*` headers and credentials, another origin gets none, and a request
+/// without `Origin` (a gateway, a server-side client) gets none either, but every answer says
+/// it varies by origin so no cache hands one origin's answer to another.
+#[tokio::test]
+async fn cors_headers_only_for_browser_requests_and_vary_always() {
+    let Some(app) = TestApp::spawn_with(Variant::SqliteMemory, |c| {
+        c.cors_allowed_origins = vec!["https://shop.example".into()];
+    })
+    .await
+    else {
+        return;
+    };
+    let post = |origin: Option<&'static str>| {
+        let mut r = app
+            .client
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(r#"{"query":"{ __typename }"}"#);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let allowed = post(Some("https://shop.example")).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some("https://shop.example")
+    );
+    assert_eq!(
+        header(&allowed, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let exposed = header(&allowed, "access-control-expose-headers").unwrap_or_default();
+    assert!(exposed.contains("session-token"), "{exposed}");
+    let other = post(Some("https://evil.example")).await.unwrap();
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+    let plain = post(None).await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(header(&plain, "access-control-allow-origin"), None);
+    for r in [&allowed, &other, &plain] {
+        let vary = header(r, "vary").unwrap_or_default().to_ascii_lowercase();
+        assert!(vary.contains("origin"), "{vary:?}");
+    }
+}
