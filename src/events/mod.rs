@@ -372,10 +372,7 @@ async fn insert_expired<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let reason = CaseStatement::new()
-        .case(
-            session::Column::AbsoluteExpiresAt.lte(at),
-            "absolute",
-        )
+        .case(session::Column::AbsoluteExpiresAt.lte(at), "absolute")
         .finally("idle");
     let rows = Query::select()
         .expr(Expr::val(EventType::SessionExpired.as_str()))

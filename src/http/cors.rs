@@ -17,8 +17,9 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 /// The `Vary` header tower-http's CORS service puts on every response: a response depends on
 /// these request headers, so a cache must not hand one origin's answer to another.
-const VARY: HeaderValue =
-    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+const VARY: HeaderValue = HeaderValue::from_static(
+    "origin, access-control-request-method, access-control-request-headers",
+);
 
 /// Any origin when `origins` lists none (no credentials then); else exactly those, with
 /// credentials so that cookies flow.

@@ -68,6 +68,8 @@ pub struct Shared {
     /// Parsed documents by query text: clients repeat the same few queries, so most requests
     /// skip the parser, and repeated variable-free ones skip the static validation rules.
     pub documents: documents::Documents,
+    /// WebSocket connections still waiting for `connection_init`, per client address.
+    pub pending_sockets: websocket::PendingSockets,
 }
 
 impl std::ops::Deref for AppState {
@@ -91,14 +93,14 @@ impl AppState {
             schema_revalidated,
             labeler,
             documents: documents::new_cache(),
+            pending_sockets: websocket::PendingSockets::default(),
         }))
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    let cors = cors::BrowserCorsLayer::new(cors::layer(
-        &state.services.config().cors_allowed_origins,
-    ));
+    let cors =
+        cors::BrowserCorsLayer::new(cors::layer(&state.services.config().cors_allowed_origins));
     // The gateway check answers API gateways, never a browser's cross-origin request, so it
     // skips the CORS layer (a measurable share of its cost) and checks every method, OPTIONS
     // included.

@@ -12,7 +12,8 @@
 //! of at most [`CONNECTION_INIT_TIMEOUT`] for `connection_init` (`4408`), `subscribe` before
 //! it (`4401`), duplicate ids (`4409`), at most [`MAX_SUBSCRIPTIONS`] at once per connection,
 //! messages of at most [`MAX_BODY_BYTES`], and a client that stops reading or answering pings
-//! is dropped.
+//! is dropped. At most [`MAX_PENDING_PER_ADDRESS`] connections of one client address may wait
+//! for their `connection_init` at once; the next upgrade is refused with 429 (`RATE_LIMITED`).
 
 use super::request::{self, TokenSource};
 use super::transport::MAX_BODY_BYTES;
@@ -29,8 +30,9 @@ use axum::extract::{FromRequestParts, WebSocketUpgrade};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -41,6 +43,9 @@ use tokio::time::Instant;
 pub const CONNECTION_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Subscriptions one connection may run at once.
 pub const MAX_SUBSCRIPTIONS: usize = 16;
+/// Connections of one client address that may wait for `connection_init` at once: a client
+/// cannot hold thousands of unauthenticated sockets open for the whole init window.
+pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 /// Longest wait for the client to take one message; a client that stops reading is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// WebSocket pings keep idle connections through proxies and show the client still reads.
@@ -61,6 +66,53 @@ pub(super) fn is_upgrade(headers: &HeaderMap) -> bool {
         })
     };
     has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// Connections not yet past `connection_init`, per client address.
+#[derive(Default)]
+pub struct PendingSockets(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place among its address's pending ones, given back when it is dropped
+/// (once `connection_init` has been answered, or the connection ended without one).
+pub(super) struct PendingSlot {
+    app: AppState,
+    ip: IpAddr,
+}
+
+impl PendingSockets {
+    fn take(app: &AppState, ip: IpAddr) -> Option<PendingSlot> {
+        let mut map = app
+            .pending_sockets
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot {
+            app: app.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .app
+            .pending_sockets
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// What the upgrade request itself presented, used when `connection_init` carries no token.
@@ -128,11 +180,27 @@ pub(super) async fn upgrade(app: AppState, peer: Option<SocketAddr>, mut parts: 
         channel_token: request::channel_token(headers).map(str::to_string),
     };
     let client = request::client_info(headers, peer, config.trust_proxy);
+    let slot = match client.ip {
+        Some(ip) => match PendingSockets::take(&app, ip) {
+            Some(slot) => Some(slot),
+            None => {
+                return super::transport::error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    &format!(
+                        "at most {MAX_PENDING_PER_ADDRESS} WebSocket connections of one address \
+                         may wait for connection_init at once"
+                    ),
+                )
+            }
+        },
+        None => None,
+    };
     let client = LazyClientInfo::new(move || client.info());
     ws.max_message_size(MAX_BODY_BYTES)
         .max_frame_size(MAX_BODY_BYTES)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| serve(app, socket, protocol, protocols, fallback, client))
+        .on_upgrade(move |socket| serve(app, socket, protocol, protocols, fallback, client, slot))
 }
 
 /// The connection's bookkeeping, shared by the input guard and the output loop.
@@ -245,8 +313,12 @@ async fn connection_init(
     fallback: UpgradeCredentials,
     client: LazyClientInfo,
     conn: Shared,
+    slot: Option<PendingSlot>,
 ) -> async_graphql::Result<Data> {
-    match authenticate(&app, &payload, fallback, client).await {
+    let outcome = authenticate(&app, &payload, fallback, client).await;
+    // Answered: this connection no longer counts as waiting for its init.
+    drop(slot);
+    match outcome {
         Ok((ctx, creds)) => {
             let mut data = Data::default();
             data.insert(ctx);
@@ -354,6 +426,7 @@ async fn serve(
     protocols: WebSocketProtocols,
     fallback: UpgradeCredentials,
     client: LazyClientInfo,
+    slot: Option<PendingSlot>,
 ) {
     let conn: Shared = Arc::new(Mutex::new(Conn {
         last_heard: Some(Instant::now()),
@@ -394,7 +467,7 @@ async fn serve(
     let init_app = app.clone();
     let graphql = GraphQLWebSocket::new_with_pair(sink, input, app.schema.clone(), protocol)
         .on_connection_init(move |payload| {
-            connection_init(init_app, payload, fallback, client, init_conn)
+            connection_init(init_app, payload, fallback, client, init_conn, slot)
         })
         .serve();
     tokio::pin!(graphql);

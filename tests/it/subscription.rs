@@ -27,6 +27,7 @@ crate::sqlite_only!(
     the_connection_rules_hold,
     a_subscriber_that_stops_reading_is_dropped_while_others_keep_receiving,
     plain_get_and_post_still_refuse_subscriptions,
+    one_address_may_hold_only_a_few_connections_waiting_for_init,
 );
 
 /// Longest wait for any one message: a hang fails the test instead of blocking it.
@@ -848,5 +849,78 @@ async fn subscribers_see_every_instances_events_exactly_once() {
         // The admin's login on A and alice's five: every instance handed on all of them
         // except its own admin login before the subscription.
         assert!(local + remote >= 5.0, "instance {n}: {local} + {remote}");
+    }
+}
+
+/// One client address may keep at most `MAX_PENDING_PER_ADDRESS` (16) connections waiting for
+/// `connection_init`: the next upgrade is refused with 429 `RATE_LIMITED`, and a place comes
+/// back as soon as one of them is answered (accepted or refused) or goes away.
+async fn one_address_may_hold_only_a_few_connections_waiting_for_init(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let mut waiting = Vec::new();
+    for _ in 0..16 {
+        waiting.push(Ws::open(app.port, TRANSPORT_WS, &[]).await);
+    }
+    let refused = || async {
+        let mut req = format!("ws://127.0.0.1:{}/graphql", app.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(TRANSPORT_WS),
+        );
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("the upgrade answers in time")
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 429);
+                let body =
+                    String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+                assert!(body.contains("RATE_LIMITED"), "{body}");
+                true
+            }
+            Err(e) => panic!("unexpected failure: {e}"),
+            Ok(_) => false,
+        }
+    };
+    assert!(refused().await, "a 17th waiting connection is refused");
+    // One is accepted: its place is free again.
+    waiting[0]
+        .init(json!({ "authorization": format!("Bearer {admin}") }))
+        .await;
+    let mut extra = Ws::open(app.port, TRANSPORT_WS, &[]).await;
+    assert!(refused().await, "full again");
+    // One refused at init (no token) frees its place too.
+    extra
+        .send(json!({ "type": "connection_init", "payload": {} }))
+        .await;
+    assert!(
+        matches!(extra.next().await, Said::Closed(Some((4403, _)))),
+        "refused without a token"
+    );
+    let _another = Ws::open(app.port, TRANSPORT_WS, &[]).await;
+    // One that just goes away frees its place once the server sees it gone.
+    drop(waiting.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut req = format!("ws://127.0.0.1:{}/graphql", app.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(TRANSPORT_WS),
+        );
+        if tokio_tungstenite::connect_async(req).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed connection's place comes back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
