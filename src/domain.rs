@@ -48,9 +48,39 @@ pub struct CachedUser {
     pub identifier: String,
     pub verified: bool,
     pub channels: Vec<ChannelGrant>,
+    /// The gateway check's headers for this user, rendered on first use and kept as long as
+    /// the cached entry (never stored in Redis: each process renders its own).
+    #[serde(skip)]
+    pub gateway_headers: std::sync::OnceLock<UserHeaders>,
+}
+
+/// A user's `x-user-id` and `x-user-identifier` header values; the identifier is `None` when it
+/// holds a byte a header cannot carry.
+#[derive(Clone, Debug)]
+pub struct UserHeaders {
+    pub id: axum::http::HeaderValue,
+    pub identifier: Option<axum::http::HeaderValue>,
 }
 
 impl CachedUser {
+    pub fn new(id: i64, identifier: String, verified: bool, channels: Vec<ChannelGrant>) -> Self {
+        CachedUser {
+            id,
+            identifier,
+            verified,
+            channels,
+            gateway_headers: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The gateway headers of this user, rendered once.
+    pub fn gateway_headers(&self) -> &UserHeaders {
+        self.gateway_headers.get_or_init(|| UserHeaders {
+            id: axum::http::HeaderValue::from(self.id),
+            identifier: axum::http::HeaderValue::from_bytes(self.identifier.as_bytes()).ok(),
+        })
+    }
+
     /// Whether the user holds `SUPER_ADMIN` in any channel: that passes every check.
     pub fn is_super_admin(&self) -> bool {
         self.channels.iter().any(|c| {

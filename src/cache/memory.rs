@@ -218,14 +218,7 @@ mod tests {
             id: 1,
             token_hash: token::generate().hash,
             kind: SessionKind::Authenticated,
-            user: user.map(|id| {
-                Box::new(CachedUser {
-                    id,
-                    identifier: format!("user{id}"),
-                    verified: true,
-                    channels: vec![],
-                })
-            }),
+            user: user.map(|id| Box::new(CachedUser::new(id, format!("user{id}"), true, vec![]))),
             authentication_strategy: None,
             active_order_id: None,
             active_channel_id: None,

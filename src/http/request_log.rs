@@ -98,7 +98,10 @@ mod tests {
     fn fresh_ids_are_sane_and_differ() {
         let a = fresh_id();
         assert_eq!(a.len(), 22);
-        assert_eq!(sane_id(&HeaderValue::from_str(&a).unwrap()).as_deref(), Some(a.as_str()));
+        assert_eq!(
+            sane_id(&HeaderValue::from_str(&a).unwrap()).as_deref(),
+            Some(a.as_str())
+        );
         assert_ne!(fresh_id(), a);
     }
 }

@@ -1009,12 +1009,12 @@ fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
             }
         }
     }
-    Ok(Some(CachedUser {
+    Ok(Some(CachedUser::new(
         id,
-        identifier: first.try_get("", "u_identifier")?,
-        verified: first.try_get("", "u_verified")?,
-        channels: grants.into_values().collect(),
-    }))
+        first.try_get("", "u_identifier")?,
+        first.try_get("", "u_verified")?,
+        grants.into_values().collect(),
+    )))
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 use crate::permission::Permission;
 use entity::session;
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 use std::sync::Arc;
 
@@ -332,6 +332,14 @@ impl SessionAdmin {
         now: i64,
     ) -> AppResult<(u64, Vec<crate::events::Event>)> {
         let txn = self.db.begin().await?;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // A batch of the clean-up need not wait for its commit to reach the disk: lost in
+            // a crash, it is only expired sessions left for the next clean-up (with their
+            // events and outbox rows, which are in the same transaction), never a half-done
+            // batch. The clean-up then costs one disk flush less per batch.
+            txn.execute_unprepared("SET LOCAL synchronous_commit TO OFF")
+                .await?;
+        }
         // Guest orders keep existing without their session.
         entity::order::Entity::update_many()
             .col_expr(

@@ -305,8 +305,55 @@ async fn auth_checks_preflights_like_any_request() {
 all_caches!(
     auth_answers_with_the_identity_headers,
     auth_slides_the_session,
-    auth_refuses_a_revoked_session_at_once
+    auth_refuses_a_revoked_session_at_once,
+    auth_headers_follow_user_and_role_changes
 );
+
+/// The identity headers are rendered once per cached user, and follow a change on the next
+/// check: a new identifier, new permissions of the user's role.
+async fn auth_headers_follow_user_and_role_changes(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
+    let alice = app
+        .create_user(&admin, "alice@example.com", "alice-password", &[&role])
+        .await;
+    let t = app.login("alice@example.com", "alice-password").await.token;
+    for _ in 0..2 {
+        let c = check(&app, "/auth", Some(&t)).await;
+        assert_eq!(
+            c.header("x-user-identifier").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(c.header("x-permissions").as_deref(), Some("READ_SESSION"));
+    }
+    app.gql_as(
+        &admin,
+        "mutation($i: UpdateUserInput!) { updateUser(input: $i) { id } }",
+        json!({ "i": { "id": alice, "identifier": "alice@shop.example" } }),
+    )
+    .await
+    .ok();
+    app.gql_as(
+        &admin,
+        "mutation($i: UpdateRoleInput!) { updateRole(input: $i) { id } }",
+        json!({ "i": { "id": role, "permissions": ["READ_SESSION", "READ_USER"] } }),
+    )
+    .await
+    .ok();
+    let c = check(&app, "/auth", Some(&t)).await;
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(
+        c.header("x-user-identifier").as_deref(),
+        Some("alice@shop.example")
+    );
+    assert_eq!(
+        c.header("x-permissions").as_deref(),
+        Some("READ_SESSION,READ_USER")
+    );
+}
 
 /// Two instances on one PostgreSQL and Redis (`tiered` cache): a revocation through A is
 /// refused by `/auth` on B on its next request; B publishes the key A signs with.
