@@ -864,7 +864,7 @@ async fn one_address_may_hold_only_a_few_connections_waiting_for_init(v: Variant
     for _ in 0..16 {
         waiting.push(Ws::open(app.port, TRANSPORT_WS, &[]).await);
     }
-    let refused = || async {
+    let upgrade = || {
         let mut req = format!("ws://127.0.0.1:{}/graphql", app.port)
             .into_client_request()
             .unwrap();
@@ -872,7 +872,10 @@ async fn one_address_may_hold_only_a_few_connections_waiting_for_init(v: Variant
             "sec-websocket-protocol",
             HeaderValue::from_static(TRANSPORT_WS),
         );
-        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        req
+    };
+    let refused = || async {
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(upgrade()))
             .await
             .expect("the upgrade answers in time")
         {
@@ -907,14 +910,7 @@ async fn one_address_may_hold_only_a_few_connections_waiting_for_init(v: Variant
     drop(waiting.pop());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let mut req = format!("ws://127.0.0.1:{}/graphql", app.port)
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(TRANSPORT_WS),
-        );
-        if tokio_tungstenite::connect_async(req).await.is_ok() {
+        if tokio_tungstenite::connect_async(upgrade()).await.is_ok() {
             break;
         }
         assert!(
