@@ -199,6 +199,9 @@ pub struct Sessions {
     pub(super) default_channel: Arc<channel::Model>,
     /// Records session events in the transactions of the changes; publishes them after.
     pub(super) events: EventLog,
+    /// The statement of [`Sessions::load_session`], built once (its shape never changes; only
+    /// the token digest does).
+    load_session_sql: std::sync::OnceLock<sea_orm::Statement>,
 }
 
 /// What [`Sessions`] is built from.
@@ -228,6 +231,7 @@ impl Sessions {
             channels: p.channels,
             default_channel: p.default_channel,
             events: p.events,
+            load_session_sql: std::sync::OnceLock::new(),
         }
     }
 
@@ -382,19 +386,19 @@ impl Sessions {
         &self,
         hash: &TokenHash,
     ) -> AppResult<Option<(session::Model, Option<CachedUser>)>> {
-        use sea_orm::ExprTrait as _;
-        let mut q = Query::select();
-        q.columns(session::Column::iter().map(|c| (session::Entity, c)))
-            .from(session::Entity)
-            .left_join(
-                user::Entity,
-                Expr::col((user::Entity, user::Column::Id))
-                    .equals((session::Entity, session::Column::UserId)),
-            );
-        join_grants(&mut q);
-        q.and_where(Expr::col((session::Entity, session::Column::TokenHash)).eq(hash.to_hex()))
-            .and_where(Expr::col((session::Entity, session::Column::Invalidated)).eq(false));
-        let rows = self.db.query_all(&q).await?;
+        let template = self
+            .load_session_sql
+            .get_or_init(|| load_session_statement(self.db.get_database_backend()));
+        let mut statement = template.clone();
+        // The template's one string value is the token digest's place.
+        if let Some(values) = statement.values.as_mut() {
+            for v in values.0.iter_mut() {
+                if matches!(v, sea_orm::Value::String(_)) {
+                    *v = hash.to_hex().into();
+                }
+            }
+        }
+        let rows = self.db.query_all_raw(statement).await?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -979,6 +983,24 @@ fn join_grants(q: &mut SelectStatement) {
 
 /// The user in the rows of a [`join_grants`] query, with the permissions of all their roles
 /// in a channel joined, channels ordered by id; `None` when the rows carry no user.
+/// The statement of [`Sessions::load_session`] for `backend`, with an empty token digest in
+/// the place of the one each call binds.
+fn load_session_statement(backend: sea_orm::DbBackend) -> sea_orm::Statement {
+    use sea_orm::ExprTrait as _;
+    let mut q = Query::select();
+    q.columns(session::Column::iter().map(|c| (session::Entity, c)))
+        .from(session::Entity)
+        .left_join(
+            user::Entity,
+            Expr::col((user::Entity, user::Column::Id))
+                .equals((session::Entity, session::Column::UserId)),
+        );
+    join_grants(&mut q);
+    q.and_where(Expr::col((session::Entity, session::Column::TokenHash)).eq(String::new()))
+        .and_where(Expr::col((session::Entity, session::Column::Invalidated)).eq(false));
+    backend.build(&q)
+}
+
 fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
     let Some(first) = rows.first() else {
         return Ok(None);
@@ -1091,6 +1113,31 @@ mod lifetime_properties {
             if l.write_interval_ms >= 40 {
                 prop_assert!(l.write_threshold_ms + flush <= l.write_interval_ms);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod load_session_statement_tests {
+    use super::*;
+
+    /// The pre-built statement binds exactly the token digest (its one string value, which
+    /// `load_session` replaces) and `invalidated = false`, on every backend.
+    #[test]
+    fn the_token_digest_is_the_only_string_value() {
+        for backend in [
+            sea_orm::DbBackend::Postgres,
+            sea_orm::DbBackend::MySql,
+            sea_orm::DbBackend::Sqlite,
+        ] {
+            let st = load_session_statement(backend);
+            let values = st.values.expect("bound values").0;
+            assert_eq!(values.len(), 2, "{backend:?}: {values:?}");
+            let strings = values
+                .iter()
+                .filter(|v| matches!(v, sea_orm::Value::String(_)))
+                .count();
+            assert_eq!(strings, 1, "{backend:?}: {values:?}");
         }
     }
 }
