@@ -130,7 +130,8 @@ macro_rules! sqlite_only {
     };
 }
 
-fn random_suffix() -> String {
+/// A short random lower-case suffix for a test database's name.
+pub fn random_suffix() -> String {
     session_server::token::random_string(9)
         .to_lowercase()
         .replace(['-', '_'], "x")
@@ -172,24 +173,12 @@ impl Drop for DbGuard {
             postgres,
         } = self
         {
-            let (admin_url, name, postgres) = (admin_url.clone(), name.clone(), *postgres);
-            // Drop runs inside the test's runtime: use a thread with its own.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async {
-                    let db = Database::connect(&admin_url).await.ok()?;
-                    let sql = if postgres {
-                        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
-                    } else {
-                        format!("DROP DATABASE IF EXISTS `{name}`")
-                    };
-                    db.execute_unprepared(&sql).await.ok()
-                })
-            })
-            .join();
+            let sql = if *postgres {
+                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+            } else {
+                format!("DROP DATABASE IF EXISTS `{name}`")
+            };
+            crate::procs::drop_database(admin_url.clone(), sql);
         }
     }
 }

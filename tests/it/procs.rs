@@ -113,21 +113,25 @@ impl PgDatabase {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let db = Database::connect(&admin_url).await.ok()?;
-                db.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        drop_database(self.admin_url.clone(), sql);
     }
+}
+
+/// Runs `sql` (a `DROP DATABASE`) on the server of `admin_url`, best effort. Test databases are
+/// dropped from `Drop`, which runs inside the test's runtime: this uses a thread with its own.
+pub fn drop_database(admin_url: String, sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let db = Database::connect(&admin_url).await.ok()?;
+            db.execute_unprepared(&sql).await.ok()
+        })
+    })
+    .join();
 }
 
 /// A private `redis-server` on a loopback port; killed on drop. With `persistent`, every write

@@ -509,12 +509,7 @@ impl MysqlDatabase {
             crate::procs::skip("TEST_MYSQL_URL is not set");
             return None;
         };
-        let name = format!(
-            "ss_hooks_{}",
-            session_server::token::random_string(8)
-                .to_lowercase()
-                .replace(['-', '_'], "x")
-        );
+        let name = format!("ss_hooks_{}", crate::helpers::random_suffix());
         let admin = connect(&admin_url).await;
         admin
             .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
@@ -530,20 +525,8 @@ impl MysqlDatabase {
 
 impl Drop for MysqlDatabase {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let db = Database::connect(&admin_url).await.ok()?;
-                db.execute_unprepared(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        let sql = format!("DROP DATABASE IF EXISTS `{}`", self.name);
+        crate::procs::drop_database(self.admin_url.clone(), sql);
     }
 }
 
