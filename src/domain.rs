@@ -54,12 +54,24 @@ pub struct CachedUser {
     pub gateway_headers: std::sync::OnceLock<UserHeaders>,
 }
 
-/// A user's `x-user-id` and `x-user-identifier` header values; the identifier is `None` when it
-/// holds a byte a header cannot carry.
+/// A user's `x-user-id` and `x-user-identifier` header values (the identifier is `None` when it
+/// holds a byte a header cannot carry), and `x-permissions` for each set of permissions the user
+/// can hold in a channel.
 #[derive(Clone, Debug)]
 pub struct UserHeaders {
     pub id: axum::http::HeaderValue,
     pub identifier: Option<axum::http::HeaderValue>,
+    permissions: Vec<(PermissionSet, axum::http::HeaderValue)>,
+}
+
+impl UserHeaders {
+    /// The `x-permissions` value of `set`, rendered already when it is one of the user's sets.
+    pub fn permissions(&self, set: PermissionSet) -> Option<axum::http::HeaderValue> {
+        match self.permissions.iter().find(|(s, _)| *s == set) {
+            Some((_, v)) => Some(v.clone()),
+            None => axum::http::HeaderValue::try_from(set.to_stored()).ok(),
+        }
+    }
 }
 
 impl CachedUser {
@@ -75,9 +87,31 @@ impl CachedUser {
 
     /// The gateway headers of this user, rendered once.
     pub fn gateway_headers(&self) -> &UserHeaders {
-        self.gateway_headers.get_or_init(|| UserHeaders {
-            id: axum::http::HeaderValue::from(self.id),
-            identifier: axum::http::HeaderValue::from_bytes(self.identifier.as_bytes()).ok(),
+        self.gateway_headers.get_or_init(|| {
+            // What a check can ask for: every permission (a super admin), the user's set in
+            // each of their channels, or none (a channel where they hold nothing).
+            let mut sets = vec![PermissionSet::default()];
+            if self.is_super_admin() {
+                sets.push(PermissionSet::all());
+            } else {
+                sets.extend(
+                    self.channels
+                        .iter()
+                        .map(|c| self.permissions_in(c.channel_id)),
+                );
+            }
+            sets.sort_unstable_by_key(|s| s.0);
+            sets.dedup();
+            UserHeaders {
+                id: axum::http::HeaderValue::from(self.id),
+                identifier: axum::http::HeaderValue::from_bytes(self.identifier.as_bytes()).ok(),
+                permissions: sets
+                    .into_iter()
+                    .filter_map(|s| {
+                        Some((s, axum::http::HeaderValue::try_from(s.to_stored()).ok()?))
+                    })
+                    .collect(),
+            }
         })
     }
 

@@ -92,14 +92,15 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        // The service that was polled ready handles this request; a clone stays for the next.
-        let ready = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, ready);
         if req.headers().contains_key(header::ORIGIN) {
+            // The CORS service owns its inner service: it gets the one polled ready, and a
+            // clone stays here for the next request.
+            let ready = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, ready);
             let cors = self.cors.as_ref().clone().layer(inner);
             return Box::pin(cors.oneshot(req));
         }
-        let answer = inner.oneshot(req);
+        let answer = self.inner.call(req);
         Box::pin(async move {
             let mut response = answer.await?;
             response.headers_mut().append(header::VARY, VARY);

@@ -141,27 +141,10 @@ fn write_identity(h: &mut HeaderMap, identity: &Identity, permissions: Permissio
         if let Some(v) = &rendered.identifier {
             h.insert(X_USER_IDENTIFIER, v.clone());
         }
-        if let Some(v) = permissions_header(permissions) {
+        if let Some(v) = rendered.permissions(permissions) {
             h.insert(X_PERMISSIONS, v);
         }
     }
-}
-
-/// The `x-permissions` value of a set, rendered once per distinct set (there are few: one per
-/// combination of roles in use).
-fn permissions_header(permissions: PermissionSet) -> Option<HeaderValue> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock, PoisonError};
-    static RENDERED: OnceLock<Mutex<HashMap<u16, HeaderValue>>> = OnceLock::new();
-    let rendered = RENDERED.get_or_init(Mutex::default);
-    let mut map = rendered.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(v) = map.get(&permissions.0) {
-        return Some(v.clone());
-    }
-    let v = HeaderValue::try_from(permissions.to_stored()).ok()?;
-    // A set is 16 bits, so the map is bounded (65,536 entries at the very most).
-    map.insert(permissions.0, v.clone());
-    Some(v)
 }
 
 fn status_only(status: StatusCode) -> Response {
