@@ -51,7 +51,7 @@ pub struct CachedUser {
     /// The gateway check's headers for this user, rendered on first use and kept as long as
     /// the cached entry (never stored in Redis: each process renders its own).
     #[serde(skip)]
-    pub gateway_headers: std::sync::OnceLock<UserHeaders>,
+    pub gateway_headers: std::sync::OnceLock<Box<UserHeaders>>,
 }
 
 /// A user's `x-user-id` and `x-user-identifier` header values (the identifier is `None` when it
@@ -102,7 +102,7 @@ impl CachedUser {
             }
             sets.sort_unstable_by_key(|s| s.0);
             sets.dedup();
-            UserHeaders {
+            Box::new(UserHeaders {
                 id: axum::http::HeaderValue::from(self.id),
                 identifier: axum::http::HeaderValue::from_bytes(self.identifier.as_bytes()).ok(),
                 permissions: sets
@@ -111,7 +111,7 @@ impl CachedUser {
                         Some((s, axum::http::HeaderValue::try_from(s.to_stored()).ok()?))
                     })
                     .collect(),
-            }
+            })
         })
     }
 
