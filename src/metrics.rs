@@ -65,6 +65,7 @@ pub struct Metrics {
     logins: Family<OutcomeLabels, Counter>,
     errors: Family<ComponentLabels, Counter>,
     db_statements: Counter,
+    read_plan_answers: Counter,
     event_subscribers: Gauge,
     events_fanned_out: Family<SourceLabels, Counter>,
     event_subscribers_dropped: Family<ReasonLabels, Counter>,
@@ -85,6 +86,7 @@ impl Default for Metrics {
         let logins = Family::<OutcomeLabels, Counter>::default();
         let errors = Family::<ComponentLabels, Counter>::default();
         let db_statements = Counter::default();
+        let read_plan_answers = Counter::default();
         let event_subscribers = Gauge::default();
         let events_fanned_out = Family::<SourceLabels, Counter>::default();
         let event_subscribers_dropped = Family::<ReasonLabels, Counter>::default();
@@ -113,6 +115,12 @@ impl Default for Metrics {
             "db_statements",
             "SQL statements run on the server's database connection",
             db_statements.clone(),
+        );
+        registry.register(
+            "graphql_read_plan_answers",
+            "GraphQL requests answered by a read plan (from the caller's cached session and the \
+             request's channel, without the executor)",
+            read_plan_answers.clone(),
         );
         registry.register(
             "event_subscribers",
@@ -155,6 +163,7 @@ impl Default for Metrics {
             logins,
             errors,
             db_statements,
+            read_plan_answers,
             event_subscribers,
             events_fanned_out,
             event_subscribers_dropped,
@@ -166,6 +175,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A request answered by a read plan.
+    pub fn read_plan_answer(&self) {
+        self.read_plan_answers.inc();
+    }
+
     /// A cache lookup in `tier` (`memory` or `redis`).
     pub fn cache_lookup(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };

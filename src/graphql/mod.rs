@@ -6,6 +6,7 @@ pub mod context;
 pub mod events;
 mod mutation;
 mod query;
+pub mod read_plan;
 pub mod subscription;
 pub mod types;
 

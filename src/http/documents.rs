@@ -1,9 +1,12 @@
 //! The parsed-document cache: clients repeat the same few query texts, so most requests skip
-//! the parser, and a document that passed full validation once skips the static rules after.
+//! the parser, a document that passed full validation once skips the static rules after, and
+//! one made only of fields the caller's identity answers gets a read plan (see
+//! [`crate::graphql::read_plan`]) that answers it without the executor.
 
+use crate::graphql::read_plan::ReadPlan;
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Parsed documents by query text.
 pub type Documents = moka::sync::Cache<String, Arc<KnownDocument>>;
@@ -11,10 +14,12 @@ pub type Documents = moka::sync::Cache<String, Arc<KnownDocument>>;
 /// Longest query text whose parsed document is cached.
 const MAX_CACHED_QUERY_BYTES: usize = 8 * 1024;
 
-/// A parsed query text, and whether it has passed full validation without variables.
+/// A parsed query text, whether it has passed full validation without variables, and its read
+/// plan once it has.
 pub struct KnownDocument {
     doc: ExecutableDocument,
     validated: AtomicBool,
+    plan: OnceLock<Option<ReadPlan>>,
 }
 
 impl KnownDocument {
@@ -23,8 +28,24 @@ impl KnownDocument {
         self.validated.load(Ordering::Relaxed)
     }
 
+    /// Hands the parse to `request`, so the executor skips the parser.
+    pub(super) fn attach_to(&self, request: &mut async_graphql::Request) {
+        request.set_parsed_query(self.doc.clone());
+    }
+
     pub(super) fn mark_validated(&self) {
         self.validated.store(true, Ordering::Relaxed);
+    }
+
+    /// The read plan of a validated document, compiled on first use; `None` before validation
+    /// and for documents that need the executor.
+    pub(super) fn read_plan(&self) -> Option<&ReadPlan> {
+        if !self.validated() {
+            return None;
+        }
+        self.plan
+            .get_or_init(|| ReadPlan::compile(&self.doc))
+            .as_ref()
     }
 }
 
@@ -32,30 +53,25 @@ pub(super) fn new_cache() -> Documents {
     moka::sync::Cache::new(1_000)
 }
 
-/// Attaches the cached parse of the request's query, parsing and caching it on a miss.
-pub(super) fn attach(
-    documents: &Documents,
-    mut request: async_graphql::Request,
-) -> (async_graphql::Request, Option<Arc<KnownDocument>>) {
-    if request.query.len() > MAX_CACHED_QUERY_BYTES {
-        return (request, None);
+/// The cached parse of `query`, parsing and caching it on a miss; `None` for a query too long
+/// to cache or one that does not parse.
+pub(super) fn lookup(documents: &Documents, query: &str) -> Option<Arc<KnownDocument>> {
+    if query.len() > MAX_CACHED_QUERY_BYTES {
+        return None;
     }
-    let known = known_document(documents, &request.query);
-    if let Some(known) = &known {
-        request.set_parsed_query(known.doc.clone());
-    }
-    (request, known)
+    known_document(documents, query)
 }
 
 /// `known` when its validation can stand for `request`'s. Static validation depends only on
 /// the document, except where variable values are checked: a document that passed full
-/// validation with no variables and no operation name cannot fail it again under the same
-/// conditions.
-pub(super) fn reusable_for(
-    known: Option<Arc<KnownDocument>>,
+/// validation with no variables cannot fail it again under the same condition. The operation
+/// name plays no part in it (async-graphql checks every operation of the document, and picks
+/// the named one only to run it).
+pub(super) fn reusable_for<'a>(
+    known: Option<&'a Arc<KnownDocument>>,
     request: &async_graphql::Request,
-) -> Option<Arc<KnownDocument>> {
-    known.filter(|_| request.variables.is_empty() && request.operation_name.is_none())
+) -> Option<&'a KnownDocument> {
+    known.map(|k| &**k).filter(|_| request.variables.is_empty())
 }
 
 /// The parse of `query`, from `documents` or parsed now; `None` when it does not parse
@@ -76,6 +92,7 @@ fn known_document(documents: &Documents, query: &str) -> Option<Arc<KnownDocumen
     let known = Arc::new(KnownDocument {
         doc,
         validated: AtomicBool::new(false),
+        plan: OnceLock::new(),
     });
     if !holds_writes {
         documents.insert(query.to_string(), known.clone());

@@ -1,6 +1,7 @@
-//! Running one GraphQL request: identify the caller (`Services::identify`), run the schema
-//! (skipping validation a known document already passed), give every error a code, answer 503
-//! while the database is down, and write the tokens the resolvers issued or cleared.
+//! Running one GraphQL request: identify the caller (`Services::identify`), answer a known
+//! document's read plan or run the schema (skipping validation a known document already
+//! passed), give every error a code, answer 503 while the database is down, and write the
+//! tokens the resolvers issued or cleared.
 
 use super::cookies::{self, CookieMode};
 use super::documents::{self, KnownDocument};
@@ -9,7 +10,7 @@ use super::request_log::AccessInfo;
 use super::transport::{app_error_response, error_response};
 use super::AppState;
 use crate::error::ErrorCode;
-use crate::graphql::{LazyClientInfo, RequestContext, TokenChanges};
+use crate::graphql::{read_plan, LazyClientInfo, RequestContext, TokenChanges};
 use crate::metrics::Metrics;
 use crate::service::identify::Identity;
 use axum::body::Body;
@@ -28,7 +29,7 @@ pub(super) async fn execute(
 ) -> Response {
     let started = Instant::now();
     let handles = app.labeler.handles(&request.query);
-    let (request, known) = documents::attach(&app.documents, request);
+    let known = documents::lookup(&app.documents, &request.query);
     let mut response = execute_inner(app, headers, peer, request, known).await;
     handles.record(started.elapsed().as_secs_f64());
     let info = response
@@ -44,7 +45,7 @@ async fn execute_inner(
     app: &AppState,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
     known: Option<Arc<KnownDocument>>,
 ) -> Response {
     let svc = &app.services;
@@ -65,6 +66,29 @@ async fn execute_inner(
         && presented
             .as_ref()
             .is_some_and(|p| p.source == TokenSource::Cookie);
+    let mode = CookieMode::of(svc.config());
+
+    let reusable = documents::reusable_for(known.as_ref(), &request);
+    let planned = reusable
+        .and_then(KnownDocument::read_plan)
+        .filter(|p| p.runs(request.operation_name.as_deref()))
+        .and_then(|plan| {
+            plan.render(&read_plan::Identity {
+                session: session.as_deref(),
+                channel: &channel,
+                lifetimes: svc.sessions.lifetimes(),
+            })
+        });
+    if let Some(body) = planned {
+        svc.metrics().read_plan_answer();
+        let mut out = json_response(body, dead_cookie, mode);
+        out.extensions_mut().insert(AccessInfo {
+            operation: None,
+            session_id,
+            error_codes: None,
+        });
+        return out;
+    }
 
     let client = request::client_info(headers, peer, svc.config().trust_proxy);
     let tokens = TokenChanges::default();
@@ -75,17 +99,19 @@ async fn execute_inner(
         request::refresh_cookie(headers),
         tokens.clone(),
     );
-    let known = documents::reusable_for(known, &request);
-    let already_valid = known.as_ref().is_some_and(|k| k.validated());
+    let already_valid = reusable.is_some_and(|k| k.validated());
     let schema = if already_valid {
         &app.schema_revalidated
     } else {
         &app.schema
     };
+    if let Some(k) = &known {
+        k.attach_to(&mut request);
+    }
     // Boxed: async-graphql's execution future is several kilobytes, and every layer around
     // this one would otherwise copy it on each move.
     let mut response = Box::pin(schema.execute(request.data(ctx))).await;
-    if let Some(k) = known.filter(|_| !already_valid && response.errors.is_empty()) {
+    if let Some(k) = reusable.filter(|_| !already_valid && response.errors.is_empty()) {
         k.mark_validated();
     }
     let unavailable = fix_error_codes(&mut response, svc.metrics());
@@ -111,28 +137,33 @@ async fn execute_inner(
             )
         }
     };
-    let mut out = Response::new(Body::from(body));
+    let mut out = json_response(body, dead_cookie, mode);
     // The database being down is the server's condition, not the request's: say so in the
     // status too, so load balancers and clients retry.
     if unavailable {
         *out.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
+    cookies::write_token_changes(out.headers_mut(), &tokens.take(), mode);
+    out.extensions_mut().insert(AccessInfo {
+        operation: None,
+        session_id,
+        error_codes,
+    });
+    out
+}
+
+/// A JSON answer that no cache keeps, clearing the session cookie when it named no live session.
+fn json_response(body: Vec<u8>, dead_cookie: bool, mode: CookieMode) -> Response {
+    let mut out = Response::new(Body::from(body));
     let h = out.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let mode = CookieMode::of(svc.config());
     if dead_cookie {
         cookies::clear_dead_session_cookie(h, mode);
     }
-    cookies::write_token_changes(h, &tokens.take(), mode);
-    out.extensions_mut().insert(AccessInfo {
-        operation: None,
-        session_id,
-        error_codes,
-    });
     out
 }
 

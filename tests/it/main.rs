@@ -25,6 +25,7 @@ mod lifetimes;
 mod logs;
 mod outage;
 mod procs;
+mod read_plans;
 mod refresh;
 mod revocation;
 mod scale;
