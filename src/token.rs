@@ -22,7 +22,22 @@ impl TokenHash {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut out = String::with_capacity(64);
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends the digest in lower-case hex (64 characters) to `out`: through a stack buffer,
+    /// because `hex::encode` collects one `char` at a time (a measurable share of a Redis
+    /// lookup, which builds two keys from it).
+    pub fn push_hex(&self, out: &mut String) {
+        let mut buf = [0u8; 64];
+        // Neither can fail: the buffer is exactly twice the digest, and hex digits are ASCII.
+        if hex::encode_to_slice(self.0, &mut buf).is_ok() {
+            if let Ok(hex) = std::str::from_utf8(&buf) {
+                out.push_str(hex);
+            }
+        }
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {

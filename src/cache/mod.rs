@@ -39,6 +39,10 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("cached entry could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("cached entry could not be decoded: {0}")]
+    DecodeEntry(#[from] rmp_serde::decode::Error),
+    #[error("session could not be encoded for the cache: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
 }
 
 /// A cache of sessions keyed by token hash, shared by all requests of a process.

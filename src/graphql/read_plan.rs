@@ -31,7 +31,6 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
 };
 use entity::channel;
-use std::io::Write;
 
 /// A compiled query: its root fields in document order.
 #[derive(Debug)]
@@ -344,9 +343,11 @@ fn write_session(out: &mut Vec<u8>, field: &SessionField, s: &CachedSession, id:
                 .expires_at(s.last_active(), s.absolute_expires_at),
         ),
         SessionField::AbsoluteExpiresAt => timestamp(out, s.absolute_expires_at),
-        SessionField::DataVersion => {
-            let _ = write!(out, "{}", s.data_version.clamp(0, i32::MAX as i64));
-        }
+        SessionField::DataVersion => out.extend_from_slice(
+            itoa::Buffer::new()
+                .format(s.data_version.clamp(0, i32::MAX as i64))
+                .as_bytes(),
+        ),
         SessionField::IpAddress => opt_string(out, s.ip_address.as_deref()),
         SessionField::UserAgent => opt_string(out, s.user_agent.as_deref()),
     }
@@ -431,7 +432,9 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn gql_id(out: &mut Vec<u8>, n: i64) {
-    let _ = write!(out, "\"{n}\"");
+    out.push(b'"');
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.push(b'"');
 }
 
 fn timestamp(out: &mut Vec<u8>, ms: i64) {
