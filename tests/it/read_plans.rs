@@ -10,7 +10,7 @@
 use crate::helpers::{TestApp, Variant};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
 
 crate::all_caches!(plans_answer_like_the_executor);
@@ -137,11 +137,13 @@ fn field(name: &'static str, i: usize, depth: u32) -> BoxedStrategy<Field> {
     }
 }
 
-/// A document: its root fields, and the operation name if it is named.
-fn document() -> impl Strategy<Value = (Vec<Field>, Option<&'static str>)> {
+/// A document: its root fields, the operation name if it is named, and whether the request
+/// names the operation (`operationName`) too.
+fn document() -> impl Strategy<Value = (Vec<Field>, Option<&'static str>, bool)> {
     (
         selection(ROOT, 0),
         prop_oneof![Just(None), Just(Some("Header"))],
+        any::<bool>(),
     )
 }
 
@@ -243,25 +245,43 @@ fn compare(fields: &[Field], executor: &Value, plan: &Value, at: &str) {
     }
 }
 
-/// Replaces every RFC 3339 timestamp in a body by `T`, keeping everything else.
+/// Replaces every RFC 3339 timestamp in a JSON body by `T`, keeping everything else (string
+/// escapes included).
 fn mask_timestamps(body: &str) -> String {
     let mut out = String::with_capacity(body.len());
-    let mut rest = body;
-    while let Some(i) = rest.find('"') {
-        out.push_str(&rest[..=i]);
-        rest = &rest[i + 1..];
-        let end = rest.find('"').unwrap_or(rest.len());
-        let s = &rest[..end];
-        if s.len() == 24 && chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+    let mut chars = body.char_indices();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        // A string: up to the next quote that no backslash escapes.
+        let mut content = String::new();
+        let mut escaped = false;
+        for (_, c) in chars.by_ref() {
+            if c == '"' && !escaped {
+                break;
+            }
+            escaped = c == '\\' && !escaped;
+            content.push(c);
+        }
+        if content.len() == 24 && chrono::DateTime::parse_from_rfc3339(&content).is_ok() {
             out.push('T');
         } else {
-            out.push_str(s);
+            out.push_str(&content);
         }
-        out.push_str(&rest[end..(end + 1).min(rest.len())]);
-        rest = &rest[(end + 1).min(rest.len())..];
+        out.push('"');
     }
-    out.push_str(rest);
     out
+}
+
+#[test]
+fn masking_keeps_escapes_and_hides_only_timestamps() {
+    let body = r#"{"a":"x\"y","t":"2026-11-26T10:00:00.000Z","b":"\\","c":"2026"}"#;
+    assert_eq!(
+        mask_timestamps(body),
+        r#"{"a":"x\"y","t":"T","b":"\\","c":"2026"}"#
+    );
 }
 
 /// Makes the channel of `channel_token` the session's active channel.
@@ -351,17 +371,19 @@ async fn plans_answer_like_the_executor(v: Variant) {
         return;
     };
     let callers = callers(&app).await;
-    let mut runner = TestRunner::new(ProptestConfig::default());
+    // Deterministic: the same documents every run, so a failure reproduces.
+    let mut runner = TestRunner::deterministic();
     let mut expected_plans = 0;
     let mut seen = std::collections::HashSet::new();
     let before = plan_answers(&app).await;
-    for case in 0..24 {
-        let (root, name) = document()
+    for case in 0..32 {
+        let (root, doc_name, send_name) = document()
             .new_tree(&mut runner)
             .expect("a document")
             .current();
-        let plain = text(&root, name, false);
-        let wrapped = text(&root, name, true);
+        let plain = text(&root, doc_name, false);
+        let wrapped = text(&root, doc_name, true);
+        let name = doc_name.filter(|_| send_name);
         let shows_session_channel = root.iter().any(|f| {
             f.name == "activeSession" && f.children.iter().any(|c| c.name == "activeChannel")
         });
@@ -403,6 +425,7 @@ async fn a_plan_answer_clears_a_dead_cookie_and_follows_changes(v: Variant) {
         return;
     };
     let query = "{ activeSession { id user { identifier } } me { identifier } }";
+    let before = plan_answers(&app).await;
     for _ in 0..2 {
         let r = app.gql_cookie("no-such-token", query, json!({})).await;
         let clears = r.cookie("session");
@@ -413,6 +436,11 @@ async fn a_plan_answer_clears_a_dead_cookie_and_follows_changes(v: Variant) {
             "the dead cookie is cleared: {clears:?}"
         );
     }
+    assert_eq!(
+        plan_answers(&app).await - before,
+        1,
+        "the second sight was the plan's"
+    );
     let admin = app.admin_token().await;
     let uid = app.create_user(&admin, "bob", "bob-pw", &[]).await;
     let bob = app.login("bob", "bob-pw").await.token;
@@ -471,11 +499,6 @@ async fn documents_a_plan_cannot_answer_go_to_the_executor(v: Variant) {
             assert!(r.data().is_object(), "{query}: {}", r.body);
         }
     }
-    let r = app
-        .gql_as(&admin, "{ activeSession { id } }", json!({}))
-        .await
-        .ok();
-    assert!(r.data()["activeSession"]["id"].is_string());
     for _ in 0..2 {
         let r = app
             .gql_as(&admin, "{ activeSession { nope } }", json!({}))
@@ -499,4 +522,32 @@ async fn documents_a_plan_cannot_answer_go_to_the_executor(v: Variant) {
         r.data()["activeSession"],
         json!({ "kind": "AUTHENTICATED" })
     );
+    // Operation names the document does not have: the executor's error, every time.
+    for (query, name) in [
+        ("{ activeSession { id } }", "Header"),
+        ("query Header { activeSession { id } }", "Other"),
+    ] {
+        // Validated, so a plan exists for the document.
+        app.gql_as(&admin, query, json!({})).await.ok();
+        let before = plan_answers(&app).await;
+        let body = json!({ "query": query, "operationName": name }).to_string();
+        for _ in 0..2 {
+            let r = TestApp::send(
+                app.client
+                    .post(app.url("/graphql"))
+                    .header("content-type", "application/json")
+                    .bearer_auth(&admin)
+                    .body(body.clone()),
+            )
+            .await;
+            assert!(
+                r.body["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Unknown operation")),
+                "{query} as {name}: {}",
+                r.body
+            );
+        }
+        assert_eq!(plan_answers(&app).await, before, "{query} as {name}");
+    }
 }
