@@ -152,6 +152,9 @@ pub struct RedisCache {
 }
 
 struct Scripts {
+    /// KEYS: pointer. ARGV: key prefix, token hash. The pointer's value, or, when it points at
+    /// a user's slot, the entry there (single Redis only: the entry's key is not in KEYS).
+    read_entry: redis::Script,
     /// KEYS: pointer. ARGV: value, ttl ms. Sets unless the token has a tombstone.
     set_unless_revoked: redis::Script,
     /// KEYS: entry, index, invalidation mark. ARGV: value, ttl ms, token hash, loaded-at ms,
@@ -164,25 +167,34 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            set_unless_revoked: redis::Script::new(
+            read_entry: redis::Script::new(
+                r"
+                local v = redis.call('GET', KEYS[1])
+                if v and string.sub(v, 1, 1) == '@' then
+                    return redis.call('GET', ARGV[1] .. '{u:' .. string.sub(v, 2) .. '}:s:' .. ARGV[2])
+                end
+                return v
+                ",
+            ),
+            set_unless_revoked: redis::Script::new(&with_entry_version(
                 r#"
                 local cur = redis.call('GET', KEYS[1])
                 if cur == '!' then return 0 end
                 if cur and ARGV[3] ~= '' then
-                    local v = tonumber(string.match(cur, '^{"data_version":(%d+)'))
+                    local v = ENTRY_VERSION(cur)
                     if v and v > tonumber(ARGV[3]) then return 0 end
                 end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
                 return 1
                 "#,
-            ),
-            set_user_entry: redis::Script::new(
+            )),
+            set_user_entry: redis::Script::new(&with_entry_version(
                 r#"
                 local mark = tonumber(redis.call('GET', KEYS[3]) or '0')
                 if mark >= tonumber(ARGV[4]) then return 0 end
                 local cur = redis.call('GET', KEYS[1])
                 if cur then
-                    local v = tonumber(string.match(cur, '^{"data_version":(%d+)'))
+                    local v = ENTRY_VERSION(cur)
                     if v and v > tonumber(ARGV[6]) then return 0 end
                 end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -190,7 +202,7 @@ impl Scripts {
                 redis.call('PEXPIRE', KEYS[2], ARGV[5])
                 return 1
                 "#,
-            ),
+            )),
             drop_user: redis::Script::new(
                 r"
                 local members = redis.call('SMEMBERS', KEYS[1])
@@ -202,6 +214,24 @@ impl Scripts {
             ),
         }
     }
+}
+
+/// `script` with `ENTRY_VERSION(entry)`: the `data_version` of a stored entry (MessagePack, read
+/// with Redis's own `cmsgpack`; or JSON of an earlier version, where it is the first field), or
+/// nil when the entry cannot be read. Writes compare it so that the cache never goes back to
+/// older session data.
+fn with_entry_version(script: &str) -> String {
+    const ENTRY_VERSION: &str = r#"
+        local function ENTRY_VERSION(entry)
+            if string.sub(entry, 1, 1) == '{' then
+                return tonumber(string.match(entry, '^{"data_version":(%d+)'))
+            end
+            local ok, t = pcall(cmsgpack.unpack, entry)
+            if ok and type(t) == 'table' then return tonumber(t['data_version']) end
+            return nil
+        end
+    "#;
+    format!("{ENTRY_VERSION}{script}")
 }
 
 fn ms(d: Duration) -> u64 {
@@ -320,13 +350,26 @@ impl RedisCache {
     /// Follows the token's pointer to its entry (anonymous entries sit at the pointer).
     async fn lookup(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = self
-            .bounded(
-                redis::cmd("GET")
-                    .arg(self.pointer_key(key))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let raw: Option<Vec<u8>> = match &conn {
+            // One round trip: the script follows a pointer to the user's slot itself.
+            RedisConn::Single(_) => {
+                let mut call = self.scripts.read_entry.key(self.pointer_key(key));
+                let mut hex = String::with_capacity(64);
+                key.push_hex(&mut hex);
+                call.arg(&self.prefix).arg(hex);
+                self.bounded(call.invoke_async(&mut conn)).await?
+            }
+            // A script must name every key it reads, and on a cluster the entry's key is in
+            // another slot than the pointer's: a second GET follows the pointer below.
+            RedisConn::Cluster(_) => {
+                self.bounded(
+                    redis::cmd("GET")
+                        .arg(self.pointer_key(key))
+                        .query_async(&mut conn),
+                )
+                .await?
+            }
+        };
         let bytes = match raw {
             None => return Ok(None),
             Some(b) if b == b"!" => return Ok(None),

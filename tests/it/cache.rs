@@ -169,3 +169,131 @@ async fn sessions_slide_on_shared_caches_with_a_long_write_interval(v: Variant) 
         );
     }
 }
+
+/// The `data_version` of the entry Redis holds for `hash`.
+async fn version_in_redis(
+    cache: &session_server::cache::redis::RedisCache,
+    hash: &session_server::token::TokenHash,
+) -> i64 {
+    use session_server::cache::SessionCache;
+    cache
+        .get(hash)
+        .await
+        .expect("read")
+        .expect("cached")
+        .data_version
+}
+
+/// A cached session with `data_version` for the Redis entry tests.
+fn entry(
+    hash: session_server::token::TokenHash,
+    user: Option<i64>,
+    data_version: i64,
+) -> std::sync::Arc<session_server::domain::CachedSession> {
+    use session_server::domain::{CachedSession, CachedUser, SessionKind};
+    use std::sync::atomic::AtomicI64;
+    let now = session_server::clock::now_ms();
+    let data = json!({ "v": data_version });
+    std::sync::Arc::new(CachedSession {
+        data_version,
+        id: 1,
+        token_hash: hash,
+        kind: if user.is_some() {
+            SessionKind::Authenticated
+        } else {
+            SessionKind::Anonymous
+        },
+        user: user.map(|id| Box::new(CachedUser::new(id, format!("user{id}"), true, vec![]))),
+        authentication_strategy: None,
+        active_order_id: None,
+        active_channel_id: None,
+        created_at: now,
+        token_issued_at: now,
+        absolute_expires_at: now + 3_600_000,
+        remember_me: false,
+        ip_address: None,
+        user_agent: None,
+        last_active_at: AtomicI64::new(now),
+        persisted_active_at: AtomicI64::new(now),
+        loaded_at: now,
+        data: data.as_object().cloned().map(std::sync::Arc::new),
+    })
+}
+
+/// A cache fill that read older session data than Redis holds never replaces it: for an
+/// anonymous session (its entry sits at the token's key) and an authenticated one (in the
+/// user's slot), whether the newer entry is MessagePack or JSON written by an earlier version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_entries_never_go_back_to_older_data() {
+    use session_server::cache::redis::RedisCache;
+    use session_server::config::RedisTarget;
+    let Some(url) = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            !crate::helpers::services_required(),
+            "REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set"
+        );
+        eprintln!("skipped: TEST_REDIS_URL is not set");
+        return;
+    };
+    let prefix = format!("it-{}:", crate::helpers::random_suffix());
+    let ttl = Duration::from_secs(60);
+    let cache = RedisCache::connect(
+        RedisTarget::parse(&url).expect("a Redis URL"),
+        &prefix,
+        Duration::from_secs(5),
+        ttl,
+        std::sync::Arc::default(),
+    )
+    .await
+    .expect("Redis answers");
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    for user in [None, Some(7)] {
+        let hash = session_server::token::generate().hash;
+        assert!(cache.store(entry(hash, user, 5), ttl).await.expect("store"));
+        let refused = !cache.store(entry(hash, user, 3), ttl).await.expect("store");
+        assert!(refused, "older data refused ({user:?})");
+        assert_eq!(version_in_redis(&cache, &hash).await, 5, "{user:?}");
+        assert!(cache.store(entry(hash, user, 6), ttl).await.expect("store"));
+        assert_eq!(version_in_redis(&cache, &hash).await, 6, "{user:?}");
+
+        // An earlier version's JSON entry with newer data.
+        let key = match user {
+            None => format!("{prefix}{{t:{}}}", hash.to_hex()),
+            Some(id) => format!("{prefix}{{u:{id}}}:s:{}", hash.to_hex()),
+        };
+        let json_entry = serde_json::to_vec(&*entry(hash, user, 9)).expect("JSON");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(json_entry)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        assert_eq!(
+            version_in_redis(&cache, &hash).await,
+            9,
+            "JSON entries are read"
+        );
+        let refused = !cache.store(entry(hash, user, 8), ttl).await.expect("store");
+        assert!(refused, "older data refused over a JSON entry ({user:?})");
+        assert_eq!(version_in_redis(&cache, &hash).await, 9, "{user:?}");
+    }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
