@@ -14,7 +14,7 @@
 //! | type | fields |
 //! | --- | --- |
 //! | `Query` | `activeSession`, `me`, `activeChannel` |
-//! | `Session` (the caller's) | `id`, `cursor`, `kind`, `current`, `invalidated`, `user`, `activeChannel`, `authenticationStrategy`, `createdAt`, `lastActiveAt`, `expiresAt`, `absoluteExpiresAt`, `dataVersion`, `ipAddress`, `userAgent` |
+//! | `Session` (the caller's) | `id`, `cursor`, `kind`, `current`, `invalidated`, `user`, `activeChannel`, `authenticationStrategy`, `createdAt`, `lastActiveAt`, `expiresAt`, `absoluteExpiresAt`, `data`, `dataVersion`, `ipAddress`, `userAgent` |
 //! | `User` (the caller's) | `id`, `identifier`, `verified` |
 //! | `CurrentUser` | `id`, `identifier`, `verified`, `channels` |
 //! | `ChannelPermissions` | `channelId`, `channelCode`, `channelToken`, `permissions` |
@@ -70,6 +70,7 @@ enum SessionField {
     LastActiveAt,
     ExpiresAt,
     AbsoluteExpiresAt,
+    Data,
     DataVersion,
     IpAddress,
     UserAgent,
@@ -251,6 +252,7 @@ fn session_field(name: &str, set: &SelectionSet) -> Option<SessionField> {
         "lastActiveAt" => LastActiveAt,
         "expiresAt" => ExpiresAt,
         "absoluteExpiresAt" => AbsoluteExpiresAt,
+        "data" => Data,
         "dataVersion" => DataVersion,
         "ipAddress" => IpAddress,
         "userAgent" => UserAgent,
@@ -343,6 +345,14 @@ fn write_session(out: &mut Vec<u8>, field: &SessionField, s: &CachedSession, id:
                 .expires_at(s.last_active(), s.absolute_expires_at),
         ),
         SessionField::AbsoluteExpiresAt => timestamp(out, s.absolute_expires_at),
+        // The executor turns the map into its own value (keys in the map's order) and writes
+        // it with serde_json: the same bytes as writing the map directly.
+        SessionField::Data => match s.data.as_deref() {
+            Some(data) => {
+                let _ = serde_json::to_writer(&mut *out, data);
+            }
+            None => null(out),
+        },
         SessionField::DataVersion => out.extend_from_slice(
             itoa::Buffer::new()
                 .format(s.data_version.clamp(0, i32::MAX as i64))

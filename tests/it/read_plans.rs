@@ -76,6 +76,7 @@ const SESSION: &[&str] = &[
     "lastActiveAt",
     "expiresAt",
     "absoluteExpiresAt",
+    "data",
     "dataVersion",
     "ipAddress",
     "userAgent",
@@ -326,6 +327,28 @@ async fn callers(app: &TestApp) -> Vec<Caller> {
     set_active_channel(app, &user, &shop_token).await;
     set_active_channel(app, &admin, &shop_token).await;
     let (anonymous, _) = app.anonymous_session().await;
+    // Session data with what JSON writers may disagree on: key order, escapes, non-ASCII,
+    // numbers of every kind, nesting, null.
+    let data = json!({
+        "zeta": "last?", "alpha": { "list": [1, -2, 3.5, 1e21, 0.1, null, true], "q": "a\"b\\c</script>" },
+        "big": u64::MAX, "neg": i64::MIN, "emoji": "🛒 zoë", "ctl": "\u{1}\t\n", "empty": {}
+    });
+    for token in [&anonymous, &user] {
+        let r = app
+            .gql_as(
+                token,
+                "mutation($d: JSON) { updateSessionData(set: $d) { dataVersion } }",
+                json!({ "d": data }),
+            )
+            .await
+            .ok();
+        assert_eq!(
+            r.data()["updateSessionData"]["dataVersion"],
+            1,
+            "{}",
+            r.body
+        );
+    }
     vec![
         Caller {
             label: "nobody",
