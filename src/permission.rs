@@ -75,11 +75,15 @@ impl PermissionSet {
         PermissionSet(self.0 | other.0)
     }
 
-    pub fn to_vec(self) -> Vec<Permission> {
+    /// The permissions of the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = Permission> {
         Permission::ALL
             .into_iter()
-            .filter(|p| self.contains(*p))
-            .collect()
+            .filter(move |p| self.contains(*p))
+    }
+
+    pub fn to_vec(self) -> Vec<Permission> {
+        self.iter().collect()
     }
 
     /// Parses the stored form; unknown names (from a newer version) are ignored.

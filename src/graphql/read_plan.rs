@@ -390,9 +390,12 @@ fn write_grant(out: &mut Vec<u8>, field: &GrantField, g: &ChannelGrant) {
         GrantField::ChannelId => gql_id(out, g.channel_id),
         GrantField::ChannelCode => string(out, &g.code),
         GrantField::ChannelToken => string(out, &g.token),
-        GrantField::Permissions => {
-            list(out, &g.permissions.to_vec(), |out, p| string(out, p.name()))
-        }
+        // Permission names are plain ASCII: nothing to escape.
+        GrantField::Permissions => list(out, g.permissions.iter(), |out, p| {
+            out.push(b'"');
+            out.extend_from_slice(p.name().as_bytes());
+            out.push(b'"');
+        }),
     }
 }
 
@@ -418,9 +421,13 @@ fn object<F>(out: &mut Vec<u8>, set: &Fields<F>, mut write: impl FnMut(&mut Vec<
     out.push(b'}');
 }
 
-fn list<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+fn list<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T),
+) {
     out.push(b'[');
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
