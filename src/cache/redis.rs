@@ -149,16 +149,22 @@ pub struct RedisCache {
     /// or restarted from its persisted data), so entries read from the database before it are
     /// not trusted.
     failed_at: std::sync::atomic::AtomicI64,
+    /// Whether lookups may use the `read_entry` script; cleared when Redis refuses it (a proxy
+    /// that checks the keys a script touches), after which lookups follow pointers with a
+    /// second GET.
+    read_script: std::sync::atomic::AtomicBool,
 }
 
 struct Scripts {
     /// KEYS: pointer. ARGV: key prefix, token hash. The pointer's value, or, when it points at
     /// a user's slot, the entry there (single Redis only: the entry's key is not in KEYS).
     read_entry: redis::Script,
-    /// KEYS: pointer. ARGV: value, ttl ms. Sets unless the token has a tombstone.
+    /// KEYS: pointer. ARGV: value, ttl ms, data version ('' for a pointer). Sets unless the
+    /// token has a tombstone or holds newer data.
     set_unless_revoked: redis::Script,
     /// KEYS: entry, index, invalidation mark. ARGV: value, ttl ms, token hash, loaded-at ms,
-    /// index ttl ms. Sets unless the user's sessions were dropped after the entry was read.
+    /// index ttl ms, data version. Sets unless the user's sessions were dropped after the
+    /// entry was read, or the entry holds newer data.
     set_user_entry: redis::Script,
     /// KEYS: index, invalidation mark. ARGV: entry key prefix, now ms, mark ttl ms.
     drop_user: redis::Script,
@@ -256,6 +262,7 @@ impl RedisCache {
             scripts: Scripts::new(),
             metrics,
             failed_at: std::sync::atomic::AtomicI64::new(0),
+            read_script: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -308,6 +315,43 @@ impl RedisCache {
         result
     }
 
+    /// The token's pointer or entry in one round trip (the `read_entry` script), on a single
+    /// Redis that accepts it; `None` when lookups must use GETs instead.
+    async fn read_with_script(
+        &self,
+        conn: &mut RedisConn,
+        key: &TokenHash,
+    ) -> Result<Option<Option<Vec<u8>>>, CacheError> {
+        use std::sync::atomic::Ordering;
+        if matches!(conn, RedisConn::Cluster(_)) || !self.read_script.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut call = self.scripts.read_entry.key(self.pointer_key(key));
+        let mut hex = String::with_capacity(64);
+        key.push_hex(&mut hex);
+        call.arg(&self.prefix).arg(hex);
+        match bounded_for(self.timeout, call.invoke_async(conn)).await {
+            Ok(raw) => Ok(Some(raw)),
+            // Redis answered, and refused the script itself: it is not for this server.
+            Err(CacheError::Redis(e))
+                if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) =>
+            {
+                if self.read_script.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "Redis refused the one-round-trip lookup script; lookups use GETs"
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                self.failed_at
+                    .store(crate::clock::now_ms(), Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
     /// Runs `script` with `key` as its only key (one hash slot, so it runs on a cluster too) and
     /// `args` as its arguments, within `REDIS_TIMEOUT`.
     pub async fn run_script<T: FromRedisValue>(
@@ -350,18 +394,11 @@ impl RedisCache {
     /// Follows the token's pointer to its entry (anonymous entries sit at the pointer).
     async fn lookup(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = match &conn {
-            // One round trip: the script follows a pointer to the user's slot itself.
-            RedisConn::Single(_) => {
-                let mut call = self.scripts.read_entry.key(self.pointer_key(key));
-                let mut hex = String::with_capacity(64);
-                key.push_hex(&mut hex);
-                call.arg(&self.prefix).arg(hex);
-                self.bounded(call.invoke_async(&mut conn)).await?
-            }
-            // A script must name every key it reads, and on a cluster the entry's key is in
+        let raw = match self.read_with_script(&mut conn, key).await? {
+            Some(raw) => raw,
+            // On a cluster a script must name every key it reads, and the entry's key is in
             // another slot than the pointer's: a second GET follows the pointer below.
-            RedisConn::Cluster(_) => {
+            None => {
                 self.bounded(
                     redis::cmd("GET")
                         .arg(self.pointer_key(key))

@@ -272,6 +272,8 @@ async fn redis_entries_never_go_back_to_older_data() {
         let _: () = redis::cmd("SET")
             .arg(&key)
             .arg(json_entry)
+            .arg("PX")
+            .arg(60_000)
             .query_async(&mut conn)
             .await
             .expect("SET");
@@ -284,6 +286,107 @@ async fn redis_entries_never_go_back_to_older_data() {
         assert!(refused, "older data refused over a JSON entry ({user:?})");
         assert_eq!(version_in_redis(&cache, &hash).await, 9, "{user:?}");
     }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
+
+/// A Redis that refuses the one-round-trip lookup script (here an ACL without EVAL/EVALSHA; a
+/// proxy or a Redis checking a script's keys refuses it the same way) still answers lookups,
+/// through GETs, for anonymous and authenticated sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_work_where_redis_refuses_the_lookup_script() {
+    use session_server::cache::redis::RedisCache;
+    use session_server::cache::SessionCache;
+    use session_server::config::RedisTarget;
+    let Some(url) = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            !crate::helpers::services_required(),
+            "REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set"
+        );
+        eprintln!("skipped: TEST_REDIS_URL is not set");
+        return;
+    };
+    let suffix = crate::helpers::random_suffix();
+    let prefix = format!("it-{suffix}:");
+    let ttl = Duration::from_secs(60);
+    let connect = |url: String| {
+        let prefix = prefix.clone();
+        async move {
+            RedisCache::connect(
+                RedisTarget::parse(&url).expect("a Redis URL"),
+                &prefix,
+                Duration::from_secs(5),
+                ttl,
+                std::sync::Arc::default(),
+            )
+            .await
+            .expect("Redis answers")
+        }
+    };
+    let full = connect(url.clone()).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let user = format!("it-noscript-{suffix}");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">it-pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-eval")
+        .arg("-evalsha")
+        .query_async(&mut conn)
+        .await
+        .expect("ACL SETUSER");
+    let host = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let limited = connect(format!("redis://{user}:it-pw@{host}")).await;
+    let hashes: Vec<_> = [None, Some(11)]
+        .into_iter()
+        .map(|u| {
+            let hash = session_server::token::generate().hash;
+            (hash, u)
+        })
+        .collect();
+    for (hash, u) in &hashes {
+        assert!(full.store(entry(*hash, *u, 4), ttl).await.expect("store"));
+    }
+    for round in 0..2 {
+        for (hash, u) in &hashes {
+            let found = limited.get(hash).await;
+            let found = found.unwrap_or_else(|e| panic!("round {round}, {u:?}: {e}"));
+            let session = found.unwrap_or_else(|| panic!("round {round}, {u:?}: a miss"));
+            assert_eq!((session.data_version, session.user_id()), (4, *u));
+        }
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut conn)
+        .await
+        .expect("ACL DELUSER");
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut conn)
