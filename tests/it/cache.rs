@@ -170,6 +170,63 @@ async fn sessions_slide_on_shared_caches_with_a_long_write_interval(v: Variant) 
     }
 }
 
+/// `TEST_REDIS_URL`, or `None` after a notice (a failure under `REQUIRE_SERVICES=1`).
+fn test_redis_url() -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        assert!(
+            !crate::helpers::services_required(),
+            "REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set"
+        );
+        eprintln!("skipped: TEST_REDIS_URL is not set");
+    }
+    url
+}
+
+/// The server's Redis cache on `url` under `prefix`.
+async fn redis_cache(
+    url: &str,
+    prefix: &str,
+    ttl: Duration,
+) -> session_server::cache::redis::RedisCache {
+    session_server::cache::redis::RedisCache::connect(
+        session_server::config::RedisTarget::parse(url).expect("a Redis URL"),
+        prefix,
+        Duration::from_secs(5),
+        ttl,
+        std::sync::Arc::default(),
+    )
+    .await
+    .expect("Redis answers")
+}
+
+/// A plain Redis connection, for what the test does behind the cache's back.
+async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers")
+}
+
+/// Deletes every key under `prefix`.
+async fn delete_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(conn)
+            .await
+            .expect("DEL");
+    }
+}
+
 /// The `data_version` of the entry Redis holds for `hash`.
 async fn version_in_redis(
     cache: &session_server::cache::redis::RedisCache,
@@ -225,35 +282,13 @@ fn entry(
 /// user's slot), whether the newer entry is MessagePack or JSON written by an earlier version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_entries_never_go_back_to_older_data() {
-    use session_server::cache::redis::RedisCache;
-    use session_server::config::RedisTarget;
-    let Some(url) = std::env::var("TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            !crate::helpers::services_required(),
-            "REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set"
-        );
-        eprintln!("skipped: TEST_REDIS_URL is not set");
+    let Some(url) = test_redis_url() else {
         return;
     };
     let prefix = format!("it-{}:", crate::helpers::random_suffix());
     let ttl = Duration::from_secs(60);
-    let cache = RedisCache::connect(
-        RedisTarget::parse(&url).expect("a Redis URL"),
-        &prefix,
-        Duration::from_secs(5),
-        ttl,
-        std::sync::Arc::default(),
-    )
-    .await
-    .expect("Redis answers");
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis answers");
+    let cache = redis_cache(&url, &prefix, ttl).await;
+    let mut conn = raw_redis(&url).await;
     for user in [None, Some(7)] {
         let hash = session_server::token::generate().hash;
         assert!(cache.store(entry(hash, user, 5), ttl).await.expect("store"));
@@ -286,18 +321,7 @@ async fn redis_entries_never_go_back_to_older_data() {
         assert!(refused, "older data refused over a JSON entry ({user:?})");
         assert_eq!(version_in_redis(&cache, &hash).await, 9, "{user:?}");
     }
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .expect("DEL");
-    }
+    delete_keys(&mut conn, &prefix).await;
 }
 
 /// A Redis that refuses the one-round-trip lookup script (here an ACL without EVAL/EVALSHA; a
@@ -305,43 +329,15 @@ async fn redis_entries_never_go_back_to_older_data() {
 /// through GETs, for anonymous and authenticated sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_work_where_redis_refuses_the_lookup_script() {
-    use session_server::cache::redis::RedisCache;
     use session_server::cache::SessionCache;
-    use session_server::config::RedisTarget;
-    let Some(url) = std::env::var("TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            !crate::helpers::services_required(),
-            "REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set"
-        );
-        eprintln!("skipped: TEST_REDIS_URL is not set");
+    let Some(url) = test_redis_url() else {
         return;
     };
     let suffix = crate::helpers::random_suffix();
     let prefix = format!("it-{suffix}:");
     let ttl = Duration::from_secs(60);
-    let connect = |url: String| {
-        let prefix = prefix.clone();
-        async move {
-            RedisCache::connect(
-                RedisTarget::parse(&url).expect("a Redis URL"),
-                &prefix,
-                Duration::from_secs(5),
-                ttl,
-                std::sync::Arc::default(),
-            )
-            .await
-            .expect("Redis answers")
-        }
-    };
-    let full = connect(url.clone()).await;
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis answers");
+    let full = redis_cache(&url, &prefix, ttl).await;
+    let mut conn = raw_redis(&url).await;
     let user = format!("it-noscript-{suffix}");
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
@@ -362,7 +358,7 @@ async fn lookups_work_where_redis_refuses_the_lookup_script() {
         .next()
         .unwrap_or_default()
         .to_string();
-    let limited = connect(format!("redis://{user}:it-pw@{host}")).await;
+    let limited = redis_cache(&format!("redis://{user}:it-pw@{host}"), &prefix, ttl).await;
     let hashes: Vec<_> = [None, Some(11)]
         .into_iter()
         .map(|u| {
@@ -387,16 +383,5 @@ async fn lookups_work_where_redis_refuses_the_lookup_script() {
         .query_async(&mut conn)
         .await
         .expect("ACL DELUSER");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .expect("DEL");
-    }
+    delete_keys(&mut conn, &prefix).await;
 }
