@@ -287,19 +287,23 @@ impl RedisCache {
         key
     }
 
-    /// `P{u:<id>}:s:<token-hash>`: an authenticated session's entry.
-    fn entry_key(&self, user_id: i64, hash: &TokenHash) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 96);
-        key.push_str(&self.prefix);
-        key.push_str("{u:");
-        key.push_str(itoa::Buffer::new().format(user_id));
-        key.push_str("}:s:");
-        hash.push_hex(&mut key);
-        key
+    /// `P{u:<id>}`: the hash slot of a user's entries, index and invalidation mark.
+    fn user_slot(&self, user_id: i64) -> String {
+        let mut slot = String::with_capacity(self.prefix.len() + 96);
+        slot.push_str(&self.prefix);
+        slot.push_str("{u:");
+        slot.push_str(itoa::Buffer::new().format(user_id));
+        slot.push('}');
+        slot
     }
 
-    fn user_slot(&self, user_id: i64) -> String {
-        format!("{}{{u:{}}}", self.prefix, user_id)
+    /// `P{u:<id>}:s:<token-hash>`: an authenticated session's entry (the `read_entry` script
+    /// builds the same key).
+    fn entry_key(&self, user_id: i64, hash: &TokenHash) -> String {
+        let mut key = self.user_slot(user_id);
+        key.push_str(":s:");
+        hash.push_hex(&mut key);
+        key
     }
 
     /// Runs a Redis call within `REDIS_TIMEOUT`.
@@ -449,7 +453,10 @@ impl RedisCache {
             Some(user_id) => {
                 let slot = self.user_slot(user_id);
                 let hex = session.token_hash.to_hex();
-                let mut call = self.scripts.set_user_entry.key(format!("{slot}:s:{hex}"));
+                let mut call = self
+                    .scripts
+                    .set_user_entry
+                    .key(self.entry_key(user_id, &session.token_hash));
                 call.key(format!("{slot}:idx"))
                     .key(format!("{slot}:inv"))
                     .arg(body)

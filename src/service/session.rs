@@ -981,8 +981,6 @@ fn join_grants(q: &mut SelectStatement) {
         );
 }
 
-/// The user in the rows of a [`join_grants`] query, with the permissions of all their roles
-/// in a channel joined, channels ordered by id; `None` when the rows carry no user.
 /// The statement of [`Sessions::load_session`] for `backend`, with an empty token digest in
 /// the place of the one each call binds.
 fn load_session_statement(backend: sea_orm::DbBackend) -> sea_orm::Statement {
@@ -1001,6 +999,8 @@ fn load_session_statement(backend: sea_orm::DbBackend) -> sea_orm::Statement {
     backend.build(&q)
 }
 
+/// The user in the rows of a [`join_grants`] query, with the permissions of all their roles
+/// in a channel joined, channels ordered by id; `None` when the rows carry no user.
 fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
     let Some(first) = rows.first() else {
         return Ok(None);

@@ -156,13 +156,7 @@ async fn login_from_anonymous_session_carries_over(v: Variant) {
         .ok();
     let anon = r.session_token().unwrap();
     let anon_id = r.data()["createAnonymousSession"]["id"].clone();
-    app.gql_as(
-        &anon,
-        "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
-        json!({ "t": eu_token }),
-    )
-    .await
-    .ok();
+    app.set_active_channel(&anon, &eu_token).await;
     let r = app
         .gql_as(
             &anon,

@@ -168,15 +168,7 @@ async fn warm_session_user_me_and_channels_run_no_statement(v: Variant) {
     app.create_user(&admin, "alice", "alice-pw", &[&buyer])
         .await;
     let token = app.login("alice", "alice-pw").await.token;
-    let r = app
-        .gql_as(
-            &token,
-            "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
-            json!({ "t": shop_token }),
-        )
-        .await
-        .ok();
-    assert!(r.data()["setActiveChannel"]["id"].is_string(), "{}", r.body);
+    app.set_active_channel(&token, &shop_token).await;
 
     let query = "{ activeSession { current createdAt lastActiveAt expiresAt absoluteExpiresAt \
                  user { identifier } activeChannel { code } } \
@@ -410,13 +402,7 @@ async fn cached_reads_follow_changes_on_every_instance(mode: &str) {
     .await;
 
     // B moves the session to `shop`.
-    b.gql_as(
-        &token,
-        "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
-        json!({ "t": shop_token }),
-    )
-    .await
-    .ok();
+    b.set_active_channel(&token, &shop_token).await;
     everywhere(
         (
             json!("alice"),

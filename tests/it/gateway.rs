@@ -66,6 +66,17 @@ fn assert_unauthorized(c: &Check, what: &str) {
     assert!(c.header("x-session-id").is_none(), "{what}");
 }
 
+/// A `reader` role (READ_SESSION in the default channel) and alice holding it, logged in:
+/// `(role id, alice's id, her token)`.
+async fn reader_alice(app: &TestApp, admin: &str) -> (String, String, String) {
+    let role = app.create_role(admin, "reader", &["READ_SESSION"]).await;
+    let alice = app
+        .create_user(admin, "alice@example.com", "alice-password", &[&role])
+        .await;
+    let t = app.login("alice@example.com", "alice-password").await.token;
+    (role, alice, t)
+}
+
 async fn auth_answers_with_the_identity_headers(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
@@ -99,11 +110,7 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
 
     // Authenticated, READ_SESSION in the default channel only.
     let admin = app.admin_token().await;
-    let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
-    let alice = app
-        .create_user(&admin, "alice@example.com", "alice-password", &[&role])
-        .await;
-    let t = app.login("alice@example.com", "alice-password").await.token;
+    let (_, alice, t) = reader_alice(&app, &admin).await;
     let sid = str_of(&app.active_session(&t).await["id"]);
     let c = check(&app, "/auth?kind=authenticated", Some(&t)).await;
     assert_eq!(c.status, 200, "{}", c.body);
@@ -316,11 +323,7 @@ async fn auth_headers_follow_user_and_role_changes(v: Variant) {
         return;
     };
     let admin = app.admin_token().await;
-    let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
-    let alice = app
-        .create_user(&admin, "alice@example.com", "alice-password", &[&role])
-        .await;
-    let t = app.login("alice@example.com", "alice-password").await.token;
+    let (role, alice, t) = reader_alice(&app, &admin).await;
     for _ in 0..2 {
         let c = check(&app, "/auth", Some(&t)).await;
         assert_eq!(

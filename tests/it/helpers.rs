@@ -564,6 +564,20 @@ impl Api {
         r.data()["createUser"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Makes the channel of `channel_token` the session's active channel; panics unless it
+    /// succeeds.
+    pub async fn set_active_channel(&self, token: &str, channel_token: &str) {
+        let r = self
+            .gql_as(
+                token,
+                "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
+                json!({ "t": channel_token }),
+            )
+            .await
+            .ok();
+        assert!(r.data()["setActiveChannel"]["id"].is_string(), "{}", r.body);
+    }
+
     /// Starts an anonymous session: `(token, session id)`.
     pub async fn anonymous_session(&self) -> (String, String) {
         let r = self

@@ -285,19 +285,6 @@ fn masking_keeps_escapes_and_hides_only_timestamps() {
     );
 }
 
-/// Makes the channel of `channel_token` the session's active channel.
-async fn set_active_channel(app: &TestApp, token: &str, channel_token: &str) {
-    let r = app
-        .gql_as(
-            token,
-            "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
-            json!({ "t": channel_token }),
-        )
-        .await
-        .ok();
-    assert!(r.data()["setActiveChannel"]["id"].is_string(), "{}", r.body);
-}
-
 /// Every caller the plans must answer like the executor: none, a dead token, an anonymous
 /// session, a user with roles in two channels and an active channel (asking in it and in none,
 /// with an identifier that JSON must escape), and the superadmin asking in another channel than
@@ -324,8 +311,8 @@ async fn callers(app: &TestApp) -> Vec<Caller> {
     app.create_user(&admin, identifier, "pw-of-zoe", &[&here, &there])
         .await;
     let user = app.login(identifier, "pw-of-zoe").await.token;
-    set_active_channel(app, &user, &shop_token).await;
-    set_active_channel(app, &admin, &shop_token).await;
+    app.set_active_channel(&user, &shop_token).await;
+    app.set_active_channel(&admin, &shop_token).await;
     let (anonymous, _) = app.anonymous_session().await;
     // Session data with what JSON writers may disagree on: key order, escapes, non-ASCII,
     // numbers of every kind, nesting, null.
