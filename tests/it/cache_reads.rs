@@ -33,11 +33,7 @@ async fn spawn(v: Variant) -> Option<TestApp> {
 
 /// `session_server_db_statements_total` from `/metrics`.
 async fn statements(app: &TestApp) -> u64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("session_server_db_statements_total "))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no statement counter in /metrics:\n{text}")) as u64
+    app.metric("session_server_db_statements_total").await
 }
 
 /// Runs `query` as `token` (it must succeed) and returns its data and the number of SQL

@@ -465,6 +465,16 @@ impl Api {
             .unwrap()
     }
 
+    /// The value of the unlabelled metric `name` (e.g. `session_server_db_statements_total`)
+    /// in `/metrics`; panics when it is missing.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -199,11 +199,8 @@ async fn raw(app: &TestApp, caller: &Caller, query: &str, name: Option<&str>) ->
 
 /// `session_server_graphql_read_plan_answers_total` from `/metrics`.
 async fn plan_answers(app: &TestApp) -> u64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("session_server_graphql_read_plan_answers_total "))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no read plan counter in /metrics:\n{text}")) as u64
+    app.metric("session_server_graphql_read_plan_answers_total")
+        .await
 }
 
 /// The timestamps that move with every request (the session slides forward).
