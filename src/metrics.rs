@@ -232,6 +232,11 @@ impl Metrics {
         self.db_statements.clone()
     }
 
+    /// Counts one SQL statement run outside sea-orm (whose statements the callback counts).
+    pub fn db_statement(&self) {
+        self.db_statements.inc();
+    }
+
     /// A webhook delivery's outcome: `delivered`, `retried` or `failed`, `n` times.
     pub fn webhook(&self, outcome: &'static str, n: u64) {
         self.webhook_deliveries

@@ -31,6 +31,7 @@ pub mod paging;
 pub mod session;
 pub mod session_admin;
 pub mod session_data;
+mod session_read;
 pub mod throttle;
 
 use crate::cache::{RedisCache, SessionStore};

@@ -18,8 +18,8 @@ use crate::token::{self, TokenHash};
 use entity::{channel, role, role_channel, session, session_refresh_token, user, user_role};
 use sea_orm::sea_query::{Expr, Query, SelectStatement};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, Iterable,
-    QueryFilter, QueryResult, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryResult,
+    QuerySelect, TransactionTrait,
 };
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -201,7 +201,7 @@ pub struct Sessions {
     pub(super) events: EventLog,
     /// The statement of [`Sessions::load_session`], built once (its shape never changes; only
     /// the token digest does).
-    load_session_sql: std::sync::OnceLock<sea_orm::Statement>,
+    session_read: super::session_read::SessionRead,
 }
 
 /// What [`Sessions`] is built from.
@@ -220,6 +220,7 @@ pub(super) struct SessionsParts {
 
 impl Sessions {
     pub(super) fn new(p: SessionsParts) -> Sessions {
+        let session_read = super::session_read::SessionRead::new(p.db.get_database_backend());
         Sessions {
             db: p.db,
             store: p.store,
@@ -231,7 +232,7 @@ impl Sessions {
             channels: p.channels,
             default_channel: p.default_channel,
             events: p.events,
-            load_session_sql: std::sync::OnceLock::new(),
+            session_read,
         }
     }
 
@@ -382,28 +383,11 @@ impl Sessions {
     /// The unrevoked session row of a token hash with its user and the user's per-channel
     /// permissions, in one statement. The user is `None` for an anonymous session, and for a
     /// session whose user has been deleted (its `user_id` is then still set).
-    async fn load_session(
-        &self,
-        hash: &TokenHash,
-    ) -> AppResult<Option<(session::Model, Option<CachedUser>)>> {
-        let template = self
-            .load_session_sql
-            .get_or_init(|| load_session_statement(self.db.get_database_backend()));
-        let mut statement = template.clone();
-        // The template's one string value is the token digest's place.
-        if let Some(values) = statement.values.as_mut() {
-            for v in values.0.iter_mut() {
-                if matches!(v, sea_orm::Value::String(_)) {
-                    *v = hash.to_hex().into();
-                }
-            }
-        }
-        let rows = self.db.query_all_raw(statement).await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let model = session::Model::from_query_result(first, "")?;
-        Ok(Some((model, user_from_rows(&rows)?)))
+    async fn load_session(&self, hash: &TokenHash) -> AppResult<super::session_read::Found> {
+        Ok(self
+            .session_read
+            .run(&self.db, &self.metrics, hash.to_hex())
+            .await?)
     }
 
     /// A user with per-channel permissions, as cached with their sessions, in one statement.
@@ -935,7 +919,7 @@ pub fn truncate(s: &str, max: usize) -> &str {
 /// Adds to a query that already has `user` the user's columns and one row per (role, channel)
 /// grant: `user` → `user_role` → `role` → `role_channel` → `channel`, left joins, so a user with
 /// no grant (or no user at all) still gives one row, with NULLs. Read by [`user_from_rows`].
-fn join_grants(q: &mut SelectStatement) {
+pub(super) fn join_grants(q: &mut SelectStatement) {
     use sea_orm::ExprTrait as _;
     q.expr_as(Expr::col((user::Entity, user::Column::Id)), "u_id")
         .expr_as(
@@ -981,24 +965,6 @@ fn join_grants(q: &mut SelectStatement) {
         );
 }
 
-/// The statement of [`Sessions::load_session`] for `backend`, with an empty token digest in
-/// the place of the one each call binds.
-fn load_session_statement(backend: sea_orm::DbBackend) -> sea_orm::Statement {
-    use sea_orm::ExprTrait as _;
-    let mut q = Query::select();
-    q.columns(session::Column::iter().map(|c| (session::Entity, c)))
-        .from(session::Entity)
-        .left_join(
-            user::Entity,
-            Expr::col((user::Entity, user::Column::Id))
-                .equals((session::Entity, session::Column::UserId)),
-        );
-    join_grants(&mut q);
-    q.and_where(Expr::col((session::Entity, session::Column::TokenHash)).eq(String::new()))
-        .and_where(Expr::col((session::Entity, session::Column::Invalidated)).eq(false));
-    backend.build(&q)
-}
-
 /// The user in the rows of a [`join_grants`] query, with the permissions of all their roles
 /// in a channel joined, channels ordered by id; `None` when the rows carry no user.
 fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
@@ -1008,11 +974,47 @@ fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
     let Some(id) = first.try_get::<Option<i64>>("", "u_id")? else {
         return Ok(None);
     };
+    let grants = rows
+        .iter()
+        .map(|row| {
+            Ok(GrantCells {
+                channel_id: row.try_get("", "c_id")?,
+                permissions: row.try_get("", "r_permissions")?,
+                code: row.try_get("", "c_code")?,
+                token: row.try_get("", "c_token")?,
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    Ok(Some(user_from_grants(
+        id,
+        first.try_get("", "u_identifier")?,
+        first.try_get("", "u_verified")?,
+        grants,
+    )))
+}
+
+/// One row's grant columns of a [`join_grants`] query: a role's permissions in a channel, or
+/// all `None` for a row without a grant.
+pub(super) struct GrantCells {
+    pub channel_id: Option<i64>,
+    pub permissions: Option<String>,
+    pub code: Option<String>,
+    pub token: Option<String>,
+}
+
+/// A cached user from their columns and the grant columns of every row, the permissions of
+/// all their roles in a channel joined, channels ordered by id.
+pub(super) fn user_from_grants(
+    id: i64,
+    identifier: String,
+    verified: bool,
+    rows: Vec<GrantCells>,
+) -> CachedUser {
     let mut grants: BTreeMap<i64, ChannelGrant> = BTreeMap::new();
     for row in rows {
-        let channel_id: Option<i64> = row.try_get("", "c_id")?;
-        let permissions: Option<String> = row.try_get("", "r_permissions")?;
-        let (Some(channel_id), Some(permissions)) = (channel_id, permissions) else {
+        let (Some(channel_id), Some(permissions), Some(code), Some(token)) =
+            (row.channel_id, row.permissions, row.code, row.token)
+        else {
             continue;
         };
         let permissions = PermissionSet::from_stored(&permissions);
@@ -1024,19 +1026,14 @@ fn user_from_rows(rows: &[QueryResult]) -> AppResult<Option<CachedUser>> {
             Entry::Vacant(e) => {
                 e.insert(ChannelGrant {
                     channel_id,
-                    code: row.try_get("", "c_code")?,
-                    token: row.try_get("", "c_token")?,
+                    code,
+                    token,
                     permissions,
                 });
             }
         }
     }
-    Ok(Some(CachedUser::new(
-        id,
-        first.try_get("", "u_identifier")?,
-        first.try_get("", "u_verified")?,
-        grants.into_values().collect(),
-    )))
+    CachedUser::new(id, identifier, verified, grants.into_values().collect())
 }
 
 #[cfg(test)]
@@ -1113,31 +1110,6 @@ mod lifetime_properties {
             if l.write_interval_ms >= 40 {
                 prop_assert!(l.write_threshold_ms + flush <= l.write_interval_ms);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod load_session_statement_tests {
-    use super::*;
-
-    /// The pre-built statement binds exactly the token digest (its one string value, which
-    /// `load_session` replaces) and `invalidated = false`, on every backend.
-    #[test]
-    fn the_token_digest_is_the_only_string_value() {
-        for backend in [
-            sea_orm::DbBackend::Postgres,
-            sea_orm::DbBackend::MySql,
-            sea_orm::DbBackend::Sqlite,
-        ] {
-            let st = load_session_statement(backend);
-            let values = st.values.expect("bound values").0;
-            assert_eq!(values.len(), 2, "{backend:?}: {values:?}");
-            let strings = values
-                .iter()
-                .filter(|v| matches!(v, sea_orm::Value::String(_)))
-                .count();
-            assert_eq!(strings, 1, "{backend:?}: {values:?}");
         }
     }
 }

@@ -14,6 +14,7 @@ crate::all_caches!(
     admin_listing_runs_a_fixed_number_of_statements,
     user_listing_runs_a_fixed_number_of_statements,
     warm_session_data_runs_no_statement,
+    a_cold_session_read_is_one_statement,
 );
 
 const SESSION_USER: &str = "{ activeSession { user { id identifier verified } } }";
@@ -508,4 +509,38 @@ async fn warm_session_data_runs_no_statement(v: Variant) {
         assert_eq!(data["activeSession"]["dataVersion"], 1);
         assert_eq!(n, 0, "a warm read of session data ran {n} statements");
     }
+}
+
+/// On a cold cache the session, its user and the user's permissions in every channel come
+/// from one statement (counted like every other), and the next request needs none.
+async fn a_cold_session_read_is_one_statement(v: Variant) {
+    let Some(app) = spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
+    app.create_user(&admin, "alice", "alice-pw", &[&reader])
+        .await;
+    let token = app.login("alice", "alice-pw").await.token;
+    let query = "{ activeSession { kind user { identifier } } me { identifier channels { channelCode permissions } } }";
+    let expected = json!({
+        "activeSession": { "kind": "AUTHENTICATED", "user": { "identifier": "alice" } },
+        "me": { "identifier": "alice", "channels": [
+            { "channelCode": "default", "permissions": ["READ_SESSION"] }
+        ] },
+    });
+    let (data, _) = counted(&app, &token, query).await;
+    assert_eq!(data, expected);
+    app.gql_as(&admin, "mutation { clearSessionCache }", json!({}))
+        .await
+        .ok();
+    let (data, n) = counted(&app, &token, query).await;
+    assert_eq!(data, expected);
+    assert_eq!(
+        n, 1,
+        "a cold read of the session with its user ran {n} statements"
+    );
+    let (data, n) = counted(&app, &token, query).await;
+    assert_eq!(data, expected);
+    assert_eq!(n, 0, "the warm read after it ran {n} statements");
 }
