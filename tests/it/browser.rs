@@ -237,13 +237,18 @@ impl Browser {
                 return;
             }
             if Instant::now() > deadline {
-                self.screenshot(&format!("failed-{}", what.replace(' ', "-")))
-                    .await;
-                let logs = self.logs().await;
-                panic!("timed out waiting for {what}; browser log: {logs:#?}");
+                self.fail(what).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Panics for a wait on `what` that timed out, with a screenshot and the browser's log.
+    async fn fail(&self, what: &str) -> ! {
+        self.screenshot(&format!("failed-{}", what.replace(' ', "-")))
+            .await;
+        let logs = self.logs().await;
+        panic!("timed out waiting for {what}; browser log: {logs:#?}");
     }
 
     /// Clicks the element `css` names once it is there (again if the page re-renders it
@@ -361,14 +366,37 @@ async fn run_in_graphiql(b: &Browser, query: &str, expect: &str) -> String {
     ))
     .await;
     b.click(".graphiql-execute-button").await;
-    let response =
-        "return document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue()";
-    b.wait_for(
-        &format!("a response with {expect}"),
-        &format!("{response}.includes({});", json!(expect)),
-    )
-    .await;
-    str_of(&b.js(&format!("{response};")).await)
+    // The response text, and whether GraphiQL is running a request (its button then reads
+    // "Stop query"). A click can be lost on a loaded machine: GraphiQL may not have seen the
+    // new text yet and offers the old document's operations instead of running. So a click
+    // that leaves GraphiQL idle with no response for a few seconds is repeated; a request that
+    // runs or answered is never clicked again (that would stop it, or run a mutation twice).
+    let state =
+        "const r = document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue();
+         const b = document.querySelector('.graphiql-execute-button');
+         return [r, !!b && (b.getAttribute('aria-label') || '').startsWith('Stop')];";
+    let what = format!("a response with {expect}");
+    let deadline = Instant::now() + WAIT;
+    let mut active_at = Instant::now();
+    loop {
+        let answer = b.js(state).await;
+        let response = str_of(&answer[0]);
+        if response.contains(expect) {
+            return response;
+        }
+        if !response.is_empty() || answer[1] == Value::Bool(true) {
+            active_at = Instant::now();
+        } else if active_at.elapsed() > Duration::from_secs(3) {
+            b.js("document.dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape' })); return true;")
+                .await;
+            b.click(".graphiql-execute-button").await;
+            active_at = Instant::now();
+        }
+        if Instant::now() > deadline {
+            b.fail(&what).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn graphiql_runs_offline_and_logs_in_through_the_cookie(v: Variant) {
