@@ -87,37 +87,22 @@ impl SessionRead {
     ) -> Result<Found, DbErr> {
         metrics.db_statement();
         let sql = AssertSqlSafe(self.sql.clone());
+        // The same call on each backend's pool (each its own row type).
+        macro_rules! read_on {
+            ($pool:expr) => {
+                decode(
+                    &sqlx::query(sql)
+                        .bind(hex)
+                        .fetch_all($pool)
+                        .await
+                        .map_err(query_err)?,
+                )
+            };
+        }
         let found = match self.backend {
-            DbBackend::Postgres => {
-                let pool = db.get_postgres_connection_pool();
-                decode(
-                    &sqlx::query(sql)
-                        .bind(hex)
-                        .fetch_all(pool)
-                        .await
-                        .map_err(query_err)?,
-                )
-            }
-            DbBackend::MySql => {
-                let pool = db.get_mysql_connection_pool();
-                decode(
-                    &sqlx::query(sql)
-                        .bind(hex)
-                        .fetch_all(pool)
-                        .await
-                        .map_err(query_err)?,
-                )
-            }
-            DbBackend::Sqlite => {
-                let pool = db.get_sqlite_connection_pool();
-                decode(
-                    &sqlx::query(sql)
-                        .bind(hex)
-                        .fetch_all(pool)
-                        .await
-                        .map_err(query_err)?,
-                )
-            }
+            DbBackend::Postgres => read_on!(db.get_postgres_connection_pool()),
+            DbBackend::MySql => read_on!(db.get_mysql_connection_pool()),
+            DbBackend::Sqlite => read_on!(db.get_sqlite_connection_pool()),
             other => return Err(DbErr::Custom(format!("no session read for {other:?}"))),
         };
         found.map_err(query_err)
