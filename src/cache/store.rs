@@ -23,7 +23,7 @@ use crate::config::CacheMode;
 use crate::domain::CachedSession;
 use crate::metrics::Metrics;
 use crate::token::TokenHash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,10 @@ pub struct SessionStore {
     /// Bumped by every invalidation (the tiered strategy bumps it for remote ones too).
     epoch: Arc<AtomicU64>,
     unknown: moka::sync::Cache<TokenHash, ()>,
+    /// The newest session data version written through, per token, for one cache TTL. An
+    /// entry with older data (a write, or a database read, that lost a race with a newer
+    /// write) is never cached, even after a conflict between writes dropped the newer entry.
+    data_floor: moka::sync::Cache<TokenHash, Arc<AtomicI64>>,
     metrics: Arc<Metrics>,
     cache_ttl_ms: i64,
     idle_ms: i64,
@@ -134,6 +138,10 @@ impl SessionStore {
                 .max_capacity(10_000)
                 .time_to_live(cache_ttl.min(Duration::from_secs(300)))
                 .build(),
+            data_floor: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_ttl)
+                .build(),
             metrics,
             cache_ttl_ms: crate::clock::ms(cache_ttl),
             idle_ms: crate::clock::ms(idle),
@@ -181,7 +189,7 @@ impl SessionStore {
 
     /// Caches an entry read from the database, unless an invalidation overlapped the read.
     pub async fn put_read(&self, s: Arc<CachedSession>, read: ReadTicket) {
-        if self.epoch.load(Ordering::Acquire) != read.epoch {
+        if self.epoch.load(Ordering::Acquire) != read.epoch || self.older_than_written(&s) {
             return;
         }
         if let Err(e) = self.cache.set(s.clone(), self.ttl_for(&s, now_ms())).await {
@@ -205,6 +213,16 @@ impl SessionStore {
     /// Replaces a cached entry after a write to its row (write-through). If the cache cannot
     /// take the new version, the old one is dropped instead, so it cannot outlive the write.
     pub async fn replace(&self, s: Arc<CachedSession>) {
+        if s.data_version > 0 {
+            let floor = self
+                .data_floor
+                .get_with(s.token_hash, || Arc::new(AtomicI64::new(0)));
+            if floor.fetch_max(s.data_version, Ordering::AcqRel) > s.data_version {
+                // A newer write of the data got here first: neither copy is trusted.
+                self.invalidate(Invalidation::Token(s.token_hash)).await;
+                return;
+            }
+        }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         match self
             .cache
@@ -227,6 +245,13 @@ impl SessionStore {
         if self.epoch.load(Ordering::Acquire) != epoch {
             self.cache.evict_local(&s.token_hash);
         }
+    }
+
+    /// Whether a newer version of the session's data has been written through meanwhile.
+    fn older_than_written(&self, s: &CachedSession) -> bool {
+        self.data_floor
+            .get(&s.token_hash)
+            .is_some_and(|floor| floor.load(Ordering::Acquire) > s.data_version)
     }
 
     /// Drops an expired session's entry (it is dead; a failure only costs a later miss).
@@ -308,5 +333,74 @@ impl SessionStore {
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SessionKind;
+    use crate::token;
+
+    fn with_data_version(hash: TokenHash, data_version: i64) -> Arc<CachedSession> {
+        Arc::new(CachedSession {
+            data_version,
+            data: None,
+            id: 1,
+            token_hash: hash,
+            kind: SessionKind::Anonymous,
+            user: None,
+            authentication_strategy: None,
+            active_order_id: None,
+            active_channel_id: None,
+            created_at: 0,
+            token_issued_at: 0,
+            absolute_expires_at: i64::MAX,
+            remember_me: false,
+            ip_address: None,
+            user_agent: None,
+            last_active_at: AtomicI64::new(now_ms()),
+            persisted_active_at: AtomicI64::new(now_ms()),
+            loaded_at: now_ms(),
+        })
+    }
+
+    async fn cached_version(store: &SessionStore, hash: &TokenHash) -> Option<i64> {
+        store.get(hash).await.map(|s| s.data_version)
+    }
+
+    /// Concurrent writes of one session's data reach the cache out of order (21, then 19,
+    /// then 20): the conflict drops the newest entry, and neither the late write nor a database
+    /// read that started before write 21 may then cache older data.
+    #[tokio::test]
+    async fn out_of_order_data_writes_never_leave_older_data_cached() {
+        let store = SessionStore::for_mode(
+            CacheMode::Memory,
+            None,
+            100,
+            Arc::new(Metrics::default()),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        );
+        let hash = token::generate().hash;
+        let stale_read = store.start_read();
+        store.replace(with_data_version(hash, 21)).await;
+        assert_eq!(cached_version(&store, &hash).await, Some(21));
+        store.replace(with_data_version(hash, 19)).await;
+        assert_eq!(cached_version(&store, &hash).await, None);
+        store.replace(with_data_version(hash, 20)).await;
+        assert_eq!(cached_version(&store, &hash).await, None);
+        // A read that started after the conflict and still saw version 20 in the database.
+        let read = store.start_read();
+        store.put_read(with_data_version(hash, 20), read).await;
+        assert_eq!(cached_version(&store, &hash).await, None);
+        store
+            .put_read(with_data_version(hash, 20), stale_read)
+            .await;
+        assert_eq!(cached_version(&store, &hash).await, None);
+        // The current data is cached again.
+        let read = store.start_read();
+        store.put_read(with_data_version(hash, 21), read).await;
+        assert_eq!(cached_version(&store, &hash).await, Some(21));
     }
 }

@@ -365,12 +365,16 @@ async fn run_in_graphiql(b: &Browser, query: &str, expect: &str) -> String {
         json!(query)
     ))
     .await;
+    // GraphiQL takes the new text a moment later; until then a document with several
+    // operations (the example) makes the button open a menu of them instead of running.
+    let runs = "const b = document.querySelector('.graphiql-execute-button');
+         return !!b && !b.hasAttribute('aria-haspopup');";
+    b.wait_for("GraphiQL to take the new document", runs).await;
     b.click(".graphiql-execute-button").await;
     // The response text, and whether GraphiQL is running a request (its button then reads
-    // "Stop query"). A click can be lost on a loaded machine: GraphiQL may not have seen the
-    // new text yet and offers the old document's operations instead of running. So a click
-    // that leaves GraphiQL idle with no response for a few seconds is repeated; a request that
-    // runs or answered is never clicked again (that would stop it, or run a mutation twice).
+    // "Stop query"). A click that leaves GraphiQL idle with no response for a few seconds (lost
+    // on a loaded machine) is repeated; a request that runs or answered is never clicked again
+    // (that would stop it, or run a mutation twice).
     let state =
         "const r = document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue();
          const b = document.querySelector('.graphiql-execute-button');
@@ -387,8 +391,7 @@ async fn run_in_graphiql(b: &Browser, query: &str, expect: &str) -> String {
         if !response.is_empty() || answer[1] == Value::Bool(true) {
             active_at = Instant::now();
         } else if active_at.elapsed() > Duration::from_secs(3) {
-            b.js("document.dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape' })); return true;")
-                .await;
+            b.wait_for("GraphiQL to take the new document", runs).await;
             b.click(".graphiql-execute-button").await;
             active_at = Instant::now();
         }
