@@ -170,6 +170,39 @@ pub struct CachedSession {
 /// The application's data of one session: a JSON object.
 pub type SessionData = serde_json::Map<String, serde_json::Value>;
 
+#[cfg(test)]
+impl CachedSession {
+    /// A live session for unit tests, loaded now: `user`'s (by id, without grants) or
+    /// anonymous, with data version `data_version` and no data.
+    pub fn for_tests(token_hash: TokenHash, user: Option<i64>, data_version: i64) -> Arc<Self> {
+        let now = crate::clock::now_ms();
+        Arc::new(CachedSession {
+            data_version,
+            data: None,
+            id: 1,
+            token_hash,
+            kind: if user.is_some() {
+                SessionKind::Authenticated
+            } else {
+                SessionKind::Anonymous
+            },
+            user: user.map(|id| Box::new(CachedUser::new(id, format!("user{id}"), true, vec![]))),
+            authentication_strategy: None,
+            active_order_id: None,
+            active_channel_id: None,
+            created_at: now,
+            token_issued_at: now,
+            absolute_expires_at: i64::MAX,
+            remember_me: false,
+            ip_address: None,
+            user_agent: None,
+            last_active_at: AtomicI64::new(now),
+            persisted_active_at: AtomicI64::new(now),
+            loaded_at: now,
+        })
+    }
+}
+
 impl CachedSession {
     pub fn last_active(&self) -> i64 {
         self.last_active_at.load(Ordering::Relaxed)

@@ -207,31 +207,10 @@ impl SessionCache for MemoryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{CachedUser, SessionKind};
     use crate::token;
-    use std::sync::atomic::AtomicI64;
 
     fn session(user: Option<i64>) -> Arc<CachedSession> {
-        Arc::new(CachedSession {
-            data_version: 0,
-            data: None,
-            id: 1,
-            token_hash: token::generate().hash,
-            kind: SessionKind::Authenticated,
-            user: user.map(|id| Box::new(CachedUser::new(id, format!("user{id}"), true, vec![]))),
-            authentication_strategy: None,
-            active_order_id: None,
-            active_channel_id: None,
-            created_at: 0,
-            token_issued_at: 0,
-            absolute_expires_at: i64::MAX,
-            remember_me: false,
-            ip_address: None,
-            user_agent: None,
-            last_active_at: AtomicI64::new(0),
-            persisted_active_at: AtomicI64::new(0),
-            loaded_at: 0,
-        })
+        CachedSession::for_tests(token::generate().hash, user, 0)
     }
 
     #[tokio::test]

@@ -339,30 +339,10 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::SessionKind;
     use crate::token;
 
     fn with_data_version(hash: TokenHash, data_version: i64) -> Arc<CachedSession> {
-        Arc::new(CachedSession {
-            data_version,
-            data: None,
-            id: 1,
-            token_hash: hash,
-            kind: SessionKind::Anonymous,
-            user: None,
-            authentication_strategy: None,
-            active_order_id: None,
-            active_channel_id: None,
-            created_at: 0,
-            token_issued_at: 0,
-            absolute_expires_at: i64::MAX,
-            remember_me: false,
-            ip_address: None,
-            user_agent: None,
-            last_active_at: AtomicI64::new(now_ms()),
-            persisted_active_at: AtomicI64::new(now_ms()),
-            loaded_at: now_ms(),
-        })
+        CachedSession::for_tests(hash, None, data_version)
     }
 
     async fn cached_version(store: &SessionStore, hash: &TokenHash) -> Option<i64> {
