@@ -7,7 +7,10 @@
 //! request whichever instance serves it. Peers are known from heartbeats, published every
 //! second and at once on subscribing. An instance that has heard nothing for three seconds, or
 //! whose subscription breaks, clears its in-process tier and serves from Redis or the database
-//! until it has subscribed again, so it never serves what it was not told about.
+//! until it has subscribed again, so it never serves what it was not told about. An instance
+//! also leaves its in-process tier alone while its own heartbeat has not come back for three
+//! seconds, whereas the others wait for its acknowledgements until they have not heard it for
+//! six: no instance is left out of the wait while it still serves from its own tier.
 //!
 //! Payloads: `t:<token-hash>|<id>` (drop), `r:<token-hash>|<id>` (revoked: drop and keep a
 //! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`;
@@ -31,9 +34,24 @@ use tokio::sync::Notify;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Silence longer than this means the subscription is not delivering.
 const SILENCE_LIMIT_MS: i64 = 3_000;
-/// Longest wait for peers to acknowledge an invalidation. A peer slower than this is in
-/// trouble and stops using its in-process tier within [`SILENCE_LIMIT_MS`].
-pub const ACK_WAIT: Duration = Duration::from_millis(250);
+/// A peer heard from within this long is waited for. Twice [`SILENCE_LIMIT_MS`]: a peer whose
+/// own heartbeats stop coming back stops using its in-process tier well before the others
+/// stop waiting for it.
+const PEER_LIVE_MS: i64 = 2 * SILENCE_LIMIT_MS;
+/// Longest wait for peers to acknowledge an invalidation. A live peer answers within a
+/// millisecond on a quiet machine; on a loaded one a few hundred (250 ms once proved too
+/// short on CI's two cores). Only a peer that died waits out the whole of it, and only until it
+/// is no longer live.
+pub const ACK_WAIT: Duration = Duration::from_secs(2);
+
+// The others must keep waiting for an instance for as long as it may use its local tier.
+const _: () = assert!(PEER_LIVE_MS > SILENCE_LIMIT_MS);
+
+/// Whether the subscription delivered anything, and this instance's own heartbeat, recently
+/// enough (at `now`, all in ms) for the local tier to be trusted.
+fn heard_recently(now: i64, last_heard: i64, own_heard: i64) -> bool {
+    now - last_heard < SILENCE_LIMIT_MS && now - own_heard < SILENCE_LIMIT_MS
+}
 
 /// Invalidations this instance published and the peers that have not acknowledged them yet.
 type PendingAcks = HashMap<String, (HashSet<String>, Arc<Notify>)>;
@@ -45,6 +63,9 @@ pub struct TieredCache {
     subscribed: AtomicBool,
     /// When the subscription last delivered anything (ms), heartbeats included.
     last_heard: AtomicI64,
+    /// When the subscription last delivered this instance's own heartbeat (ms): proof that the
+    /// peers hear it, and so wait for its acknowledgements.
+    own_heard: AtomicI64,
     /// Bumped on every invalidation, local or remote; shared with the session service so a read
     /// that overlaps an invalidation is not cached.
     epoch: Arc<AtomicU64>,
@@ -143,6 +164,7 @@ impl TieredCache {
             remote,
             subscribed: AtomicBool::new(false),
             last_heard: AtomicI64::new(0),
+            own_heard: AtomicI64::new(0),
             epoch,
             peers: Mutex::default(),
             pending: Mutex::default(),
@@ -156,7 +178,11 @@ impl TieredCache {
     fn local_usable(&self) -> bool {
         !self.observer
             && self.subscribed.load(Ordering::Acquire)
-            && crate::clock::now_ms() - self.last_heard.load(Ordering::Acquire) < SILENCE_LIMIT_MS
+            && heard_recently(
+                crate::clock::now_ms(),
+                self.last_heard.load(Ordering::Acquire),
+                self.own_heard.load(Ordering::Acquire),
+            )
     }
 
     /// Forgets the local tier (subscription lost or regained).
@@ -189,7 +215,9 @@ impl TieredCache {
                 id
             }
             Message::Heartbeat(from) => {
-                if from != self.instance {
+                if from == self.instance {
+                    self.own_heard.store(now, Ordering::Release);
+                } else {
                     self.peers
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -223,7 +251,7 @@ impl TieredCache {
         peers.retain(|_, heard| now - *heard < 60_000);
         peers
             .iter()
-            .filter(|(_, heard)| now - **heard < SILENCE_LIMIT_MS)
+            .filter(|(_, heard)| now - **heard < PEER_LIVE_MS)
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -298,8 +326,11 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
                 let Some(c) = cache.upgrade() else { return };
                 // Whatever happened while unsubscribed was not heard: start from empty.
                 c.drop_local();
-                c.last_heard
-                    .store(crate::clock::now_ms(), Ordering::Release);
+                let now = crate::clock::now_ms();
+                c.last_heard.store(now, Ordering::Release);
+                // Not heard back yet, but announced just below; a heartbeat that never comes
+                // back ends the use of the local tier after SILENCE_LIMIT_MS.
+                c.own_heard.store(now, Ordering::Release);
                 c.subscribed.store(true, Ordering::Release);
                 tracing::info!("tiered cache subscribed to invalidations");
                 // Announce at once, so peers wait for this instance's acknowledgements.
@@ -515,5 +546,15 @@ mod tests {
         assert_eq!(origin("x-y.9"), "x-y");
         assert!(parse_message("t:zz").is_none());
         assert!(parse_message("nonsense").is_none());
+    }
+
+    /// Hearing the peers is not enough: an instance whose own heartbeats stop coming back may
+    /// be missing from the peers' lists, so they would not wait for it.
+    #[test]
+    fn the_local_tier_needs_the_own_heartbeat_back() {
+        let now = 100_000;
+        assert!(heard_recently(now, now - 10, now - 900));
+        assert!(!heard_recently(now, now - 10, now - SILENCE_LIMIT_MS));
+        assert!(!heard_recently(now, now - SILENCE_LIMIT_MS, now - 10));
     }
 }
