@@ -9,6 +9,7 @@
 
 mod memory;
 pub mod pubsub;
+mod read_batch;
 pub mod redis;
 mod store;
 mod tiered;
@@ -37,6 +38,9 @@ pub enum CacheError {
     Redis(#[from] ::redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A failure shared by the lookups of one batched call.
+    #[error("redis: {0}")]
+    Failed(std::sync::Arc<str>),
     #[error("cached entry could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
     #[error("cached entry could not be decoded: {0}")]

@@ -23,6 +23,7 @@
 //! left to expiry. Every call is bounded by `REDIS_TIMEOUT`; the caller treats errors and
 //! timeouts as misses.
 
+use super::read_batch::ReadBatcher;
 use super::{CacheError, SessionCache};
 use crate::config::RedisTarget;
 use crate::domain::CachedSession;
@@ -149,16 +150,13 @@ pub struct RedisCache {
     /// or restarted from its persisted data), so entries read from the database before it are
     /// not trusted.
     failed_at: std::sync::atomic::AtomicI64,
-    /// Whether lookups may use the `read_entry` script; cleared when Redis refuses it (a proxy
-    /// that checks the keys a script touches), after which lookups follow pointers with a
-    /// second GET.
-    read_script: std::sync::atomic::AtomicBool,
+    /// On a single Redis, lookups go out together through the `read_entries` script (see
+    /// `read_batch`); without it (a cluster, where a script must name every key it reads), or
+    /// once Redis refused the script, lookups follow pointers with a second GET.
+    batcher: Option<ReadBatcher>,
 }
 
 struct Scripts {
-    /// KEYS: pointer. ARGV: key prefix, token hash. The pointer's value, or, when it points at
-    /// a user's slot, the entry there (single Redis only: the entry's key is not in KEYS).
-    read_entry: redis::Script,
     /// KEYS: pointer. ARGV: value, ttl ms, data version ('' for a pointer). Sets unless the
     /// token has a tombstone or holds newer data.
     set_unless_revoked: redis::Script,
@@ -173,15 +171,6 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            read_entry: redis::Script::new(
-                r"
-                local v = redis.call('GET', KEYS[1])
-                if v and string.sub(v, 1, 1) == '@' then
-                    return redis.call('GET', ARGV[1] .. '{u:' .. string.sub(v, 2) .. '}:s:' .. ARGV[2])
-                end
-                return v
-                ",
-            ),
             set_unless_revoked: redis::Script::new(&with_entry_version(
                 r#"
                 local cur = redis.call('GET', KEYS[1])
@@ -253,6 +242,8 @@ impl RedisCache {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, CacheError> {
         let conn = connect(&target, timeout).await?;
+        let batcher = matches!(conn, RedisConn::Single(_))
+            .then(|| ReadBatcher::start(conn.clone(), prefix, timeout));
         Ok(RedisCache {
             conn,
             target,
@@ -262,7 +253,7 @@ impl RedisCache {
             scripts: Scripts::new(),
             metrics,
             failed_at: std::sync::atomic::AtomicI64::new(0),
-            read_script: std::sync::atomic::AtomicBool::new(true),
+            batcher,
         })
     }
 
@@ -297,7 +288,7 @@ impl RedisCache {
         slot
     }
 
-    /// `P{u:<id>}:s:<token-hash>`: an authenticated session's entry (the `read_entry` script
+    /// `P{u:<id>}:s:<token-hash>`: an authenticated session's entry (the `read_entries` script in `read_batch`
     /// builds the same key).
     fn entry_key(&self, user_id: i64, hash: &TokenHash) -> String {
         let mut key = self.user_slot(user_id);
@@ -319,41 +310,32 @@ impl RedisCache {
         result
     }
 
-    /// The token's pointer or entry in one round trip (the `read_entry` script), on a single
-    /// Redis that accepts it; `None` when lookups must use GETs instead.
+    /// The token's pointer or entry in one round trip shared with the other lookups waiting
+    /// (the `read_entries` script), on a single Redis that accepts it; `None` when lookups must
+    /// use GETs instead.
     async fn read_with_script(
         &self,
-        conn: &mut RedisConn,
         key: &TokenHash,
     ) -> Result<Option<Option<Vec<u8>>>, CacheError> {
-        use std::sync::atomic::Ordering;
-        if matches!(conn, RedisConn::Cluster(_)) || !self.read_script.load(Ordering::Relaxed) {
+        let Some(batcher) = self.batcher.as_ref().filter(|b| b.enabled()) else {
             return Ok(None);
-        }
-        let mut call = self.scripts.read_entry.key(self.pointer_key(key));
+        };
         let mut hex = String::with_capacity(64);
         key.push_hex(&mut hex);
-        call.arg(&self.prefix).arg(hex);
-        match bounded_for(self.timeout, call.invoke_async(conn)).await {
-            Ok(raw) => Ok(Some(raw)),
-            // Redis answered, and refused the script itself: it is not for this server.
-            Err(CacheError::Redis(e))
-                if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) =>
-            {
-                if self.read_script.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(
-                        error = %e,
-                        "Redis refused the one-round-trip lookup script; lookups use GETs"
-                    );
-                }
-                Ok(None)
-            }
-            Err(e) => {
-                self.failed_at
-                    .store(crate::clock::now_ms(), Ordering::Release);
-                Err(e)
-            }
+        let answer = match tokio::time::timeout(
+            self.timeout,
+            batcher.read(self.pointer_key(key), hex),
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(_) => Err(CacheError::Timeout(self.timeout)),
+        };
+        if answer.is_err() {
+            self.failed_at
+                .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Release);
         }
+        answer
     }
 
     /// Runs `script` with `key` as its only key (one hash slot, so it runs on a cluster too) and
@@ -398,7 +380,7 @@ impl RedisCache {
     /// Follows the token's pointer to its entry (anonymous entries sit at the pointer).
     async fn lookup(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
         let mut conn = self.conn.clone();
-        let raw = match self.read_with_script(&mut conn, key).await? {
+        let raw = match self.read_with_script(key).await? {
             Some(raw) => raw,
             // On a cluster a script must name every key it reads, and the entry's key is in
             // another slot than the pointer's: a second GET follows the pointer below.

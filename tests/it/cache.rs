@@ -385,3 +385,74 @@ async fn lookups_work_where_redis_refuses_the_lookup_script() {
         .expect("ACL DELUSER");
     delete_keys(&mut conn, &prefix).await;
 }
+
+/// Lookups waiting at the same time go to Redis together, and each gets its own answer: 240
+/// concurrent lookups (anonymous entries, entries in five users' slots, revoked tokens and
+/// tokens Redis never saw) on a private Redis take far fewer script calls than lookups, and
+/// every lookup sees exactly its own entry or none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_calls_and_each_gets_its_own_answer() {
+    use session_server::cache::SessionCache;
+    let Some(redis) = crate::procs::RedisProc::start(false).await else {
+        return;
+    };
+    let url = redis.url();
+    let ttl = Duration::from_secs(60);
+    let cache = redis_cache(&url, "it-batch:", ttl).await;
+    let mut conn = raw_redis(&url).await;
+    // (hash, the data version expected back, or None for a miss)
+    let mut expected = Vec::new();
+    for i in 0..240i64 {
+        let hash = session_server::token::generate().hash;
+        let user = (i % 3 != 0).then_some(i % 5);
+        match i % 8 {
+            // Never stored.
+            7 => expected.push((hash, None)),
+            // Stored, then revoked (a tombstone at the pointer).
+            6 => {
+                assert!(cache.store(entry(hash, user, i), ttl).await.expect("store"));
+                cache.revoke(&hash).await.expect("revoke");
+                expected.push((hash, None));
+            }
+            _ => {
+                assert!(cache.store(entry(hash, user, i), ttl).await.expect("store"));
+                expected.push((hash, Some((i, user))));
+            }
+        }
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+    let answers =
+        futures_util::future::join_all(expected.iter().map(|(hash, _)| cache.get(hash))).await;
+    for ((_, want), got) in expected.iter().zip(answers) {
+        let got = got
+            .expect("a lookup")
+            .map(|s| (s.data_version, s.user_id()));
+        assert_eq!(&got, want);
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    let calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        (1..=60).contains(&calls),
+        "{calls} script calls for {} lookups:\n{stats}",
+        expected.len()
+    );
+}
