@@ -48,6 +48,36 @@ struct Lookup {
     reply: oneshot::Sender<Reply>,
 }
 
+impl Lookup {
+    fn wanted(&self) -> bool {
+        !self.reply.is_closed()
+    }
+}
+
+/// Whether Redis refused the script itself, for good: an ACL without EVAL/EVALSHA, a proxy
+/// that checks the keys a script touches, a server without scripting. Busy, loading, read-only
+/// or out-of-memory answers pass, and are failures like any other.
+fn refuses_scripts(e: &redis::RedisError) -> bool {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+        return false;
+    }
+    match e.code() {
+        Some("NOPERM" | "CROSSSLOT") => true,
+        Some("ERR") => {
+            let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
+            [
+                "unknown command",
+                "not supported",
+                "not allowed",
+                "disabled",
+            ]
+            .iter()
+            .any(|m| detail.contains(m))
+        }
+        _ => false,
+    }
+}
+
 /// The shared parts of every call.
 struct Caller {
     conn: RedisConn,
@@ -110,14 +140,18 @@ async fn collect(mut rx: mpsc::Receiver<Lookup>, caller: Arc<Caller>) {
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             first = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
                 let Some(first) = first else { break };
-                let mut batch = vec![first];
+                // Lookups whose callers gave up (timed out) are not sent.
+                let mut batch: Vec<Lookup> = Some(first).into_iter().filter(Lookup::wanted).collect();
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(lookup) => batch.push(lookup),
+                        Ok(lookup) if lookup.wanted() => batch.push(lookup),
+                        Ok(_) => {}
                         Err(_) => break,
                     }
                 }
-                in_flight.push(call(caller.clone(), batch));
+                if !batch.is_empty() {
+                    in_flight.push(call(caller.clone(), batch));
+                }
             }
         }
     }
@@ -155,8 +189,7 @@ async fn call(caller: Arc<Caller>, batch: Vec<Lookup>) {
             .into();
             answer_all(batch, || Err(CacheError::Failed(why.clone())));
         }
-        // Redis answered, and refused the script itself: it is not for this server.
-        Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+        Ok(Err(e)) if refuses_scripts(&e) => {
             if caller.enabled.swap(false, Ordering::Relaxed) {
                 tracing::warn!(
                     error = %e,

@@ -7,10 +7,17 @@
 //! request whichever instance serves it. Peers are known from heartbeats, published every
 //! second and at once on subscribing. An instance that has heard nothing for three seconds, or
 //! whose subscription breaks, clears its in-process tier and serves from Redis or the database
-//! until it has subscribed again, so it never serves what it was not told about. An instance
-//! also leaves its in-process tier alone while its own heartbeat has not come back for three
-//! seconds, whereas the others wait for its acknowledgements until they have not heard it for
-//! six: no instance is left out of the wait while it still serves from its own tier.
+//! until it has subscribed again, so it never serves what it was not told about.
+//!
+//! Why a slow instance never serves what it was told too late: heartbeats carry the time they
+//! were sent, and an instance uses its in-process tier only while the newest of its own
+//! heartbeats that came back was sent less than [`OWN_LAG_LIMIT_MS`] ago. Messages arrive in
+//! order, so every invalidation it has not applied yet was published after that heartbeat,
+//! and the instance that published it is still waiting ([`ACK_WAIT`] is longer than the limit):
+//! no client has been told of the change. Both times come from the instance's own clock. Peers
+//! wait for an instance until they have not heard it for [`PEER_LIVE_MS`], longer than it can
+//! go on using its tier after its last heartbeat; an instance whose own view of its peers is
+//! stale waits for every peer it heard from in the last minute.
 //!
 //! Payloads: `t:<token-hash>|<id>` (drop), `r:<token-hash>|<id>` (revoked: drop and keep a
 //! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`;
@@ -31,26 +38,31 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 /// Silence longer than this means the subscription is not delivering.
 const SILENCE_LIMIT_MS: i64 = 3_000;
-/// A peer heard from within this long is waited for. Twice [`SILENCE_LIMIT_MS`]: a peer whose
-/// own heartbeats stop coming back stops using its in-process tier well before the others
-/// stop waiting for it.
-const PEER_LIVE_MS: i64 = 2 * SILENCE_LIMIT_MS;
-/// Longest wait for peers to acknowledge an invalidation. A live peer answers within a
-/// millisecond on a quiet machine; on a loaded one a few hundred (250 ms once proved too
-/// short on CI's two cores). Only a peer that died waits out the whole of it, and only until it
-/// is no longer live.
-pub const ACK_WAIT: Duration = Duration::from_secs(2);
+/// The in-process tier is used only while the newest own heartbeat that came back was sent
+/// less than this long ago.
+const OWN_LAG_LIMIT_MS: i64 = 1_000;
+/// A peer heard from within this long is waited for: longer than a peer can go on using its
+/// in-process tier after the last heartbeat it sent.
+const PEER_LIVE_MS: i64 = 3_000;
+/// Longest wait for peers to acknowledge an invalidation; longer than [`OWN_LAG_LIMIT_MS`]. A
+/// live peer answers within a millisecond on a quiet machine, a few hundred on a loaded one
+/// (250 ms once proved too short on CI's two cores). A peer that died makes changes wait this
+/// long until it is no longer live.
+pub const ACK_WAIT: Duration = Duration::from_millis(1_500);
 
-// The others must keep waiting for an instance for as long as it may use its local tier.
-const _: () = assert!(PEER_LIVE_MS > SILENCE_LIMIT_MS);
+// An invalidation a peer has not applied is waited for longer than the peer may lag; the others
+// wait for an instance for as long as it may use its tier after its last heartbeat.
+const _: () = assert!(ACK_WAIT.as_millis() as i64 > OWN_LAG_LIMIT_MS);
+const _: () = assert!(PEER_LIVE_MS > OWN_LAG_LIMIT_MS + 2 * HEARTBEAT_EVERY.as_millis() as i64);
 
-/// Whether the subscription delivered anything, and this instance's own heartbeat, recently
-/// enough (at `now`, all in ms) for the local tier to be trusted.
-fn heard_recently(now: i64, last_heard: i64, own_heard: i64) -> bool {
-    now - last_heard < SILENCE_LIMIT_MS && now - own_heard < SILENCE_LIMIT_MS
+/// Whether, at `now`, the subscription delivered anything recently enough (`last_heard`) and
+/// this instance's newest own heartbeat that came back was sent recently enough (`own_sent`)
+/// for the local tier to be trusted (all in ms of this instance's clock).
+fn heard_recently(now: i64, last_heard: i64, own_sent: i64) -> bool {
+    now - last_heard < SILENCE_LIMIT_MS && now - own_sent < OWN_LAG_LIMIT_MS
 }
 
 /// Invalidations this instance published and the peers that have not acknowledged them yet.
@@ -63,9 +75,9 @@ pub struct TieredCache {
     subscribed: AtomicBool,
     /// When the subscription last delivered anything (ms), heartbeats included.
     last_heard: AtomicI64,
-    /// When the subscription last delivered this instance's own heartbeat (ms): proof that the
-    /// peers hear it, and so wait for its acknowledgements.
-    own_heard: AtomicI64,
+    /// When the newest of this instance's own heartbeats that came back was sent (ms; 0 until
+    /// one came back since subscribing): every message published before it has been applied.
+    own_sent: AtomicI64,
     /// Bumped on every invalidation, local or remote; shared with the session service so a read
     /// that overlaps an invalidation is not cached.
     epoch: Arc<AtomicU64>,
@@ -89,13 +101,27 @@ enum Message {
     Revoked(TokenHash, Option<String>),
     User(i64, Option<String>),
     Clear(Option<String>),
-    Heartbeat(String),
-    Ack { id: String, from: String },
+    /// From an instance, with when it was sent (ms; absent from earlier versions).
+    Heartbeat {
+        from: String,
+        sent: Option<i64>,
+    },
+    Ack {
+        id: String,
+        from: String,
+    },
 }
 
 fn parse_message(payload: &str) -> Option<Message> {
     if let Some(rest) = payload.strip_prefix("hb:") {
-        return Some(Message::Heartbeat(rest.to_string()));
+        let (from, sent) = match rest.rsplit_once(':') {
+            Some((from, sent)) => (from, Some(sent.parse().ok()?)),
+            None => (rest, None),
+        };
+        return Some(Message::Heartbeat {
+            from: from.to_string(),
+            sent,
+        });
     }
     if let Some(rest) = payload.strip_prefix("ack:") {
         let (id, from) = rest.rsplit_once(':')?;
@@ -164,7 +190,7 @@ impl TieredCache {
             remote,
             subscribed: AtomicBool::new(false),
             last_heard: AtomicI64::new(0),
-            own_heard: AtomicI64::new(0),
+            own_sent: AtomicI64::new(0),
             epoch,
             peers: Mutex::default(),
             pending: Mutex::default(),
@@ -181,7 +207,7 @@ impl TieredCache {
             && heard_recently(
                 crate::clock::now_ms(),
                 self.last_heard.load(Ordering::Acquire),
-                self.own_heard.load(Ordering::Acquire),
+                self.own_sent.load(Ordering::Acquire),
             )
     }
 
@@ -214,9 +240,11 @@ impl TieredCache {
                 self.drop_local();
                 id
             }
-            Message::Heartbeat(from) => {
+            Message::Heartbeat { from, sent } => {
                 if from == self.instance {
-                    self.own_heard.store(now, Ordering::Release);
+                    if let Some(sent) = sent {
+                        self.own_sent.fetch_max(sent, Ordering::AcqRel);
+                    }
                 } else {
                     self.peers
                         .lock()
@@ -244,14 +272,19 @@ impl TieredCache {
         }
     }
 
-    /// Peers heard from recently enough to be expected to acknowledge.
+    /// Peers heard from recently enough to be expected to acknowledge; every peer heard from in
+    /// the last minute while this instance's own heartbeats do not come back in time (it may
+    /// not have heard the others lately either).
     fn live_peers(&self) -> HashSet<String> {
         let now = crate::clock::now_ms();
+        let own_view_stale =
+            !self.observer && now - self.own_sent.load(Ordering::Acquire) >= OWN_LAG_LIMIT_MS;
+        let live_for = if own_view_stale { 60_000 } else { PEER_LIVE_MS };
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         peers.retain(|_, heard| now - *heard < 60_000);
         peers
             .iter()
-            .filter(|(_, heard)| now - **heard < PEER_LIVE_MS)
+            .filter(|(_, heard)| now - **heard < live_for)
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -299,6 +332,11 @@ impl TieredCache {
         published
     }
 
+    /// `hb:<instance>:<sent ms>`.
+    fn heartbeat(&self) -> String {
+        format!("hb:{}:{}", self.instance, crate::clock::now_ms())
+    }
+
     async fn publish(&self, payload: String) -> Result<(), CacheError> {
         let mut conn = self.remote.conn();
         self.remote
@@ -326,16 +364,15 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
                 let Some(c) = cache.upgrade() else { return };
                 // Whatever happened while unsubscribed was not heard: start from empty.
                 c.drop_local();
-                let now = crate::clock::now_ms();
-                c.last_heard.store(now, Ordering::Release);
-                // Not heard back yet, but announced just below; a heartbeat that never comes
-                // back ends the use of the local tier after SILENCE_LIMIT_MS.
-                c.own_heard.store(now, Ordering::Release);
+                c.last_heard
+                    .store(crate::clock::now_ms(), Ordering::Release);
+                // The local tier waits for the heartbeat announced just below to come back.
+                c.own_sent.store(0, Ordering::Release);
                 c.subscribed.store(true, Ordering::Release);
                 tracing::info!("tiered cache subscribed to invalidations");
                 // Announce at once, so peers wait for this instance's acknowledgements.
                 if !c.observer {
-                    let _ = c.publish(format!("hb:{}", c.instance)).await;
+                    let _ = c.publish(c.heartbeat()).await;
                 }
                 drop(c);
                 backoff = Duration::from_millis(100);
@@ -387,8 +424,10 @@ async fn heartbeat_loop(cache: Weak<TieredCache>) {
     loop {
         tick.tick().await;
         let Some(c) = cache.upgrade() else { return };
-        let payload = format!("hb:{}", c.instance);
-        let _ = c.publish(payload).await;
+        // Only a subscribed instance acknowledges: one that is not must not be waited for.
+        if c.subscribed.load(Ordering::Acquire) {
+            let _ = c.publish(c.heartbeat()).await;
+        }
     }
 }
 
@@ -534,8 +573,19 @@ mod tests {
         );
         assert_eq!(
             parse_message("hb:abc"),
-            Some(Message::Heartbeat("abc".into()))
+            Some(Message::Heartbeat {
+                from: "abc".into(),
+                sent: None
+            })
         );
+        assert_eq!(
+            parse_message("hb:a-b_c:1700000000123"),
+            Some(Message::Heartbeat {
+                from: "a-b_c".into(),
+                sent: Some(1_700_000_000_123)
+            })
+        );
+        assert!(parse_message("hb:abc:soon").is_none());
         assert_eq!(
             parse_message("ack:x-y.9:peer"),
             Some(Message::Ack {
@@ -548,13 +598,16 @@ mod tests {
         assert!(parse_message("nonsense").is_none());
     }
 
-    /// Hearing the peers is not enough: an instance whose own heartbeats stop coming back may
-    /// be missing from the peers' lists, so they would not wait for it.
+    /// Hearing messages is not enough: an instance whose newest own heartbeat that came back
+    /// was sent a while ago is behind on its messages (or no longer heard by its peers), and
+    /// may not have applied an invalidation whose publisher already stopped waiting.
     #[test]
-    fn the_local_tier_needs_the_own_heartbeat_back() {
+    fn the_local_tier_needs_a_fresh_own_heartbeat_back() {
         let now = 100_000;
         assert!(heard_recently(now, now - 10, now - 900));
-        assert!(!heard_recently(now, now - 10, now - SILENCE_LIMIT_MS));
+        // Messages arrive, but they were sent long ago: the subscriber lags.
+        assert!(!heard_recently(now, now - 10, now - OWN_LAG_LIMIT_MS));
+        assert!(!heard_recently(now, now - 10, 0));
         assert!(!heard_recently(now, now - SILENCE_LIMIT_MS, now - 10));
     }
 }
