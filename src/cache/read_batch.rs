@@ -1,27 +1,28 @@
 //! Lookups on a single Redis that wait at the same time go out together: one `read_entries`
 //! script call answers every lookup queued, instead of one call each. Under load this saves
-//! Redis most of its per-command work and the server most of its per-call encoding, parsing
-//! and wake-ups; alone, a lookup goes out at once, as before.
+//! Redis most of its per-command work and the server part of its per-call encoding, parsing
+//! and wake-ups.
 //!
-//! One task per [`RedisCache`](super::RedisCache) collects the lookups: it sends whatever is
-//! queued as one call while fewer than [`MAX_IN_FLIGHT`] calls are out, so lookups arriving
-//! while calls are out wait for the next one. Each call reads the keys in order, and Redis runs
-//! a script atomically, so a lookup sent after a write completed sees it, exactly as a call of
-//! its own would.
+//! No task sits in between: a lookup that finds fewer than [`MAX_IN_FLIGHT`] calls out makes
+//! its own call, taking along whatever lookups are queued; one that finds them all out queues,
+//! and the next call to finish sends the queue. A lone lookup therefore costs what one call of
+//! its own did. A call carrying other lookups runs as a task of its own, so that a caller that
+//! goes away (a closed connection) cannot take the others' answers with it. Each call reads the
+//! keys in order, and Redis runs a script atomically, so a lookup sent after a write completed
+//! sees it, exactly as a call of its own would.
 
 use super::redis::RedisConn;
 use super::CacheError;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Most lookups in one call.
 const MAX_BATCH: usize = 128;
 /// Most calls out at once.
 const MAX_IN_FLIGHT: usize = 4;
-/// Lookups that may wait for the collector before callers wait to queue.
+/// Most lookups queued; beyond this a lookup fails at once (a cache miss) rather than wait.
 const QUEUE: usize = 4096;
 
 /// KEYS: the tokens' pointers. ARGV: the key prefix, then each token's hash. For each token,
@@ -78,40 +79,87 @@ fn refuses_scripts(e: &redis::RedisError) -> bool {
     }
 }
 
-/// The shared parts of every call.
-struct Caller {
+/// Lookups waiting for a call, and how many calls are out.
+#[derive(Default)]
+struct State {
+    queue: Vec<Lookup>,
+    in_flight: usize,
+}
+
+struct Inner {
     conn: RedisConn,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
     /// Cleared when Redis refuses the script (a proxy that checks the keys a script touches).
-    enabled: Arc<AtomicBool>,
+    enabled: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Moves the queued lookups whose callers still wait into `batch`, up to [`MAX_BATCH`].
+fn take_queued(queue: &mut Vec<Lookup>, batch: &mut Vec<Lookup>) {
+    let room = MAX_BATCH.saturating_sub(batch.len()).min(queue.len());
+    batch.extend(queue.drain(..room).filter(Lookup::wanted));
+}
+
+/// One call out: when it ends (or its future is dropped), the slot is freed, and the queue, if
+/// any, goes out in a new call.
+struct Slot(Arc<Inner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.in_flight -= 1;
+        if state.queue.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Shutting down: the queued callers get "dropped" answers (cache misses).
+            state.queue.clear();
+            return;
+        };
+        let mut batch = Vec::new();
+        take_queued(&mut state.queue, &mut batch);
+        if batch.is_empty() {
+            return;
+        }
+        state.in_flight += 1;
+        drop(state);
+        runtime.spawn(call_in_slot(Slot(self.0.clone()), batch));
+    }
+}
+
+async fn call_in_slot(slot: Slot, batch: Vec<Lookup>) {
+    call(&slot.0, batch).await;
 }
 
 pub(super) struct ReadBatcher {
-    queue: mpsc::Sender<Lookup>,
-    enabled: Arc<AtomicBool>,
+    inner: Arc<Inner>,
 }
 
 impl ReadBatcher {
-    /// Starts the collector; it stops when the batcher is dropped.
-    pub(super) fn start(conn: RedisConn, prefix: &str, timeout: Duration) -> ReadBatcher {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let enabled = Arc::new(AtomicBool::new(true));
-        let caller = Arc::new(Caller {
-            conn,
-            script: redis::Script::new(READ_ENTRIES),
-            prefix: prefix.to_string(),
-            timeout,
-            enabled: enabled.clone(),
-        });
-        tokio::spawn(collect(rx, caller));
-        ReadBatcher { queue, enabled }
+    pub(super) fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> ReadBatcher {
+        ReadBatcher {
+            inner: Arc::new(Inner {
+                conn,
+                script: redis::Script::new(READ_ENTRIES),
+                prefix: prefix.to_string(),
+                timeout,
+                enabled: AtomicBool::new(true),
+                state: Mutex::default(),
+            }),
+        }
     }
 
     /// Whether lookups may go through the script.
     pub(super) fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+        self.inner.enabled.load(Ordering::Relaxed)
     }
 
     /// The raw value for the token whose pointer key is `pointer` and hash `hash_hex`.
@@ -122,10 +170,28 @@ impl ReadBatcher {
             hash_hex,
             reply,
         };
-        if self.queue.send(lookup).await.is_err() {
-            return Err(CacheError::Failed(
-                "the Redis lookup task has stopped".into(),
-            ));
+        let batch = {
+            let mut state = self.inner.state();
+            if state.in_flight < MAX_IN_FLIGHT {
+                state.in_flight += 1;
+                let mut batch = vec![lookup];
+                take_queued(&mut state.queue, &mut batch);
+                Some(batch)
+            } else if state.queue.len() < QUEUE {
+                state.queue.push(lookup);
+                None
+            } else {
+                return Err(CacheError::Failed("too many Redis lookups waiting".into()));
+            }
+        };
+        if let Some(batch) = batch {
+            let slot = Slot(self.inner.clone());
+            if batch.len() == 1 {
+                call(&self.inner, batch).await;
+                drop(slot);
+            } else {
+                tokio::spawn(call_in_slot(slot, batch));
+            }
         }
         answer
             .await
@@ -133,33 +199,8 @@ impl ReadBatcher {
     }
 }
 
-async fn collect(mut rx: mpsc::Receiver<Lookup>, caller: Arc<Caller>) {
-    let mut in_flight = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            first = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(first) = first else { break };
-                // Lookups whose callers gave up (timed out) are not sent.
-                let mut batch: Vec<Lookup> = Some(first).into_iter().filter(Lookup::wanted).collect();
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(lookup) if lookup.wanted() => batch.push(lookup),
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-                if !batch.is_empty() {
-                    in_flight.push(call(caller.clone(), batch));
-                }
-            }
-        }
-    }
-    while in_flight.next().await.is_some() {}
-}
-
 /// One script call for `batch`; every lookup in it gets its answer.
-async fn call(caller: Arc<Caller>, batch: Vec<Lookup>) {
+async fn call(caller: &Inner, batch: Vec<Lookup>) {
     let mut invocation = caller.script.prepare_invoke();
     for lookup in &batch {
         invocation.key(&lookup.pointer);

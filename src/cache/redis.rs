@@ -53,6 +53,68 @@ async fn bounded_for<T>(
     }
 }
 
+/// Slots of [`Decoded`] (a power of two).
+const DECODED_SLOTS: usize = 4096;
+
+/// The last entry decoded for a token: a lookup that gets the very same bytes back from Redis
+/// reuses its session instead of decoding it again (decoding is most of a lookup's CPU). Redis
+/// stays the judge of every lookup: a tombstone, a missing entry or changed bytes never reach
+/// this. Shared, like the in-process cache's entries, so its activity counters are too.
+struct Decoded {
+    hash: TokenHash,
+    bytes: Box<[u8]>,
+    session: Arc<CachedSession>,
+}
+
+/// A direct-mapped table of [`Decoded`] by token hash (already uniformly random): bounded, one
+/// short lock per lookup, a collision only costs a decode.
+struct DecodedTable(Box<[std::sync::Mutex<Option<Arc<Decoded>>>]>);
+
+impl DecodedTable {
+    fn new() -> DecodedTable {
+        DecodedTable((0..DECODED_SLOTS).map(|_| Default::default()).collect())
+    }
+
+    fn slot(&self, hash: &TokenHash) -> &std::sync::Mutex<Option<Arc<Decoded>>> {
+        let i = u16::from_le_bytes([hash.0[0], hash.0[1]]) as usize & (DECODED_SLOTS - 1);
+        &self.0[i]
+    }
+
+    /// The session `bytes` hold for `hash`, decoded at most once while they stay the same.
+    fn session(&self, hash: &TokenHash, bytes: Vec<u8>) -> Result<Arc<CachedSession>, CacheError> {
+        let slot = self.slot(hash);
+        let known = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(d) = known.filter(|d| d.hash == *hash && *d.bytes == *bytes) {
+            return Ok(d.session.clone());
+        }
+        let session = Arc::new(decode_entry(&bytes)?);
+        // Only an entry of this very token: a decoded entry names its own hash.
+        if session.token_hash == *hash {
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Decoded {
+                hash: *hash,
+                bytes: bytes.into_boxed_slice(),
+                session: session.clone(),
+            }));
+        }
+        Ok(session)
+    }
+
+    fn forget(&self, hash: &TokenHash) {
+        let mut slot = self
+            .slot(hash)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|d| d.hash == *hash) {
+            *slot = None;
+        }
+    }
+}
+
 /// A cached session from its entry: MessagePack, or JSON from an earlier version.
 fn decode_entry(bytes: &[u8]) -> Result<CachedSession, CacheError> {
     if bytes.first() == Some(&b'{') {
@@ -154,6 +216,7 @@ pub struct RedisCache {
     /// `read_batch`); without it (a cluster, where a script must name every key it reads), or
     /// once Redis refused the script, lookups follow pointers with a second GET.
     batcher: Option<ReadBatcher>,
+    decoded: DecodedTable,
 }
 
 struct Scripts {
@@ -243,7 +306,7 @@ impl RedisCache {
     ) -> Result<Self, CacheError> {
         let conn = connect(&target, timeout).await?;
         let batcher = matches!(conn, RedisConn::Single(_))
-            .then(|| ReadBatcher::start(conn.clone(), prefix, timeout));
+            .then(|| ReadBatcher::new(conn.clone(), prefix, timeout));
         Ok(RedisCache {
             conn,
             target,
@@ -254,6 +317,7 @@ impl RedisCache {
             metrics,
             failed_at: std::sync::atomic::AtomicI64::new(0),
             batcher,
+            decoded: DecodedTable::new(),
         })
     }
 
@@ -417,7 +481,7 @@ impl RedisCache {
             }
             Some(b) => b,
         };
-        Ok(Some(Arc::new(decode_entry(&bytes)?)))
+        Ok(Some(self.decoded.session(key, bytes)?))
     }
 
     /// Stores an entry unless it is stale (its token was revoked, or its user's sessions were
@@ -491,6 +555,7 @@ impl SessionCache for RedisCache {
     }
 
     async fn delete(&self, key: &TokenHash) -> Result<(), CacheError> {
+        self.decoded.forget(key);
         let mut conn = self.conn.clone();
         self.bounded(
             redis::cmd("SET")

@@ -456,3 +456,49 @@ async fn concurrent_lookups_share_calls_and_each_gets_its_own_answer() {
         expected.len()
     );
 }
+
+/// A lookup that gets the same entry back from Redis reuses the session decoded the time
+/// before, and one that gets a changed entry, a tombstone or nothing never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_entries_are_decoded_once_and_changes_always_show() {
+    use session_server::cache::SessionCache;
+    let Some(url) = test_redis_url() else {
+        return;
+    };
+    let prefix = format!("it-{}:", crate::helpers::random_suffix());
+    let ttl = Duration::from_secs(60);
+    let cache = redis_cache(&url, &prefix, ttl).await;
+    let mut conn = raw_redis(&url).await;
+    for user in [None, Some(3)] {
+        let hash = session_server::token::generate().hash;
+        assert!(cache.store(entry(hash, user, 1), ttl).await.expect("store"));
+        let first = cache.get(&hash).await.expect("read").expect("cached");
+        let again = cache.get(&hash).await.expect("read").expect("cached");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "{user:?}: decoded twice"
+        );
+        assert!(cache.store(entry(hash, user, 2), ttl).await.expect("store"));
+        let changed = cache.get(&hash).await.expect("read").expect("cached");
+        assert_eq!(changed.data_version, 2, "{user:?}");
+        // Changed behind the cache's back (another instance): the new bytes are decoded.
+        let key = match user {
+            None => format!("{prefix}{{t:{}}}", hash.to_hex()),
+            Some(id) => format!("{prefix}{{u:{id}}}:s:{}", hash.to_hex()),
+        };
+        let body = rmp_serde::to_vec_named(&*entry(hash, user, 7)).expect("MessagePack");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(body)
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        let elsewhere = cache.get(&hash).await.expect("read").expect("cached");
+        assert_eq!(elsewhere.data_version, 7, "{user:?}");
+        cache.revoke(&hash).await.expect("revoke");
+        assert!(cache.get(&hash).await.expect("read").is_none(), "{user:?}");
+    }
+    delete_keys(&mut conn, &prefix).await;
+}
