@@ -41,6 +41,10 @@ pub enum CacheError {
     /// A failure shared by the lookups of one batched call.
     #[error("redis: {0}")]
     Failed(std::sync::Arc<str>),
+    /// This process could not send a lookup (too many waiting, or shutting down); Redis itself
+    /// did not fail.
+    #[error("redis lookup not sent: {0}")]
+    Busy(&'static str),
     #[error("cached entry could not be decoded: {0}")]
     Decode(#[from] serde_json::Error),
     #[error("cached entry could not be decoded: {0}")]

@@ -5,9 +5,10 @@
 //!
 //! No task sits in between: a lookup that finds fewer than [`MAX_IN_FLIGHT`] calls out makes
 //! its own call, taking along whatever lookups are queued; one that finds them all out queues,
-//! and the next call to finish sends the queue. A lone lookup therefore costs what one call of
-//! its own did. A call carrying other lookups runs as a task of its own, so that a caller that
-//! goes away (a closed connection) cannot take the others' answers with it. Each call reads the
+//! and the next call to finish sends the queue (up to 128 lookups a call; the rest wait for
+//! the next). A lone lookup therefore costs what one call of its own did. A call carrying
+//! other lookups runs as a task of its own, so that a caller that goes away (a closed
+//! connection) cannot take the others' answers with it. Each call reads the
 //! keys in order, and Redis runs a script atomically, so a lookup sent after a write completed
 //! sees it, exactly as a call of its own would.
 
@@ -22,7 +23,8 @@ use tokio::sync::oneshot;
 const MAX_BATCH: usize = 128;
 /// Most calls out at once.
 const MAX_IN_FLIGHT: usize = 4;
-/// Most lookups queued; beyond this a lookup fails at once (a cache miss) rather than wait.
+/// Most lookups queued; beyond this a lookup fails at once (a cache miss, which does not make
+/// the cache distrust its entries: Redis did not fail) rather than wait.
 const QUEUE: usize = 4096;
 
 /// KEYS: the tokens' pointers. ARGV: the key prefix, then each token's hash. For each token,
@@ -124,8 +126,11 @@ impl Drop for Slot {
             state.queue.clear();
             return;
         };
+        // Callers that gave up are skipped; keep taking until a live one or the end.
         let mut batch = Vec::new();
-        take_queued(&mut state.queue, &mut batch);
+        while batch.is_empty() && !state.queue.is_empty() {
+            take_queued(&mut state.queue, &mut batch);
+        }
         if batch.is_empty() {
             return;
         }
@@ -181,7 +186,7 @@ impl ReadBatcher {
                 state.queue.push(lookup);
                 None
             } else {
-                return Err(CacheError::Failed("too many Redis lookups waiting".into()));
+                return Err(CacheError::Busy("too many Redis lookups waiting"));
             }
         };
         if let Some(batch) = batch {
@@ -195,7 +200,7 @@ impl ReadBatcher {
         }
         answer
             .await
-            .unwrap_or_else(|_| Err(CacheError::Failed("a Redis lookup was dropped".into())))
+            .unwrap_or_else(|_| Err(CacheError::Busy("a Redis lookup was dropped")))
     }
 }
 

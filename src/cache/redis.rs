@@ -55,19 +55,24 @@ async fn bounded_for<T>(
 
 /// Slots of [`Decoded`] (a power of two).
 const DECODED_SLOTS: usize = 4096;
+/// Larger entries (sessions with much data) are decoded every time: the table holds at most
+/// [`DECODED_SLOTS`] × this many bytes of entries (16 MiB), plus their decoded sessions.
+const DECODED_MAX_BYTES: usize = 4096;
 
 /// The last entry decoded for a token: a lookup that gets the very same bytes back from Redis
 /// reuses its session instead of decoding it again (decoding is most of a lookup's CPU). Redis
 /// stays the judge of every lookup: a tombstone, a missing entry or changed bytes never reach
-/// this. Shared, like the in-process cache's entries, so its activity counters are too.
+/// this. Shared, like the in-process cache's entries, so its activity counters are too: after
+/// a slide whose write to Redis failed, this instance retries it at the next write interval
+/// rather than on the next request (the database has the activity either way).
 struct Decoded {
     hash: TokenHash,
     bytes: Box<[u8]>,
     session: Arc<CachedSession>,
 }
 
-/// A direct-mapped table of [`Decoded`] by token hash (already uniformly random): bounded, one
-/// short lock per lookup, a collision only costs a decode.
+/// A direct-mapped table of [`Decoded`] by token hash (already uniformly random): bounded in
+/// count and entry size, one short lock per lookup, a collision only costs a decode.
 struct DecodedTable(Box<[std::sync::Mutex<Option<Arc<Decoded>>>]>);
 
 impl DecodedTable {
@@ -80,28 +85,36 @@ impl DecodedTable {
         &self.0[i]
     }
 
-    /// The session `bytes` hold for `hash`, decoded at most once while they stay the same.
-    fn session(&self, hash: &TokenHash, bytes: Vec<u8>) -> Result<Arc<CachedSession>, CacheError> {
+    /// The session `bytes` hold for `hash`, decoded at most once while they stay the same;
+    /// `None` for an entry of another token (never written so: treated as a miss).
+    fn session(
+        &self,
+        hash: &TokenHash,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Arc<CachedSession>>, CacheError> {
         let slot = self.slot(hash);
         let known = slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         if let Some(d) = known.filter(|d| d.hash == *hash && *d.bytes == *bytes) {
-            return Ok(d.session.clone());
+            return Ok(Some(d.session.clone()));
         }
         let session = Arc::new(decode_entry(&bytes)?);
-        // Only an entry of this very token: a decoded entry names its own hash.
-        if session.token_hash == *hash {
-            *slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(Decoded {
+        if session.token_hash != *hash {
+            return Ok(None);
+        }
+        if bytes.len() <= DECODED_MAX_BYTES {
+            let decoded = Arc::new(Decoded {
                 hash: *hash,
                 bytes: bytes.into_boxed_slice(),
                 session: session.clone(),
-            }));
+            });
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(decoded);
         }
-        Ok(session)
+        Ok(Some(session))
     }
 
     fn forget(&self, hash: &TokenHash) {
@@ -395,7 +408,11 @@ impl RedisCache {
             Ok(answer) => answer,
             Err(_) => Err(CacheError::Timeout(self.timeout)),
         };
-        if answer.is_err() {
+        // Only a failure of Redis may have lost an invalidation.
+        if answer
+            .as_ref()
+            .is_err_and(|e| !matches!(e, CacheError::Busy(_)))
+        {
             self.failed_at
                 .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Release);
         }
@@ -481,7 +498,7 @@ impl RedisCache {
             }
             Some(b) => b,
         };
-        Ok(Some(self.decoded.session(key, bytes)?))
+        self.decoded.session(key, bytes)
     }
 
     /// Stores an entry unless it is stale (its token was revoked, or its user's sessions were
