@@ -241,6 +241,29 @@ async fn version_in_redis(
         .data_version
 }
 
+/// Writes `body` as the entry of `hash` (in `user`'s slot, or at the token's key when
+/// anonymous) behind the cache's back, as another instance or an earlier version would.
+async fn write_entry_behind(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    user: Option<i64>,
+    hash: &session_server::token::TokenHash,
+    body: Vec<u8>,
+) {
+    let key = match user {
+        None => format!("{prefix}{{t:{}}}", hash.to_hex()),
+        Some(id) => format!("{prefix}{{u:{id}}}:s:{}", hash.to_hex()),
+    };
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(body)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(conn)
+        .await
+        .expect("SET");
+}
+
 /// A cached session with `data_version` for the Redis entry tests.
 fn entry(
     hash: session_server::token::TokenHash,
@@ -299,19 +322,8 @@ async fn redis_entries_never_go_back_to_older_data() {
         assert_eq!(version_in_redis(&cache, &hash).await, 6, "{user:?}");
 
         // An earlier version's JSON entry with newer data.
-        let key = match user {
-            None => format!("{prefix}{{t:{}}}", hash.to_hex()),
-            Some(id) => format!("{prefix}{{u:{id}}}:s:{}", hash.to_hex()),
-        };
         let json_entry = serde_json::to_vec(&*entry(hash, user, 9)).expect("JSON");
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(json_entry)
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut conn)
-            .await
-            .expect("SET");
+        write_entry_behind(&mut conn, &prefix, user, &hash, json_entry).await;
         assert_eq!(
             version_in_redis(&cache, &hash).await,
             9,
@@ -482,19 +494,8 @@ async fn unchanged_entries_are_decoded_once_and_changes_always_show() {
         let changed = cache.get(&hash).await.expect("read").expect("cached");
         assert_eq!(changed.data_version, 2, "{user:?}");
         // Changed behind the cache's back (another instance): the new bytes are decoded.
-        let key = match user {
-            None => format!("{prefix}{{t:{}}}", hash.to_hex()),
-            Some(id) => format!("{prefix}{{u:{id}}}:s:{}", hash.to_hex()),
-        };
         let body = rmp_serde::to_vec_named(&*entry(hash, user, 7)).expect("MessagePack");
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(body)
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut conn)
-            .await
-            .expect("SET");
+        write_entry_behind(&mut conn, &prefix, user, &hash, body).await;
         let elsewhere = cache.get(&hash).await.expect("read").expect("cached");
         assert_eq!(elsewhere.data_version, 7, "{user:?}");
         cache.revoke(&hash).await.expect("revoke");
