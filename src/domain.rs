@@ -170,15 +170,18 @@ pub struct CachedSession {
 /// The application's data of one session: a JSON object.
 pub type SessionData = serde_json::Map<String, serde_json::Value>;
 
-#[cfg(test)]
 impl CachedSession {
-    /// A live session for unit tests, loaded now: `user`'s (by id, without grants) or
-    /// anonymous, with data version `data_version` and no data.
+    /// A live session for the unit and integration tests of the caches (the server builds
+    /// sessions from rows only), loaded now: `user`'s (by id, without grants) or anonymous,
+    /// with data version `data_version` and the data `{"v": data_version}`.
+    #[doc(hidden)]
     pub fn for_tests(token_hash: TokenHash, user: Option<i64>, data_version: i64) -> Arc<Self> {
         let now = crate::clock::now_ms();
+        let mut data = SessionData::new();
+        data.insert("v".to_string(), data_version.into());
         Arc::new(CachedSession {
             data_version,
-            data: None,
+            data: Some(Arc::new(data)),
             id: 1,
             token_hash,
             kind: if user.is_some() {

@@ -38,8 +38,8 @@ pub enum CacheError {
     Redis(#[from] ::redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
-    /// A failure shared by the lookups of one batched call.
-    #[error("redis: {0}")]
+    /// A failure shared by the lookups of one batched call (its message says what failed).
+    #[error("{0}")]
     Failed(std::sync::Arc<str>),
     /// This process could not send a lookup (too many waiting, or shutting down); Redis itself
     /// did not fail.

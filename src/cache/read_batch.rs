@@ -12,7 +12,7 @@
 //! keys in order, and Redis runs a script atomically, so a lookup sent after a write completed
 //! sees it, exactly as a call of its own would.
 
-use super::redis::RedisConn;
+use super::redis::{bounded_for, RedisConn};
 use super::CacheError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -215,27 +215,27 @@ async fn call(caller: &Inner, batch: Vec<Lookup>) {
         invocation.arg(&lookup.hash_hex);
     }
     let mut conn = caller.conn.clone();
-    let result = tokio::time::timeout(
+    let result = bounded_for(
         caller.timeout,
         invocation.invoke_async::<Vec<Option<Vec<u8>>>>(&mut conn),
     )
     .await;
     match result {
-        Ok(Ok(values)) if values.len() == batch.len() => {
+        Ok(values) if values.len() == batch.len() => {
             for (lookup, value) in batch.into_iter().zip(values) {
                 let _ = lookup.reply.send(Ok(Some(value)));
             }
         }
-        Ok(Ok(values)) => {
+        Ok(values) => {
             let why: Arc<str> = format!(
-                "the lookup script answered {} values for {} keys",
+                "redis: the lookup script answered {} values for {} keys",
                 values.len(),
                 batch.len()
             )
             .into();
             answer_all(batch, || Err(CacheError::Failed(why.clone())));
         }
-        Ok(Err(e)) if refuses_scripts(&e) => {
+        Err(CacheError::Redis(e)) if refuses_scripts(&e) => {
             if caller.enabled.swap(false, Ordering::Relaxed) {
                 tracing::warn!(
                     error = %e,
@@ -244,11 +244,11 @@ async fn call(caller: &Inner, batch: Vec<Lookup>) {
             }
             answer_all(batch, || Ok(None));
         }
-        Ok(Err(e)) => {
+        Err(CacheError::Timeout(limit)) => answer_all(batch, || Err(CacheError::Timeout(limit))),
+        Err(e) => {
             let why: Arc<str> = e.to_string().into();
             answer_all(batch, || Err(CacheError::Failed(why.clone())));
         }
-        Err(_) => answer_all(batch, || Err(CacheError::Timeout(caller.timeout))),
     }
 }
 

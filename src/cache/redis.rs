@@ -43,7 +43,7 @@ const TOMBSTONE_MS: u64 = super::TOMBSTONE_TTL.as_millis() as u64;
 const CLEAR_CALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// Runs a Redis call within `limit`.
-async fn bounded_for<T>(
+pub(super) async fn bounded_for<T>(
     limit: Duration,
     fut: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, CacheError> {
@@ -66,7 +66,6 @@ const DECODED_MAX_BYTES: usize = 4096;
 /// a slide whose write to Redis failed, this instance retries it at the next write interval
 /// rather than on the next request (the database has the activity either way).
 struct Decoded {
-    hash: TokenHash,
     bytes: Box<[u8]>,
     session: Arc<CachedSession>,
 }
@@ -97,7 +96,7 @@ impl DecodedTable {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if let Some(d) = known.filter(|d| d.hash == *hash && *d.bytes == *bytes) {
+        if let Some(d) = known.filter(|d| d.session.token_hash == *hash && *d.bytes == *bytes) {
             return Ok(Some(d.session.clone()));
         }
         let session = Arc::new(decode_entry(&bytes)?);
@@ -106,7 +105,6 @@ impl DecodedTable {
         }
         if bytes.len() <= DECODED_MAX_BYTES {
             let decoded = Arc::new(Decoded {
-                hash: *hash,
                 bytes: bytes.into_boxed_slice(),
                 session: session.clone(),
             });
@@ -122,7 +120,7 @@ impl DecodedTable {
             .slot(hash)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.as_ref().is_some_and(|d| d.hash == *hash) {
+        if slot.as_ref().is_some_and(|d| d.session.token_hash == *hash) {
             *slot = None;
         }
     }

@@ -58,11 +58,12 @@ pub const ACK_WAIT: Duration = Duration::from_millis(1_500);
 const _: () = assert!(ACK_WAIT.as_millis() as i64 > OWN_LAG_LIMIT_MS);
 const _: () = assert!(PEER_LIVE_MS > OWN_LAG_LIMIT_MS + 2 * HEARTBEAT_EVERY.as_millis() as i64);
 
-/// Whether, at `now`, the subscription delivered anything recently enough (`last_heard`) and
-/// this instance's newest own heartbeat that came back was sent recently enough (`own_sent`)
-/// for the local tier to be trusted (all in ms of this instance's clock).
-fn heard_recently(now: i64, last_heard: i64, own_sent: i64) -> bool {
-    now - last_heard < SILENCE_LIMIT_MS && now - own_sent < OWN_LAG_LIMIT_MS
+/// Whether, at `now`, this instance's newest own heartbeat that came back was sent recently
+/// enough (`own_sent`) for the local tier to be trusted (both in ms of this instance's clock).
+/// It also shows the subscription delivering: the heartbeat came back through it. A time
+/// after `now` is not trusted.
+fn heard_recently(now: i64, own_sent: i64) -> bool {
+    (0..OWN_LAG_LIMIT_MS).contains(&(now - own_sent))
 }
 
 /// Invalidations this instance published and the peers that have not acknowledged them yet.
@@ -73,8 +74,6 @@ pub struct TieredCache {
     remote: Arc<RedisCache>,
     /// Whether the invalidation subscription is live; while false the local tier is unused.
     subscribed: AtomicBool,
-    /// When the subscription last delivered anything (ms), heartbeats included.
-    last_heard: AtomicI64,
     /// When the newest of this instance's own heartbeats that came back was sent (ms; 0 until
     /// one came back since subscribing): every message published before it has been applied.
     own_sent: AtomicI64,
@@ -189,7 +188,6 @@ impl TieredCache {
             local,
             remote,
             subscribed: AtomicBool::new(false),
-            last_heard: AtomicI64::new(0),
             own_sent: AtomicI64::new(0),
             epoch,
             peers: Mutex::default(),
@@ -206,7 +204,6 @@ impl TieredCache {
             && self.subscribed.load(Ordering::Acquire)
             && heard_recently(
                 crate::clock::now_ms(),
-                self.last_heard.load(Ordering::Acquire),
                 self.own_sent.load(Ordering::Acquire),
             )
     }
@@ -219,7 +216,6 @@ impl TieredCache {
 
     fn apply(&self, msg: Message) {
         let now = crate::clock::now_ms();
-        self.last_heard.store(now, Ordering::Release);
         let id = match msg {
             Message::Token(hash, id) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -242,8 +238,10 @@ impl TieredCache {
             }
             Message::Heartbeat { from, sent } => {
                 if from == self.instance {
+                    // Never later than now: a heartbeat claiming a future time (a forged
+                    // message) must not keep the local tier in use.
                     if let Some(sent) = sent {
-                        self.own_sent.fetch_max(sent, Ordering::AcqRel);
+                        self.own_sent.fetch_max(sent.min(now), Ordering::AcqRel);
                     }
                 } else {
                     self.peers
@@ -364,8 +362,6 @@ async fn subscribe_loop(cache: Weak<TieredCache>) {
                 let Some(c) = cache.upgrade() else { return };
                 // Whatever happened while unsubscribed was not heard: start from empty.
                 c.drop_local();
-                c.last_heard
-                    .store(crate::clock::now_ms(), Ordering::Release);
                 // The local tier waits for the heartbeat announced just below to come back.
                 c.own_sent.store(0, Ordering::Release);
                 c.subscribed.store(true, Ordering::Release);
@@ -604,10 +600,13 @@ mod tests {
     #[test]
     fn the_local_tier_needs_a_fresh_own_heartbeat_back() {
         let now = 100_000;
-        assert!(heard_recently(now, now - 10, now - 900));
+        assert!(heard_recently(now, now - 900));
         // Messages arrive, but they were sent long ago: the subscriber lags.
-        assert!(!heard_recently(now, now - 10, now - OWN_LAG_LIMIT_MS));
-        assert!(!heard_recently(now, now - 10, 0));
-        assert!(!heard_recently(now, now - SILENCE_LIMIT_MS, now - 10));
+        assert!(!heard_recently(now, now - OWN_LAG_LIMIT_MS));
+        assert!(!heard_recently(now, 0));
+        // A silent subscription: no heartbeat came back.
+        assert!(!heard_recently(now, now - SILENCE_LIMIT_MS));
+        // A heartbeat claiming to come from the future.
+        assert!(!heard_recently(now, now + 60_000));
     }
 }

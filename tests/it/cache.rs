@@ -202,6 +202,22 @@ async fn redis_cache(
     .expect("Redis answers")
 }
 
+/// The cache on `TEST_REDIS_URL` under a prefix of the test's own, with a plain connection
+/// beside it; `None` (after a notice) without `TEST_REDIS_URL`.
+async fn redis_under_own_prefix(
+    ttl: Duration,
+) -> Option<(
+    String,
+    session_server::cache::redis::RedisCache,
+    redis::aio::MultiplexedConnection,
+)> {
+    let url = test_redis_url()?;
+    let prefix = format!("it-{}:", crate::helpers::random_suffix());
+    let cache = redis_cache(&url, &prefix, ttl).await;
+    let conn = raw_redis(&url).await;
+    Some((prefix, cache, conn))
+}
+
 /// A plain Redis connection, for what the test does behind the cache's back.
 async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -270,34 +286,7 @@ fn entry(
     user: Option<i64>,
     data_version: i64,
 ) -> std::sync::Arc<session_server::domain::CachedSession> {
-    use session_server::domain::{CachedSession, CachedUser, SessionKind};
-    use std::sync::atomic::AtomicI64;
-    let now = session_server::clock::now_ms();
-    let data = json!({ "v": data_version });
-    std::sync::Arc::new(CachedSession {
-        data_version,
-        id: 1,
-        token_hash: hash,
-        kind: if user.is_some() {
-            SessionKind::Authenticated
-        } else {
-            SessionKind::Anonymous
-        },
-        user: user.map(|id| Box::new(CachedUser::new(id, format!("user{id}"), true, vec![]))),
-        authentication_strategy: None,
-        active_order_id: None,
-        active_channel_id: None,
-        created_at: now,
-        token_issued_at: now,
-        absolute_expires_at: now + 3_600_000,
-        remember_me: false,
-        ip_address: None,
-        user_agent: None,
-        last_active_at: AtomicI64::new(now),
-        persisted_active_at: AtomicI64::new(now),
-        loaded_at: now,
-        data: data.as_object().cloned().map(std::sync::Arc::new),
-    })
+    session_server::domain::CachedSession::for_tests(hash, user, data_version)
 }
 
 /// A cache fill that read older session data than Redis holds never replaces it: for an
@@ -305,13 +294,10 @@ fn entry(
 /// user's slot), whether the newer entry is MessagePack or JSON written by an earlier version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_entries_never_go_back_to_older_data() {
-    let Some(url) = test_redis_url() else {
+    let ttl = Duration::from_secs(60);
+    let Some((prefix, cache, mut conn)) = redis_under_own_prefix(ttl).await else {
         return;
     };
-    let prefix = format!("it-{}:", crate::helpers::random_suffix());
-    let ttl = Duration::from_secs(60);
-    let cache = redis_cache(&url, &prefix, ttl).await;
-    let mut conn = raw_redis(&url).await;
     for user in [None, Some(7)] {
         let hash = session_server::token::generate().hash;
         assert!(cache.store(entry(hash, user, 5), ttl).await.expect("store"));
@@ -474,13 +460,10 @@ async fn concurrent_lookups_share_calls_and_each_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_entries_are_decoded_once_and_changes_always_show() {
     use session_server::cache::SessionCache;
-    let Some(url) = test_redis_url() else {
+    let ttl = Duration::from_secs(60);
+    let Some((prefix, cache, mut conn)) = redis_under_own_prefix(ttl).await else {
         return;
     };
-    let prefix = format!("it-{}:", crate::helpers::random_suffix());
-    let ttl = Duration::from_secs(60);
-    let cache = redis_cache(&url, &prefix, ttl).await;
-    let mut conn = raw_redis(&url).await;
     for user in [None, Some(3)] {
         let hash = session_server::token::generate().hash;
         assert!(cache.store(entry(hash, user, 1), ttl).await.expect("store"));
