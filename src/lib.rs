@@ -38,6 +38,8 @@
 //!   protocol in front of them (`cache::SessionStore`), and the throttles' shared counters
 //!   (`cache::RedisWindows`), and the publish/subscribe facility the event bus uses
 //!   (`cache::pubsub`). The only layer that talks to Redis.
+//! - `coalesce`: calls that wait at the same time sent as one (the Redis lookups, the session
+//!   reads on the database).
 //! - [`metrics`]: the Prometheus registry (requests, cache hits, SQL statements, errors).
 //! - [`permission`]: the permission enum and its compact set; [`clock`]: milliseconds and
 //!   RFC 3339; [`token`]: token generation, parsing and hashing; [`error`]: client-visible
@@ -46,6 +48,7 @@
 pub mod cache;
 pub mod cli;
 pub mod clock;
+mod coalesce;
 pub mod config;
 pub mod domain;
 pub mod error;

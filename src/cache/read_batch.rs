@@ -1,31 +1,28 @@
-//! Lookups on a single Redis that wait at the same time go out together: one `read_entries`
-//! script call answers every lookup queued, instead of one call each. Under load this saves
-//! Redis most of its per-command work and the server part of its per-call encoding, parsing
-//! and wake-ups.
-//!
-//! No task sits in between: a lookup that finds fewer than [`MAX_IN_FLIGHT`] calls out makes
-//! its own call, taking along whatever lookups are queued; one that finds them all out queues,
-//! and the next call to finish sends the queue (up to 128 lookups a call; the rest wait for
-//! the next). A lone lookup therefore costs what one call of its own did. A call carrying
-//! other lookups runs as a task of its own, so that a caller that goes away (a closed
-//! connection) cannot take the others' answers with it. Each call reads the
-//! keys in order, and Redis runs a script atomically, so a lookup sent after a write completed
-//! sees it, exactly as a call of its own would.
+//! Lookups on a single Redis that wait at the same time go out together (see
+//! [`crate::coalesce`]): one `read_entries` script call answers every lookup queued, instead of
+//! one call each. Under load this saves Redis most of its per-command work and the server part
+//! of its per-call encoding, parsing and wake-ups. Each call reads the keys in order, and Redis
+//! runs a script atomically, so a lookup sent after a write completed sees it, exactly as a
+//! call of its own would.
 
 use super::redis::{bounded_for, RedisConn};
 use super::CacheError;
+use crate::coalesce::{BatchCall, Coalescer, Limits};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
-/// Most lookups in one call.
-const MAX_BATCH: usize = 128;
-/// Most calls out at once.
-const MAX_IN_FLIGHT: usize = 4;
-/// Most lookups queued; beyond this a lookup fails at once (a cache miss, which does not make
-/// the cache distrust its entries: Redis did not fail) rather than wait.
-const QUEUE: usize = 4096;
+/// Most lookups in one call, most calls out at once, most lookups queued (beyond that a lookup
+/// fails at once: a cache miss, which does not make the cache distrust its entries, since Redis
+/// did not fail); a lookup also gives up after waiting the Redis timeout for a call.
+fn limits(timeout: Duration) -> Limits {
+    Limits {
+        max_in_flight: 4,
+        max_batch: 128,
+        queue: 4096,
+        max_wait: timeout,
+    }
+}
 
 /// KEYS: the tokens' pointers. ARGV: the key prefix, then each token's hash. For each token,
 /// the pointer's value or, when it points at a user's slot, the entry there (nil when absent).
@@ -44,18 +41,6 @@ const READ_ENTRIES: &str = r"
 /// What a lookup gets back: the raw value (`Some`), or `None` when Redis refused the script
 /// and the caller must follow the pointer with GETs.
 pub(super) type Reply = Result<Option<Option<Vec<u8>>>, CacheError>;
-
-struct Lookup {
-    pointer: String,
-    hash_hex: String,
-    reply: oneshot::Sender<Reply>,
-}
-
-impl Lookup {
-    fn wanted(&self) -> bool {
-        !self.reply.is_closed()
-    }
-}
 
 /// Whether Redis refused the script itself, for good: an ACL without EVAL/EVALSHA, a proxy
 /// that checks the keys a script touches, a server without scripting. Busy, loading, read-only
@@ -81,179 +66,96 @@ fn refuses_scripts(e: &redis::RedisError) -> bool {
     }
 }
 
-/// Lookups waiting for a call, and how many calls are out.
-#[derive(Default)]
-struct State {
-    queue: Vec<Lookup>,
-    in_flight: usize,
-}
+/// A token's pointer key and its hash.
+type Lookup = (String, String);
 
-struct Inner {
+struct ScriptCalls {
     conn: RedisConn,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
     /// Cleared when Redis refuses the script (a proxy that checks the keys a script touches).
     enabled: AtomicBool,
-    state: Mutex<State>,
 }
 
-impl Inner {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+impl BatchCall for ScriptCalls {
+    type Key = Lookup;
+    type Answer = Reply;
+
+    async fn call(&self, batch: Vec<Lookup>) -> Vec<Reply> {
+        let mut invocation = self.script.prepare_invoke();
+        for (pointer, _) in &batch {
+            invocation.key(pointer);
+        }
+        invocation.arg(&self.prefix);
+        for (_, hash_hex) in &batch {
+            invocation.arg(hash_hex);
+        }
+        let mut conn = self.conn.clone();
+        let result = bounded_for(
+            self.timeout,
+            invocation.invoke_async::<Vec<Option<Vec<u8>>>>(&mut conn),
+        )
+        .await;
+        let n = batch.len();
+        let all = |reply: &dyn Fn() -> Reply| (0..n).map(|_| reply()).collect();
+        match result {
+            Ok(values) if values.len() == n => values.into_iter().map(|v| Ok(Some(v))).collect(),
+            Ok(values) => {
+                let why: Arc<str> = format!(
+                    "redis: the lookup script answered {} values for {n} keys",
+                    values.len(),
+                )
+                .into();
+                all(&|| Err(CacheError::Failed(why.clone())))
+            }
+            Err(CacheError::Redis(e)) if refuses_scripts(&e) => {
+                if self.enabled.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "Redis refused the one-round-trip lookup script; lookups use GETs"
+                    );
+                }
+                all(&|| Ok(None))
+            }
+            Err(CacheError::Timeout(limit)) => all(&|| Err(CacheError::Timeout(limit))),
+            Err(e) => {
+                let why: Arc<str> = e.to_string().into();
+                all(&|| Err(CacheError::Failed(why.clone())))
+            }
+        }
     }
-}
 
-/// Moves the queued lookups whose callers still wait into `batch`, up to [`MAX_BATCH`].
-fn take_queued(queue: &mut Vec<Lookup>, batch: &mut Vec<Lookup>) {
-    let room = MAX_BATCH.saturating_sub(batch.len()).min(queue.len());
-    batch.extend(queue.drain(..room).filter(Lookup::wanted));
-}
-
-/// One call out: when it ends (or its future is dropped), the slot is freed, and the queue, if
-/// any, goes out in a new call.
-struct Slot(Arc<Inner>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut state = self.0.state();
-        state.in_flight -= 1;
-        if state.queue.is_empty() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Shutting down: the queued callers get "dropped" answers (cache misses).
-            state.queue.clear();
-            return;
-        };
-        // Callers that gave up are skipped; keep taking until a live one or the end.
-        let mut batch = Vec::new();
-        while batch.is_empty() && !state.queue.is_empty() {
-            take_queued(&mut state.queue, &mut batch);
-        }
-        if batch.is_empty() {
-            return;
-        }
-        state.in_flight += 1;
-        drop(state);
-        runtime.spawn(call_in_slot(Slot(self.0.clone()), batch));
+    fn not_sent(why: &'static str) -> Reply {
+        Err(CacheError::Busy(why))
     }
-}
-
-async fn call_in_slot(slot: Slot, batch: Vec<Lookup>) {
-    call(&slot.0, batch).await;
 }
 
 pub(super) struct ReadBatcher {
-    inner: Arc<Inner>,
+    calls: Coalescer<ScriptCalls>,
 }
 
 impl ReadBatcher {
     pub(super) fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> ReadBatcher {
+        let calls = ScriptCalls {
+            conn,
+            script: redis::Script::new(READ_ENTRIES),
+            prefix: prefix.to_string(),
+            timeout,
+            enabled: AtomicBool::new(true),
+        };
         ReadBatcher {
-            inner: Arc::new(Inner {
-                conn,
-                script: redis::Script::new(READ_ENTRIES),
-                prefix: prefix.to_string(),
-                timeout,
-                enabled: AtomicBool::new(true),
-                state: Mutex::default(),
-            }),
+            calls: Coalescer::new(calls, limits(timeout)),
         }
     }
 
     /// Whether lookups may go through the script.
     pub(super) fn enabled(&self) -> bool {
-        self.inner.enabled.load(Ordering::Relaxed)
+        self.calls.caller().enabled.load(Ordering::Relaxed)
     }
 
     /// The raw value for the token whose pointer key is `pointer` and hash `hash_hex`.
     pub(super) async fn read(&self, pointer: String, hash_hex: String) -> Reply {
-        let (reply, answer) = oneshot::channel();
-        let lookup = Lookup {
-            pointer,
-            hash_hex,
-            reply,
-        };
-        let batch = {
-            let mut state = self.inner.state();
-            if state.in_flight < MAX_IN_FLIGHT {
-                state.in_flight += 1;
-                let mut batch = vec![lookup];
-                take_queued(&mut state.queue, &mut batch);
-                Some(batch)
-            } else if state.queue.len() < QUEUE {
-                state.queue.push(lookup);
-                None
-            } else {
-                return Err(CacheError::Busy("too many Redis lookups waiting"));
-            }
-        };
-        if let Some(batch) = batch {
-            let slot = Slot(self.inner.clone());
-            if batch.len() == 1 {
-                call(&self.inner, batch).await;
-                drop(slot);
-            } else {
-                tokio::spawn(call_in_slot(slot, batch));
-            }
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(CacheError::Busy("a Redis lookup was dropped")))
-    }
-}
-
-/// One script call for `batch`; every lookup in it gets its answer.
-async fn call(caller: &Inner, batch: Vec<Lookup>) {
-    let mut invocation = caller.script.prepare_invoke();
-    for lookup in &batch {
-        invocation.key(&lookup.pointer);
-    }
-    invocation.arg(&caller.prefix);
-    for lookup in &batch {
-        invocation.arg(&lookup.hash_hex);
-    }
-    let mut conn = caller.conn.clone();
-    let result = bounded_for(
-        caller.timeout,
-        invocation.invoke_async::<Vec<Option<Vec<u8>>>>(&mut conn),
-    )
-    .await;
-    match result {
-        Ok(values) if values.len() == batch.len() => {
-            for (lookup, value) in batch.into_iter().zip(values) {
-                let _ = lookup.reply.send(Ok(Some(value)));
-            }
-        }
-        Ok(values) => {
-            let why: Arc<str> = format!(
-                "redis: the lookup script answered {} values for {} keys",
-                values.len(),
-                batch.len()
-            )
-            .into();
-            answer_all(batch, || Err(CacheError::Failed(why.clone())));
-        }
-        Err(CacheError::Redis(e)) if refuses_scripts(&e) => {
-            if caller.enabled.swap(false, Ordering::Relaxed) {
-                tracing::warn!(
-                    error = %e,
-                    "Redis refused the one-round-trip lookup script; lookups use GETs"
-                );
-            }
-            answer_all(batch, || Ok(None));
-        }
-        Err(CacheError::Timeout(limit)) => answer_all(batch, || Err(CacheError::Timeout(limit))),
-        Err(e) => {
-            let why: Arc<str> = e.to_string().into();
-            answer_all(batch, || Err(CacheError::Failed(why.clone())));
-        }
-    }
-}
-
-fn answer_all(batch: Vec<Lookup>, reply: impl Fn() -> Reply) {
-    for lookup in batch {
-        let _ = lookup.reply.send(reply());
+        self.calls.ask((pointer, hash_hex)).await
     }
 }

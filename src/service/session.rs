@@ -199,8 +199,8 @@ pub struct Sessions {
     pub(super) default_channel: Arc<channel::Model>,
     /// Records session events in the transactions of the changes; publishes them after.
     pub(super) events: EventLog,
-    /// The statement of [`Sessions::load_session`], built once (its shape never changes; only
-    /// the token digest does).
+    /// The statements of [`Sessions::load_session`], built once; reads waiting at the same time
+    /// share one.
     session_read: super::session_read::SessionRead,
 }
 
@@ -220,7 +220,17 @@ pub(super) struct SessionsParts {
 
 impl Sessions {
     pub(super) fn new(p: SessionsParts) -> Sessions {
-        let session_read = super::session_read::SessionRead::new(p.db.get_database_backend());
+        // As many reads out as the machine has cores, at least two (one slow statement must
+        // not hold up all), at most the pool's connections: more only split the waiting reads
+        // into smaller statements.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let reads_out = cores.max(2).min(p.config.database_max_connections as usize);
+        let session_read = super::session_read::SessionRead::new(
+            p.db.clone(),
+            p.metrics.clone(),
+            reads_out,
+            p.config.database_timeout,
+        );
         Sessions {
             db: p.db,
             store: p.store,
@@ -384,10 +394,7 @@ impl Sessions {
     /// permissions, in one statement. The user is `None` for an anonymous session, and for a
     /// session whose user has been deleted (its `user_id` is then still set).
     async fn load_session(&self, hash: &TokenHash) -> AppResult<super::session_read::Found> {
-        Ok(self
-            .session_read
-            .run(&self.db, &self.metrics, hash.to_hex())
-            .await?)
+        Ok(self.session_read.run(hash.to_hex()).await?)
     }
 
     /// A user with per-channel permissions, as cached with their sessions, in one statement.

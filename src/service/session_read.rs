@@ -7,15 +7,32 @@
 //! call), and it reads each column by name. So this one statement runs straight on the sqlx
 //! pool that sea-orm holds, with the same connections, the same statement cache and the same
 //! statement counter, and is read by column position.
+//!
+//! Reads that wait at the same time go out together (see [`crate::coalesce`]): one statement
+//! with `token_hash IN (…)` answers up to [`MAX_BATCH`] of them. Under load the database then
+//! parses, plans and answers one statement where it did dozens, which is most of its work per
+//! read. A lone read runs at once, as a statement of its own. On PostgreSQL the digests of a
+//! batch are one array parameter, each looked up in the unique index; elsewhere the lists come in a few sizes (1, 2, 4, … 64
+//! digests, a short list padded with its first digest), so each size is one prepared
+//! statement per connection.
 
 use super::session::{user_from_grants, GrantCells};
+use crate::coalesce::{BatchCall, Coalescer, Limits};
 use crate::domain::CachedUser;
 use crate::metrics::Metrics;
 use entity::{session, user};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::sqlx::{self, AssertSqlSafe, Row};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Most digests in one statement (a power of two: the statement sizes double up to it).
+const MAX_BATCH: usize = 64;
+/// Most reads waiting for a statement; beyond this a read fails at once as if no connection
+/// could be had (the database is overloaded).
+const QUEUE: usize = 4096;
 
 /// The session's columns in the order [`SessionRead`] selects them, which is the order of
 /// [`session::Model`]'s fields that [`decode`] fills: position `i` of a row is
@@ -43,88 +60,263 @@ const SESSION_COLUMNS: [session::Column; 20] = [
     session::Column::DataVersion,
 ];
 
-/// The statement, built once per server for its backend. Its one parameter is the token
-/// digest.
-#[derive(Clone)]
-pub(super) struct SessionRead {
-    sql: Arc<str>,
-    backend: DbBackend,
-}
-
 /// What the read finds: the session row and its user (`None` for an anonymous session, and for
 /// a session whose user has been deleted: its `user_id` is then still set).
 pub(super) type Found = Option<(session::Model, Option<CachedUser>)>;
 
+/// The statements, built once per server for its backend: `sql[i]` reads `2^i` token digests,
+/// its only parameters.
+struct Statements {
+    sql: Vec<Arc<str>>,
+    backend: DbBackend,
+    db: DatabaseConnection,
+    metrics: Arc<Metrics>,
+    /// Longest a read waits for its statement to go out, and longest the statement may run.
+    timeout: Duration,
+}
+
+/// The session reads of a server (see the module docs); clones share them.
+#[derive(Clone)]
+pub(super) struct SessionRead {
+    calls: Coalescer<Statements>,
+}
+
+/// The statement reading `n` token digests.
+fn statement(backend: DbBackend, n: usize) -> Arc<str> {
+    use sea_orm::ExprTrait as _;
+    let mut q = Query::select();
+    q.columns(SESSION_COLUMNS.map(|c| (session::Entity, c)))
+        .from(session::Entity)
+        .left_join(
+            user::Entity,
+            Expr::col((user::Entity, user::Column::Id))
+                .equals((session::Entity, session::Column::UserId)),
+        );
+    // The grant columns follow the session's, in the order `decode` reads them.
+    super::session::join_grants(&mut q);
+    if n > 1 && backend == DbBackend::Postgres {
+        if let Some(sql) = postgres_batch(&backend.build(&q).sql) {
+            return sql;
+        }
+    }
+    let digest = Expr::col((session::Entity, session::Column::TokenHash));
+    if n == 1 {
+        q.and_where(digest.eq(String::new()));
+    } else if backend == DbBackend::Postgres {
+        // Only if the statement above could not be written (the unit tests check it can).
+        let digests = Query::select()
+            .expr(Expr::cust("unnest(CAST($1 AS text[]))"))
+            .to_owned();
+        q.and_where(digest.in_subquery(digests));
+    } else {
+        q.and_where(digest.is_in(vec![String::new(); n]));
+    }
+    // Not `= false`: the digests stay the statement's only parameters.
+    q.and_where(Expr::col((session::Entity, session::Column::Invalidated)).not());
+    backend.build(&q).sql.into()
+}
+
+/// The session rows PostgreSQL reads for a batch: one index lookup per digest of the array
+/// `$1`, named `session` so that the rest of the statement reads them as the table.
+///
+/// Not `token_hash IN ($1, …, $n)`: a generic plan may check such a list against every live
+/// session (on a table without statistics it scanned them all, 64 comparisons each: 7 ms for
+/// 64 digests of 2,000 sessions). `IN (SELECT unnest($1))` still let the planner scan the whole
+/// table into a hash. `OFFSET 0` keeps the subquery from being merged into the join, so each
+/// digest is one probe of the unique index whatever the statistics say.
+const POSTGRES_BATCH_ROWS: &str = r#"unnest(CAST($1 AS text[])) AS "t" CROSS JOIN LATERAL (SELECT * FROM "session" WHERE "session"."token_hash" = "t"."t" AND NOT "session"."invalidated" OFFSET 0) AS "session""#;
+
+/// `select`, a statement over `FROM "session"` with no `WHERE`, reading the sessions of the
+/// digest array `$1` instead (see [`POSTGRES_BATCH_ROWS`]); `None` if `select` is not so.
+fn postgres_batch(select: &str) -> Option<Arc<str>> {
+    const FROM: &str = r#" FROM "session" "#;
+    let (columns, joins) = select.split_once(FROM)?;
+    (!joins.contains(" WHERE "))
+        .then(|| format!("{columns} FROM {POSTGRES_BATCH_ROWS} {joins}").into())
+}
+
 impl SessionRead {
-    pub fn new(backend: DbBackend) -> SessionRead {
-        use sea_orm::ExprTrait as _;
-        let mut q = Query::select();
-        q.columns(SESSION_COLUMNS.map(|c| (session::Entity, c)))
-            .from(session::Entity)
-            .left_join(
-                user::Entity,
-                Expr::col((user::Entity, user::Column::Id))
-                    .equals((session::Entity, session::Column::UserId)),
-            );
-        // The grant columns follow the session's, in the order `decode` reads them.
-        super::session::join_grants(&mut q);
-        q.and_where(Expr::col((session::Entity, session::Column::TokenHash)).eq(String::new()))
-            // Not `= false`: the digest stays the statement's only parameter.
-            .and_where(Expr::col((session::Entity, session::Column::Invalidated)).not());
-        let statement = backend.build(&q);
-        SessionRead {
-            sql: statement.sql.into(),
+    /// Reads on `db`'s pool, at most `max_in_flight` statements at once, each counted in
+    /// `metrics` like every statement; a read waits at most `timeout` for its statement to go
+    /// out, and the statement may run at most `timeout` (then `SERVICE_UNAVAILABLE`).
+    pub fn new(
+        db: DatabaseConnection,
+        metrics: Arc<Metrics>,
+        max_in_flight: usize,
+        timeout: Duration,
+    ) -> SessionRead {
+        let backend = db.get_database_backend();
+        let sizes = MAX_BATCH.ilog2() as usize + 1;
+        let statements = Statements {
+            sql: (0..sizes).map(|i| statement(backend, 1 << i)).collect(),
             backend,
+            db,
+            metrics,
+            timeout,
+        };
+        let limits = Limits {
+            max_in_flight,
+            max_batch: MAX_BATCH,
+            queue: QUEUE,
+            max_wait: timeout,
+        };
+        SessionRead {
+            calls: Coalescer::new(statements, limits),
         }
     }
 
-    /// Runs the read for the token digest `hex` on `db`'s pool, counted like every statement.
-    pub async fn run(
-        &self,
-        db: &DatabaseConnection,
-        metrics: &Metrics,
-        hex: String,
-    ) -> Result<Found, DbErr> {
-        metrics.db_statement();
-        let sql = AssertSqlSafe(self.sql.clone());
-        // The same call on each backend's pool (each its own row type).
-        macro_rules! read_on {
-            ($pool:expr) => {
-                decode(
-                    &sqlx::query(sql)
-                        .bind(hex)
-                        .fetch_all($pool)
-                        .await
-                        .map_err(query_err)?,
-                )
+    /// The unrevoked session of the token digest `hex`, with its user.
+    pub async fn run(&self, hex: String) -> Result<Found, DbErr> {
+        self.calls.ask(hex).await
+    }
+}
+
+impl BatchCall for Statements {
+    type Key = String;
+    type Answer = Result<Found, DbErr>;
+
+    async fn call(&self, asked: Vec<String>) -> Vec<Self::Answer> {
+        // Each digest once (callers with the same token share its answer): a batch of one
+        // token asked many times is then one lookup, not one per caller, each over all the
+        // others' rows.
+        let mut digests: Vec<String> = Vec::with_capacity(asked.len());
+        let mut position: HashMap<String, usize> = HashMap::with_capacity(asked.len());
+        let slots: Vec<usize> = asked
+            .into_iter()
+            .map(|d| {
+                *position.entry(d).or_insert_with_key(|d| {
+                    digests.push(d.clone());
+                    digests.len() - 1
+                })
+            })
+            .collect();
+        let found = match tokio::time::timeout(self.timeout, self.read(&digests)).await {
+            Ok(found) => found,
+            Err(_) => {
+                let late = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "a session read took longer than DATABASE_TIMEOUT ({:?})",
+                        self.timeout
+                    ),
+                );
+                vec![Err(Arc::new(sqlx::Error::Io(late))); digests.len()]
+            }
+        };
+        slots
+            .into_iter()
+            .map(|i| match &found[i] {
+                Ok(found) => Ok(found.clone()),
+                Err(e) => Err(query_err(e)),
+            })
+            .collect()
+    }
+
+    fn not_sent(why: &'static str) -> Self::Answer {
+        tracing::warn!(why, "a session read was not sent to the database");
+        Err(DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout,
+        ))
+    }
+}
+
+/// A digest's answer, or the statement's failure (shared by the batch's callers).
+type Read = Result<Found, Arc<sqlx::Error>>;
+
+impl Statements {
+    /// One statement reading `digests` (distinct, at most [`MAX_BATCH`]); an answer for each.
+    async fn read(&self, digests: &[String]) -> Vec<Read> {
+        let n = digests.len();
+        let size = n.next_power_of_two().min(MAX_BATCH);
+        let Some(sql) = self.sql.get(size.ilog2() as usize).filter(|_| n <= size) else {
+            let e = Arc::new(sqlx::Error::Protocol(format!(
+                "{n} session reads in one statement"
+            )));
+            return vec![Err(e); n];
+        };
+        self.metrics.db_statement();
+        let sql = AssertSqlSafe(sql.clone());
+        // Each backend's pool has its own row type; PostgreSQL takes a batch as one array.
+        macro_rules! run_on {
+            ($q:expr, $pool:expr) => {
+                match $q.fetch_all($pool).await {
+                    Ok(rows) => decode_all(&rows, digests),
+                    Err(e) => vec![Err(Arc::new(e)); n],
+                }
             };
         }
-        let found = match self.backend {
-            DbBackend::Postgres => read_on!(db.get_postgres_connection_pool()),
-            DbBackend::MySql => read_on!(db.get_mysql_connection_pool()),
-            DbBackend::Sqlite => read_on!(db.get_sqlite_connection_pool()),
-            other => return Err(DbErr::Custom(format!("no session read for {other:?}"))),
-        };
-        found.map_err(query_err)
+        macro_rules! read_on {
+            (array $pool:expr) => {
+                if size > 1 {
+                    run_on!(sqlx::query(sql).bind(digests.to_vec()), $pool)
+                } else {
+                    read_on!(list $pool)
+                }
+            };
+            (list $pool:expr) => {{
+                let mut q = sqlx::query(sql);
+                for i in 0..size {
+                    q = q.bind(digests[if i < n { i } else { 0 }].clone());
+                }
+                run_on!(q, $pool)
+            }};
+        }
+        match self.backend {
+            DbBackend::Postgres => read_on!(array self.db.get_postgres_connection_pool()),
+            DbBackend::MySql => read_on!(list self.db.get_mysql_connection_pool()),
+            DbBackend::Sqlite => read_on!(list self.db.get_sqlite_connection_pool()),
+            other => {
+                let e = Arc::new(sqlx::Error::Protocol(format!(
+                    "no session read for {other:?}"
+                )));
+                vec![Err(e); n]
+            }
+        }
     }
+}
+
+/// Each digest's answer from the rows of one statement, grouped by the session's digest
+/// (column 2): rows of different sessions may come interleaved.
+fn decode_all<R>(rows: &[R], digests: &[String]) -> Vec<Read>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut by_digest: HashMap<String, Vec<&R>> = HashMap::with_capacity(digests.len());
+    for row in rows {
+        match row.try_get::<String, _>(2) {
+            Ok(digest) => by_digest.entry(digest).or_default().push(row),
+            Err(e) => return vec![Err(Arc::new(e)); digests.len()],
+        }
+    }
+    digests
+        .iter()
+        .map(|d| match by_digest.get(d) {
+            None => Ok(None),
+            Some(rows) => decode(rows).map_err(Arc::new),
+        })
+        .collect()
 }
 
 /// A driver error as sea-orm reports a failed query (so that `is_unavailable` and the error
 /// mapping treat it like any other statement's).
-fn query_err(e: sqlx::Error) -> DbErr {
-    match e {
+fn query_err(e: &Arc<sqlx::Error>) -> DbErr {
+    match e.as_ref() {
         sqlx::Error::PoolTimedOut => {
             DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout)
         }
         sqlx::Error::PoolClosed => {
             DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::ConnectionClosed)
         }
-        e => DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))),
+        _ => DbErr::Query(RuntimeErr::SqlxError(e.clone())),
     }
 }
 
 /// The session and user of the rows of one read, by column position (see [`SESSION_COLUMNS`]).
-fn decode<R>(rows: &[R]) -> Result<Found, sqlx::Error>
+fn decode<R>(rows: &[&R]) -> Result<Found, sqlx::Error>
 where
     R: Row,
     usize: sqlx::ColumnIndex<R>,
@@ -185,45 +377,51 @@ where
 mod tests {
     use super::*;
 
-    /// The token digest is the statement's only parameter, on every backend, and the columns
-    /// come in the order `decode` reads them.
+    /// The token digests are the statements' only parameters, on every backend (as many as the
+    /// statement reads, or one array on PostgreSQL), and the columns come in the order `decode` reads them.
     #[test]
-    fn the_token_digest_is_the_only_parameter() {
+    fn the_token_digests_are_the_only_parameters() {
         for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
-            let read = SessionRead::new(backend);
-            let placeholders = match backend {
-                DbBackend::Postgres => read.sql.matches("$").count(),
-                _ => read.sql.matches('?').count(),
-            };
-            assert_eq!(placeholders, 1, "{backend:?}: {}", read.sql);
-            let select = &read.sql[..read.sql.find(" FROM ").expect("a FROM")];
-            let names: Vec<&str> = select
-                .trim_start_matches("SELECT ")
-                .split(", ")
-                .map(|c| {
-                    c.rsplit(['.', ' '])
-                        .next()
-                        .unwrap_or(c)
-                        .trim_matches(['"', '`'])
-                })
-                .collect();
-            let mut expected: Vec<String> = SESSION_COLUMNS
-                .iter()
-                .map(|c| sea_orm::IdenStatic::as_str(c).to_string())
-                .collect();
-            expected.extend(
-                [
-                    "u_id",
-                    "u_identifier",
-                    "u_verified",
-                    "r_permissions",
-                    "c_id",
-                    "c_code",
-                    "c_token",
-                ]
-                .map(String::from),
-            );
-            assert_eq!(names, expected, "{backend:?}");
+            for n in [1, 2, 4, MAX_BATCH] {
+                let sql = statement(backend, n);
+                let (placeholders, expected) = match backend {
+                    DbBackend::Postgres => (sql.matches("$").count(), 1),
+                    _ => (sql.matches('?').count(), n),
+                };
+                assert_eq!(placeholders, expected, "{backend:?}: {sql}");
+                if backend == DbBackend::Postgres && n > 1 {
+                    assert!(sql.contains(POSTGRES_BATCH_ROWS), "{sql}");
+                }
+                let select = &sql[..sql.find(" FROM ").expect("a FROM")];
+                assert!(!select.contains('('), "{select}");
+                let names: Vec<&str> = select
+                    .trim_start_matches("SELECT ")
+                    .split(", ")
+                    .map(|c| {
+                        c.rsplit(['.', ' '])
+                            .next()
+                            .unwrap_or(c)
+                            .trim_matches(['"', '`'])
+                    })
+                    .collect();
+                let mut expected: Vec<String> = SESSION_COLUMNS
+                    .iter()
+                    .map(|c| sea_orm::IdenStatic::as_str(c).to_string())
+                    .collect();
+                expected.extend(
+                    [
+                        "u_id",
+                        "u_identifier",
+                        "u_verified",
+                        "r_permissions",
+                        "c_id",
+                        "c_code",
+                        "c_token",
+                    ]
+                    .map(String::from),
+                );
+                assert_eq!(names, expected, "{backend:?}");
+            }
         }
     }
 

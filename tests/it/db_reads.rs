@@ -1,7 +1,8 @@
 //! Reads that miss the session cache: the session, its user and the user's per-channel
 //! permissions load in one SQL statement (counted by `session_server_db_statements_total`),
 //! after `clearSessionCache` and with the cache turned off (`SESSION_CACHE_TTL` of 1 ms), and
-//! the permissions so loaded are the union of the user's roles in each channel.
+//! the permissions so loaded are the union of the user's roles in each channel. Uncached reads
+//! that arrive together share statements, and each still gets exactly its own session.
 
 use crate::cache_reads::counted;
 use crate::helpers::{str_of, TestApp, Variant};
@@ -12,6 +13,8 @@ crate::all_caches!(
     a_cold_session_read_is_one_statement_after_a_cache_clear,
     with_the_cache_off_every_session_read_is_one_statement,
 );
+
+crate::variants!(uncached_reads_at_the_same_time_share_statements_and_each_gets_its_own);
 
 const SESSION_USER: &str = "{ activeSession { user { identifier } } }";
 
@@ -157,4 +160,71 @@ async fn user_id(app: &TestApp, token: &str) -> String {
         .await
         .ok();
     str_of(&r.data()["activeSession"]["user"]["id"])
+}
+
+async fn uncached_reads_at_the_same_time_share_statements_and_each_gets_its_own(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.session_cache_ttl = Duration::from_millis(1);
+        // Two reads out at most, whatever the machine's cores: the rest must queue.
+        c.database_max_connections = 2;
+        c.session_activity_write_interval = Duration::from_secs(3600);
+        c.cleanup_interval = Duration::from_secs(3600);
+    })
+    .await
+    else {
+        return;
+    };
+    const QUERY: &str = "{ activeSession { id kind user { identifier } } }";
+    let (_admin, alice) = alice_with_two_roles(&app).await;
+    let alice_id = str_of(
+        &app.gql_as(&alice, "{ activeSession { id } }", json!({}))
+            .await
+            .ok()
+            .data()["activeSession"]["id"],
+    );
+    // Token -> the exact answer it must get.
+    let mut cases: Vec<(String, Value)> = vec![(
+        alice.clone(),
+        json!({ "activeSession": { "id": alice_id, "kind": "AUTHENTICATED", "user": { "identifier": "alice" } } }),
+    )];
+    for _ in 0..24 {
+        let (token, id) = app.anonymous_session().await;
+        cases.push((
+            token,
+            json!({ "activeSession": { "id": id, "kind": "ANONYMOUS", "user": null } }),
+        ));
+    }
+    // A session that has ended, and a well-formed token that was never issued.
+    let (ended, _) = app.anonymous_session().await;
+    let r = app
+        .gql_as(&ended, "mutation { logout }", json!({}))
+        .await
+        .ok();
+    assert_eq!(r.data()["logout"], true);
+    cases.push((ended, json!({ "activeSession": null })));
+    let (issued, _) = app.anonymous_session().await;
+    let first = if issued.starts_with('A') { "B" } else { "A" };
+    cases.push((
+        format!("{first}{}", &issued[1..]),
+        json!({ "activeSession": null }),
+    ));
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let before = app.metric("session_server_db_statements_total").await;
+    const REQUESTS: usize = 240;
+    let answers = futures_util::future::join_all((0..REQUESTS).map(|i| {
+        let (token, expected) = &cases[i % cases.len()];
+        let app = &app;
+        async move { (app.gql_as(token, QUERY, json!({})).await.ok(), expected) }
+    }))
+    .await;
+    for (answer, expected) in answers {
+        assert_eq!(answer.data(), expected);
+    }
+    let n = app.metric("session_server_db_statements_total").await - before;
+    println!("{REQUESTS} uncached reads at once ran {n} statements");
+    assert!(
+        n <= REQUESTS as u64 * 3 / 4,
+        "{REQUESTS} uncached reads at once ran {n} statements"
+    );
 }
