@@ -361,9 +361,13 @@ impl Application {
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         tracing::info!(port = self.port, "session-server listening");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let leaving = services.clone();
         let signal = async move {
             shutdown.await;
             let _ = stopping_tx.send(());
+            // Requests still in flight read the shared tier from now on, so the other
+            // instances need not wait for this one to apply their invalidations.
+            leaving.leave_cache().await;
         };
         let serve = axum::serve(self.listener, app)
             .with_graceful_shutdown(signal)

@@ -87,6 +87,9 @@ pub trait SessionCache: Send + Sync {
     /// Waits until invalidations reach every other process as they would from a running
     /// instance (an observer learning who listens); nothing to wait for by default.
     async fn settle(&self) {}
+    /// The process is stopping: stop serving from its own tier and tell the other processes
+    /// not to wait for it; nothing to do by default.
+    async fn leave(&self) {}
     /// `memory`, `redis` or `tiered`, for logs and metrics.
     fn name(&self) -> &'static str;
 }

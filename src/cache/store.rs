@@ -122,6 +122,11 @@ impl SessionStore {
         self.cache.settle().await;
     }
 
+    /// The process is stopping (see [`SessionCache::leave`]).
+    pub async fn leave(&self) {
+        self.cache.leave().await;
+    }
+
     /// `epoch` must be the counter the strategy was built with (the tiered strategy bumps it
     /// when another instance invalidates).
     pub fn new(

@@ -17,10 +17,13 @@
 //! no client has been told of the change. Both times come from the instance's own clock. Peers
 //! wait for an instance until they have not heard it for [`PEER_LIVE_MS`], longer than it can
 //! go on using its tier after its last heartbeat; an instance whose own view of its peers is
-//! stale waits for every peer it heard from in the last minute.
+//! stale waits for every peer it heard from in the last minute. An instance that stops
+//! gracefully first stops using its tier and says so (`bye`), and its peers stop waiting for it
+//! at once instead of for [`ACK_WAIT`] on every change until they stop hearing it.
 //!
 //! Payloads: `t:<token-hash>|<id>` (drop), `r:<token-hash>|<id>` (revoked: drop and keep a
-//! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`;
+//! tombstone), `u:<user-id>|<id>`, `*|<id>` (clear), `hb:<instance>`, `ack:<id>:<instance>`,
+//! `bye:<instance>` (a stopping instance: its peers stop waiting for it);
 //! `<id>` is `<instance>.<sequence>`.
 //!
 //! An observer ([`TieredCache::observe`], the command line) publishes invalidations and waits
@@ -91,6 +94,8 @@ pub struct TieredCache {
     me: Weak<TieredCache>,
     /// Publishes and listens only: no heartbeats, no acknowledgements, no local tier.
     observer: bool,
+    /// Set when the process stops: no local tier, no heartbeats from then on.
+    left: AtomicBool,
 }
 
 /// A message on the invalidation channel.
@@ -109,6 +114,10 @@ enum Message {
         id: String,
         from: String,
     },
+    /// An instance that is stopping: its peers stop waiting for it (until it is heard again).
+    Bye {
+        from: String,
+    },
 }
 
 fn parse_message(payload: &str) -> Option<Message> {
@@ -120,6 +129,11 @@ fn parse_message(payload: &str) -> Option<Message> {
         return Some(Message::Heartbeat {
             from: from.to_string(),
             sent,
+        });
+    }
+    if let Some(from) = payload.strip_prefix("bye:") {
+        return (!from.is_empty()).then(|| Message::Bye {
+            from: from.to_string(),
         });
     }
     if let Some(rest) = payload.strip_prefix("ack:") {
@@ -182,6 +196,7 @@ impl TieredCache {
     ) -> Arc<TieredCache> {
         let cache = Arc::new_cyclic(|me| TieredCache {
             observer,
+            left: AtomicBool::new(false),
             me: me.clone(),
             channel: format!("{}invalidate", remote.prefix()),
             instance: crate::token::random_string(6),
@@ -201,6 +216,7 @@ impl TieredCache {
     /// Whether the local tier may be used right now.
     fn local_usable(&self) -> bool {
         !self.observer
+            && !self.left.load(Ordering::Acquire)
             && self.subscribed.load(Ordering::Acquire)
             && heard_recently(
                 crate::clock::now_ms(),
@@ -248,6 +264,23 @@ impl TieredCache {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(from, now);
+                }
+                None
+            }
+            Message::Bye { from } => {
+                // A forged one costs at most one heartbeat interval of waiting for the peer:
+                // its next heartbeat makes it live again.
+                if from != self.instance {
+                    self.peers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&from);
+                    let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (waiting, notify) in pending.values_mut() {
+                        if waiting.remove(&from) {
+                            notify.notify_one();
+                        }
+                    }
                 }
                 None
             }
@@ -421,7 +454,7 @@ async fn heartbeat_loop(cache: Weak<TieredCache>) {
         tick.tick().await;
         let Some(c) = cache.upgrade() else { return };
         // Only a subscribed instance acknowledges: one that is not must not be waited for.
-        if c.subscribed.load(Ordering::Acquire) {
+        if c.subscribed.load(Ordering::Acquire) && !c.left.load(Ordering::Acquire) {
             let _ = c.publish(c.heartbeat()).await;
         }
     }
@@ -514,6 +547,17 @@ impl SessionCache for TieredCache {
         true
     }
 
+    /// No local tier and no heartbeats from now on, then `bye` to the peers.
+    async fn leave(&self) {
+        if self.observer || self.left.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.drop_local();
+        if let Err(e) = self.publish(format!("bye:{}", self.instance)).await {
+            tracing::warn!(error = %e, "could not tell the other instances this one is leaving; they wait for it until they stop hearing it");
+        }
+    }
+
     /// An observer waits (up to two seconds) to be subscribed, then one heartbeat period, so
     /// it knows every live instance and waits for their acknowledgements.
     async fn settle(&self) {
@@ -582,6 +626,13 @@ mod tests {
             })
         );
         assert!(parse_message("hb:abc:soon").is_none());
+        assert_eq!(
+            parse_message("bye:a-b_c"),
+            Some(Message::Bye {
+                from: "a-b_c".into()
+            })
+        );
+        assert!(parse_message("bye:").is_none());
         assert_eq!(
             parse_message("ack:x-y.9:peer"),
             Some(Message::Ack {

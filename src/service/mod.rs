@@ -220,6 +220,12 @@ impl Services {
     pub async fn flush_activity(&self) {
         self.activity.flush().await;
     }
+
+    /// The server is stopping: the session cache stops using this process's own tier and
+    /// tells the other instances not to wait for it (a `tiered` cache; nothing otherwise).
+    pub async fn leave_cache(&self) {
+        self.sessions.store.leave().await;
+    }
 }
 
 /// Runs `op` again, a few times, when the database picked it as the victim of a deadlock.

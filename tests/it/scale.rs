@@ -1,7 +1,8 @@
 //! Scale-out: three real server processes sharing one PostgreSQL database and one Redis. A
 //! logout, a revocation, a role removal and password changes made through one instance hold on
 //! the others on their very next request (`redis` and `tiered` caches, warmed first); the
-//! `memory` cache still works across instances; login throttling is shared through Redis.
+//! `memory` cache still works across instances; login throttling is shared through Redis; a
+//! `tiered` instance that stops is not waited for.
 
 use crate::procs::{PgDatabase, RedisProc, ServerProc};
 use serde_json::json;
@@ -206,6 +207,59 @@ async fn invalidations_reach_every_instance_tiered() {
     };
     let settle = Duration::from_millis(300);
     invalidations_hold_on_every_instance(&db, &redis.url(), "tiered", settle).await;
+}
+
+/// An instance that stops gracefully tells its peers, and they stop waiting for it at once: a
+/// change right after it left completes without waiting out the acknowledgement limit (1.5 s,
+/// for as long as the stopped instance was heard less than 3 s ago).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_tiered_instance_is_not_waited_for() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let Some(redis) = RedisProc::start(false).await else {
+        return;
+    };
+    let prefix = own_prefix();
+    let servers = start_instances(
+        2,
+        &db,
+        &[
+            ("REDIS_URL", &redis.url()),
+            ("SESSION_CACHE", "tiered"),
+            ("REDIS_KEY_PREFIX", &prefix),
+        ],
+    )
+    .await;
+    let [leaving, staying] = [&servers[0], &servers[1]];
+    let tokens = [
+        staying.anonymous_session().await.0,
+        staying.anonymous_session().await.0,
+    ];
+    // Long enough for both to have heard each other's heartbeats; a logout now waits for the
+    // other instance's acknowledgement, which it sends.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = staying
+        .gql_as(&tokens[0], "mutation { logout }", json!({}))
+        .await
+        .ok();
+    assert_eq!(r.data()["logout"], true);
+
+    leaving.terminate();
+    let status = leaving.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some(), "the instance did not stop");
+    let started = std::time::Instant::now();
+    let r = staying
+        .gql_as(&tokens[1], "mutation { logout }", json!({}))
+        .await
+        .ok();
+    assert_eq!(r.data()["logout"], true);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "a logout right after the other instance stopped took {took:?}: it waited for the stopped instance"
+    );
+    assert!(staying.active_session(&tokens[1]).await.is_null());
 }
 
 /// With the in-process cache, instances share nothing but the database: a token issued by one
