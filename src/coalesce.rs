@@ -4,12 +4,12 @@
 //! and the session reads on the database (`service::session_read`).
 //!
 //! No task sits in between: a caller that finds fewer than `max_in_flight` calls out makes its
-//! own call, taking along whatever keys are queued; one that finds them all out queues, and the
-//! next call to finish sends the queue (up to `max_batch` keys a call; the rest wait for the
-//! next). A lone caller therefore costs what one call of its own did. A call carrying other
-//! callers' keys runs as a task of its own, so that a caller that goes away (a closed
-//! connection) cannot take the others' answers with it, and keys whose callers went away
-//! before their call was sent are left out.
+//! own call (nothing is queued then: keys queue only while every call is out); one that finds
+//! them all out queues, and the next call to finish sends the queue (up to `max_batch` keys a
+//! call; the rest wait for the next). A lone caller therefore costs what one call of its own
+//! did. A call carrying queued keys runs as a task of its own, so that a caller that goes away
+//! (a closed connection) cannot take the others' answers with it, and keys whose callers went
+//! away before their call was sent are left out.
 //!
 //! A key that waited longer than `max_wait` for a call is not sent: its caller gets
 //! [`BatchCall::not_sent`] when the next call goes out, so that a stalled backend cannot hold
@@ -71,18 +71,14 @@ impl<C: BatchCall> Inner<C> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Moves queued keys whose callers still wait into `batch`, up to `max_batch`; skips past
-    /// callers that gave up, and answers those that waited too long, until it has one key or
-    /// the queue is empty.
-    fn take_queued(&self, queue: &mut Vec<Waiting<C>>, batch: &mut Vec<Waiting<C>>) {
-        let had = batch.len();
+    /// Takes the next batch off `queue`: up to `max_batch` keys whose callers still wait;
+    /// callers that gave up are skipped and those that waited too long answered, until the
+    /// batch has a key or the queue is empty.
+    fn take_queued(&self, queue: &mut Vec<Waiting<C>>) -> Vec<Waiting<C>> {
         let now = Instant::now();
-        loop {
-            let room = self
-                .limits
-                .max_batch
-                .saturating_sub(batch.len())
-                .min(queue.len());
+        let mut batch = Vec::new();
+        while batch.is_empty() && !queue.is_empty() {
+            let room = self.limits.max_batch.min(queue.len());
             for waiting in queue.drain(..room) {
                 if waiting.reply.is_closed() {
                     continue;
@@ -95,10 +91,8 @@ impl<C: BatchCall> Inner<C> {
                 }
                 batch.push(waiting);
             }
-            if batch.len() > had || queue.is_empty() || room == 0 {
-                return;
-            }
         }
+        batch
     }
 }
 
@@ -118,26 +112,20 @@ impl<C: BatchCall> Drop for Slot<C> {
             state.queue.clear();
             return;
         };
-        let mut batch = Vec::new();
-        let State { queue, .. } = &mut *state;
-        self.0.take_queued(queue, &mut batch);
+        let batch = self.0.take_queued(&mut state.queue);
         if batch.is_empty() {
             return;
         }
         state.in_flight += 1;
         drop(state);
-        runtime.spawn(call_in_slot(Slot(self.0.clone()), batch));
+        runtime.spawn(call_queued(Slot(self.0.clone()), batch));
     }
 }
 
-async fn call_in_slot<C: BatchCall>(slot: Slot<C>, batch: Vec<Waiting<C>>) {
-    call(&slot.0.caller, batch).await;
-}
-
-/// One call for `batch`; every caller in it gets its answer.
-async fn call<C: BatchCall>(caller: &C, batch: Vec<Waiting<C>>) {
+/// One call for queued keys, holding `slot`; every caller in it gets its answer.
+async fn call_queued<C: BatchCall>(slot: Slot<C>, batch: Vec<Waiting<C>>) {
     let (keys, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.key, w.reply)).unzip();
-    let mut answers = caller.call(keys).await.into_iter();
+    let mut answers = slot.0.caller.call(keys).await.into_iter();
     for reply in replies {
         let answer = answers
             .next()
@@ -185,38 +173,40 @@ impl<C: BatchCall> Coalescer<C> {
 
     /// The call's answer for `key`.
     pub async fn ask(&self, key: C::Key) -> C::Answer {
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
-            key,
-            reply,
-            since: Instant::now(),
-        };
-        let batch = {
+        let queued = {
             let mut state = self.inner.state();
             if state.in_flight < self.inner.limits.max_in_flight {
+                // Keys queue only while every call is out, and a finishing call sends them:
+                // with a call free, nothing waits, and this key goes alone.
                 state.in_flight += 1;
-                let mut batch = vec![waiting];
-                self.inner.take_queued(&mut state.queue, &mut batch);
-                Some(batch)
+                Err(key)
             } else if state.queue.len() < self.inner.limits.queue {
-                state.queue.push(waiting);
-                None
+                let (reply, answer) = oneshot::channel();
+                state.queue.push(Waiting {
+                    key,
+                    reply,
+                    since: Instant::now(),
+                });
+                Ok(answer)
             } else {
                 return C::not_sent("too many calls waiting");
             }
         };
-        if let Some(batch) = batch {
-            let slot = Slot(self.inner.clone());
-            if batch.len() == 1 {
-                call(&self.inner.caller, batch).await;
-                drop(slot);
-            } else {
-                tokio::spawn(call_in_slot(slot, batch));
+        match queued {
+            Ok(answer) => answer
+                .await
+                .unwrap_or_else(|_| C::not_sent("the call was dropped")),
+            Err(key) => {
+                let _slot = Slot(self.inner.clone());
+                self.inner
+                    .caller
+                    .call(vec![key])
+                    .await
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| C::not_sent("the call gave no answer"))
             }
         }
-        answer
-            .await
-            .unwrap_or_else(|_| C::not_sent("the call was dropped"))
     }
 }
 
@@ -224,6 +214,7 @@ impl<C: BatchCall> Coalescer<C> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::task::JoinHandle;
 
     /// How long a call takes, and how long the tests let spawned callers queue.
     const PAUSE: Duration = Duration::from_millis(200);
@@ -254,35 +245,51 @@ mod tests {
         }
     }
 
-    fn doubler() -> Arc<Doubler> {
-        Arc::new(Doubler {
+    /// A coalescer over a fresh [`Doubler`] (whose key waits are never too long unless
+    /// `max_wait` says so).
+    fn doubler(
+        max_in_flight: usize,
+        max_batch: usize,
+        queue: usize,
+        max_wait: Duration,
+    ) -> (Arc<Doubler>, Arc<Coalescer<Arc<Doubler>>>) {
+        let d = Arc::new(Doubler {
             calls: Mutex::new(Vec::new()),
             out: AtomicUsize::new(0),
             most_out: AtomicUsize::new(0),
-        })
+        });
+        let limits = Limits {
+            max_in_flight,
+            max_batch,
+            queue,
+            max_wait,
+        };
+        (d.clone(), Arc::new(Coalescer::new(d, limits)))
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    /// `key` asked by a task of its own.
+    fn ask_later(
+        c: &Arc<Coalescer<Arc<Doubler>>>,
+        key: u64,
+    ) -> JoinHandle<Result<u64, &'static str>> {
+        let c = c.clone();
+        tokio::spawn(async move { c.ask(key).await })
+    }
+
+    fn calls(d: &Doubler) -> Vec<usize> {
+        d.calls.lock().unwrap().clone()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_calls_and_each_gets_its_own_answer() {
-        let d = doubler();
-        let limits = Limits {
-            max_in_flight: 2,
-            max_batch: 16,
-            queue: 1000,
-            max_wait: Duration::from_secs(60),
-        };
-        let c = Arc::new(Coalescer::new(d.clone(), limits));
-        let tasks: Vec<_> = (0..200u64)
-            .map(|k| {
-                let c = c.clone();
-                tokio::spawn(async move { (k, c.ask(k).await) })
-            })
-            .collect();
-        for t in tasks {
-            let (k, answer) = t.await.unwrap();
-            assert_eq!(answer, Ok(k * 2));
+        let (d, c) = doubler(2, 16, 1000, LONG);
+        let tasks: Vec<_> = (0..200u64).map(|k| (k, ask_later(&c, k))).collect();
+        for (k, t) in tasks {
+            assert_eq!(t.await.unwrap(), Ok(k * 2));
         }
-        let calls = d.calls.lock().unwrap().clone();
+        let calls = calls(&d);
         assert_eq!(calls.iter().sum::<usize>(), 200);
         assert!(calls.iter().all(|&n| (1..=16).contains(&n)), "{calls:?}");
         assert!(calls.len() <= 40, "{} calls for 200 keys", calls.len());
@@ -291,113 +298,50 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_caller_makes_its_own_call_and_a_full_queue_refuses() {
-        let d = doubler();
-        let limits = Limits {
-            max_in_flight: 1,
-            max_batch: 4,
-            queue: 2,
-            max_wait: Duration::from_secs(60),
-        };
-        let c = Arc::new(Coalescer::new(d.clone(), limits));
+        let (d, c) = doubler(1, 4, 2, LONG);
         assert_eq!(c.ask(21).await, Ok(42));
-        assert_eq!(*d.calls.lock().unwrap(), vec![1]);
+        assert_eq!(calls(&d), vec![1]);
         // One call out, two waiting: the fourth caller is refused at once.
-        let first = tokio::spawn({
-            let c = c.clone();
-            async move { c.ask(1).await }
-        });
+        let first = ask_later(&c, 1);
         tokio::time::sleep(SETTLE).await;
-        let queued: Vec<_> = (2..4u64)
-            .map(|k| {
-                let c = c.clone();
-                tokio::spawn(async move { c.ask(k).await })
-            })
-            .collect();
+        let queued: Vec<_> = (2..4u64).map(|k| ask_later(&c, k)).collect();
         tokio::time::sleep(SETTLE).await;
         assert_eq!(c.ask(9).await, Err("too many calls waiting"));
         assert_eq!(first.await.unwrap(), Ok(2));
         for (k, t) in (2..4u64).zip(queued) {
             assert_eq!(t.await.unwrap(), Ok(k * 2));
         }
-        assert_eq!(*d.calls.lock().unwrap(), vec![1, 1, 2]);
+        assert_eq!(calls(&d), vec![1, 1, 2]);
     }
 
     #[tokio::test]
     async fn callers_that_went_away_are_not_sent() {
-        let d = doubler();
-        let limits = Limits {
-            max_in_flight: 1,
-            max_batch: 8,
-            queue: 100,
-            max_wait: Duration::from_secs(60),
-        };
-        let c = Arc::new(Coalescer::new(d.clone(), limits));
-        let first = tokio::spawn({
-            let c = c.clone();
-            async move { c.ask(1).await }
-        });
+        let (d, c) = doubler(1, 8, 100, LONG);
+        let first = ask_later(&c, 1);
         tokio::time::sleep(SETTLE).await;
-        let gone: Vec<_> = (10..13u64)
-            .map(|k| {
-                let c = c.clone();
-                tokio::spawn(async move { c.ask(k).await })
-            })
-            .collect();
-        let kept = tokio::spawn({
-            let c = c.clone();
-            async move { c.ask(5).await }
-        });
+        let gone: Vec<_> = (10..13u64).map(|k| ask_later(&c, k)).collect();
+        let kept = ask_later(&c, 5);
         tokio::time::sleep(SETTLE).await;
         for t in &gone {
             t.abort();
         }
         assert_eq!(first.await.unwrap(), Ok(2));
         assert_eq!(kept.await.unwrap(), Ok(10));
-        assert_eq!(*d.calls.lock().unwrap(), vec![1, 1]);
-    }
-}
-
-#[cfg(test)]
-mod waiting {
-    use super::*;
-
-    /// Answers each key after its own pause.
-    struct Slow;
-
-    impl BatchCall for Slow {
-        type Key = u64;
-        type Answer = Result<u64, &'static str>;
-
-        async fn call(&self, keys: Vec<u64>) -> Vec<Self::Answer> {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            keys.into_iter().map(Ok).collect()
-        }
-
-        fn not_sent(why: &'static str) -> Self::Answer {
-            Err(why)
-        }
+        assert_eq!(calls(&d), vec![1, 1]);
     }
 
     #[tokio::test]
     async fn a_key_that_waited_past_max_wait_is_not_sent() {
-        let limits = Limits {
-            max_in_flight: 1,
-            max_batch: 8,
-            queue: 100,
-            max_wait: Duration::from_millis(100),
-        };
-        let c = Arc::new(Coalescer::new(Slow, limits));
-        let first = tokio::spawn({
-            let c = c.clone();
-            async move { c.ask(1).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Queued behind a 300 ms call with 100 ms to wait: refused when the call ends.
+        let (d, c) = doubler(1, 8, 100, Duration::from_millis(20));
+        let first = ask_later(&c, 1);
+        tokio::time::sleep(SETTLE).await;
+        // Queued behind a 200 ms call with 20 ms to wait: refused when the call ends.
         let started = Instant::now();
         assert_eq!(c.ask(2).await, Err("waited too long for a call"));
         assert!(started.elapsed() < Duration::from_millis(1000));
-        assert_eq!(first.await.unwrap(), Ok(1));
+        assert_eq!(first.await.unwrap(), Ok(2));
         // Nothing waits now: the next key goes out at once.
-        assert_eq!(c.ask(3).await, Ok(3));
+        assert_eq!(c.ask(3).await, Ok(6));
+        assert_eq!(calls(&d), vec![1, 1]);
     }
 }

@@ -9,12 +9,12 @@
 //! statement counter, and is read by column position.
 //!
 //! Reads that wait at the same time go out together (see [`crate::coalesce`]): one statement
-//! with `token_hash IN (…)` answers up to [`MAX_BATCH`] of them. Under load the database then
-//! parses, plans and answers one statement where it did dozens, which is most of its work per
-//! read. A lone read runs at once, as a statement of its own. On PostgreSQL the digests of a
-//! batch are one array parameter, each looked up in the unique index; elsewhere the lists come in a few sizes (1, 2, 4, … 64
-//! digests, a short list padded with its first digest), so each size is one prepared
-//! statement per connection.
+//! answers up to [`MAX_BATCH`] distinct digests. Under load the database then parses, plans
+//! and answers one statement where it did dozens, which is most of its work per read. A lone
+//! read runs at once, as a statement of its own. On PostgreSQL the digests of a batch are one
+//! array parameter, each looked up in the unique index ([`POSTGRES_BATCH_ROWS`]); elsewhere
+//! they are `token_hash IN (…)` lists in a few sizes (1, 2, 4, … 64 digests, a short list
+//! padded with its first digest), so each size is one prepared statement per connection.
 
 use super::session::{user_from_grants, GrantCells};
 use crate::coalesce::{BatchCall, Coalescer, Limits};
@@ -35,7 +35,7 @@ const MAX_BATCH: usize = 64;
 const QUEUE: usize = 4096;
 
 /// The session's columns in the order [`SessionRead`] selects them, which is the order of
-/// [`session::Model`]'s fields that [`decode`] fills: position `i` of a row is
+/// [`session::Model`]'s fields that [`decode_all`] fills: position `i` of a row is
 /// `SESSION_COLUMNS[i]`, and the grant columns follow.
 const SESSION_COLUMNS: [session::Column; 20] = [
     session::Column::Id,
@@ -92,7 +92,7 @@ fn statement(backend: DbBackend, n: usize) -> Arc<str> {
             Expr::col((user::Entity, user::Column::Id))
                 .equals((session::Entity, session::Column::UserId)),
         );
-    // The grant columns follow the session's, in the order `decode` reads them.
+    // The grant columns follow the session's, in the order `decode_all` reads them.
     super::session::join_grants(&mut q);
     if n > 1 && backend == DbBackend::Postgres {
         if let Some(sql) = postgres_batch(&backend.build(&q).sql) {
@@ -179,18 +179,18 @@ impl BatchCall for Statements {
         // Each digest once (callers with the same token share its answer): a batch of one
         // token asked many times is then one lookup, not one per caller, each over all the
         // others' rows.
-        let mut digests: Vec<String> = Vec::with_capacity(asked.len());
-        let mut position: HashMap<String, usize> = HashMap::with_capacity(asked.len());
+        let mut digests: Vec<&str> = Vec::with_capacity(asked.len());
+        let mut position: HashMap<&str, usize> = HashMap::with_capacity(asked.len());
         let slots: Vec<usize> = asked
-            .into_iter()
+            .iter()
             .map(|d| {
-                *position.entry(d).or_insert_with_key(|d| {
-                    digests.push(d.clone());
+                *position.entry(d).or_insert_with(|| {
+                    digests.push(d);
                     digests.len() - 1
                 })
             })
             .collect();
-        let found = match tokio::time::timeout(self.timeout, self.read(&digests)).await {
+        let mut found = match tokio::time::timeout(self.timeout, self.read(&digests)).await {
             Ok(found) => found,
             Err(_) => {
                 let late = std::io::Error::new(
@@ -203,11 +203,21 @@ impl BatchCall for Statements {
                 vec![Err(Arc::new(sqlx::Error::Io(late))); digests.len()]
             }
         };
+        // The last caller of a digest takes its answer; only the others get copies.
+        let mut callers = vec![0usize; digests.len()];
+        for &i in &slots {
+            callers[i] += 1;
+        }
         slots
             .into_iter()
-            .map(|i| match &found[i] {
-                Ok(found) => Ok(found.clone()),
-                Err(e) => Err(query_err(e)),
+            .map(|i| {
+                callers[i] -= 1;
+                let answer = if callers[i] == 0 {
+                    std::mem::replace(&mut found[i], Ok(None))
+                } else {
+                    found[i].clone()
+                };
+                answer.map_err(|e| query_err(&e))
             })
             .collect()
     }
@@ -225,7 +235,7 @@ type Read = Result<Found, Arc<sqlx::Error>>;
 
 impl Statements {
     /// One statement reading `digests` (distinct, at most [`MAX_BATCH`]); an answer for each.
-    async fn read(&self, digests: &[String]) -> Vec<Read> {
+    async fn read(&self, digests: &[&str]) -> Vec<Read> {
         let n = digests.len();
         let size = n.next_power_of_two().min(MAX_BATCH);
         let Some(sql) = self.sql.get(size.ilog2() as usize).filter(|_| n <= size) else {
@@ -248,7 +258,7 @@ impl Statements {
         macro_rules! read_on {
             (array $pool:expr) => {
                 if size > 1 {
-                    run_on!(sqlx::query(sql).bind(digests.to_vec()), $pool)
+                    run_on!(sqlx::query(sql).bind(digests), $pool)
                 } else {
                     read_on!(list $pool)
                 }
@@ -256,7 +266,7 @@ impl Statements {
             (list $pool:expr) => {{
                 let mut q = sqlx::query(sql);
                 for i in 0..size {
-                    q = q.bind(digests[if i < n { i } else { 0 }].clone());
+                    q = q.bind(digests[if i < n { i } else { 0 }]);
                 }
                 run_on!(q, $pool)
             }};
@@ -276,8 +286,9 @@ impl Statements {
 }
 
 /// Each digest's answer from the rows of one statement, grouped by the session's digest
-/// (column 2): rows of different sessions may come interleaved.
-fn decode_all<R>(rows: &[R], digests: &[String]) -> Vec<Read>
+/// (column 2): rows of different sessions may come interleaved. Each group is read by column
+/// position (see [`SESSION_COLUMNS`]).
+fn decode_all<R>(rows: &[R], digests: &[&str]) -> Vec<Read>
 where
     R: Row,
     usize: sqlx::ColumnIndex<R>,
@@ -292,9 +303,59 @@ where
             Err(e) => return vec![Err(Arc::new(e)); digests.len()],
         }
     }
+    // The session and user of one group of rows.
+    let decode = |rows: &[&R]| -> Result<Found, sqlx::Error> {
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let model = session::Model {
+            id: first.try_get(0)?,
+            kind: first.try_get(1)?,
+            token_hash: first.try_get(2)?,
+            token_issued_at: first.try_get(3)?,
+            refresh_hash: first.try_get(4)?,
+            previous_refresh_hash: first.try_get(5)?,
+            refresh_rotated_at: first.try_get(6)?,
+            user_id: first.try_get(7)?,
+            authentication_strategy: first.try_get(8)?,
+            active_order_id: first.try_get(9)?,
+            active_channel_id: first.try_get(10)?,
+            invalidated: first.try_get(11)?,
+            remember_me: first.try_get(12)?,
+            created_at: first.try_get(13)?,
+            last_active_at: first.try_get(14)?,
+            absolute_expires_at: first.try_get(15)?,
+            ip_address: first.try_get(16)?,
+            user_agent: first.try_get(17)?,
+            data: first.try_get(18)?,
+            data_version: first.try_get(19)?,
+        };
+        const U: usize = SESSION_COLUMNS.len();
+        let user = match first.try_get::<Option<i64>, _>(U)? {
+            None => None,
+            Some(id) => {
+                let mut grants = Vec::with_capacity(rows.len());
+                for row in rows {
+                    grants.push(GrantCells {
+                        permissions: row.try_get(U + 3)?,
+                        channel_id: row.try_get(U + 4)?,
+                        code: row.try_get(U + 5)?,
+                        token: row.try_get(U + 6)?,
+                    });
+                }
+                Some(user_from_grants(
+                    id,
+                    first.try_get(U + 1)?,
+                    first.try_get(U + 2)?,
+                    grants,
+                ))
+            }
+        };
+        Ok(Some((model, user)))
+    };
     digests
         .iter()
-        .map(|d| match by_digest.get(d) {
+        .map(|d| match by_digest.get(*d) {
             None => Ok(None),
             Some(rows) => decode(rows).map_err(Arc::new),
         })
@@ -315,70 +376,12 @@ fn query_err(e: &Arc<sqlx::Error>) -> DbErr {
     }
 }
 
-/// The session and user of the rows of one read, by column position (see [`SESSION_COLUMNS`]).
-fn decode<R>(rows: &[&R]) -> Result<Found, sqlx::Error>
-where
-    R: Row,
-    usize: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let model = session::Model {
-        id: first.try_get(0)?,
-        kind: first.try_get(1)?,
-        token_hash: first.try_get(2)?,
-        token_issued_at: first.try_get(3)?,
-        refresh_hash: first.try_get(4)?,
-        previous_refresh_hash: first.try_get(5)?,
-        refresh_rotated_at: first.try_get(6)?,
-        user_id: first.try_get(7)?,
-        authentication_strategy: first.try_get(8)?,
-        active_order_id: first.try_get(9)?,
-        active_channel_id: first.try_get(10)?,
-        invalidated: first.try_get(11)?,
-        remember_me: first.try_get(12)?,
-        created_at: first.try_get(13)?,
-        last_active_at: first.try_get(14)?,
-        absolute_expires_at: first.try_get(15)?,
-        ip_address: first.try_get(16)?,
-        user_agent: first.try_get(17)?,
-        data: first.try_get(18)?,
-        data_version: first.try_get(19)?,
-    };
-    const U: usize = SESSION_COLUMNS.len();
-    let user = match first.try_get::<Option<i64>, _>(U)? {
-        None => None,
-        Some(id) => {
-            let mut grants = Vec::with_capacity(rows.len());
-            for row in rows {
-                grants.push(GrantCells {
-                    permissions: row.try_get(U + 3)?,
-                    channel_id: row.try_get(U + 4)?,
-                    code: row.try_get(U + 5)?,
-                    token: row.try_get(U + 6)?,
-                });
-            }
-            Some(user_from_grants(
-                id,
-                first.try_get(U + 1)?,
-                first.try_get(U + 2)?,
-                grants,
-            ))
-        }
-    };
-    Ok(Some((model, user)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The token digests are the statements' only parameters, on every backend (as many as the
-    /// statement reads, or one array on PostgreSQL), and the columns come in the order `decode` reads them.
+    /// statement reads, or one array on PostgreSQL), and the columns come in the order `decode_all` reads them.
     #[test]
     fn the_token_digests_are_the_only_parameters() {
         for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {

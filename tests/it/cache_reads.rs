@@ -327,12 +327,9 @@ async fn user_listing_runs_a_fixed_number_of_statements(v: Variant) {
 /// the very next request: a session's active channel, the channels a role grants (seen through
 /// `me`), and a renamed user (seen through the cached `Session.user`).
 async fn cached_reads_follow_changes_on_every_instance(mode: &str) {
-    use crate::procs::{PgDatabase, RedisProc};
+    use crate::procs::pg_and_redis;
     use crate::scale::{own_prefix, start_instances};
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     let prefix = own_prefix();

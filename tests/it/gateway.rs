@@ -5,7 +5,7 @@
 use crate::all_caches;
 use crate::helpers::{str_of, Api, TestApp, Variant};
 use crate::jwt::{jwks, kid_of, verify, SESSION_JWT};
-use crate::procs::{free_port, have, skip, PgDatabase, RedisProc};
+use crate::procs::{free_port, have, pg_and_redis, skip};
 use crate::scale::{own_prefix, start_instances};
 use reqwest::header::HeaderMap;
 use reqwest::Method;
@@ -362,10 +362,7 @@ async fn auth_headers_follow_user_and_role_changes(v: Variant) {
 /// refused by `/auth` on B on its next request; B publishes the key A signs with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_and_jwks_agree_across_instances() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     let prefix = own_prefix();

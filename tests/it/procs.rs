@@ -118,6 +118,14 @@ impl Drop for PgDatabase {
     }
 }
 
+/// A fresh PostgreSQL database and a private Redis, or `None` (the skip already printed) when
+/// either is missing.
+pub async fn pg_and_redis() -> Option<(PgDatabase, RedisProc)> {
+    let db = PgDatabase::create().await?;
+    let redis = RedisProc::start(false).await?;
+    Some((db, redis))
+}
+
 /// Runs `sql` (a `DROP DATABASE`) on the server of `admin_url`, best effort. Test databases are
 /// dropped from `Drop`, which runs inside the test's runtime: this uses a thread with its own.
 pub fn drop_database(admin_url: String, sql: String) {

@@ -4,7 +4,7 @@
 //! `memory` cache still works across instances; login throttling is shared through Redis; a
 //! `tiered` instance that stops is not waited for.
 
-use crate::procs::{PgDatabase, RedisProc, ServerProc};
+use crate::procs::{pg_and_redis, PgDatabase, ServerProc};
 use serde_json::json;
 use std::time::Duration;
 
@@ -172,10 +172,7 @@ pub async fn invalidations_hold_on_every_instance(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_hold_on_every_instance_redis() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     invalidations_hold_on_every_instance(&db, &redis.url(), "redis", Duration::ZERO).await;
@@ -186,10 +183,7 @@ async fn invalidations_hold_on_every_instance_redis() {
 /// with publish-and-forget it failed about one run in six under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_hold_on_every_instance_tiered() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     invalidations_hold_on_every_instance(&db, &redis.url(), "tiered", Duration::ZERO).await;
@@ -199,10 +193,7 @@ async fn invalidations_hold_on_every_instance_tiered() {
 /// in-process tier (whose entries would otherwise live for the 5-minute cache TTL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_reach_every_instance_tiered() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     let settle = Duration::from_millis(300);
@@ -214,10 +205,7 @@ async fn invalidations_reach_every_instance_tiered() {
 /// for as long as the stopped instance was heard less than 3 s ago).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_tiered_instance_is_not_waited_for() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     let prefix = own_prefix();
@@ -300,10 +288,7 @@ async fn memory_cache_instances_share_the_database() {
 /// fourth attempt (LOGIN_MAX_ATTEMPTS=3) is refused on either instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_throttling_is_shared_between_instances() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     let prefix = own_prefix();

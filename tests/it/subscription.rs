@@ -6,7 +6,7 @@
 //! subscriber that stops reading is dropped while the others keep receiving.
 
 use crate::helpers::{str_of, Api, TestApp, Variant, ADMIN, ADMIN_PASSWORD};
-use crate::procs::{metric, PgDatabase, RedisProc};
+use crate::procs::{metric, pg_and_redis};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -785,10 +785,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_while_others_keep_receiving(
 /// the events made on every instance, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_every_instances_events_exactly_once() {
-    let Some(db) = PgDatabase::create().await else {
-        return;
-    };
-    let Some(redis) = RedisProc::start(false).await else {
+    let Some((db, redis)) = pg_and_redis().await else {
         return;
     };
     let prefix = crate::scale::own_prefix();
