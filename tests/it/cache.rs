@@ -486,3 +486,79 @@ async fn unchanged_entries_are_decoded_once_and_changes_always_show() {
     }
     delete_keys(&mut conn, &prefix).await;
 }
+
+/// Two instances write one session's data at the same moment and their cache writes reach
+/// Redis out of order (version 21 first, then 20): no instance may then cache the older data,
+/// neither the late write nor a database read that started before version 21 was written, on
+/// the `redis` and the `tiered` caches, for anonymous and authenticated sessions. (Each
+/// instance also remembers the versions it wrote itself; this is about the ones it did not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached() {
+    use session_server::cache::SessionStore;
+    use session_server::config::CacheMode;
+    let ttl = Duration::from_secs(60);
+    let Some(url) = test_redis_url() else {
+        return;
+    };
+    let prefix = format!("it-{}:", crate::helpers::random_suffix());
+    let instance = |mode: CacheMode| {
+        let url = url.clone();
+        let prefix = prefix.clone();
+        async move {
+            let redis = std::sync::Arc::new(redis_cache(&url, &prefix, ttl).await);
+            SessionStore::for_mode(
+                mode,
+                Some(redis),
+                1000,
+                std::sync::Arc::default(),
+                ttl,
+                Duration::from_secs(3600),
+            )
+        }
+    };
+    for mode in [CacheMode::Redis, CacheMode::Tiered] {
+        let (a, b, c) = (instance(mode).await, instance(mode).await, instance(mode).await);
+        if mode == CacheMode::Tiered {
+            // Let the instances hear each other's heartbeats, so each waits for the others'
+            // acknowledgements, as running instances do.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        for user in [None, Some(5)] {
+            let case = format!("{mode:?}, user {user:?}");
+            let hash = session_server::token::generate().hash;
+            // Instance c reads the row before version 21 is written, and sees version 20.
+            let stale_read = c.start_read();
+            b.put_read(entry(hash, user, 20), b.start_read()).await;
+            assert_eq!(version(&c, &hash).await, Some(20), "{case}: cached");
+            a.replace(entry(hash, user, 21)).await;
+            assert_eq!(version(&c, &hash).await, Some(21), "{case}: the newer write");
+            // Instance b's write of version 20 arrives late: Redis refuses it, and b drops the
+            // entry, since its other fields may be newer than those of version 21.
+            b.replace(entry(hash, user, 20)).await;
+            for (name, store) in [("a", &a), ("b", &b), ("c", &c)] {
+                assert_eq!(version(store, &hash).await, None, "{case}: dropped on {name}");
+            }
+            // Neither c's old read nor a late fill of version 20 from any instance comes back.
+            c.put_read(entry(hash, user, 20), stale_read).await;
+            a.put_read(entry(hash, user, 20), a.start_read()).await;
+            b.put_read(entry(hash, user, 20), b.start_read()).await;
+            for (name, store) in [("a", &a), ("b", &b), ("c", &c)] {
+                assert_ne!(
+                    version(store, &hash).await,
+                    Some(20),
+                    "{case}: older data cached again on {name}"
+                );
+            }
+        }
+    }
+    let mut conn = raw_redis(&url).await;
+    delete_keys(&mut conn, &prefix).await;
+}
+
+/// The data version an instance's cache holds for `hash`, if any.
+async fn version(
+    store: &session_server::cache::SessionStore,
+    hash: &session_server::token::TokenHash,
+) -> Option<i64> {
+    store.get(hash).await.map(|s| s.data_version)
+}
