@@ -517,7 +517,11 @@ async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached(
         }
     };
     for mode in [CacheMode::Redis, CacheMode::Tiered] {
-        let (a, b, c) = (instance(mode).await, instance(mode).await, instance(mode).await);
+        let (a, b, c) = (
+            instance(mode).await,
+            instance(mode).await,
+            instance(mode).await,
+        );
         if mode == CacheMode::Tiered {
             // Let the instances hear each other's heartbeats, so each waits for the others'
             // acknowledgements, as running instances do.
@@ -531,12 +535,20 @@ async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached(
             b.put_read(entry(hash, user, 20), b.start_read()).await;
             assert_eq!(version(&c, &hash).await, Some(20), "{case}: cached");
             a.replace(entry(hash, user, 21)).await;
-            assert_eq!(version(&c, &hash).await, Some(21), "{case}: the newer write");
+            assert_eq!(
+                version(&c, &hash).await,
+                Some(21),
+                "{case}: the newer write"
+            );
             // Instance b's write of version 20 arrives late: Redis refuses it, and b drops the
             // entry, since its other fields may be newer than those of version 21.
             b.replace(entry(hash, user, 20)).await;
             for (name, store) in [("a", &a), ("b", &b), ("c", &c)] {
-                assert_eq!(version(store, &hash).await, None, "{case}: dropped on {name}");
+                assert_eq!(
+                    version(store, &hash).await,
+                    None,
+                    "{case}: dropped on {name}"
+                );
             }
             // Neither c's old read nor a late fill of version 20 from any instance comes back.
             c.put_read(entry(hash, user, 20), stale_read).await;
