@@ -61,6 +61,10 @@ pub struct Metrics {
     requests: Family<OperationLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     cache: Family<CacheLabels, Counter>,
+    /// The `cache` counters of the two tiers' hits and misses, taken from the family on first
+    /// use: a lookup happens on every request, and the family's own lookup (a lock and a hash
+    /// of the labels) costs more than the increment.
+    cache_counters: [std::sync::OnceLock<Counter>; 4],
     sessions: Family<EventLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
     errors: Family<ComponentLabels, Counter>,
@@ -159,6 +163,7 @@ impl Default for Metrics {
             requests,
             latency,
             cache,
+            cache_counters: Default::default(),
             sessions,
             logins,
             errors,
@@ -183,8 +188,17 @@ impl Metrics {
     /// A cache lookup in `tier` (`memory` or `redis`).
     pub fn cache_lookup(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        self.cache
-            .get_or_create(&CacheLabels { tier, result })
+        let labels = CacheLabels { tier, result };
+        let slot = match tier {
+            "memory" => 0,
+            "redis" => 2,
+            _ => {
+                self.cache.get_or_create(&labels).inc();
+                return;
+            }
+        } + usize::from(!hit);
+        self.cache_counters[slot]
+            .get_or_init(|| self.cache.get_or_create(&labels).clone())
             .inc();
     }
 
@@ -422,7 +436,33 @@ fn first_root_field(q: &str) -> Option<(bool, &str)> {
 
 #[cfg(test)]
 mod tests {
-    use super::first_root_field;
+    use super::{first_root_field, Metrics};
+
+    /// The counters taken from the family on first use are the family's own: each tier and
+    /// result is counted under its labels, and only those that happened are listed.
+    #[test]
+    fn cache_lookups_are_counted_under_their_labels() {
+        let metrics = Metrics::default();
+        for _ in 0..3 {
+            metrics.cache_lookup("memory", true);
+        }
+        metrics.cache_lookup("memory", false);
+        metrics.cache_lookup("redis", true);
+        metrics.cache_lookup("redis", true);
+        let text = metrics.render();
+        let count = |tier: &str, result: &str| {
+            let name = format!(
+                "session_server_cache_lookups_total{{tier=\"{tier}\",result=\"{result}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str()))
+                .map(|n| n.parse::<u64>().expect("a count"))
+        };
+        assert_eq!(count("memory", "hit"), Some(3), "{text}");
+        assert_eq!(count("memory", "miss"), Some(1), "{text}");
+        assert_eq!(count("redis", "hit"), Some(2), "{text}");
+        assert_eq!(count("redis", "miss"), None, "{text}");
+    }
 
     #[test]
     fn root_fields_are_found_cheaply() {
