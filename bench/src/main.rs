@@ -87,6 +87,12 @@ pub struct Args {
     /// The floor is always included.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Worker threads of every server process the harness starts (session-server, bare and
+    /// peer alike), passed to each as `TOKIO_WORKER_THREADS`. Default: half the machine's
+    /// cores, at least one, since the load generator runs on the same machine and takes about
+    /// the other half; `0` leaves each runtime's own default (one thread per core).
+    #[arg(long, env = "BENCH_SERVER_THREADS")]
+    server_threads: Option<usize>,
 }
 
 /// Resolved run settings.
@@ -100,6 +106,8 @@ pub struct Settings {
     pub peer_bin: PathBuf,
     pub bare_bin: PathBuf,
     pub scratch: PathBuf,
+    /// `TOKIO_WORKER_THREADS` of every server process (`None`: the runtime's default).
+    pub server_threads: Option<usize>,
 }
 
 impl Settings {
@@ -144,7 +152,20 @@ impl Settings {
             peer_bin,
             bare_bin,
             scratch,
+            server_threads: server_threads(a.server_threads),
         })
+    }
+}
+
+/// The servers' worker threads: as asked (`0`: the runtime's default), else half the cores.
+fn server_threads(asked: Option<usize>) -> Option<usize> {
+    match asked {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Some((cores / 2).max(1))
+        }
     }
 }
 
@@ -254,6 +275,7 @@ async fn main() {
 
 async fn run(args: Args) -> Result<i32> {
     let s = Settings::from_args(&args)?;
+    server::set_worker_threads(s.server_threads);
     if !s.server_bin.exists() {
         bail!(
             "server binary {} not found: build it with `cargo build {}--bin session-server` or pass --server-bin",

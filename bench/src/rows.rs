@@ -1118,12 +1118,13 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         .filter(|r| args.only.is_empty() || r.id == "floor" || args.only.iter().any(|o| o == r.id))
         .collect();
     eprintln!(
-        "session-server benchmark: {} round(s), {} connections, {:?} per row (+{:?} warm-up), {} sessions, server {}",
+        "session-server benchmark: {} round(s), {} connections, {:?} per row (+{:?} warm-up), {} sessions, {}, server {}",
         s.rounds,
         s.connections,
         s.duration,
         s.warmup,
         s.sessions,
+        crate::server::threads_note(),
         s.server_bin.display()
     );
     let load_before = crate::loadavg();
@@ -1236,8 +1237,8 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     let floor = reports.iter().find(|r| r.id == "floor");
     println!();
     println!(
-        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server.",
-        s.rounds, s.connections, s.duration, s.warmup, s.sessions
+        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}.",
+        s.rounds, s.connections, s.duration, s.warmup, s.sessions, crate::server::threads_note()
     );
     println!("{}", crate::machine_line(&load_before));
     println!();
