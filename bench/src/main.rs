@@ -88,9 +88,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Worker threads of every server process the harness starts (session-server, bare and
-    /// peer alike), passed to each as `TOKIO_WORKER_THREADS`. Default: half the machine's
-    /// cores, at least one, since the load generator runs on the same machine and takes about
-    /// the other half; `0` leaves each runtime's own default (one thread per core).
+    /// peer alike), passed to each as `TOKIO_WORKER_THREADS`. Default (or `0`): each runtime's
+    /// own default, one thread per core. One thread per server on 2 cores was tried (run U in
+    /// BENCHMARKS.md): no better overall.
     #[arg(long, env = "BENCH_SERVER_THREADS")]
     server_threads: Option<usize>,
 }
@@ -152,20 +152,8 @@ impl Settings {
             peer_bin,
             bare_bin,
             scratch,
-            server_threads: server_threads(a.server_threads),
+            server_threads: a.server_threads.filter(|&n| n > 0),
         })
-    }
-}
-
-/// The servers' worker threads: as asked (`0`: the runtime's default), else half the cores.
-fn server_threads(asked: Option<usize>) -> Option<usize> {
-    match asked {
-        Some(0) => None,
-        Some(n) => Some(n),
-        None => {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Some((cores / 2).max(1))
-        }
     }
 }
 
