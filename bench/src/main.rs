@@ -263,7 +263,9 @@ async fn main() {
 
 async fn run(args: Args) -> Result<i32> {
     let s = Settings::from_args(&args)?;
-    server::set_worker_threads(s.server_threads);
+    if let Some(n) = s.server_threads {
+        server::set_worker_threads(n);
+    }
     if !s.server_bin.exists() {
         bail!(
             "server binary {} not found: build it with `cargo build {}--bin session-server` or pass --server-bin",

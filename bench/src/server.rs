@@ -74,23 +74,18 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// `TOKIO_WORKER_THREADS` of every process started here, set once from the run's settings.
-static WORKER_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+/// `TOKIO_WORKER_THREADS` of every process started here, when the run sets it (unset: each
+/// runtime's default, one thread per core).
+static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
-/// Sets the worker threads of every server process started from now on (`None`: the runtime's
-/// default, one per core).
-pub fn set_worker_threads(n: Option<usize>) {
+/// Sets the worker threads of every server process started from now on.
+pub fn set_worker_threads(n: usize) {
     let _ = WORKER_THREADS.set(n);
 }
 
-/// The worker threads every server process gets, for the report.
-pub fn worker_threads() -> Option<usize> {
-    WORKER_THREADS.get().copied().flatten()
-}
-
-/// How many worker threads the servers run, in words.
+/// How many worker threads the servers run, in words, for the report.
 pub fn threads_note() -> String {
-    match worker_threads() {
+    match WORKER_THREADS.get() {
         Some(n) => format!("{n} worker thread(s) per server (TOKIO_WORKER_THREADS)"),
         None => "one worker thread per core per server".to_string(),
     }
@@ -102,7 +97,7 @@ fn base_command(bin: &Path, env: &[(String, String)]) -> Command {
     if let Ok(path) = std::env::var("PATH") {
         cmd.env("PATH", path);
     }
-    if let Some(n) = worker_threads() {
+    if let Some(n) = WORKER_THREADS.get() {
         cmd.env("TOKIO_WORKER_THREADS", n.to_string());
     }
     for (k, v) in env {
