@@ -114,7 +114,7 @@ pub enum LogFormat {
 /// Which [`crate::cache::SessionCache`] strategy serves session lookups.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheMode {
-    /// Bounded in-process cache (moka).
+    /// Bounded in-process cache.
     Memory,
     /// Redis, shared by every instance.
     Redis,

@@ -1,34 +1,47 @@
-//! The `memory` strategy: a bounded in-process cache (moka) with a per-user index, so one user's
+//! The `memory` strategy: a bounded in-process cache with a per-user index, so one user's
 //! sessions can be dropped without scanning the cache, and tombstones for revoked tokens, so a
 //! request still in flight when its session was revoked cannot put the entry back.
+//!
+//! The entries live in a `quick_cache` map: a lookup is a shared lock on one shard and a
+//! reference bit, with no access log to replay later, which matters because every request
+//! makes one. The tombstones, consulted on writes only, stay in moka for its per-entry expiry.
 
 use super::{CacheError, SessionCache, TOMBSTONE_TTL};
 use crate::domain::CachedSession;
 use crate::metrics::Metrics;
 use crate::token::TokenHash;
 use async_trait::async_trait;
-use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 type UserIndex = Arc<Mutex<HashMap<i64, HashSet<TokenHash>>>>;
 
+type Entries = quick_cache::sync::Cache<
+    TokenHash,
+    Arc<CachedSession>,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    Evicted,
+>;
+
 /// Stripes of the write lock: a tombstone check and the insert it allows happen under one lock
 /// that revocation takes too, so they cannot interleave. Reads take no lock.
 const WRITE_STRIPES: usize = 64;
 
+/// Room the entry map reserves up front; it grows from there up to the capacity.
+const INITIAL_ENTRIES: usize = 4_096;
+
 pub struct MemoryCache {
-    /// Token hash -> session, at most `capacity` entries, none older than the cache TTL.
-    entries: Cache<TokenHash, Arc<CachedSession>>,
-    /// User id -> token hashes of that user's cached sessions; kept in step by the eviction
-    /// listener.
+    /// Token hash -> session, at most `capacity` entries.
+    entries: Entries,
+    /// User id -> token hashes of that user's cached sessions; kept in step on eviction
+    /// ([`Evicted`]) and on removal.
     by_user: UserIndex,
     /// Token hashes revoked within [`TOMBSTONE_TTL`]: never stored again. Consulted on writes
     /// only. Oldest first out when full: a new revocation matters more than an old one.
-    tombstones: Cache<TokenHash, ()>,
+    tombstones: moka::sync::Cache<TokenHash, ()>,
     writes: [Mutex<()>; WRITE_STRIPES],
     metrics: Arc<Metrics>,
 }
@@ -43,27 +56,39 @@ fn unindex(index: &UserIndex, user_id: i64, key: &TokenHash) {
     }
 }
 
+/// Collects what one insert pushes out of the map: entries evicted to make room, and the
+/// previous version of the key inserted (the map reports both the same way). The insert
+/// takes the evicted ones out of the user index after the map's lock is released.
+#[derive(Clone)]
+struct Evicted;
+
+impl quick_cache::Lifecycle<TokenHash, Arc<CachedSession>> for Evicted {
+    type RequestState = Vec<(TokenHash, Arc<CachedSession>)>;
+
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
+    }
+
+    fn on_evict(&self, out: &mut Self::RequestState, key: TokenHash, value: Arc<CachedSession>) {
+        out.push((key, value));
+    }
+}
+
 impl MemoryCache {
     /// A cache of at most `capacity` sessions. Entries carry no expiry of their own: the session
     /// service checks every entry's age against `SESSION_CACHE_TTL` (and its session's expiry)
     /// on each read and reloads stale ones, so per-entry timers would only cost memory.
     pub fn new(capacity: u64, metrics: Arc<Metrics>) -> Self {
         let by_user: UserIndex = Arc::default();
-        let index = by_user.clone();
-        let entries = Cache::builder()
-            .max_capacity(capacity)
-            .eviction_listener(
-                move |key: Arc<TokenHash>, value: Arc<CachedSession>, cause| {
-                    // A replacement keeps the key cached: its index entry must stay.
-                    if cause != RemovalCause::Replaced {
-                        if let Some(user_id) = value.user_id() {
-                            unindex(&index, user_id, &key);
-                        }
-                    }
-                },
-            )
-            .build();
-        let tombstones = Cache::builder()
+        let items = usize::try_from(capacity).unwrap_or(usize::MAX);
+        let entries = Entries::with(
+            items.min(INITIAL_ENTRIES),
+            capacity,
+            quick_cache::UnitWeighter,
+            quick_cache::DefaultHashBuilder::default(),
+            Evicted,
+        );
+        let tombstones = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .time_to_live(TOMBSTONE_TTL)
             .eviction_policy(EvictionPolicy::lru())
@@ -85,8 +110,7 @@ impl MemoryCache {
 
     /// Entries currently held, after pending evictions have run (for tests and metrics).
     pub fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
     /// Synchronous lookup, for the tiered strategy and the hot path.
@@ -98,40 +122,71 @@ impl MemoryCache {
 
     /// Stores an entry unless its token was revoked; returns whether it was stored.
     pub fn insert_sync(&self, session: Arc<CachedSession>) -> bool {
-        let _write = self.write_lock(&session.token_hash);
-        if self.tombstones.contains_key(&session.token_hash) {
-            return false;
+        let pushed_out = {
+            let _write = self.write_lock(&session.token_hash);
+            if self.tombstones.contains_key(&session.token_hash) {
+                return false;
+            }
+            // Never go back to older data (a read or write that started before an update).
+            if self
+                .entries
+                .peek(&session.token_hash)
+                .is_some_and(|cur| cur.data_version > session.data_version)
+            {
+                return false;
+            }
+            if let Some(user_id) = session.user_id() {
+                self.by_user
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(user_id)
+                    .or_default()
+                    .insert(session.token_hash);
+            }
+            self.entries
+                .insert_with_lifecycle(session.token_hash, session)
+        };
+        for (key, old) in pushed_out {
+            if let Some(user_id) = old.user_id() {
+                self.unindex_unless_cached(user_id, &key);
+            }
         }
-        // Never go back to older data (a read or write that started before an update of it).
-        if self
-            .entries
-            .get(&session.token_hash)
-            .is_some_and(|cur| cur.data_version > session.data_version)
-        {
-            return false;
-        }
-        if let Some(user_id) = session.user_id() {
-            self.by_user
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(user_id)
-                .or_default()
-                .insert(session.token_hash);
-        }
-        self.entries.insert(session.token_hash, session);
         true
+    }
+
+    /// Takes `key` out of `user_id`'s index entry unless the map holds it for that user now:
+    /// under the key's write lock, so an insert of the same key (which indexes, then stores)
+    /// cannot fall in between and be left cached but unindexed, out of `delete_user`'s reach.
+    fn unindex_unless_cached(&self, user_id: i64, key: &TokenHash) {
+        let _write = self.write_lock(key);
+        let cached_for = self.entries.peek(key).and_then(|s| s.user_id());
+        if cached_for != Some(user_id) {
+            unindex(&self.by_user, user_id, key);
+        }
     }
 
     /// Drops an entry; the token may be cached again (its row changed, it was not revoked).
     pub fn delete_sync(&self, key: &TokenHash) {
-        self.entries.invalidate(key);
+        if let Some((key, session)) = self.entries.remove(key) {
+            if let Some(user_id) = session.user_id() {
+                self.unindex_unless_cached(user_id, &key);
+            }
+        }
     }
 
     /// Drops the entry of a revoked token and refuses to store it again for [`TOMBSTONE_TTL`].
     pub fn revoke_sync(&self, key: &TokenHash) {
-        let _write = self.write_lock(key);
-        self.tombstones.insert(*key, ());
-        self.entries.invalidate(key);
+        let removed = {
+            let _write = self.write_lock(key);
+            self.tombstones.insert(*key, ());
+            self.entries.remove(key)
+        };
+        // The tombstone keeps the token out of the map, so its index entry can go as is.
+        if let Some((key, session)) = removed {
+            if let Some(user_id) = session.user_id() {
+                unindex(&self.by_user, user_id, &key);
+            }
+        }
     }
 
     pub fn delete_user_sync(&self, user_id: i64) {
@@ -142,12 +197,12 @@ impl MemoryCache {
             .remove(&user_id)
             .unwrap_or_default();
         for key in keys {
-            self.entries.invalidate(&key);
+            self.entries.remove(&key);
         }
     }
 
     pub fn clear_sync(&self) {
-        self.entries.invalidate_all();
+        self.entries.clear();
         self.by_user
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -232,6 +287,75 @@ mod tests {
             .map(|s| s.len())
             .sum();
         assert!(indexed <= 100, "index held {indexed}");
+    }
+
+    #[tokio::test]
+    async fn dropped_and_revoked_entries_leave_the_user_index() {
+        let cache = MemoryCache::new(100, Arc::default());
+        let sessions: Vec<_> = (0..20).map(|i| session(Some(i % 3))).collect();
+        for s in &sessions {
+            cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            if i % 2 == 0 {
+                cache.delete(&s.token_hash).await.unwrap();
+            } else {
+                cache.revoke(&s.token_hash).await.unwrap();
+            }
+        }
+        assert_eq!(cache.entry_count(), 0);
+        assert!(cache.by_user.lock().unwrap().is_empty(), "index kept keys");
+        // A replacement keeps its key indexed: dropping the user still finds it.
+        let s = session(Some(7));
+        cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
+        let newer = CachedSession::for_tests(s.token_hash, Some(7), 1);
+        assert!(cache.replace(newer, Duration::from_secs(60)).await.unwrap());
+        cache.delete_user(7).await.unwrap();
+        assert!(cache.get(&s.token_hash).await.unwrap().is_none());
+    }
+
+    /// Inserts, drops and evictions of the same keys from several threads at once: whatever
+    /// the interleaving, every cached session stays in its user's index (else `delete_user`
+    /// would miss it and a permission change would not reach it).
+    #[test]
+    fn every_cached_session_stays_indexed_under_concurrent_writes() {
+        let cache = Arc::new(MemoryCache::new(16, Arc::default()));
+        let keys: Arc<Vec<(TokenHash, i64)>> = Arc::new(
+            (0..48)
+                .map(|i| (token::generate().hash, i64::from(i % 5)))
+                .collect(),
+        );
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (cache, keys) = (cache.clone(), keys.clone());
+                std::thread::spawn(move || {
+                    let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    for _ in 0..20_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let (key, user) = keys[(x % keys.len() as u64) as usize];
+                        if x & (1 << 40) == 0 {
+                            cache.insert_sync(CachedSession::for_tests(key, Some(user), 0));
+                        } else {
+                            cache.delete_sync(&key);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let index = cache.by_user.lock().unwrap();
+        for (key, user) in keys.iter() {
+            if cache.entries.peek(key).is_some() {
+                assert!(
+                    index.get(user).is_some_and(|k| k.contains(key)),
+                    "a cached session of user {user} is not indexed"
+                );
+            }
+        }
     }
 
     #[tokio::test]

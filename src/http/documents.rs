@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Parsed documents by query text.
-pub type Documents = moka::sync::Cache<String, Arc<KnownDocument>>;
+pub type Documents = quick_cache::sync::Cache<String, Arc<KnownDocument>>;
 
 /// Longest query text whose parsed document is cached.
 const MAX_CACHED_QUERY_BYTES: usize = 8 * 1024;
@@ -50,7 +50,7 @@ impl KnownDocument {
 }
 
 pub(super) fn new_cache() -> Documents {
-    moka::sync::Cache::new(1_000)
+    quick_cache::sync::Cache::new(1_000)
 }
 
 /// The cached parse of `query`, parsing and caching it on a miss; `None` for a query too long
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn documents_with_mutations_are_parsed_but_never_cached() {
-        let documents = moka::sync::Cache::new(100);
+        let documents = quick_cache::sync::Cache::new(100);
         let secret = r#"mutation { login(username: "a", password: "hunter2") { __typename } }"#;
         let mixed = r#"query Q { me { id } } mutation M { changePassword(currentPassword: "x", newPassword: "y") }"#;
         let subscription = "subscription { sessionEvents { id } }";

@@ -25,15 +25,15 @@ use std::sync::Arc;
 
 /// Channels never change once created, so lookups by token and id are cached for good.
 pub struct ChannelDirectory {
-    by_token: moka::sync::Cache<String, Arc<channel::Model>>,
-    by_id: moka::sync::Cache<i64, Arc<channel::Model>>,
+    by_token: quick_cache::sync::Cache<String, Arc<channel::Model>>,
+    by_id: quick_cache::sync::Cache<i64, Arc<channel::Model>>,
 }
 
 impl Default for ChannelDirectory {
     fn default() -> Self {
         ChannelDirectory {
-            by_token: moka::sync::Cache::new(10_000),
-            by_id: moka::sync::Cache::new(10_000),
+            by_token: quick_cache::sync::Cache::new(10_000),
+            by_id: quick_cache::sync::Cache::new(10_000),
         }
     }
 }
