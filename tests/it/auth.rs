@@ -11,6 +11,7 @@ crate::variants!(
     login_from_anonymous_session_carries_over,
     login_sets_last_login_at,
     concurrent_logins_of_one_user_all_succeed,
+    concurrent_logins_through_two_instances_all_succeed,
     unknown_user_and_wrong_password_look_the_same,
     unverified_user_gets_not_verified_error,
     too_many_attempts_per_identifier_then_window_passes,
@@ -241,6 +242,35 @@ async fn concurrent_logins_of_one_user_all_succeed(v: Variant) {
         for r in futures_util::future::join_all(logins).await {
             assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
         }
+    }
+}
+
+/// The same through two instances of one deployment, as behind a load balancer: each has its
+/// own connection pool, so the inserts and `lastLoginAt` updates meet only in the database.
+/// Every login succeeds, and every session it made is the user's and answers on both.
+async fn concurrent_logins_through_two_instances_all_succeed(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let other = app.sibling().await;
+    setup_user(&app, "erin", "erin-password-1").await;
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let logins = (0..4).map(|i| {
+            let api = if i % 2 == 0 { &app.api } else { &other.api };
+            api.try_login("erin", "erin-password-1")
+        });
+        for r in futures_util::future::join_all(logins).await {
+            assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+            tokens.push(r.session_token().expect("session-token"));
+        }
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        let api = if i % 2 == 0 { &other.api } else { &app.api };
+        assert_eq!(
+            api.active_session(token).await["user"]["identifier"],
+            "erin"
+        );
     }
 }
 

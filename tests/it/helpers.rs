@@ -190,12 +190,40 @@ pub struct TestApp {
     pub variant: Variant,
     pub database_url: String,
     pub redis_prefix: String,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    /// The configuration it started with (a [`TestApp::sibling`] starts with the same).
+    config: Config,
+    running: Running,
     _db: DbGuard,
 }
 
-impl Drop for TestApp {
+/// A server running in this process; stopped when dropped.
+struct Running {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts a server with `config` and returns it with its port.
+    async fn start(config: Config) -> (Running, u16) {
+        let app = Application::build(config).await.expect("the server starts");
+        let port = app.port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = app
+                .run_until_stopped(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        let running = Running {
+            shutdown: Some(tx),
+            server: Some(server),
+        };
+        (running, port)
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -203,6 +231,19 @@ impl Drop for TestApp {
         if let Some(h) = self.server.take() {
             h.abort();
         }
+    }
+}
+
+/// A second instance of a [`TestApp`]'s deployment: same database, cache and Redis prefix.
+pub struct Sibling {
+    pub api: Api,
+    _running: Running,
+}
+
+impl std::ops::Deref for Sibling {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -391,26 +432,27 @@ impl TestApp {
         config.superadmin_password = ADMIN_PASSWORD.into();
         config.log = "warn".into();
         tweak(&mut config);
-        let app = Application::build(config).await.expect("the server starts");
-        let port = app.port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = app
-                .run_until_stopped(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (running, port) = Running::start(config.clone()).await;
         Some(TestApp {
             api: Api::new(port, Duration::from_secs(30)),
             port,
             variant,
             database_url,
             redis_prefix: format!("ss-test:{suffix}:"),
-            shutdown: Some(tx),
-            server: Some(server),
+            config,
+            running,
             _db: guard,
         })
+    }
+
+    /// Another instance of this deployment (same database, cache strategy and Redis prefix,
+    /// its own port and in-process caches), as a second server behind a load balancer.
+    pub async fn sibling(&self) -> Sibling {
+        let (running, port) = Running::start(self.config.clone()).await;
+        Sibling {
+            api: Api::new(port, Duration::from_secs(30)),
+            _running: running,
+        }
     }
 }
 
