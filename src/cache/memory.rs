@@ -30,9 +30,6 @@ type Entries = quick_cache::sync::Cache<
 /// that revocation takes too, so they cannot interleave. Reads take no lock.
 const WRITE_STRIPES: usize = 64;
 
-/// Room the entry map reserves up front; it grows from there up to the capacity.
-const INITIAL_ENTRIES: usize = 4_096;
-
 pub struct MemoryCache {
     /// Token hash -> session, at most `capacity` entries.
     entries: Entries,
@@ -82,7 +79,7 @@ impl MemoryCache {
         let by_user: UserIndex = Arc::default();
         let items = usize::try_from(capacity).unwrap_or(usize::MAX);
         let entries = Entries::with(
-            items.min(INITIAL_ENTRIES),
+            items,
             capacity,
             quick_cache::UnitWeighter,
             quick_cache::DefaultHashBuilder::default(),
@@ -108,7 +105,7 @@ impl MemoryCache {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Entries currently held, after pending evictions have run (for tests and metrics).
+    /// Entries currently held (for tests and metrics).
     pub fn entry_count(&self) -> u64 {
         self.entries.len() as u64
     }
@@ -181,10 +178,9 @@ impl MemoryCache {
             self.tombstones.insert(*key, ());
             self.entries.remove(key)
         };
-        // The tombstone keeps the token out of the map, so its index entry can go as is.
         if let Some((key, session)) = removed {
             if let Some(user_id) = session.user_id() {
-                unindex(&self.by_user, user_id, &key);
+                self.unindex_unless_cached(user_id, &key);
             }
         }
     }
@@ -196,12 +192,22 @@ impl MemoryCache {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&user_id)
             .unwrap_or_default();
+        // Each under its key's write lock: an insert of the key that already indexed it (in
+        // the set just taken) finishes storing first, and is then dropped here.
         for key in keys {
+            let _write = self.write_lock(&key);
             self.entries.remove(&key);
         }
     }
 
     pub fn clear_sync(&self) {
+        // Every write lock, in order (nothing else holds two), so no insert is between
+        // indexing and storing while the map and the index are emptied.
+        let _writes: Vec<_> = self
+            .writes
+            .iter()
+            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect();
         self.entries.clear();
         self.by_user
             .lock()
@@ -314,9 +320,10 @@ mod tests {
         assert!(cache.get(&s.token_hash).await.unwrap().is_none());
     }
 
-    /// Inserts, drops and evictions of the same keys from several threads at once: whatever
-    /// the interleaving, every cached session stays in its user's index (else `delete_user`
-    /// would miss it and a permission change would not reach it).
+    /// Inserts, drops, revocations, per-user drops, clears and evictions of the same keys from
+    /// several threads at once: whatever the interleaving, every cached session stays in its
+    /// user's index (else `delete_user` would miss it and a permission change would not reach
+    /// it).
     #[test]
     fn every_cached_session_stays_indexed_under_concurrent_writes() {
         let cache = Arc::new(MemoryCache::new(16, Arc::default()));
@@ -335,10 +342,14 @@ mod tests {
                         x ^= x >> 7;
                         x ^= x << 17;
                         let (key, user) = keys[(x % keys.len() as u64) as usize];
-                        if x & (1 << 40) == 0 {
-                            cache.insert_sync(CachedSession::for_tests(key, Some(user), 0));
-                        } else {
-                            cache.delete_sync(&key);
+                        match (x >> 40) % 64 {
+                            0 => cache.delete_user_sync(user),
+                            1 if (x >> 50) % 16 == 0 => cache.clear_sync(),
+                            2 if (x >> 50) % 8 == 0 => cache.revoke_sync(&key),
+                            n if n % 2 == 0 => cache.delete_sync(&key),
+                            _ => {
+                                cache.insert_sync(CachedSession::for_tests(key, Some(user), 0));
+                            }
                         }
                     }
                 })

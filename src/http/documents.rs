@@ -8,11 +8,28 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Parsed documents by query text.
-pub type Documents = quick_cache::sync::Cache<String, Arc<KnownDocument>>;
+/// Parsed documents by query text, bounded by the bytes of query text they hold.
+pub type Documents = quick_cache::sync::Cache<String, Arc<KnownDocument>, QueryBytes>;
 
 /// Longest query text whose parsed document is cached.
 const MAX_CACHED_QUERY_BYTES: usize = 8 * 1024;
+
+/// Query text the cache holds at most: a parse grows with its text, so a flood of long
+/// distinct queries evicts more entries instead of holding more memory.
+const CACHED_QUERY_BYTES: u64 = 1 << 20;
+
+/// About how many documents the cache holds (short queries; it sizes the cache's shards).
+const CACHED_DOCUMENTS: usize = 2_000;
+
+/// Weighs a cached document by its query text (plus a fixed part for the entry itself).
+#[derive(Clone)]
+pub struct QueryBytes;
+
+impl quick_cache::Weighter<String, Arc<KnownDocument>> for QueryBytes {
+    fn weight(&self, query: &String, _: &Arc<KnownDocument>) -> u64 {
+        query.len() as u64 + 128
+    }
+}
 
 /// A parsed query text, whether it has passed full validation without variables, and its read
 /// plan once it has.
@@ -50,7 +67,7 @@ impl KnownDocument {
 }
 
 pub(super) fn new_cache() -> Documents {
-    quick_cache::sync::Cache::new(1_000)
+    Documents::with_weighter(CACHED_DOCUMENTS, CACHED_QUERY_BYTES, QueryBytes)
 }
 
 /// The cached parse of `query`, parsing and caching it on a miss; `None` for a query too long
@@ -106,7 +123,7 @@ mod tests {
 
     #[test]
     fn documents_with_mutations_are_parsed_but_never_cached() {
-        let documents = quick_cache::sync::Cache::new(100);
+        let documents = new_cache();
         let secret = r#"mutation { login(username: "a", password: "hunter2") { __typename } }"#;
         let mixed = r#"query Q { me { id } } mutation M { changePassword(currentPassword: "x", newPassword: "y") }"#;
         let subscription = "subscription { sessionEvents { id } }";
@@ -120,5 +137,31 @@ mod tests {
         let again = known_document(&documents, read).expect("cached");
         assert!(Arc::ptr_eq(&first, &again), "served from the cache");
         assert!(known_document(&documents, "{ activeSession { id }").is_none());
+    }
+
+    #[test]
+    fn long_distinct_queries_are_bounded_by_their_bytes() {
+        let documents = new_cache();
+        let pad = "x".repeat(7_900);
+        for i in 0..300 {
+            let query = format!("# {i} {pad}\n{{ __typename }}");
+            assert!(known_document(&documents, &query).is_some());
+        }
+        assert!(
+            documents.weight() <= CACHED_QUERY_BYTES,
+            "{}",
+            documents.weight()
+        );
+        let most = (CACHED_QUERY_BYTES / 8_000) as usize;
+        assert!(
+            documents.len() <= most,
+            "held {} long documents",
+            documents.len()
+        );
+        // A client's own query is still cached after the flood.
+        let read = "{ activeSession { id } }";
+        let first = known_document(&documents, read).expect("parses");
+        let again = known_document(&documents, read).expect("cached");
+        assert!(Arc::ptr_eq(&first, &again), "served from the cache");
     }
 }
