@@ -149,7 +149,9 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         redis: None,
         cache_ttl: None,
         cache_capacity: None,
-        extra_env: Vec::new(),
+        // One request deletes the whole backlog: on a slow machine that outlasts the default
+        // 30 s request timeout, which would answer 503 and stop it part-way.
+        extra_env: vec![("REQUEST_TIMEOUT", "30m")],
     };
     let (proc, seeded) = prepare_server(s, &cfg, s.sessions, 0).await?;
     let tokens = seeded.anonymous;
