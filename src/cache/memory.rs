@@ -13,10 +13,10 @@ use crate::token::TokenHash;
 use async_trait::async_trait;
 use moka::policy::EvictionPolicy;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-type UserIndex = Arc<Mutex<HashMap<i64, HashSet<TokenHash>>>>;
+type UserIndex = HashMap<i64, HashSet<TokenHash>>;
 
 type Entries = quick_cache::sync::Cache<
     TokenHash,
@@ -35,22 +35,12 @@ pub struct MemoryCache {
     entries: Entries,
     /// User id -> token hashes of that user's cached sessions; kept in step on eviction
     /// ([`Evicted`]) and on removal.
-    by_user: UserIndex,
+    by_user: Mutex<UserIndex>,
     /// Token hashes revoked within [`TOMBSTONE_TTL`]: never stored again. Consulted on writes
     /// only. Oldest first out when full: a new revocation matters more than an old one.
     tombstones: moka::sync::Cache<TokenHash, ()>,
     writes: [Mutex<()>; WRITE_STRIPES],
     metrics: Arc<Metrics>,
-}
-
-fn unindex(index: &UserIndex, user_id: i64, key: &TokenHash) {
-    let mut map = index.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(keys) = map.get_mut(&user_id) {
-        keys.remove(key);
-        if keys.is_empty() {
-            map.remove(&user_id);
-        }
-    }
 }
 
 /// Collects what one insert pushes out of the map: entries evicted to make room, and the
@@ -76,7 +66,6 @@ impl MemoryCache {
     /// service checks every entry's age against `SESSION_CACHE_TTL` (and its session's expiry)
     /// on each read and reloads stale ones, so per-entry timers would only cost memory.
     pub fn new(capacity: u64, metrics: Arc<Metrics>) -> Self {
-        let by_user: UserIndex = Arc::default();
         let items = usize::try_from(capacity).unwrap_or(usize::MAX);
         let entries = Entries::with(
             items,
@@ -92,17 +81,21 @@ impl MemoryCache {
             .build();
         MemoryCache {
             entries,
-            by_user,
+            by_user: Mutex::default(),
             tombstones,
             writes: std::array::from_fn(|_| Mutex::new(())),
             metrics,
         }
     }
 
-    fn write_lock(&self, key: &TokenHash) -> std::sync::MutexGuard<'_, ()> {
+    fn write_lock(&self, key: &TokenHash) -> MutexGuard<'_, ()> {
         self.writes[usize::from(key.0[0]) % WRITE_STRIPES]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index(&self) -> MutexGuard<'_, UserIndex> {
+        self.by_user.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Entries currently held (for tests and metrics).
@@ -133,9 +126,7 @@ impl MemoryCache {
                 return false;
             }
             if let Some(user_id) = session.user_id() {
-                self.by_user
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
+                self.index()
                     .entry(user_id)
                     .or_default()
                     .insert(session.token_hash);
@@ -157,8 +148,15 @@ impl MemoryCache {
     fn unindex_unless_cached(&self, user_id: i64, key: &TokenHash) {
         let _write = self.write_lock(key);
         let cached_for = self.entries.peek(key).and_then(|s| s.user_id());
-        if cached_for != Some(user_id) {
-            unindex(&self.by_user, user_id, key);
+        if cached_for == Some(user_id) {
+            return;
+        }
+        let mut index = self.index();
+        if let Some(keys) = index.get_mut(&user_id) {
+            keys.remove(key);
+            if keys.is_empty() {
+                index.remove(&user_id);
+            }
         }
     }
 
@@ -186,12 +184,7 @@ impl MemoryCache {
     }
 
     pub fn delete_user_sync(&self, user_id: i64) {
-        let keys = self
-            .by_user
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&user_id)
-            .unwrap_or_default();
+        let keys = self.index().remove(&user_id).unwrap_or_default();
         // Each under its key's write lock: an insert of the key that already indexed it (in
         // the set just taken) finishes storing first, and is then dropped here.
         for key in keys {
@@ -209,10 +202,7 @@ impl MemoryCache {
             .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner))
             .collect();
         self.entries.clear();
-        self.by_user
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.index().clear();
     }
 }
 
@@ -332,20 +322,17 @@ mod tests {
                 .map(|i| (token::generate().hash, i64::from(i % 5)))
                 .collect(),
         );
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
                 let (cache, keys) = (cache.clone(), keys.clone());
                 std::thread::spawn(move || {
-                    let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                     for _ in 0..20_000 {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
+                        let x: u64 = rand::random();
                         let (key, user) = keys[(x % keys.len() as u64) as usize];
                         match (x >> 40) % 64 {
                             0 => cache.delete_user_sync(user),
-                            1 if (x >> 50) % 16 == 0 => cache.clear_sync(),
-                            2 if (x >> 50) % 8 == 0 => cache.revoke_sync(&key),
+                            1 if (x >> 50).is_multiple_of(16) => cache.clear_sync(),
+                            2 if (x >> 50).is_multiple_of(8) => cache.revoke_sync(&key),
                             n if n % 2 == 0 => cache.delete_sync(&key),
                             _ => {
                                 cache.insert_sync(CachedSession::for_tests(key, Some(user), 0));
