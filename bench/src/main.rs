@@ -93,6 +93,13 @@ pub struct Args {
     /// BENCHMARKS.md): no better overall.
     #[arg(long, env = "BENCH_SERVER_THREADS")]
     server_threads: Option<usize>,
+    /// Keep the load off the servers' core: every server process the harness starts runs on
+    /// CPU 0 only, and the harness itself (the load generator, one runtime thread) on CPU 1
+    /// only. Implies `--server-threads 1` unless that is given. Needs at least 2 CPUs. The
+    /// report shows each row's server CPU use, so a row the load generator could not saturate
+    /// is visible.
+    #[arg(long, env = "BENCH_PIN")]
+    pin: bool,
 }
 
 /// Resolved run settings.
@@ -248,10 +255,9 @@ fn read_workload(tokens: &[String]) -> Workload {
     )
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
-    let code = match run(args).await {
+    let code = match start(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bench: error: {e:#}");
@@ -261,9 +267,28 @@ async fn main() {
     std::process::exit(code);
 }
 
+/// Builds the harness's runtime (on CPU 1 alone with `--pin`, before any thread exists, so
+/// every thread inherits it) and runs.
+fn start(args: Args) -> Result<i32> {
+    let mut runtime = if args.pin {
+        server::pin_to(server::LOAD_CPU).context("--pin: keeping the harness on CPU 1")?;
+        server::pin_servers();
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        b
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(args))
+}
+
 async fn run(args: Args) -> Result<i32> {
     let s = Settings::from_args(&args)?;
-    if let Some(n) = s.server_threads {
+    if let Some(n) = s.server_threads.or(args.pin.then_some(1)) {
         server::set_worker_threads(n);
     }
     if !s.server_bin.exists() {

@@ -85,14 +85,60 @@ pub fn set_worker_threads(n: usize) {
 
 /// How many worker threads the servers run, in words, for the report.
 pub fn threads_note() -> String {
-    match WORKER_THREADS.get() {
+    let threads = match WORKER_THREADS.get() {
         Some(n) => format!("{n} worker thread(s) per server (TOKIO_WORKER_THREADS)"),
         None => "one worker thread per core per server".to_string(),
+    };
+    match pin_note() {
+        Some(pin) => format!("{threads}, {pin}"),
+        None => threads,
     }
+}
+
+/// The CPU of the server processes under `--pin`, and the harness's.
+pub const SERVER_CPU: usize = 0;
+pub const LOAD_CPU: usize = 1;
+
+/// Whether server processes start on [`SERVER_CPU`] only (`--pin`).
+static PIN_SERVERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Every server process started from now on runs on [`SERVER_CPU`] only.
+pub fn pin_servers() {
+    PIN_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Keeps the calling thread (and every thread or process it starts later) on `cpu` alone.
+pub fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: `set` is a plain bit set on the stack, initialised by CPU_ZERO before use, and
+    // sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Where the servers run, in words, for the report.
+pub fn pin_note() -> Option<String> {
+    PIN_SERVERS
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| format!("servers pinned to CPU {SERVER_CPU}, load generator to CPU {LOAD_CPU}"))
 }
 
 fn base_command(bin: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(bin);
+    if PIN_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: between fork and exec the child only makes the sched_setaffinity system
+        // call (through `pin_to`, which allocates nothing).
+        unsafe {
+            cmd.pre_exec(|| pin_to(SERVER_CPU));
+        }
+    }
     cmd.env_clear();
     if let Ok(path) = std::env::var("PATH") {
         cmd.env("PATH", path);

@@ -11,6 +11,7 @@ use super::events::Origin;
 use super::paging::{page_by_id, IdOrder, Page, PageRequest};
 use super::session::Sessions;
 use crate::clock::now_ms;
+use crate::coalesce::{BatchCall, Coalescer, Limits};
 use crate::error::{AppError, AppResult};
 use crate::events::EventType;
 use crate::permission::{Permission, PermissionSet};
@@ -24,21 +25,87 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// Channels never change once created, so lookups by token and id are cached for good.
+///
+/// A token the cache does not know is looked up in the database, and lookups that wait at the
+/// same time go out together (see [`crate::coalesce`]): one statement at a time answers every
+/// token presented meanwhile. A request flooded with made-up `channel-token`s, each one new,
+/// therefore costs the database one statement in flight, not one per request; and since every
+/// token is looked up after its request arrived, a channel created a moment ago (on any
+/// instance) is found at once.
 pub struct ChannelDirectory {
     by_token: quick_cache::sync::Cache<String, Arc<channel::Model>>,
     by_id: quick_cache::sync::Cache<i64, Arc<channel::Model>>,
+    lookups: Coalescer<TokenLookups>,
 }
 
-impl Default for ChannelDirectory {
-    fn default() -> Self {
-        ChannelDirectory {
-            by_token: quick_cache::sync::Cache::new(10_000),
-            by_id: quick_cache::sync::Cache::new(10_000),
+/// Most tokens one lookup statement reads.
+const TOKENS_PER_LOOKUP: usize = 64;
+/// Most token lookups waiting for a statement; beyond, a request fails as if the database
+/// were overloaded.
+const TOKEN_LOOKUP_QUEUE: usize = 4096;
+
+/// The statement behind [`ChannelDirectory::by_token`]'s misses.
+struct TokenLookups {
+    db: DatabaseConnection,
+}
+
+/// A token's channel, or the lookup's failure (shared by the callers of one statement).
+type TokenAnswer = Result<Option<channel::Model>, Arc<DbErr>>;
+
+impl BatchCall for TokenLookups {
+    type Key = String;
+    type Answer = TokenAnswer;
+
+    async fn call(&self, tokens: Vec<String>) -> Vec<TokenAnswer> {
+        let found = channel::Entity::find()
+            .filter(channel::Column::Token.is_in(tokens.iter().map(String::as_str)))
+            .all(&self.db)
+            .await;
+        match found {
+            Ok(rows) => tokens
+                .iter()
+                .map(|t| Ok(rows.iter().find(|ch| &ch.token == t).cloned()))
+                .collect(),
+            Err(e) => vec![Err(Arc::new(e)); tokens.len()],
         }
+    }
+
+    fn not_sent(why: &'static str) -> TokenAnswer {
+        tracing::warn!(why, "a channel lookup was not sent to the database");
+        Err(Arc::new(DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout,
+        )))
+    }
+}
+
+/// A shared lookup failure as the caller's own error: unavailable stays unavailable.
+fn lookup_err(e: &DbErr) -> AppError {
+    if crate::error::is_unavailable(e) {
+        AppError::from(DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout,
+        ))
+    } else {
+        AppError::from(DbErr::Custom(format!("channel lookup failed: {e}")))
     }
 }
 
 impl ChannelDirectory {
+    /// Lookups of unknown tokens go to `db`, one statement at a time, each waiting at most
+    /// `timeout` for its turn.
+    pub fn new(db: DatabaseConnection, timeout: std::time::Duration) -> ChannelDirectory {
+        let limits = Limits {
+            max_in_flight: 1,
+            max_batch: TOKENS_PER_LOOKUP,
+            queue: TOKEN_LOOKUP_QUEUE,
+            max_wait: timeout,
+        };
+        ChannelDirectory {
+            by_token: quick_cache::sync::Cache::new(10_000),
+            by_id: quick_cache::sync::Cache::new(10_000),
+            lookups: Coalescer::new(TokenLookups { db }, limits),
+        }
+    }
+
     pub(crate) fn remember(&self, ch: channel::Model) -> Arc<channel::Model> {
         let ch = Arc::new(ch);
         self.by_token.insert(ch.token.clone(), ch.clone());
@@ -46,22 +113,19 @@ impl ChannelDirectory {
         ch
     }
 
-    pub async fn by_token<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        token: &str,
-    ) -> AppResult<Option<Arc<channel::Model>>> {
+    /// The channel whose token is `token`. A token no channel could have (empty, too long,
+    /// or with surrounding spaces, which creation trims) is answered without a lookup.
+    pub async fn by_token(&self, token: &str) -> AppResult<Option<Arc<channel::Model>>> {
         if let Some(ch) = self.by_token.get(token) {
             return Ok(Some(ch));
         }
-        if token.len() > 255 {
+        if token.is_empty() || token.len() > 255 || token.trim() != token {
             return Ok(None);
         }
-        let found = channel::Entity::find()
-            .filter(channel::Column::Token.eq(token))
-            .one(db)
-            .await?;
-        Ok(found.map(|ch| self.remember(ch)))
+        match self.lookups.ask(token.to_string()).await {
+            Ok(found) => Ok(found.map(|ch| self.remember(ch))),
+            Err(e) => Err(lookup_err(&e)),
+        }
     }
 
     pub async fn by_id<C: ConnectionTrait>(
@@ -154,7 +218,7 @@ impl Directory {
 
     /// A channel by its token (kept in process once read).
     pub async fn channel_by_token(&self, token: &str) -> AppResult<Option<Arc<channel::Model>>> {
-        self.channels.by_token(&self.db, token).await
+        self.channels.by_token(token).await
     }
 
     // ---- users ----

@@ -70,7 +70,7 @@ impl Sessions {
         let channel = match channel_token {
             Some(token) => self
                 .channels
-                .by_token(&self.db, token)
+                .by_token(token)
                 .await?
                 .ok_or_else(|| AppError::not_found("no channel has this channel-token"))?,
             None => match session.as_ref().and_then(|s| s.active_channel_id) {

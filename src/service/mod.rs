@@ -125,7 +125,10 @@ impl Services {
             db.clone(),
             lifetimes.flush_every(),
         ));
-        let channels = Arc::new(directory::ChannelDirectory::default());
+        let channels = Arc::new(directory::ChannelDirectory::new(
+            db.clone(),
+            config.database_timeout,
+        ));
         let default_channel = channels.remember(default_channel);
         let passwords = Arc::new(passwords);
         let throttle = Arc::new(throttle::Throttle::new(&config, redis.clone()));

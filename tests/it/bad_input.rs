@@ -1,7 +1,8 @@
 //! Bad input never yields HTTP 500: malformed and non-JSON bodies, mutations over GET, oversized
 //! bodies, invalid IDs, overlong credentials, GraphQL syntax/validation/variable errors, deep and
 //! complex queries, bad pagination arguments, malformed tokens, unknown channel tokens and huge
-//! User-Agent headers each get a clear `extensions.code` and change nothing.
+//! User-Agent headers each get a clear `extensions.code` and change nothing. A flood of made-up
+//! channel tokens shares database statements instead of costing one each.
 
 use crate::helpers::{str_of, Gql, TestApp, Variant};
 use reqwest::header::HeaderValue;
@@ -23,6 +24,8 @@ crate::variants!(
     invalid_ids_and_pagination_arguments,
     overlong_credentials_are_refused,
     huge_user_agent_is_truncated,
+    made_up_channel_tokens_at_once_share_statements,
+    a_channel_is_found_by_its_exact_token_right_after_a_miss,
 );
 
 const STATS: &str =
@@ -651,5 +654,71 @@ async fn huge_user_agent_is_truncated(v: Variant) {
     for n in r.data()["sessions"]["nodes"].as_array().unwrap() {
         let ua = str_of(&n["userAgent"]);
         assert!(ua.len() <= 512 && agent.starts_with(&ua), "{}", ua.len());
+    }
+}
+
+/// Unknown channel tokens are looked up together: a flood of requests, each with a new made-up
+/// `channel-token`, runs far fewer statements than requests, and each still gets `NOT_FOUND`.
+async fn made_up_channel_tokens_at_once_share_statements(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.session_activity_write_interval = std::time::Duration::from_secs(3600);
+        c.cleanup_interval = std::time::Duration::from_secs(3600);
+    })
+    .await
+    else {
+        return;
+    };
+    const REQUESTS: usize = 240;
+    let run: u32 = rand::random();
+    let before = app.metric("session_server_db_statements_total").await;
+    let answers = futures_util::future::join_all((0..REQUESTS).map(|i| {
+        TestApp::send(
+            app.post("{ activeChannel { code } }", json!({}))
+                .header("channel-token", format!("made-up-{run}-{i}")),
+        )
+    }))
+    .await;
+    for (i, r) in answers.iter().enumerate() {
+        refused(r, "NOT_FOUND", &format!("made-up channel token {i}"));
+    }
+    let n = app.metric("session_server_db_statements_total").await - before;
+    println!("{REQUESTS} made-up channel tokens at once ran {n} statements");
+    assert!(
+        n <= REQUESTS as u64 * 3 / 4,
+        "{REQUESTS} made-up channel tokens at once ran {n} statements"
+    );
+}
+
+/// An unknown channel token is not remembered as unknown: a channel created with it a moment
+/// later, on another instance, is found by the next request. Tokens match exactly (not
+/// ignoring case, as MariaDB's default collation would).
+async fn a_channel_is_found_by_its_exact_token_right_after_a_miss(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let sibling = app.sibling().await;
+    let admin = app.admin_token().await;
+    let ask = |api: &crate::helpers::Api, token: &str| {
+        api.post("{ activeChannel { code } }", json!({}))
+            .header("channel-token", token)
+    };
+    let r = TestApp::send(ask(&sibling, "Shop-B")).await;
+    refused(&r, "NOT_FOUND", "a token before its channel exists");
+    let r = app
+        .gql_as(
+            &admin,
+            "mutation($i: CreateChannelInput!) { createChannel(input: $i) { code token } }",
+            json!({ "i": { "code": "shop-b", "token": "Shop-B" } }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["createChannel"]["token"], "Shop-B");
+    for api in [&*sibling, &app.api] {
+        let r = TestApp::send(ask(api, "Shop-B")).await.ok();
+        assert_eq!(r.data()["activeChannel"]["code"], "shop-b");
+        for other in ["shop-b", "SHOP-B", "Shop-"] {
+            let r = TestApp::send(ask(api, other)).await;
+            refused(&r, "NOT_FOUND", &format!("channel token {other:?}"));
+        }
     }
 }
