@@ -227,6 +227,7 @@ async fn assemble(
         passwords,
         jwt_keys: jwt,
         default_channel: boot.default_channel,
+        known_channels: boot.channels,
         super_admin_role_id: boot.super_admin_role_id,
         superadmin_user_id,
     });
@@ -454,6 +455,8 @@ fn spawn_cleanup(services: SharedServices) {
 
 struct Bootstrapped {
     default_channel: channel::Model,
+    /// Every channel (the default one included).
+    channels: Vec<channel::Model>,
     super_admin_role_id: i64,
     superadmin_user_id: i64,
     /// Whether the superadmin's password is still `superadmin`.
@@ -498,6 +501,7 @@ async fn bootstrap(
     }
     Ok(Bootstrapped {
         default_password_in_use: default_in_use,
+        channels: directory::ChannelDirectory::load_all(db).await?,
         default_channel,
         super_admin_role_id: super_role.id,
         superadmin_user_id: admin.id,

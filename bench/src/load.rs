@@ -259,6 +259,19 @@ impl LoadResult {
         }
         all
     }
+    /// Adds `other`, a later run of the same workload, to this one: the two windows count as
+    /// one (requests, time and server CPU time summed, latencies merged).
+    pub fn absorb(&mut self, other: LoadResult) {
+        self.window += other.window;
+        self.server_cpu = match (self.server_cpu, other.server_cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        for (mine, theirs) in self.kinds.iter_mut().zip(other.kinds) {
+            mine.merge(theirs);
+        }
+    }
+
     pub fn cpu_us_per_req(&self) -> Option<f64> {
         let n = self.total();
         self.server_cpu

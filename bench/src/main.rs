@@ -100,6 +100,11 @@ pub struct Args {
     /// is visible.
     #[arg(long, env = "BENCH_PIN")]
     pin: bool,
+    /// Measure the floor once per round only (the old way) instead of right before every row.
+    /// By default each row's ratios use a floor measured just before it, so a slow spell of the
+    /// machine that spans both cancels out of the ratio.
+    #[arg(long)]
+    unpaired: bool,
 }
 
 /// Resolved run settings.
@@ -147,7 +152,7 @@ impl Settings {
                 100,
             )
         } else {
-            (3, 64, Duration::from_secs(5), Duration::from_secs(1), 1000)
+            (3, 64, Duration::from_secs(4), Duration::from_secs(1), 1000)
         };
         Ok(Settings {
             rounds: a.rounds.unwrap_or(rounds).max(1),
@@ -365,7 +370,10 @@ fn machine_line(load_before: &str) -> String {
         })
         .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
         .unwrap_or_else(|| "?".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's, not this process's (`--pin` keeps the harness on one of them).
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0);
     format!(
         "Machine: {cores} cores ({cpu}), {mem_gib} RAM; load average (1/5/15 min) {load_before} before, {} after.",
         loadavg()

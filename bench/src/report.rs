@@ -23,6 +23,9 @@ pub struct Measurement {
     pub errors: u64,
     pub first_error: Option<String>,
     pub kinds: Vec<KindFigures>,
+    /// The floor measured just before this row in the same round (the floor row's is itself);
+    /// `None` when the run measured the floor once per round only (`--unpaired`).
+    pub paired_floor: Option<Box<Measurement>>,
 }
 
 impl Measurement {
@@ -46,6 +49,7 @@ impl Measurement {
                     p99_us: k.p99_us() as f64,
                 })
                 .collect(),
+            paired_floor: None,
         }
     }
 
@@ -99,13 +103,45 @@ fn fmt(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
+/// A figure of one measurement that a ratio divides.
+#[derive(Clone, Copy, Debug)]
+pub enum Figure {
+    Rps,
+    P99,
+    CpuPerReq,
+    /// The p99 of one request kind of a mixed row.
+    KindP99(&'static str),
+}
+
+impl Figure {
+    pub fn of(self, m: &Measurement) -> Option<f64> {
+        match self {
+            Figure::Rps => Some(m.rps),
+            Figure::P99 => Some(m.p99_us),
+            Figure::CpuPerReq => m.cpu_us_per_req,
+            Figure::KindP99(kind) => m.kind(kind).map(|k| k.p99_us),
+        }
+    }
+
+    /// The same figure of a measurement of the floor (whose one kind stands for every kind).
+    fn of_floor(self, floor: &Measurement) -> Option<f64> {
+        match self {
+            Figure::KindP99(_) => Figure::P99.of(floor),
+            other => other.of(floor),
+        }
+    }
+
+    /// `m`'s figure ÷ the same figure of the floor measured just before it.
+    fn normalized(self, m: &Measurement) -> Option<f64> {
+        Some(self.of(m)? / self.of_floor(m.paired_floor.as_deref()?)?)
+    }
+}
+
 /// Median over rounds of `num(row a) / den(row b)`, pairing measurements of the same round.
-pub fn ratio(
-    a: &RowReport,
-    b: &RowReport,
-    num: impl Fn(&Measurement) -> Option<f64>,
-    den: impl Fn(&Measurement) -> Option<f64>,
-) -> Option<f64> {
+/// When each has a floor measured just before it, both are first divided by their own floor:
+/// the ratio compares what each costs over the floor at the time it ran, so a slow spell of
+/// the machine during one of them does not count against it.
+pub fn ratio(a: &RowReport, b: &RowReport, num: Figure, den: Figure) -> Option<f64> {
     if !matches!(a.status, Status::Measured) || !matches!(b.status, Status::Measured) {
         return None;
     }
@@ -113,16 +149,12 @@ pub fn ratio(
         a.rounds
             .iter()
             .zip(&b.rounds)
-            .filter_map(|(x, y)| Some(num(x)? / den(y)?))
+            .filter_map(|(x, y)| match (num.normalized(x), den.normalized(y)) {
+                (Some(nx), Some(ny)) => Some(nx / ny),
+                _ => Some(num.of(x)? / den.of(y)?),
+            })
             .collect(),
     )
-}
-
-pub fn rps(m: &Measurement) -> Option<f64> {
-    Some(m.rps)
-}
-pub fn p99(m: &Measurement) -> Option<f64> {
-    Some(m.p99_us)
 }
 
 /// The main table, in Markdown.
@@ -152,12 +184,11 @@ pub fn table(rows: &[RowReport], floor: Option<&RowReport>) -> String {
             }
             Status::Measured => {}
         }
-        let cpu = |m: &Measurement| m.cpu_us_per_req;
         let (rr, pr, cr) = match floor {
             Some(f) => (
-                ratio(r, f, rps, rps),
-                ratio(r, f, p99, p99),
-                ratio(r, f, cpu, cpu),
+                ratio(r, f, Figure::Rps, Figure::Rps),
+                ratio(r, f, Figure::P99, Figure::P99),
+                ratio(r, f, Figure::CpuPerReq, Figure::CpuPerReq),
             ),
             None => (None, None, None),
         };

@@ -8,13 +8,14 @@
 //! configuration is one [`Server`] variant and its arm in [`start`].
 
 use crate::load::{self, CheckFn, Exact, Expect, Kind, ReqSpec, Stop, Workload};
-use crate::report::{self, Cmp, Measurement, RowReport, Status, Target};
+use crate::report::{self, Cmp, Figure, Measurement, RowReport, Status, Target};
 use crate::server::{self, Proc, ServerConfig};
 use crate::{prepare_server, quiesce, seed, sqlite_url, Args, Cleanup, Settings};
 use anyhow::{anyhow, bail, Context, Result};
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use hyper::Method;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A server process the rows run against. Each is started once, and only when a wanted row
 /// needs it; rows naming the same server share it.
@@ -1187,9 +1188,18 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
             rounds: Vec::new(),
         })
         .collect();
+    // The floor's server and workload, measured again just before every other row (unless
+    // `--unpaired`): see `report::ratio`.
+    let floor_plan = rows
+        .iter()
+        .zip(&plans)
+        .find(|(row, _)| row.id == "floor")
+        .and_then(|(_, plan)| plan.as_ref().ok())
+        .and_then(|(idx, w)| Some((servers[*idx].1.as_ref().ok()?, w.clone())));
+    let paired = !args.unpaired;
     for round in 1..=s.rounds {
         eprintln!("round {round}/{}", s.rounds);
-        for (plan, rep) in plans.iter().zip(reports.iter_mut()) {
+        for ((row, plan), rep) in rows.iter().zip(&plans).zip(reports.iter_mut()) {
             let Ok((idx, workload)) = plan else {
                 continue;
             };
@@ -1202,25 +1212,45 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
             let proc = &ready.proc;
             // Let the previous row's leftovers (a login's hashing, activity writes) drain.
             quiesce(proc.pid()).await;
-            let r = load::run(
-                proc.addr,
-                workload.clone(),
-                s.connections,
-                s.warmup,
-                Stop::After(s.duration),
-                Some(proc.pid()),
-            )
-            .await;
+            let measured = match (&floor_plan, paired && row.id != "floor") {
+                (Some((floor, floor_work)), true) => {
+                    quiesce(floor.proc.pid()).await;
+                    interleaved(s, slices(row), (floor, floor_work), (ready, workload)).await
+                }
+                _ => load::run(
+                    proc.addr,
+                    workload.clone(),
+                    s.connections,
+                    s.warmup,
+                    Stop::After(s.duration),
+                    Some(proc.pid()),
+                )
+                .await
+                .map(|r| (None, r)),
+            };
+            let (floor_beside, r) = match measured {
+                Ok((floor, r)) => (floor.map(|f| Measurement::from_load(&f, None)), Ok(r)),
+                Err(e) => (None, Err(e)),
+            };
             match r {
                 Ok(r) => {
-                    let m = Measurement::from_load(&r, proc.peak_rss_kib());
+                    let mut m = Measurement::from_load(&r, proc.peak_rss_kib());
+                    let floor_note = match &floor_beside {
+                        Some(f) => format!("  (floor beside it: {:.0} req/s)", f.rps),
+                        None => String::new(),
+                    };
                     eprintln!(
-                        "  {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+                        "  {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}{floor_note}",
                         rep.id, m.rps, m.p50_us, m.p99_us, m.errors
                     );
                     if let Some(e) = &m.first_error {
                         eprintln!("    first error: {e}");
                     }
+                    m.paired_floor = match floor_beside {
+                        Some(f) => Some(Box::new(f)),
+                        None if paired && row.id == "floor" => Some(Box::new(m.clone())),
+                        None => None,
+                    };
                     rep.rounds.push(m);
                 }
                 Err(e) => rep.status = Status::Failed(format!("{e:#}")),
@@ -1237,8 +1267,18 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     let floor = reports.iter().find(|r| r.id == "floor");
     println!();
     println!(
-        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}.",
-        s.rounds, s.connections, s.duration, s.warmup, s.sessions, crate::server::threads_note()
+        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}; {}.",
+        s.rounds,
+        s.connections,
+        s.duration,
+        s.warmup,
+        s.sessions,
+        crate::server::threads_note(),
+        if paired {
+            "each row is measured in 4 slices (1 with logins) taking turns with as many slices of the floor, and its ratios are to that floor (the table's floor row is the floor's own measurement)"
+        } else {
+            "ratios are to the floor measured once per round (--unpaired)"
+        }
     );
     println!("{}", crate::machine_line(&load_before));
     println!();
@@ -1266,6 +1306,77 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     Ok(if errored.is_empty() { 0 } else { 1 })
 }
 
+/// Slices a paired measurement is cut into: the floor and the row take turns, in the order
+/// floor, row, row, floor, floor, row, … so that a drift of the machine during the pair weighs
+/// on both alike.
+const SLICES: u32 = 4;
+
+/// [`SLICES`], or one slice (the floor, then the row) for a row with logins: a login hashes
+/// its password for longer than a slice under load, and would never finish inside one.
+fn slices(row: &RowDef) -> u32 {
+    if row.kinds.iter().any(|k| matches!(k.send, Send::Login)) {
+        1
+    } else {
+        SLICES
+    }
+}
+/// Warm-up of every slice after a server's first (its connections are new; the server is warm).
+const SLICE_WARMUP: Duration = Duration::from_millis(200);
+
+/// The row measured for `s.duration` in `slices` slices, taking turns with as long a
+/// measurement of the floor: (the floor's result, the row's).
+async fn interleaved(
+    s: &Settings,
+    slices: u32,
+    (floor, floor_work): (&Ready, &Arc<Workload>),
+    (row, row_work): (&Ready, &Arc<Workload>),
+) -> Result<(Option<load::LoadResult>, load::LoadResult)> {
+    let slice = s.duration / slices.max(1);
+    let mut floor_total: Option<load::LoadResult> = None;
+    let mut row_total: Option<load::LoadResult> = None;
+    for i in 0..slices.max(1) {
+        for floor_turn in if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            let (ready, work, total) = if floor_turn {
+                (floor, floor_work, &mut floor_total)
+            } else {
+                (row, row_work, &mut row_total)
+            };
+            let warmup = if total.is_none() {
+                s.warmup
+            } else {
+                SLICE_WARMUP.min(s.warmup)
+            };
+            let pid = ready.proc.pid();
+            let r = load::run(
+                ready.proc.addr,
+                work.clone(),
+                s.connections,
+                warmup,
+                Stop::After(slice),
+                Some(pid),
+            )
+            .await
+            .with_context(|| {
+                if floor_turn {
+                    "the floor beside it"
+                } else {
+                    "the row"
+                }
+            })?;
+            match total {
+                Some(t) => t.absorb(r),
+                None => *total = Some(r),
+            }
+        }
+    }
+    let row_total = row_total.ok_or_else(|| anyhow!("no slice was measured"))?;
+    Ok((floor_total, row_total))
+}
+
 /// Evaluates [`TARGETS`] on the measured rows (`n/a` when a row is missing).
 fn targets(reports: &[RowReport]) -> Vec<Target> {
     let get = |id: &str| reports.iter().find(|r| r.id == id);
@@ -1274,10 +1385,10 @@ fn targets(reports: &[RowReport]) -> Vec<Target> {
         .map(|t| {
             let value = match (get(t.num), get(t.den)) {
                 (Some(a), Some(b)) => match t.metric {
-                    Metric::Rps => report::ratio(a, b, report::rps, report::rps),
-                    Metric::P99 => report::ratio(a, b, report::p99, report::p99),
+                    Metric::Rps => report::ratio(a, b, Figure::Rps, Figure::Rps),
+                    Metric::P99 => report::ratio(a, b, Figure::P99, Figure::P99),
                     Metric::KindP99(kind) => {
-                        report::ratio(a, b, |m| m.kind(kind).map(|k| k.p99_us), report::p99)
+                        report::ratio(a, b, Figure::KindP99(kind), Figure::P99)
                     }
                 },
                 _ => None,

@@ -23,6 +23,7 @@ use sea_orm::{
 };
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Channels never change once created, so lookups by token and id are cached for good.
 ///
@@ -44,9 +45,14 @@ const TOKENS_PER_LOOKUP: usize = 64;
 /// were overloaded.
 const TOKEN_LOOKUP_QUEUE: usize = 4096;
 
+/// Most channels kept in process (all of them, for any real deployment).
+const CACHED_CHANNELS: usize = 10_000;
+
 /// The statement behind [`ChannelDirectory::by_token`]'s misses.
 struct TokenLookups {
     db: DatabaseConnection,
+    /// Longest a statement may run (a hung one would hold every lookup queued behind it).
+    timeout: Duration,
 }
 
 /// A token's channel, or the lookup's failure (shared by the callers of one statement).
@@ -56,54 +62,95 @@ impl BatchCall for TokenLookups {
     type Key = String;
     type Answer = TokenAnswer;
 
-    async fn call(&self, tokens: Vec<String>) -> Vec<TokenAnswer> {
-        let found = channel::Entity::find()
-            .filter(channel::Column::Token.is_in(tokens.iter().map(String::as_str)))
-            .all(&self.db)
-            .await;
+    async fn call(&self, asked: Vec<String>) -> Vec<TokenAnswer> {
+        // Each token once: callers presenting the same token share its answer.
+        let mut tokens: Vec<&str> = asked.iter().map(String::as_str).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        let lookup = channel::Entity::find()
+            .filter(channel::Column::Token.is_in(tokens))
+            .all(&self.db);
+        let found = match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(found) => found,
+            Err(_) => Err(unavailable(format!(
+                "a channel lookup took longer than DATABASE_TIMEOUT ({:?})",
+                self.timeout
+            ))),
+        };
         match found {
-            Ok(rows) => tokens
+            // Matched here, exactly: MariaDB's default collation ignores case and trailing
+            // spaces, so its rows may differ from the token asked.
+            Ok(rows) => asked
                 .iter()
                 .map(|t| Ok(rows.iter().find(|ch| &ch.token == t).cloned()))
                 .collect(),
-            Err(e) => vec![Err(Arc::new(e)); tokens.len()],
+            Err(e) => vec![Err(Arc::new(e)); asked.len()],
         }
     }
 
     fn not_sent(why: &'static str) -> TokenAnswer {
-        tracing::warn!(why, "a channel lookup was not sent to the database");
-        Err(Arc::new(DbErr::ConnectionAcquire(
-            sea_orm::error::ConnAcquireErr::Timeout,
-        )))
+        Err(Arc::new(unavailable(format!(
+            "a channel lookup was not sent to the database: {why}"
+        ))))
     }
 }
 
-/// A shared lookup failure as the caller's own error: unavailable stays unavailable.
+/// An error that `is_unavailable` classifies as such (`SERVICE_UNAVAILABLE`), with its cause.
+fn unavailable(cause: String) -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::Internal(cause))
+}
+
+/// A shared lookup failure as the caller's own error: unavailable stays unavailable, with
+/// its cause.
 fn lookup_err(e: &DbErr) -> AppError {
     if crate::error::is_unavailable(e) {
-        AppError::from(DbErr::ConnectionAcquire(
-            sea_orm::error::ConnAcquireErr::Timeout,
-        ))
+        AppError::from(unavailable(format!("channel lookup: {e}")))
     } else {
         AppError::from(DbErr::Custom(format!("channel lookup failed: {e}")))
     }
 }
 
+/// Whether a channel could have `token`: what [`check_code`] lets through at creation.
+fn possible_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 255
+        && code.trim() == code
+        && !code.chars().any(char::is_control)
+}
+
 impl ChannelDirectory {
     /// Lookups of unknown tokens go to `db`, one statement at a time, each waiting at most
-    /// `timeout` for its turn.
-    pub fn new(db: DatabaseConnection, timeout: std::time::Duration) -> ChannelDirectory {
+    /// `timeout` for its turn and running at most as long. `known` (every channel, read at
+    /// start-up) is cached at once, so that only channels created later are ever looked up.
+    pub fn new(
+        db: DatabaseConnection,
+        timeout: Duration,
+        known: Vec<channel::Model>,
+    ) -> ChannelDirectory {
         let limits = Limits {
             max_in_flight: 1,
             max_batch: TOKENS_PER_LOOKUP,
             queue: TOKEN_LOOKUP_QUEUE,
             max_wait: timeout,
         };
-        ChannelDirectory {
-            by_token: quick_cache::sync::Cache::new(10_000),
-            by_id: quick_cache::sync::Cache::new(10_000),
-            lookups: Coalescer::new(TokenLookups { db }, limits),
+        let directory = ChannelDirectory {
+            by_token: quick_cache::sync::Cache::new(CACHED_CHANNELS),
+            by_id: quick_cache::sync::Cache::new(CACHED_CHANNELS),
+            lookups: Coalescer::new(TokenLookups { db, timeout }, limits),
+        };
+        for ch in known {
+            directory.remember(ch);
         }
+        directory
+    }
+
+    /// Every channel, for [`ChannelDirectory::new`] (as many as it keeps).
+    pub async fn load_all<C: ConnectionTrait>(db: &C) -> AppResult<Vec<channel::Model>> {
+        Ok(channel::Entity::find()
+            .order_by_asc(channel::Column::Id)
+            .limit(CACHED_CHANNELS as u64)
+            .all(db)
+            .await?)
     }
 
     pub(crate) fn remember(&self, ch: channel::Model) -> Arc<channel::Model> {
@@ -114,12 +161,13 @@ impl ChannelDirectory {
     }
 
     /// The channel whose token is `token`. A token no channel could have (empty, too long,
-    /// or with surrounding spaces, which creation trims) is answered without a lookup.
+    /// with surrounding spaces, which creation trims, or control characters, which it
+    /// refuses) is answered without a lookup.
     pub async fn by_token(&self, token: &str) -> AppResult<Option<Arc<channel::Model>>> {
         if let Some(ch) = self.by_token.get(token) {
             return Ok(Some(ch));
         }
-        if token.is_empty() || token.len() > 255 || token.trim() != token {
+        if !possible_code(token) {
             return Ok(None);
         }
         match self.lookups.ask(token.to_string()).await {
@@ -171,9 +219,9 @@ pub struct RoleChanges {
 
 fn check_code(what: &str, code: &str) -> AppResult<String> {
     let code = code.trim();
-    if code.is_empty() || code.len() > 255 {
+    if !possible_code(code) {
         return Err(AppError::bad_input(format!(
-            "{what} must be 1 to 255 bytes"
+            "{what} must be 1 to 255 bytes, without control characters"
         )));
     }
     Ok(code.to_string())

@@ -90,6 +90,8 @@ pub struct Parts {
     pub events: crate::events::EventLog,
     /// The channel with code `default`, used when a request names none.
     pub default_channel: channel::Model,
+    /// Every channel at start-up (kept in process, see [`directory::ChannelDirectory::new`]).
+    pub known_channels: Vec<channel::Model>,
     /// Id of the `SUPER_ADMIN` role, which every new channel is added to.
     pub super_admin_role_id: i64,
     /// Id of the superadmin user, who cannot be deleted or lose that role.
@@ -115,6 +117,7 @@ impl Services {
             jwt_keys,
             events,
             default_channel,
+            known_channels,
             super_admin_role_id,
             superadmin_user_id,
         } = parts;
@@ -128,6 +131,7 @@ impl Services {
         let channels = Arc::new(directory::ChannelDirectory::new(
             db.clone(),
             config.database_timeout,
+            known_channels,
         ));
         let default_channel = channels.remember(default_channel);
         let passwords = Arc::new(passwords);
