@@ -93,13 +93,14 @@ pub struct Args {
     /// BENCHMARKS.md): no better overall.
     #[arg(long, env = "BENCH_SERVER_THREADS")]
     server_threads: Option<usize>,
-    /// Keep the load off the servers' core: every server process the harness starts runs on
-    /// CPU 0 only, and the harness itself (the load generator, one runtime thread) on CPU 1
-    /// only. Implies `--server-threads 1` unless that is given. Needs at least 2 CPUs. The
-    /// report shows each row's server CPU use, so a row the load generator could not saturate
-    /// is visible.
-    #[arg(long, env = "BENCH_PIN")]
-    pin: bool,
+    /// Let servers and the load generator share every core, as before run W. By default, on a
+    /// machine with at least 2 CPUs, every server process the harness starts runs on CPU 0
+    /// only (with one runtime thread unless `--server-threads` says otherwise), and the
+    /// harness itself, the load generator, on CPU 1 only with one runtime thread. The report
+    /// shows each row's server CPU per request, so a row that did not keep its server's core
+    /// busy is visible.
+    #[arg(long, env = "BENCH_NO_PIN")]
+    no_pin: bool,
     /// Measure the floor once per round only (the old way) instead of right before every row.
     /// By default each row's ratios use a floor measured just before it, so a slow spell of the
     /// machine that spans both cancels out of the ratio.
@@ -275,7 +276,8 @@ fn main() {
 /// Builds the harness's runtime (on CPU 1 alone with `--pin`, before any thread exists, so
 /// every thread inherits it) and runs.
 fn start(args: Args) -> Result<i32> {
-    let mut runtime = if args.pin {
+    let pin = !args.no_pin && server::cpus_here() >= 2;
+    let mut runtime = if pin {
         server::pin_to(server::LOAD_CPU).context("--pin: keeping the harness on CPU 1")?;
         server::pin_servers();
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -288,12 +290,12 @@ fn start(args: Args) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, pin))
 }
 
-async fn run(args: Args) -> Result<i32> {
+async fn run(args: Args, pin: bool) -> Result<i32> {
     let s = Settings::from_args(&args)?;
-    if let Some(n) = s.server_threads.or(args.pin.then_some(1)) {
+    if let Some(n) = s.server_threads.or(pin.then_some(1)) {
         server::set_worker_threads(n);
     }
     if !s.server_bin.exists() {

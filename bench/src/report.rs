@@ -273,3 +273,79 @@ pub fn targets_table(targets: &[Target]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(rps: f64, p99_us: f64) -> Measurement {
+        Measurement {
+            rps,
+            p50_us: p99_us / 2.0,
+            p99_us,
+            cpu_us_per_req: Some(1e6 / rps),
+            peak_rss_kib: None,
+            errors: 0,
+            first_error: None,
+            kinds: vec![KindFigures {
+                name: "read",
+                rps,
+                p50_us: p99_us / 2.0,
+                p99_us,
+            }],
+            paired_floor: None,
+        }
+    }
+
+    /// A row measured beside a floor that ran at `floor_rps`.
+    fn beside(rps: f64, floor_rps: f64) -> Measurement {
+        Measurement {
+            paired_floor: Some(Box::new(measured(floor_rps, 1000.0))),
+            ..measured(rps, 1000.0)
+        }
+    }
+
+    fn row(id: &'static str, rounds: Vec<Measurement>) -> RowReport {
+        RowReport {
+            id,
+            label: id.into(),
+            status: Status::Measured,
+            rounds,
+        }
+    }
+
+    /// With paired floors a row is compared with the floor beside it, not with the floor's
+    /// own measurement, which may have run in a slower or faster moment.
+    #[test]
+    fn paired_rows_are_divided_by_the_floor_beside_them() {
+        let floor_alone = measured(50.0, 1000.0);
+        let floor = row(
+            "floor",
+            vec![Measurement {
+                paired_floor: Some(Box::new(floor_alone.clone())),
+                ..floor_alone
+            }],
+        );
+        let a = row("a", vec![beside(90.0, 100.0)]);
+        let c = row("c", vec![beside(60.0, 50.0)]);
+        let near = |x: Option<f64>, want: f64| (x.unwrap() - want).abs() < 1e-9;
+        assert!(near(ratio(&a, &floor, Figure::Rps, Figure::Rps), 0.9));
+        // Two rows: each over its own floor first (0.9 ÷ 1.2).
+        assert!(near(ratio(&a, &c, Figure::Rps, Figure::Rps), 0.75));
+        // A kind's p99 is taken over the floor's p99.
+        let slow = row(
+            "slow",
+            vec![Measurement {
+                paired_floor: Some(Box::new(measured(100.0, 500.0))),
+                ..measured(90.0, 1000.0)
+            }],
+        );
+        assert!(near(
+            ratio(&slow, &a, Figure::KindP99("read"), Figure::P99),
+            2.0
+        ));
+        // Unpaired measurements divide as measured.
+        let plain = row("plain", vec![measured(45.0, 1000.0)]);
+        assert!(near(ratio(&plain, &floor, Figure::Rps, Figure::Rps), 0.9));
+    }
+}

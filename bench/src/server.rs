@@ -107,6 +107,11 @@ pub fn pin_servers() {
     PIN_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// How many CPUs this process may run on.
+pub fn cpus_here() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Keeps the calling thread (and every thread or process it starts later) on `cpu` alone.
 pub fn pin_to(cpu: usize) -> std::io::Result<()> {
     // SAFETY: `set` is a plain bit set on the stack, initialised by CPU_ZERO before use, and
