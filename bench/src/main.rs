@@ -273,13 +273,17 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Builds the harness's runtime (on CPU 1 alone with `--pin`, before any thread exists, so
-/// every thread inherits it) and runs.
+/// Builds the harness's runtime (pinned, unless `--no-pin`, before any thread exists, so every
+/// thread inherits it) and runs. Where pinning is not possible the run goes on unpinned, and
+/// says so.
 fn start(args: Args) -> Result<i32> {
-    let pin = !args.no_pin && server::cpus_here() >= 2;
+    let pin = !args.no_pin
+        && server::pin()
+            .inspect_err(|e| {
+                eprintln!("bench: not pinning ({e:#}): servers and load share the CPUs")
+            })
+            .is_ok();
     let mut runtime = if pin {
-        server::pin_to(server::LOAD_CPU).context("--pin: keeping the harness on CPU 1")?;
-        server::pin_servers();
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(1);
         b

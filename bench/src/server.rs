@@ -95,25 +95,28 @@ pub fn threads_note() -> String {
     }
 }
 
-/// The CPU of the server processes under `--pin`, and the harness's.
-pub const SERVER_CPU: usize = 0;
-pub const LOAD_CPU: usize = 1;
+/// The CPU the server processes run on when pinned (see [`pin`]), and the harness's.
+static SERVER_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+static LOAD_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
-/// Whether server processes start on [`SERVER_CPU`] only (`--pin`).
-static PIN_SERVERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Every server process started from now on runs on [`SERVER_CPU`] only.
-pub fn pin_servers() {
-    PIN_SERVERS.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// How many CPUs this process may run on.
-pub fn cpus_here() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The CPUs this process may run on, in order (its affinity mask; in a container these need
+/// not be 0 and 1).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills; CPU_ISSET
+    // only reads it, at indices below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
 }
 
 /// Keeps the calling thread (and every thread or process it starts later) on `cpu` alone.
-pub fn pin_to(cpu: usize) -> std::io::Result<()> {
+fn pin_to(cpu: usize) -> std::io::Result<()> {
     // SAFETY: `set` is a plain bit set on the stack, initialised by CPU_ZERO before use, and
     // sched_setaffinity only reads it.
     unsafe {
@@ -127,21 +130,38 @@ pub fn pin_to(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Puts the calling thread (the harness, before it starts any other thread) on the second CPU
+/// it may use, and every server process started from now on on the first. `Err` (nothing
+/// changed) when fewer than two CPUs are allowed or the system refuses.
+pub fn pin() -> Result<()> {
+    let cpus = allowed_cpus();
+    let (&server, &load) = match cpus.as_slice() {
+        [a, b, ..] => (a, b),
+        _ => bail!("fewer than 2 CPUs allowed ({cpus:?})"),
+    };
+    pin_to(load).with_context(|| format!("keeping the harness on CPU {load}"))?;
+    let _ = SERVER_CPU.set(server);
+    let _ = LOAD_CPU.set(load);
+    Ok(())
+}
+
 /// Where the servers run, in words, for the report.
 pub fn pin_note() -> Option<String> {
-    PIN_SERVERS
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .then(|| format!("servers pinned to CPU {SERVER_CPU}, load generator to CPU {LOAD_CPU}"))
+    let server = SERVER_CPU.get()?;
+    let load = LOAD_CPU.get()?;
+    Some(format!(
+        "servers pinned to CPU {server}, load generator to CPU {load}"
+    ))
 }
 
 fn base_command(bin: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(bin);
-    if PIN_SERVERS.load(std::sync::atomic::Ordering::Relaxed) {
+    if let Some(&cpu) = SERVER_CPU.get() {
         use std::os::unix::process::CommandExt as _;
         // SAFETY: between fork and exec the child only makes the sched_setaffinity system
         // call (through `pin_to`, which allocates nothing).
         unsafe {
-            cmd.pre_exec(|| pin_to(SERVER_CPU));
+            cmd.pre_exec(move || pin_to(cpu));
         }
     }
     cmd.env_clear();
