@@ -1215,7 +1215,9 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
             let measured = match (&floor_plan, paired && row.id != "floor") {
                 (Some((floor, floor_work)), true) => {
                     quiesce(floor.proc.pid()).await;
-                    interleaved(s, slices(row), (floor, floor_work), (ready, workload)).await
+                    interleaved(s, slices(row), (floor, floor_work), (ready, workload))
+                        .await
+                        .map(|(floor, r)| (Some(floor), r))
                 }
                 _ => load::run(
                     proc.addr,
@@ -1229,32 +1231,32 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
                 .map(|r| (None, r)),
             };
             let (floor_beside, r) = match measured {
-                Ok((floor, r)) => (floor.map(|f| Measurement::from_load(&f, None)), Ok(r)),
-                Err(e) => (None, Err(e)),
-            };
-            match r {
-                Ok(r) => {
-                    let mut m = Measurement::from_load(&r, proc.peak_rss_kib());
-                    let floor_note = match &floor_beside {
-                        Some(f) => format!("  (floor beside it: {:.0} req/s)", f.rps),
-                        None => String::new(),
-                    };
-                    eprintln!(
-                        "  {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}{floor_note}",
-                        rep.id, m.rps, m.p50_us, m.p99_us, m.errors
-                    );
-                    if let Some(e) = &m.first_error {
-                        eprintln!("    first error: {e}");
-                    }
-                    m.paired_floor = match floor_beside {
-                        Some(f) => Some(Box::new(f)),
-                        None if paired && row.id == "floor" => Some(Box::new(m.clone())),
-                        None => None,
-                    };
-                    rep.rounds.push(m);
+                Ok(measured) => measured,
+                Err(e) => {
+                    rep.status = Status::Failed(format!("{e:#}"));
+                    continue;
                 }
-                Err(e) => rep.status = Status::Failed(format!("{e:#}")),
+            };
+            let mut m = Measurement::from_load(&r, proc.peak_rss_kib());
+            let floor_beside = floor_beside.map(|f| Measurement::from_load(&f, None));
+            let floor_note = match &floor_beside {
+                Some(f) => format!("  (floor beside it: {:.0} req/s)", f.rps),
+                None => String::new(),
+            };
+            eprintln!(
+                "  {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}{floor_note}",
+                rep.id, m.rps, m.p50_us, m.p99_us, m.errors
+            );
+            if let Some(e) = &m.first_error {
+                eprintln!("    first error: {e}");
             }
+            // The floor row, when paired, is its own floor: its ratios to itself are 1.
+            m.paired_floor = match floor_beside {
+                Some(f) => Some(Box::new(f)),
+                None if paired && row.id == "floor" => Some(Box::new(m.clone())),
+                None => None,
+            };
+            rep.rounds.push(m);
         }
     }
     for (_, ready) in servers.iter_mut() {
@@ -1275,9 +1277,9 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         s.sessions,
         crate::server::threads_note(),
         if paired {
-            "each row is measured in 4 slices (1 with logins) taking turns with as many slices of the floor, and its ratios are to that floor (the table's floor row is the floor's own measurement)"
+            format!("each row is measured in {SLICES} slices (1 with logins) taking turns with as many slices of the floor, and its ratios are to that floor (the table's floor row is the floor's own measurement)")
         } else {
-            "ratios are to the floor measured once per round (--unpaired)"
+            "ratios are to the floor measured once per round (--unpaired)".to_string()
         }
     );
     println!("{}", crate::machine_line(&load_before));
@@ -1330,7 +1332,7 @@ async fn interleaved(
     slices: u32,
     (floor, floor_work): (&Ready, &Arc<Workload>),
     (row, row_work): (&Ready, &Arc<Workload>),
-) -> Result<(Option<load::LoadResult>, load::LoadResult)> {
+) -> Result<(load::LoadResult, load::LoadResult)> {
     let slice = s.duration / slices.max(1);
     let mut floor_total: Option<load::LoadResult> = None;
     let mut row_total: Option<load::LoadResult> = None;
@@ -1373,8 +1375,10 @@ async fn interleaved(
             }
         }
     }
-    let row_total = row_total.ok_or_else(|| anyhow!("no slice was measured"))?;
-    Ok((floor_total, row_total))
+    match (floor_total, row_total) {
+        (Some(floor), Some(row)) => Ok((floor, row)),
+        _ => Err(anyhow!("no slice was measured")),
+    }
 }
 
 /// Evaluates [`TARGETS`] on the measured rows (`n/a` when a row is missing).

@@ -110,7 +110,8 @@ fn lookup_err(e: &DbErr) -> AppError {
     }
 }
 
-/// Whether a channel could have `token`: what [`check_code`] lets through at creation.
+/// Whether `code` is one that [`check_code`] keeps as it is (trimmed, 1 to 255 bytes, no
+/// control characters): a channel token that is not cannot exist.
 fn possible_code(code: &str) -> bool {
     !code.is_empty()
         && code.len() <= 255

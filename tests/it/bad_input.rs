@@ -660,12 +660,8 @@ async fn huge_user_agent_is_truncated(v: Variant) {
 /// Unknown channel tokens are looked up together: a flood of requests, each with a new made-up
 /// `channel-token`, runs far fewer statements than requests, and each still gets `NOT_FOUND`.
 async fn made_up_channel_tokens_at_once_share_statements(v: Variant) {
-    let Some(app) = TestApp::spawn_with(v, |c| {
-        c.session_activity_write_interval = std::time::Duration::from_secs(3600);
-        c.cleanup_interval = std::time::Duration::from_secs(3600);
-    })
-    .await
-    else {
+    // A server whose background work leaves the statement counter alone.
+    let Some(app) = crate::cache_reads::spawn(v).await else {
         return;
     };
     const REQUESTS: usize = 240;
@@ -694,12 +690,8 @@ async fn made_up_channel_tokens_at_once_share_statements(v: Variant) {
 /// knows it from the start. Tokens match exactly (not ignoring case or trailing spaces, as
 /// MariaDB's default collation would), and control characters are refused.
 async fn a_channel_is_found_by_its_exact_token_right_after_a_miss(v: Variant) {
-    let Some(app) = TestApp::spawn_with(v, |c| {
-        c.session_activity_write_interval = std::time::Duration::from_secs(3600);
-        c.cleanup_interval = std::time::Duration::from_secs(3600);
-    })
-    .await
-    else {
+    // A server whose background work leaves the statement counter alone.
+    let Some(app) = crate::cache_reads::spawn(v).await else {
         return;
     };
     let sibling = app.sibling().await;

@@ -21,7 +21,7 @@ const SESSION_USER: &str = "{ activeSession { user { id identifier verified } } 
 
 /// A server whose background work (activity writes, clean-up) stays out of the way of the
 /// statement counter during a test.
-async fn spawn(v: Variant) -> Option<TestApp> {
+pub(crate) async fn spawn(v: Variant) -> Option<TestApp> {
     TestApp::spawn_with(v, |c| {
         c.session_activity_write_interval = Duration::from_secs(3600);
         c.cleanup_interval = Duration::from_secs(3600);
