@@ -93,17 +93,17 @@ pub struct Args {
     /// BENCHMARKS.md): no better overall.
     #[arg(long, env = "BENCH_SERVER_THREADS")]
     server_threads: Option<usize>,
-    /// Let servers and the load generator share every core, as before run W. By default, on a
-    /// machine with at least 2 CPUs, every server process the harness starts runs on CPU 0
-    /// only (with one runtime thread unless `--server-threads` says otherwise), and the
-    /// harness itself, the load generator, on CPU 1 only with one runtime thread. The report
-    /// shows each row's server CPU per request, so a row that did not keep its server's core
-    /// busy is visible.
+    /// Let servers and the load generator share every core, as before run W. By default, when
+    /// the harness may run on at least 2 CPUs, every server process it starts runs on the first
+    /// of them only (with one runtime thread unless `--server-threads` says otherwise), and the
+    /// harness itself, the load generator, on the second only with one runtime thread. The
+    /// report shows each row's server CPU per request, so a row that did not keep its server's
+    /// core busy is visible.
     #[arg(long, env = "BENCH_NO_PIN")]
     no_pin: bool,
-    /// Measure the floor once per round only (the old way) instead of right before every row.
-    /// By default each row's ratios use a floor measured just before it, so a slow spell of the
-    /// machine that spans both cancels out of the ratio.
+    /// Measure the floor once per round only (the old way). By default each row is measured in
+    /// slices taking turns with slices of the floor, and its ratios are to that floor, so a
+    /// slow spell of the machine weighs on both alike.
     #[arg(long)]
     unpaired: bool,
 }
@@ -277,13 +277,12 @@ fn main() {
 /// thread inherits it) and runs. Where pinning is not possible the run goes on unpinned, and
 /// says so.
 fn start(args: Args) -> Result<i32> {
-    let pin = !args.no_pin
-        && server::pin()
-            .inspect_err(|e| {
-                eprintln!("bench: not pinning ({e:#}): servers and load share the CPUs")
-            })
-            .is_ok();
-    let mut runtime = if pin {
+    if !args.no_pin {
+        if let Err(e) = server::pin() {
+            eprintln!("bench: not pinning ({e:#}): servers and load share the CPUs");
+        }
+    }
+    let mut runtime = if server::pinned() {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(1);
         b
@@ -294,12 +293,12 @@ fn start(args: Args) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run(args, pin))
+    runtime.block_on(run(args))
 }
 
-async fn run(args: Args, pin: bool) -> Result<i32> {
+async fn run(args: Args) -> Result<i32> {
     let s = Settings::from_args(&args)?;
-    if let Some(n) = s.server_threads.or(pin.then_some(1)) {
+    if let Some(n) = s.server_threads.or(server::pinned().then_some(1)) {
         server::set_worker_threads(n);
     }
     if !s.server_bin.exists() {
@@ -376,7 +375,7 @@ fn machine_line(load_before: &str) -> String {
         })
         .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
         .unwrap_or_else(|| "?".into());
-    // The machine's, not this process's (`--pin` keeps the harness on one of them).
+    // The machine's, not this process's (pinning keeps the harness on one of them).
     let cores = std::fs::read_to_string("/proc/cpuinfo")
         .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
         .unwrap_or(0);

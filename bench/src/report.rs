@@ -23,8 +23,9 @@ pub struct Measurement {
     pub errors: u64,
     pub first_error: Option<String>,
     pub kinds: Vec<KindFigures>,
-    /// The floor measured just before this row in the same round (the floor row's is itself);
-    /// `None` when the run measured the floor once per round only (`--unpaired`).
+    /// The floor measured beside this row in the same round, in slices taking turns with it
+    /// (the floor row's is itself); `None` when the run measured the floor once per round only
+    /// (`--unpaired`).
     pub paired_floor: Option<Box<Measurement>>,
 }
 
@@ -131,14 +132,14 @@ impl Figure {
         }
     }
 
-    /// `m`'s figure ÷ the same figure of the floor measured just before it.
+    /// `m`'s figure ÷ the same figure of the floor measured beside it.
     fn normalized(self, m: &Measurement) -> Option<f64> {
         Some(self.of(m)? / self.of_floor(m.paired_floor.as_deref()?)?)
     }
 }
 
 /// Median over rounds of `num(row a) / den(row b)`, pairing measurements of the same round.
-/// When each has a floor measured just before it, both are first divided by their own floor:
+/// When each has a floor measured beside it, both are first divided by their own floor:
 /// the ratio compares what each costs over the floor at the time it ran, so a slow spell of
 /// the machine during one of them does not count against it.
 pub fn ratio(a: &RowReport, b: &RowReport, num: Figure, den: Figure) -> Option<f64> {

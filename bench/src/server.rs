@@ -95,9 +95,8 @@ pub fn threads_note() -> String {
     }
 }
 
-/// The CPU the server processes run on when pinned (see [`pin`]), and the harness's.
-static SERVER_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-static LOAD_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+/// When pinned (see [`pin`]): the CPU of the server processes, and the harness's.
+static PINNED: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
 
 /// The CPUs this process may run on, in order (its affinity mask; in a container these need
 /// not be 0 and 1).
@@ -140,15 +139,18 @@ pub fn pin() -> Result<()> {
         _ => bail!("fewer than 2 CPUs allowed ({cpus:?})"),
     };
     pin_to(load).with_context(|| format!("keeping the harness on CPU {load}"))?;
-    let _ = SERVER_CPU.set(server);
-    let _ = LOAD_CPU.set(load);
+    let _ = PINNED.set((server, load));
     Ok(())
+}
+
+/// Whether [`pin`] succeeded.
+pub fn pinned() -> bool {
+    PINNED.get().is_some()
 }
 
 /// Where the servers run, in words, for the report.
 pub fn pin_note() -> Option<String> {
-    let server = SERVER_CPU.get()?;
-    let load = LOAD_CPU.get()?;
+    let (server, load) = PINNED.get()?;
     Some(format!(
         "servers pinned to CPU {server}, load generator to CPU {load}"
     ))
@@ -156,7 +158,7 @@ pub fn pin_note() -> Option<String> {
 
 fn base_command(bin: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(bin);
-    if let Some(&cpu) = SERVER_CPU.get() {
+    if let Some(&(cpu, _)) = PINNED.get() {
         use std::os::unix::process::CommandExt as _;
         // SAFETY: between fork and exec the child only makes the sched_setaffinity system
         // call (through `pin_to`, which allocates nothing).
