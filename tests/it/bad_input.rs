@@ -26,6 +26,7 @@ crate::variants!(
     huge_user_agent_is_truncated,
     made_up_channel_tokens_at_once_share_statements,
     a_channel_is_found_by_its_exact_token_right_after_a_miss,
+    codes_and_tokens_that_differ_in_case_are_distinct,
 );
 
 const STATS: &str =
@@ -749,4 +750,63 @@ async fn a_channel_is_found_by_its_exact_token_right_after_a_miss(v: Variant) {
         )
         .await;
     refused(&r, "BAD_USER_INPUT", "a channel token with a NUL byte");
+}
+
+/// Channel codes and tokens and role codes are compared byte for byte on every backend: two that
+/// differ only in case are two channels (or roles), each found by its own token, as on SQLite
+/// and PostgreSQL. (MariaDB's default collation refused the second as a duplicate before the
+/// `exact_codes` migration.) An exact duplicate is still refused.
+async fn codes_and_tokens_that_differ_in_case_are_distinct(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let create_channel = |code: &'static str, token: &'static str| {
+        app.gql_as(
+            &admin,
+            "mutation($i: CreateChannelInput!) { createChannel(input: $i) { id code token } }",
+            json!({ "i": { "code": code, "token": token } }),
+        )
+    };
+    let lower = create_channel("shop-e", "tok-e").await.ok();
+    let upper = create_channel("Shop-E", "TOK-E").await.ok();
+    assert_ne!(
+        lower.data()["createChannel"]["id"],
+        upper.data()["createChannel"]["id"]
+    );
+    for (token, code) in [("tok-e", "shop-e"), ("TOK-E", "Shop-E")] {
+        let r = TestApp::send(
+            app.api
+                .post("{ activeChannel { code } }", json!({}))
+                .header("channel-token", token),
+        )
+        .await
+        .ok();
+        assert_eq!(r.data()["activeChannel"]["code"], code, "token {token}");
+    }
+    let r = create_channel("shop-e", "tok-e2").await;
+    refused(&r, "BAD_USER_INPUT", "a second channel shop-e");
+    let r = create_channel("shop-e2", "TOK-E").await;
+    refused(&r, "BAD_USER_INPUT", "a second channel token TOK-E");
+
+    let channel = str_of(&lower.data()["createChannel"]["id"]);
+    let create_role = |code: &'static str| {
+        app.gql_as(
+            &admin,
+            "mutation($i: CreateRoleInput!) { createRole(input: $i) { id code } }",
+            json!({ "i": { "code": code, "permissions": ["READ_SESSION"], "channelIds": [channel] } }),
+        )
+    };
+    let clerk = create_role("clerk").await.ok();
+    let upper_clerk = create_role("Clerk").await.ok();
+    assert_eq!(upper_clerk.data()["createRole"]["code"], "Clerk");
+    assert_ne!(
+        clerk.data()["createRole"]["id"],
+        upper_clerk.data()["createRole"]["id"]
+    );
+    refused(
+        &create_role("clerk").await,
+        "BAD_USER_INPUT",
+        "a second role clerk",
+    );
 }

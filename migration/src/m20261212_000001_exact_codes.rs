@@ -1,0 +1,51 @@
+//! Channel codes and tokens, role codes and order codes compare byte for byte on MySQL/MariaDB
+//! too (`utf8mb4_bin`, unique indexes kept), as they do on SQLite and PostgreSQL. With the
+//! default collation MariaDB refused a channel `Shop-B` next to `shop-b`, and a lookup of
+//! `shop-b` found `Shop-B`, which the other backends do not.
+//!
+//! No existing row can conflict: a case-insensitive unique index already kept every value
+//! distinct, and byte-wise equality is stricter. Codes and tokens are trimmed on the way in,
+//! so `utf8mb4_bin` still padding trailing spaces never matters.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DatabaseBackend;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+/// Table, column and length of every column changed here.
+const COLUMNS: [(&str, &str, u32); 4] = [
+    ("channel", "code", 255),
+    ("channel", "token", 255),
+    ("role", "code", 255),
+    ("order", "code", 64),
+];
+
+async fn set_collation(manager: &SchemaManager<'_>, collation: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DatabaseBackend::MySql {
+        return Ok(());
+    }
+    for (table, column, len) in COLUMNS {
+        // MODIFY keeps the column's unique index; it is rebuilt under the new collation.
+        manager
+            .get_connection()
+            .execute_unprepared(&format!(
+                "ALTER TABLE `{table}` MODIFY `{column}` VARCHAR({len}) {collation} NOT NULL"
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        set_collation(manager, "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await
+    }
+
+    /// Back to the tables' default collation (which fails if two values now differ only in
+    /// case, as it should: the old index cannot hold them).
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        set_collation(manager, "").await
+    }
+}
