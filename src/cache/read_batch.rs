@@ -8,6 +8,7 @@
 use super::redis::{bounded_for, RedisConn};
 use super::CacheError;
 use crate::coalesce::{BatchCall, Coalescer, Limits};
+use crate::token::TokenHash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ fn limits(timeout: Duration) -> Limits {
     }
 }
 
-/// KEYS: the tokens' pointers. ARGV: the key prefix, then each token's hash. For each token,
+/// KEYS: the tokens' pointers. ARGV: the key prefix, then each token's hash (hex). For each token,
 /// the pointer's value or, when it points at a user's slot, the entry there (nil when absent).
 const READ_ENTRIES: &str = r"
     local out = {}
@@ -66,9 +67,6 @@ fn refuses_scripts(e: &redis::RedisError) -> bool {
     }
 }
 
-/// A token's pointer key and its hash.
-type Lookup = (String, String);
-
 struct ScriptCalls {
     conn: RedisConn,
     script: redis::Script,
@@ -79,17 +77,23 @@ struct ScriptCalls {
 }
 
 impl BatchCall for ScriptCalls {
-    type Key = Lookup;
+    type Key = TokenHash;
     type Answer = Reply;
 
-    async fn call(&self, batch: Vec<Lookup>) -> Vec<Reply> {
+    async fn call(&self, batch: Vec<TokenHash>) -> Vec<Reply> {
+        // Each key and argument is copied into the command: one buffer serves them all.
         let mut invocation = self.script.prepare_invoke();
-        for (pointer, _) in &batch {
-            invocation.key(pointer);
+        let mut buf = String::with_capacity(self.prefix.len() + 68);
+        for hash in &batch {
+            buf.clear();
+            super::redis::push_pointer_key(&mut buf, &self.prefix, hash);
+            invocation.key(buf.as_str());
         }
         invocation.arg(&self.prefix);
-        for (_, hash_hex) in &batch {
-            invocation.arg(hash_hex);
+        for hash in &batch {
+            buf.clear();
+            hash.push_hex(&mut buf);
+            invocation.arg(buf.as_str());
         }
         let mut conn = self.conn.clone();
         let result = bounded_for(
@@ -154,8 +158,8 @@ impl ReadBatcher {
         self.calls.caller().enabled.load(Ordering::Relaxed)
     }
 
-    /// The raw value for the token whose pointer key is `pointer` and hash `hash_hex`.
-    pub(super) async fn read(&self, pointer: String, hash_hex: String) -> Reply {
-        self.calls.ask((pointer, hash_hex)).await
+    /// The raw value for the token whose hash is `hash`.
+    pub(super) async fn read(&self, hash: TokenHash) -> Reply {
+        self.calls.ask(hash).await
     }
 }

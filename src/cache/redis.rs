@@ -53,11 +53,13 @@ pub(super) async fn bounded_for<T>(
     }
 }
 
-/// Slots of [`Decoded`] (a power of two).
-const DECODED_SLOTS: usize = 4096;
+/// Slots of [`Decoded`] (a power of two). Tokens whose hashes share a slot evict each other and
+/// are decoded on every lookup: with 4,096 slots a fifth of 1,000 busy sessions did (the
+/// benchmark's Redis rows); with 16,384, one in twenty.
+const DECODED_SLOTS: usize = 16384;
 /// Larger entries (sessions with much data) are decoded every time: the table holds at most
-/// [`DECODED_SLOTS`] × this many bytes of entries (16 MiB), plus their decoded sessions.
-const DECODED_MAX_BYTES: usize = 4096;
+/// [`DECODED_SLOTS`] × this many bytes of entries (32 MiB), plus their decoded sessions.
+const DECODED_MAX_BYTES: usize = 2048;
 
 /// The last entry decoded for a token: a lookup that gets the very same bytes back from Redis
 /// reuses its session instead of decoding it again (decoding is most of a lookup's CPU). Redis
@@ -192,6 +194,14 @@ pub async fn connect(target: &RedisTarget, timeout: Duration) -> Result<RedisCon
             Ok(RedisConn::Cluster(client.get_async_connection().await?))
         }
     }
+}
+
+/// Appends `P{t:<token-hash>}`, the token's pointer key, to `out`.
+pub(super) fn push_pointer_key(out: &mut String, prefix: &str, hash: &TokenHash) {
+    out.push_str(prefix);
+    out.push_str("{t:");
+    hash.push_hex(out);
+    out.push('}');
 }
 
 /// Escapes the glob characters of a prefix for `SCAN MATCH`.
@@ -346,10 +356,7 @@ impl RedisCache {
 
     fn pointer_key(&self, hash: &TokenHash) -> String {
         let mut key = String::with_capacity(self.prefix.len() + 68);
-        key.push_str(&self.prefix);
-        key.push_str("{t:");
-        hash.push_hex(&mut key);
-        key.push('}');
+        push_pointer_key(&mut key, &self.prefix, hash);
         key
     }
 
@@ -395,14 +402,7 @@ impl RedisCache {
         let Some(batcher) = self.batcher.as_ref().filter(|b| b.enabled()) else {
             return Ok(None);
         };
-        let mut hex = String::with_capacity(64);
-        key.push_hex(&mut hex);
-        let answer = match tokio::time::timeout(
-            self.timeout,
-            batcher.read(self.pointer_key(key), hex),
-        )
-        .await
-        {
+        let answer = match tokio::time::timeout(self.timeout, batcher.read(*key)).await {
             Ok(answer) => answer,
             Err(_) => Err(CacheError::Timeout(self.timeout)),
         };
@@ -458,7 +458,6 @@ impl RedisCache {
 
     /// Follows the token's pointer to its entry (anonymous entries sit at the pointer).
     async fn lookup(&self, key: &TokenHash) -> Result<Option<Arc<CachedSession>>, CacheError> {
-        let mut conn = self.conn.clone();
         let raw = match self.read_with_script(key).await? {
             Some(raw) => raw,
             // On a cluster a script must name every key it reads, and the entry's key is in
@@ -467,7 +466,7 @@ impl RedisCache {
                 self.bounded(
                     redis::cmd("GET")
                         .arg(self.pointer_key(key))
-                        .query_async(&mut conn),
+                        .query_async(&mut self.conn.clone()),
                 )
                 .await?
             }
@@ -486,7 +485,7 @@ impl RedisCache {
                     .bounded(
                         redis::cmd("GET")
                             .arg(self.entry_key(user_id, key))
-                            .query_async(&mut conn),
+                            .query_async(&mut self.conn.clone()),
                     )
                     .await?;
                 match raw {
