@@ -17,6 +17,7 @@ mod rows;
 mod scale;
 mod seed;
 mod server;
+mod services;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -308,6 +309,7 @@ async fn run(args: Args) -> Result<i32> {
             if args.smoke { "" } else { "--release " }
         );
     }
+    services::restore_on_interrupt();
     let mut cleanup = Cleanup::default();
     let result = if args.scale {
         scale::run(&args, &s, &mut cleanup).await
@@ -315,6 +317,7 @@ async fn run(args: Args) -> Result<i32> {
         rows::run(&args, &s, &mut cleanup).await
     };
     cleanup.run().await;
+    services::restore();
     match &result {
         Ok(0) => {
             let _ = std::fs::remove_dir_all(&s.scratch);

@@ -1128,6 +1128,16 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         suffix: crate::random_suffix(),
         keep_alive: Vec::new(),
     };
+    let uses = |server: Server| rows.iter().any(|r| r.server == server);
+    let moved = crate::services::move_to_load_cpu(
+        (env.redis_ok.is_ok() && (uses(Server::Redis) || uses(Server::Tiered)))
+            .then_some(args.redis_url.as_str()),
+        (env.pg_ok.is_ok() && uses(Server::DbPostgres)).then_some(args.postgres_url.as_str()),
+    )
+    .await;
+    if let Some(note) = &moved {
+        eprintln!("{note}");
+    }
 
     eprintln!("preparing servers…");
     let mut servers: Vec<(Server, Result<Ready, Status>)> = Vec::new();
@@ -1260,13 +1270,14 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     let floor = reports.iter().find(|r| r.id == "floor");
     println!();
     println!(
-        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}; {}.",
+        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}{}; {}.",
         s.rounds,
         s.connections,
         s.duration,
         s.warmup,
         s.sessions,
         crate::server::threads_note(),
+        moved.map(|m| format!(" ({m})")).unwrap_or_default(),
         if paired {
             format!("each row is measured in {SLICES} slices (1 with logins) taking turns with as many slices of the floor, and its ratios are to that floor (the table's floor row is the floor's own measurement)")
         } else {

@@ -128,7 +128,7 @@ pub fn with_database(base: &str, db: &str) -> Result<String> {
     Ok(format!("{}/{db}{query}", &head[..host_end]))
 }
 
-async fn connect_with_timeout(url: &str) -> Result<sea_orm::DatabaseConnection> {
+pub(crate) async fn connect_with_timeout(url: &str) -> Result<sea_orm::DatabaseConnection> {
     tokio::time::timeout(Duration::from_secs(5), Database::connect(url))
         .await
         .map_err(|_| anyhow!("timed out connecting to {}", redact(url)))?
@@ -161,7 +161,7 @@ pub async fn drop_pg_database(base: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+pub(crate) async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
     tokio::time::timeout(
         Duration::from_secs(3),

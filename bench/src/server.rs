@@ -148,6 +148,12 @@ pub fn pinned() -> bool {
     PINNED.get().is_some()
 }
 
+/// When pinned: the load generator's CPU, where the services the rows use run too (see
+/// [`crate::services`]).
+pub fn load_cpu() -> Option<usize> {
+    PINNED.get().map(|&(_, load)| load)
+}
+
 /// Where the servers run, in words, for the report.
 pub fn pin_note() -> Option<String> {
     let (server, load) = PINNED.get()?;

@@ -1,0 +1,281 @@
+//! The Redis and PostgreSQL the rows use, when they run on this machine, are kept on the load
+//! generator's CPU for the run, and put back at the end.
+//!
+//! When pinned (see [`crate::server::pin`]), every server runs on one CPU and the load
+//! generator on the other. A service left free to run anywhere takes part of the server's CPU in
+//! the rows that use it and none in the floor's, so the Redis and cache-off PostgreSQL rows
+//! measured the server and its backing service sharing one core against a floor with the core to
+//! itself. The peer's private `redis-server`, started by the pinned harness, already ran on the
+//! load generator's CPU; this gives our rows' services the same place.
+//!
+//! Only processes of this machine are moved: a Redis or PostgreSQL reached on a loopback address
+//! whose process id (Redis `INFO server`, PostgreSQL's backend's parent) names a process here
+//! with the expected name. For PostgreSQL the postmaster and its children are moved; backends
+//! it starts later inherit its mask. Every moved task gets its old mask back when the run ends,
+//! also on Ctrl-C.
+
+use anyhow::{anyhow, bail, Context, Result};
+use sea_orm::{ConnectionTrait, Statement};
+use std::sync::Mutex;
+
+/// A task (thread or process id) and its mask before the run.
+type Saved = (libc::pid_t, libc::cpu_set_t);
+
+/// Tasks moved so far, and the postmasters whose later children get the postmaster's old mask.
+struct Moved {
+    tasks: Vec<Saved>,
+    postmasters: Vec<Saved>,
+}
+
+static MOVED: Mutex<Moved> = Mutex::new(Moved {
+    tasks: Vec::new(),
+    postmasters: Vec::new(),
+});
+
+fn moved() -> std::sync::MutexGuard<'static, Moved> {
+    MOVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn get_mask(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
+    // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+fn set_mask(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: sched_setaffinity only reads `set`, a fully initialised bit set.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: CPU_ZERO initialises the bit set, CPU_SET writes an index below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        set
+    }
+}
+
+fn comm(pid: libc::pid_t) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
+}
+
+/// The threads of process `pid`.
+fn threads(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parent(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 4, after the parenthesised name (which may hold spaces).
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every process whose parent is `pid`.
+fn children(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&p| parent(p) == Some(pid))
+        .collect()
+}
+
+/// Moves every thread of the processes `pids` to `cpu`, remembering their masks.
+fn move_tasks(pids: &[libc::pid_t], cpu: usize) -> Result<()> {
+    let target = one_cpu(cpu);
+    let mut m = moved();
+    for &pid in pids {
+        for tid in threads(pid) {
+            let Some(old) = get_mask(tid) else { continue };
+            set_mask(tid, &target).with_context(|| format!("moving task {tid} to CPU {cpu}"))?;
+            m.tasks.push((tid, old));
+        }
+    }
+    Ok(())
+}
+
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Moves the Redis at `url` to `cpu`; its process id in words.
+async fn move_redis(url: &str, cpu: usize) -> Result<String> {
+    let client = redis::Client::open(url)?;
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, _) if loopback(host) => {}
+        redis::ConnectionAddr::Unix(_) => {}
+        other => bail!("not on a loopback address ({other})"),
+    }
+    let mut con = crate::seed::redis_conn(url).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut con)
+        .await?;
+    let pid: libc::pid_t = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("INFO server has no process_id"))?;
+    match comm(pid) {
+        Some(c) if c.starts_with("redis-server") => {}
+        _ => bail!("its process {pid} is not a redis-server of this machine"),
+    }
+    move_tasks(&[pid], cpu)?;
+    Ok(format!("Redis (pid {pid})"))
+}
+
+/// Moves the PostgreSQL at `url` (its postmaster and every child) to `cpu`.
+async fn move_postgres(url: &str, cpu: usize) -> Result<String> {
+    let db = crate::seed::connect_with_timeout(url).await?;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT pg_backend_pid() AS pid, COALESCE(host(inet_server_addr()), '127.0.0.1') AS host",
+        ))
+        .await?
+        .ok_or_else(|| anyhow!("no answer to pg_backend_pid()"))?;
+    let backend: i32 = row.try_get("", "pid")?;
+    let host: String = row.try_get("", "host")?;
+    db.close().await.ok();
+    if !loopback(&host) {
+        bail!("not on a loopback address ({host})");
+    }
+    let postmaster = parent(backend)
+        .filter(|&p| comm(p).as_deref() == Some("postgres") && comm(backend).is_some())
+        .ok_or_else(|| {
+            anyhow!("its backend {backend} is not a postgres process of this machine")
+        })?;
+    let old = get_mask(postmaster).ok_or_else(|| anyhow!("reading the mask of {postmaster}"))?;
+    moved().postmasters.push((postmaster, old));
+    let mut pids = vec![postmaster];
+    pids.extend(children(postmaster));
+    move_tasks(&pids, cpu)?;
+    Ok(format!("PostgreSQL (postmaster pid {postmaster})"))
+}
+
+/// Moves the Redis and PostgreSQL of the run to the load generator's CPU when the run is pinned
+/// and they are processes of this machine; returns the note for the report (`None`: nothing
+/// moved). A service that cannot be moved is left where it is, with a warning.
+pub async fn move_to_load_cpu(
+    redis_url: Option<&str>,
+    postgres_url: Option<&str>,
+) -> Option<String> {
+    let cpu = crate::server::load_cpu()?;
+    let mut done = Vec::new();
+    if let Some(url) = redis_url {
+        match move_redis(url, cpu).await {
+            Ok(what) => done.push(what),
+            Err(e) => eprintln!("bench: Redis left where it runs: {e:#}"),
+        }
+    }
+    if let Some(url) = postgres_url {
+        match move_postgres(url, cpu).await {
+            Ok(what) => done.push(what),
+            Err(e) => eprintln!("bench: PostgreSQL left where it runs: {e:#}"),
+        }
+    }
+    (!done.is_empty()).then(|| format!("{} on CPU {cpu} for the run", done.join(" and ")))
+}
+
+/// Gives every moved task its old mask back (once; later calls do nothing). Children a
+/// postmaster started during the run get the postmaster's old mask.
+pub fn restore() {
+    let mut m = moved();
+    for (postmaster, old) in std::mem::take(&mut m.postmasters) {
+        for child in children(postmaster) {
+            for tid in threads(child) {
+                let _ = set_mask(tid, &old);
+            }
+        }
+    }
+    for (tid, old) in std::mem::take(&mut m.tasks) {
+        // A task that ended meanwhile is simply gone.
+        let _ = set_mask(tid, &old);
+    }
+}
+
+/// Restores the services when the run is interrupted (Ctrl-C or SIGTERM), then exits.
+pub fn restore_on_interrupt() {
+    tokio::spawn(async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        restore();
+        eprintln!("bench: interrupted; services given back their CPUs");
+        std::process::exit(130);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            assert!(loopback(h), "{h}");
+        }
+        for h in ["10.0.0.5", "db.example.com", "", "0.0.0.0"] {
+            assert!(!loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn a_moved_process_gets_its_mask_back() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let before = get_mask(pid).unwrap();
+        // SAFETY: CPU_ISSET and CPU_COUNT read initialised masks, below CPU_SETSIZE.
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| unsafe { libc::CPU_ISSET(c, &before) })
+            .unwrap();
+        move_tasks(&[pid], cpu).unwrap();
+        let during = get_mask(pid).unwrap();
+        restore();
+        let after = get_mask(pid).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(libc::CPU_COUNT(&during), 1);
+            assert!(libc::CPU_ISSET(cpu, &during));
+            assert_eq!(libc::CPU_COUNT(&after), libc::CPU_COUNT(&before));
+        }
+        assert!(moved().tasks.is_empty());
+    }
+}
