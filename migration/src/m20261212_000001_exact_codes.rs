@@ -1,7 +1,8 @@
-//! Channel codes and tokens, role codes and order codes compare byte for byte on MySQL/MariaDB
-//! too (`utf8mb4_bin`, unique indexes kept), as they do on SQLite and PostgreSQL. With the
-//! default collation MariaDB refused a channel `Shop-B` next to `shop-b`, and a lookup of
-//! `shop-b` found `Shop-B`, which the other backends do not.
+//! Channel codes and tokens and role codes compare byte for byte on MySQL/MariaDB too
+//! (`utf8mb4_bin`, unique indexes kept), as they do on SQLite and PostgreSQL. With the default
+//! collation MariaDB refused a channel `Shop-B` next to `shop-b`, and a lookup of `shop-b` found
+//! `Shop-B`, which the other backends do not. (Order codes are left alone: the server makes them
+//! in upper case and never looks one up; changing them would rewrite the largest table.)
 //!
 //! No existing row can conflict: a case-insensitive unique index already kept every value
 //! distinct, and byte-wise equality is stricter. Codes and tokens are trimmed on the way in,
@@ -14,11 +15,10 @@ use sea_orm_migration::sea_orm::DatabaseBackend;
 pub struct Migration;
 
 /// Table, column and length of every column changed here.
-const COLUMNS: [(&str, &str, u32); 4] = [
+const COLUMNS: [(&str, &str, u32); 3] = [
     ("channel", "code", 255),
     ("channel", "token", 255),
     ("role", "code", 255),
-    ("order", "code", 64),
 ];
 
 async fn set_collation(manager: &SchemaManager<'_>, collation: &str) -> Result<(), DbErr> {
