@@ -162,15 +162,16 @@ async fn move_postgres(url: &str, cpu: usize) -> Result<String> {
         .ok_or_else(|| anyhow!("no answer to pg_backend_pid()"))?;
     let backend: i32 = row.try_get("", "pid")?;
     let host: String = row.try_get("", "host")?;
-    db.close().await.ok();
     if !loopback(&host) {
         bail!("not on a loopback address ({host})");
     }
+    // Read while the connection is open: its backend ends with it.
     let postmaster = parent(backend)
-        .filter(|&p| comm(p).as_deref() == Some("postgres") && comm(backend).is_some())
-        .ok_or_else(|| {
-            anyhow!("its backend {backend} is not a postgres process of this machine")
-        })?;
+        .filter(|&p| comm(p).as_deref() == Some("postgres") && comm(backend).is_some());
+    db.close().await.ok();
+    let postmaster = postmaster.ok_or_else(|| {
+        anyhow!("its backend {backend} is not a postgres process of this machine")
+    })?;
     let old = get_mask(postmaster).ok_or_else(|| anyhow!("reading the mask of {postmaster}"))?;
     moved().postmasters.push((postmaster, old));
     let mut pids = vec![postmaster];
