@@ -310,6 +310,7 @@ async fn run(args: Args) -> Result<i32> {
         );
     }
     services::restore_on_interrupt();
+    let _restore = services::RestoreOnDrop;
     let mut cleanup = Cleanup::default();
     let result = if args.scale {
         scale::run(&args, &s, &mut cleanup).await
@@ -317,7 +318,6 @@ async fn run(args: Args) -> Result<i32> {
         rows::run(&args, &s, &mut cleanup).await
     };
     cleanup.run().await;
-    services::restore();
     match &result {
         Ok(0) => {
             let _ = std::fs::remove_dir_all(&s.scratch);

@@ -21,15 +21,18 @@ use std::sync::Mutex;
 /// A task (thread or process id) and its mask before the run.
 type Saved = (libc::pid_t, libc::cpu_set_t);
 
-/// Tasks moved so far, and the postmasters whose later children get the postmaster's old mask.
+/// Tasks moved so far, the postmasters whose later children get the postmaster's old mask, and
+/// the CPU they were moved to.
 struct Moved {
     tasks: Vec<Saved>,
     postmasters: Vec<Saved>,
+    cpu: Option<usize>,
 }
 
 static MOVED: Mutex<Moved> = Mutex::new(Moved {
     tasks: Vec::new(),
     postmasters: Vec::new(),
+    cpu: None,
 });
 
 fn moved() -> std::sync::MutexGuard<'static, Moved> {
@@ -102,18 +105,32 @@ fn children(pid: libc::pid_t) -> Vec<libc::pid_t> {
         .collect()
 }
 
-/// Moves every thread of the processes `pids` to `cpu`, remembering their masks.
-fn move_tasks(pids: &[libc::pid_t], cpu: usize) -> Result<()> {
+/// Moves every thread of the processes `pids` to `cpu`, remembering their masks; how many were
+/// moved. Threads that ended meanwhile are skipped; on any other failure the threads moved by
+/// this call get their masks back before the error is returned.
+fn move_tasks(pids: &[libc::pid_t], cpu: usize) -> Result<usize> {
     let target = one_cpu(cpu);
-    let mut m = moved();
+    let mut done: Vec<Saved> = Vec::new();
     for &pid in pids {
         for tid in threads(pid) {
             let Some(old) = get_mask(tid) else { continue };
-            set_mask(tid, &target).with_context(|| format!("moving task {tid} to CPU {cpu}"))?;
-            m.tasks.push((tid, old));
+            match set_mask(tid, &target) {
+                Ok(()) => done.push((tid, old)),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => {
+                    for (tid, old) in done {
+                        let _ = set_mask(tid, &old);
+                    }
+                    return Err(e).with_context(|| format!("moving task {tid} to CPU {cpu}"));
+                }
+            }
         }
     }
-    Ok(())
+    let n = done.len();
+    let mut m = moved();
+    m.tasks.extend(done);
+    m.cpu = Some(cpu);
+    Ok(n)
 }
 
 fn loopback(host: &str) -> bool {
@@ -146,7 +163,9 @@ async fn move_redis(url: &str, cpu: usize) -> Result<String> {
         Some(c) if c.starts_with("redis-server") => {}
         _ => bail!("its process {pid} is not a redis-server of this machine"),
     }
-    move_tasks(&[pid], cpu)?;
+    if move_tasks(&[pid], cpu)? == 0 {
+        bail!("none of its threads could be moved");
+    }
     Ok(format!("Redis (pid {pid})"))
 }
 
@@ -166,17 +185,19 @@ async fn move_postgres(url: &str, cpu: usize) -> Result<String> {
         bail!("not on a loopback address ({host})");
     }
     // Read while the connection is open: its backend ends with it.
-    let postmaster = parent(backend)
-        .filter(|&p| comm(p).as_deref() == Some("postgres") && comm(backend).is_some());
+    let postgres = |p: libc::pid_t| comm(p).as_deref() == Some("postgres");
+    let postmaster = parent(backend).filter(|&p| postgres(p) && postgres(backend));
     db.close().await.ok();
     let postmaster = postmaster.ok_or_else(|| {
         anyhow!("its backend {backend} is not a postgres process of this machine")
     })?;
     let old = get_mask(postmaster).ok_or_else(|| anyhow!("reading the mask of {postmaster}"))?;
-    moved().postmasters.push((postmaster, old));
     let mut pids = vec![postmaster];
     pids.extend(children(postmaster));
-    move_tasks(&pids, cpu)?;
+    if move_tasks(&pids, cpu)? == 0 {
+        bail!("none of its processes could be moved");
+    }
+    moved().postmasters.push((postmaster, old));
     Ok(format!("PostgreSQL (postmaster pid {postmaster})"))
 }
 
@@ -204,24 +225,38 @@ pub async fn move_to_load_cpu(
     (!done.is_empty()).then(|| format!("{} on CPU {cpu} for the run", done.join(" and ")))
 }
 
-/// Gives every moved task its old mask back (once; later calls do nothing). Children a
-/// postmaster started during the run get the postmaster's old mask.
-pub fn restore() {
+/// Gives every moved task its old mask back (once; later calls do nothing) and says how many
+/// there were. Children a postmaster started during the run get the postmaster's old mask.
+pub fn restore() -> usize {
     let mut m = moved();
+    let n = m.tasks.len();
+    let Some(cpu) = m.cpu.take() else {
+        return n;
+    };
+    // Only a task still on the CPU it was moved to is given its mask back: a task that ended is
+    // gone, and one whose id was reused meanwhile is another's, most likely with another mask.
+    let target = one_cpu(cpu);
+    let give_back = |tid: libc::pid_t, old: &libc::cpu_set_t| {
+        // SAFETY: CPU_EQUAL reads two initialised masks.
+        if get_mask(tid).is_some_and(|now| unsafe { libc::CPU_EQUAL(&now, &target) }) {
+            let _ = set_mask(tid, old);
+        }
+    };
     for (postmaster, old) in std::mem::take(&mut m.postmasters) {
         for child in children(postmaster) {
             for tid in threads(child) {
-                let _ = set_mask(tid, &old);
+                give_back(tid, &old);
             }
         }
     }
     for (tid, old) in std::mem::take(&mut m.tasks) {
-        // A task that ended meanwhile is simply gone.
-        let _ = set_mask(tid, &old);
+        give_back(tid, &old);
     }
+    n
 }
 
-/// Restores the services when the run is interrupted (Ctrl-C or SIGTERM), then exits.
+/// Restores the services when the run is interrupted (Ctrl-C or SIGTERM), then exits with the
+/// shell's status for that signal.
 pub fn restore_on_interrupt() {
     tokio::spawn(async {
         let mut term =
@@ -229,14 +264,24 @@ pub fn restore_on_interrupt() {
                 Ok(s) => s,
                 Err(_) => return,
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let status = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 128 + libc::SIGINT,
+            _ = term.recv() => 128 + libc::SIGTERM,
+        };
+        if restore() > 0 {
+            eprintln!("bench: interrupted; services given back their CPUs");
         }
-        restore();
-        eprintln!("bench: interrupted; services given back their CPUs");
-        std::process::exit(130);
+        std::process::exit(status);
     });
+}
+
+/// Calls [`restore`] when dropped: at the end of the run, also when it panics.
+pub struct RestoreOnDrop;
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        restore();
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +310,7 @@ mod tests {
         let cpu = (0..libc::CPU_SETSIZE as usize)
             .find(|&c| unsafe { libc::CPU_ISSET(c, &before) })
             .unwrap();
-        move_tasks(&[pid], cpu).unwrap();
+        assert_eq!(move_tasks(&[pid], cpu).unwrap(), 1);
         let during = get_mask(pid).unwrap();
         restore();
         let after = get_mask(pid).unwrap();

@@ -4,9 +4,13 @@
 //! `Shop-B`, which the other backends do not. (Order codes are left alone: the server makes them
 //! in upper case and never looks one up; changing them would rewrite the largest table.)
 //!
-//! No existing row can conflict: a case-insensitive unique index already kept every value
-//! distinct, and byte-wise equality is stricter. Codes and tokens are trimmed on the way in,
-//! so `utf8mb4_bin` still padding trailing spaces never matters.
+//! No row stored by the server can conflict: a case-insensitive unique index already kept every
+//! value distinct, and byte-wise equality is stricter except for trailing spaces, which
+//! `utf8mb4_bin` ignores (as MariaDB's default collations do, so nothing changes there). On
+//! MySQL 8, whose default `utf8mb4_0900_ai_ci` does not ignore them, two values differing only
+//! in trailing spaces would stop the migration with a duplicate-key error rather than be merged;
+//! the server never stores such values (codes and tokens are trimmed on the way in), so only rows
+//! written by hand can.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
@@ -43,8 +47,9 @@ impl MigrationTrait for Migration {
         set_collation(manager, "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await
     }
 
-    /// Back to the tables' default collation (which fails if two values now differ only in
-    /// case, as it should: the old index cannot hold them).
+    /// Back to the tables' default character set and collation (which fails if two values now
+    /// differ only in case, as it should: the old index cannot hold them; and on a table whose
+    /// default character set is not utf8mb4, characters it cannot hold fail in strict mode).
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         set_collation(manager, "").await
     }

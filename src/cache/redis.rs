@@ -57,9 +57,31 @@ pub(super) async fn bounded_for<T>(
 /// are decoded on every lookup: with 4,096 slots a fifth of 1,000 busy sessions did (the
 /// benchmark's Redis rows); with 16,384, one in twenty.
 const DECODED_SLOTS: usize = 16384;
-/// Larger entries (sessions with much data) are decoded every time: the table holds at most
-/// [`DECODED_SLOTS`] × this many bytes of entries (32 MiB), plus their decoded sessions.
+/// Larger entries are decoded every time: the table holds at most [`DECODED_SLOTS`] × this many
+/// bytes of entries (32 MiB). A session without data decodes to about its entry's size plus
+/// fixed fields (plain strings and numbers).
 const DECODED_MAX_BYTES: usize = 2048;
+/// Session data is kept decoded only while it takes at most this much memory (as [`data_cost`]
+/// counts it): data decodes into JSON values of 32 bytes or more each, from as little as one
+/// byte of MessagePack (an empty array), so a crafted 2 KiB entry could take 64 KiB decoded.
+/// Bounded so, a slot holds at most about 8.5 KiB (the entry, its strings decoded, fixed fields,
+/// the data), and the table about 136 MiB however the data is shaped; typical sessions take
+/// well under 1 KiB.
+const DECODED_MAX_DATA_COST: usize = 4096;
+
+/// About the memory a session's data takes decoded: 32 bytes per value, plus its strings and
+/// keys.
+fn data_cost(data: &crate::domain::SessionData) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        32 + match v {
+            serde_json::Value::String(s) => s.len(),
+            serde_json::Value::Array(items) => items.iter().map(value).sum(),
+            serde_json::Value::Object(map) => map.iter().map(|(k, v)| k.len() + value(v)).sum(),
+            _ => 0,
+        }
+    }
+    data.iter().map(|(k, v)| k.len() + value(v)).sum()
+}
 
 /// The last entry decoded for a token: a lookup that gets the very same bytes back from Redis
 /// reuses its session instead of decoding it again (decoding is most of a lookup's CPU). Redis
@@ -105,7 +127,11 @@ impl DecodedTable {
         if session.token_hash != *hash {
             return Ok(None);
         }
-        if bytes.len() <= DECODED_MAX_BYTES {
+        let small_data = match &session.data {
+            Some(data) => data_cost(data) <= DECODED_MAX_DATA_COST,
+            None => true,
+        };
+        if bytes.len() <= DECODED_MAX_BYTES && small_data {
             let decoded = Arc::new(Decoded {
                 bytes: bytes.into_boxed_slice(),
                 session: session.clone(),
@@ -712,6 +738,32 @@ mod tests {
             "a cut entry is an error, not a panic"
         );
         assert!(decode_entry(b"{\"id\":").is_err());
+    }
+
+    /// The same bytes for the same token give back the session decoded the first time, except
+    /// for sessions whose data would take much memory decoded (a crafted data entry decodes to
+    /// many times its size): those are decoded every time.
+    #[test]
+    fn sessions_with_large_decoded_data_are_not_kept() {
+        let table = DecodedTable::new();
+        let mut plain = full_session();
+        plain.data = None;
+        let small = full_session();
+        let mut large = full_session();
+        let many_empty_arrays = serde_json::Value::Array(vec![serde_json::json!([]); 500]);
+        large.data = serde_json::json!({ "a": many_empty_arrays })
+            .as_object()
+            .cloned()
+            .map(Arc::new);
+        for (session, kept) in [(plain, true), (small, true), (large, false)] {
+            let bytes = rmp_serde::to_vec_named(&session).expect("encodes");
+            let hash = session.token_hash;
+            let first = table.session(&hash, bytes.clone()).unwrap().unwrap();
+            let again = table.session(&hash, bytes.clone()).unwrap().unwrap();
+            assert_eq!(Arc::ptr_eq(&first, &again), kept, "{} bytes", bytes.len());
+            // Small as an entry: only the decoded form is large.
+            assert!(bytes.len() <= DECODED_MAX_BYTES);
+        }
     }
 
     #[test]
