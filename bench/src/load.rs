@@ -421,14 +421,23 @@ pub fn check(
     }
 }
 
+/// Fields `ns` (counted from 1, as in proc(5); 3 or more: those after the parenthesised name,
+/// which may hold spaces) of `/proc/<pid>/stat`, read once.
+pub fn stat_fields<T: std::str::FromStr>(
+    pid: impl std::fmt::Display,
+    ns: &[usize],
+) -> Option<Vec<T>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    ns.iter()
+        .map(|&n| fields.get(n.checked_sub(3)?)?.parse().ok())
+        .collect()
+}
+
 /// Reads utime + stime of a process.
 pub fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Fields 14 and 15 of stat(5).
+    let [utime, stime]: [u64; 2] = stat_fields(pid, &[14, 15])?.try_into().ok()?;
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some(Duration::from_secs_f64((utime + stime) as f64 / tck))

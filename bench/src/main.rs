@@ -327,6 +327,23 @@ async fn run(args: Args) -> Result<i32> {
     result
 }
 
+/// One measurement of `workload` on `proc` with the run's connections, warm-up and duration.
+pub async fn measure(
+    s: &Settings,
+    proc: &Proc,
+    workload: std::sync::Arc<Workload>,
+) -> Result<load::LoadResult> {
+    load::run(
+        proc.addr,
+        workload,
+        s.connections,
+        s.warmup,
+        load::Stop::After(s.duration),
+        Some(proc.pid()),
+    )
+    .await
+}
+
 /// Availability of an optional service: `Ok(())`, or the note to print when skipping.
 async fn service(
     what: &str,

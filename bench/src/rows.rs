@@ -1098,6 +1098,19 @@ async fn workload(row: &RowDef, ready: &Ready) -> Result<Workload> {
 /// A row ready to measure: the index of its server and its workload.
 type Plan = Result<(usize, Arc<Workload>), Status>;
 
+/// The run's settings in words, for the start line and the report.
+fn settings_note(s: &Settings) -> String {
+    format!(
+        "{} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}",
+        s.rounds,
+        s.connections,
+        s.duration,
+        s.warmup,
+        s.sessions,
+        crate::server::threads_note(),
+    )
+}
+
 /// The default run: every wanted row (`--only`; the floor always), in alternating rounds.
 pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32> {
     for o in &args.only {
@@ -1110,13 +1123,8 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
         .filter(|r| args.only.is_empty() || r.id == "floor" || args.only.iter().any(|o| o == r.id))
         .collect();
     eprintln!(
-        "session-server benchmark: {} round(s), {} connections, {:?} per row (+{:?} warm-up), {} sessions, {}, server {}",
-        s.rounds,
-        s.connections,
-        s.duration,
-        s.warmup,
-        s.sessions,
-        crate::server::threads_note(),
+        "session-server benchmark: {}, server {}",
+        settings_note(s),
         s.server_bin.display()
     );
     let load_before = crate::loadavg();
@@ -1220,16 +1228,9 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
                         .await
                         .map(|(floor, r)| (Some(floor), r))
                 }
-                _ => load::run(
-                    proc.addr,
-                    workload.clone(),
-                    s.connections,
-                    s.warmup,
-                    Stop::After(s.duration),
-                    Some(proc.pid()),
-                )
-                .await
-                .map(|r| (None, r)),
+                _ => crate::measure(s, proc, workload.clone())
+                    .await
+                    .map(|r| (None, r)),
             };
             let (floor_beside, r) = match measured {
                 Ok(measured) => measured,
@@ -1270,13 +1271,8 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     let floor = reports.iter().find(|r| r.id == "floor");
     println!();
     println!(
-        "Settings: {} round(s), {} connections, {:?} measured + {:?} warm-up per row per round, {} sessions per server, {}{}; {}.",
-        s.rounds,
-        s.connections,
-        s.duration,
-        s.warmup,
-        s.sessions,
-        crate::server::threads_note(),
+        "Settings: {}{}; {}.",
+        settings_note(s),
         moved.map(|m| format!(" ({m})")).unwrap_or_default(),
         if paired {
             format!("each row is measured in {SLICES} slices (1 with logins) taking turns with as many slices of the floor, and its ratios are to that floor (the table's floor row is the floor's own measurement)")

@@ -95,15 +95,7 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     for round in 1..=s.rounds {
         let mut ms = Vec::new();
         for (proc, w) in &servers {
-            let r = load::run(
-                proc.addr,
-                w.clone(),
-                s.connections,
-                s.warmup,
-                Stop::After(s.duration),
-                Some(proc.pid()),
-            )
-            .await?;
+            let r = crate::measure(s, proc, w.clone()).await?;
             let m = Measurement::from_load(&r, proc.peak_rss_kib());
             eprintln!(
                 "  round {round} {}: {:.0} req/s p50 {} µs p99 {} µs errors {}",
@@ -163,15 +155,7 @@ pub async fn run(args: &Args, s: &Settings, cleanup: &mut Cleanup) -> Result<i32
     );
     let admin = seed::login_superadmin(proc.addr).await?;
     let w = Arc::new(read_workload(&tokens));
-    let before = load::run(
-        proc.addr,
-        w.clone(),
-        s.connections,
-        s.warmup,
-        Stop::After(s.duration),
-        Some(proc.pid()),
-    )
-    .await?;
+    let before = crate::measure(s, &proc, w.clone()).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let addr = proc.addr;
     let warmup = s.warmup;

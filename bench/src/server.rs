@@ -98,35 +98,55 @@ pub fn threads_note() -> String {
 /// When pinned (see [`pin`]): the CPU of the server processes, and the harness's.
 static PINNED: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
 
+/// The CPU mask of task `tid` (0: the calling thread).
+pub(crate) fn get_mask(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
+    // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// Sets the CPU mask of task `tid` (0: the calling thread, and what it starts later). Allocates
+/// nothing, so it may run between fork and exec.
+pub(crate) fn set_mask(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: sched_setaffinity only reads `set`, a fully initialised bit set.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The mask of `cpu` alone.
+pub(crate) fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: CPU_ZERO initialises the bit set, CPU_SET writes an index below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
+        set
+    }
+}
+
+/// The CPUs of `set`, in order.
+pub(crate) fn cpus_of(set: &libc::cpu_set_t) -> Vec<usize> {
+    // SAFETY: CPU_ISSET only reads the initialised set, at indices below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, set) })
+        .collect()
+}
+
 /// The CPUs this process may run on, in order (its affinity mask; in a container these need
 /// not be 0 and 1).
 fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills; CPU_ISSET
-    // only reads it, at indices below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
+    get_mask(0).map(|set| cpus_of(&set)).unwrap_or_default()
 }
 
 /// Keeps the calling thread (and every thread or process it starts later) on `cpu` alone.
 fn pin_to(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: `set` is a plain bit set on the stack, initialised by CPU_ZERO before use, and
-    // sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    set_mask(0, &one_cpu(cpu))
 }
 
 /// Puts the calling thread (the harness, before it starts any other thread) on the second CPU

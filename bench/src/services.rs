@@ -14,6 +14,7 @@
 //! it starts later inherit its mask. Every moved task gets its old mask back when the run ends,
 //! also on Ctrl-C.
 
+use crate::server::{cpus_of, get_mask, one_cpu, set_mask};
 use anyhow::{anyhow, bail, Context, Result};
 use sea_orm::{ConnectionTrait, Statement};
 use std::sync::Mutex;
@@ -41,34 +42,6 @@ fn moved() -> std::sync::MutexGuard<'static, Moved> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn get_mask(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
-    // SAFETY: `set` is a plain bit set on the stack that sched_getaffinity fills.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        (libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
-            .then_some(set)
-    }
-}
-
-fn set_mask(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
-    // SAFETY: sched_setaffinity only reads `set`, a fully initialised bit set.
-    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn one_cpu(cpu: usize) -> libc::cpu_set_t {
-    // SAFETY: CPU_ZERO initialises the bit set, CPU_SET writes an index below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu % libc::CPU_SETSIZE as usize, &mut set);
-        set
-    }
-}
-
 fn comm(pid: libc::pid_t) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
@@ -86,13 +59,7 @@ fn threads(pid: libc::pid_t) -> Vec<libc::pid_t> {
 }
 
 fn parent(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 4, after the parenthesised name (which may hold spaces).
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    crate::load::stat_fields(pid, &[4])?.pop()
 }
 
 /// Every process whose parent is `pid`.
@@ -237,8 +204,7 @@ pub fn restore() -> usize {
     // gone, and one whose id was reused meanwhile is another's, most likely with another mask.
     let target = one_cpu(cpu);
     let give_back = |tid: libc::pid_t, old: &libc::cpu_set_t| {
-        // SAFETY: CPU_EQUAL reads two initialised masks.
-        if get_mask(tid).is_some_and(|now| unsafe { libc::CPU_EQUAL(&now, &target) }) {
+        if get_mask(tid).is_some_and(|now| cpus_of(&now) == cpus_of(&target)) {
             let _ = set_mask(tid, old);
         }
     };
@@ -305,23 +271,16 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as libc::pid_t;
-        let before = get_mask(pid).unwrap();
-        // SAFETY: CPU_ISSET and CPU_COUNT read initialised masks, below CPU_SETSIZE.
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .find(|&c| unsafe { libc::CPU_ISSET(c, &before) })
-            .unwrap();
+        let before = cpus_of(&get_mask(pid).unwrap());
+        let cpu = before[0];
         assert_eq!(move_tasks(&[pid], cpu).unwrap(), 1);
-        let during = get_mask(pid).unwrap();
+        let during = cpus_of(&get_mask(pid).unwrap());
         restore();
-        let after = get_mask(pid).unwrap();
+        let after = cpus_of(&get_mask(pid).unwrap());
         let _ = child.kill();
         let _ = child.wait();
-        // SAFETY: as above.
-        unsafe {
-            assert_eq!(libc::CPU_COUNT(&during), 1);
-            assert!(libc::CPU_ISSET(cpu, &during));
-            assert_eq!(libc::CPU_COUNT(&after), libc::CPU_COUNT(&before));
-        }
+        assert_eq!(during, vec![cpu]);
+        assert_eq!(after, before);
         assert!(moved().tasks.is_empty());
     }
 }

@@ -78,8 +78,10 @@ impl BatchCall for TokenLookups {
             ))),
         };
         match found {
-            // Matched here, exactly: MariaDB's default collation ignores case and trailing
-            // spaces, so its rows may differ from the token asked.
+            // One statement answers many callers: each gets the row whose token is exactly
+            // its own (the column compares byte for byte since the `exact_codes` migration,
+            // and tokens with surrounding spaces, which MariaDB would still pad, are never
+            // looked up).
             Ok(rows) => asked
                 .iter()
                 .map(|t| Ok(rows.iter().find(|ch| &ch.token == t).cloned()))
