@@ -29,8 +29,14 @@ pub(crate) trait BatchCall: Send + Sync + 'static {
     type Answer: Send + 'static;
 
     /// One answer per key, in the keys' order. A call that fails answers every key with the
-    /// failure.
-    fn call(&self, keys: Vec<Self::Key>) -> impl Future<Output = Vec<Self::Answer>> + Send;
+    /// failure. `waited` is how long the longest-waiting key waited for the call (zero for a
+    /// caller that made its own): a caller promised an answer within some time bounds the call
+    /// by what is left of it, without a timer of its own per key.
+    fn call(
+        &self,
+        keys: Vec<Self::Key>,
+        waited: Duration,
+    ) -> impl Future<Output = Vec<Self::Answer>> + Send;
 
     /// The answer for a key that could not be sent: the queue was full, the call was lost
     /// (its task ended without answering), or the server is shutting down.
@@ -124,8 +130,10 @@ impl<C: BatchCall> Drop for Slot<C> {
 
 /// One call for queued keys, holding `slot`; every caller in it gets its answer.
 async fn call_queued<C: BatchCall>(slot: Slot<C>, batch: Vec<Waiting<C>>) {
+    // The queue is in arrival order: the first key waited longest.
+    let waited = batch.first().map_or(Duration::ZERO, |w| w.since.elapsed());
     let (keys, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.key, w.reply)).unzip();
-    let mut answers = slot.0.caller.call(keys).await.into_iter();
+    let mut answers = slot.0.caller.call(keys, waited).await.into_iter();
     for reply in replies {
         let answer = answers
             .next()
@@ -200,7 +208,7 @@ impl<C: BatchCall> Coalescer<C> {
                 let _slot = Slot(self.inner.clone());
                 self.inner
                     .caller
-                    .call(vec![key])
+                    .call(vec![key], Duration::ZERO)
                     .await
                     .into_iter()
                     .next()
@@ -231,7 +239,7 @@ mod tests {
         type Key = u64;
         type Answer = Result<u64, &'static str>;
 
-        async fn call(&self, keys: Vec<u64>) -> Vec<Self::Answer> {
+        async fn call(&self, keys: Vec<u64>, _waited: Duration) -> Vec<Self::Answer> {
             let out = self.out.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_out.fetch_max(out, Ordering::SeqCst);
             self.calls.lock().unwrap().push(keys.len());

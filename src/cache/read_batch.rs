@@ -15,7 +15,9 @@ use std::time::Duration;
 
 /// Most lookups in one call, most calls out at once, most lookups queued (beyond that a lookup
 /// fails at once: a cache miss, which does not make the cache distrust its entries, since Redis
-/// did not fail); a lookup also gives up after waiting the Redis timeout for a call.
+/// did not fail); a lookup also gives up after waiting the Redis timeout for a call, and a call
+/// for queued lookups may only take what is left of the timeout of the one that waited longest,
+/// so that no lookup waits longer in all (without a timer per lookup).
 fn limits(timeout: Duration) -> Limits {
     Limits {
         max_in_flight: 4,
@@ -80,7 +82,7 @@ impl BatchCall for ScriptCalls {
     type Key = TokenHash;
     type Answer = Reply;
 
-    async fn call(&self, batch: Vec<TokenHash>) -> Vec<Reply> {
+    async fn call(&self, batch: Vec<TokenHash>, waited: Duration) -> Vec<Reply> {
         // Each key and argument is copied into the command: one buffer serves them all.
         let mut invocation = self.script.prepare_invoke();
         let mut buf = String::with_capacity(self.prefix.len() + 68);
@@ -96,8 +98,9 @@ impl BatchCall for ScriptCalls {
             invocation.arg(buf.as_str());
         }
         let mut conn = self.conn.clone();
+        // Each lookup waits at most the Redis timeout in all, queue included.
         let result = bounded_for(
-            self.timeout,
+            self.timeout.saturating_sub(waited),
             invocation.invoke_async::<Vec<Option<Vec<u8>>>>(&mut conn),
         )
         .await;

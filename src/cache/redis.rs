@@ -428,10 +428,8 @@ impl RedisCache {
         let Some(batcher) = self.batcher.as_ref().filter(|b| b.enabled()) else {
             return Ok(None);
         };
-        let answer = match tokio::time::timeout(self.timeout, batcher.read(*key)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(CacheError::Timeout(self.timeout)),
-        };
+        // Bounded by the batcher: a lookup waits at most the timeout, queue and call together.
+        let answer = batcher.read(*key).await;
         // Only a failure of Redis may have lost an invalidation.
         if answer
             .as_ref()

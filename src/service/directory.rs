@@ -62,7 +62,7 @@ impl BatchCall for TokenLookups {
     type Key = String;
     type Answer = TokenAnswer;
 
-    async fn call(&self, asked: Vec<String>) -> Vec<TokenAnswer> {
+    async fn call(&self, asked: Vec<String>, _waited: Duration) -> Vec<TokenAnswer> {
         // Each token once: callers presenting the same token share its answer.
         let mut tokens: Vec<&str> = asked.iter().map(String::as_str).collect();
         tokens.sort_unstable();

@@ -175,7 +175,7 @@ impl BatchCall for Statements {
     type Key = String;
     type Answer = Result<Found, DbErr>;
 
-    async fn call(&self, asked: Vec<String>) -> Vec<Self::Answer> {
+    async fn call(&self, asked: Vec<String>, _waited: Duration) -> Vec<Self::Answer> {
         // Each digest once (callers with the same token share its answer): a batch of one
         // token asked many times is then one lookup, not one per caller, each over all the
         // others' rows.

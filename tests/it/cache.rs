@@ -191,10 +191,20 @@ async fn redis_cache(
     prefix: &str,
     ttl: Duration,
 ) -> session_server::cache::redis::RedisCache {
+    redis_cache_within(url, prefix, ttl, Duration::from_secs(5)).await
+}
+
+/// The server's Redis cache on `url` under `prefix`, each call bounded by `timeout`.
+async fn redis_cache_within(
+    url: &str,
+    prefix: &str,
+    ttl: Duration,
+    timeout: Duration,
+) -> session_server::cache::redis::RedisCache {
     session_server::cache::redis::RedisCache::connect(
         session_server::config::RedisTarget::parse(url).expect("a Redis URL"),
         prefix,
-        Duration::from_secs(5),
+        timeout,
         ttl,
         std::sync::Arc::default(),
     )
@@ -453,6 +463,69 @@ async fn concurrent_lookups_share_calls_and_each_gets_its_own_answer() {
         "{calls} script calls for {} lookups:\n{stats}",
         expected.len()
     );
+}
+
+/// A lookup waits at most `REDIS_TIMEOUT` in all, also when it queued behind calls that were
+/// already out: with Redis stalled (`CLIENT PAUSE` on a private Redis), lookups asked over the
+/// first part of the timeout all end, as errors, within the timeout plus scheduling slack, not
+/// up to twice it; once the pause ends, lookups are answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_wait_at_most_the_redis_timeout_even_when_queued() {
+    use session_server::cache::SessionCache;
+    use std::time::Instant;
+    let Some(redis) = crate::procs::RedisProc::start(false).await else {
+        return;
+    };
+    let url = redis.url();
+    let ttl = Duration::from_secs(60);
+    let timeout = Duration::from_millis(600);
+    let cache = std::sync::Arc::new(redis_cache_within(&url, "it-stall:", ttl, timeout).await);
+    let hash = session_server::token::generate().hash;
+    assert!(cache.store(entry(hash, Some(1), 1), ttl).await.expect("store"));
+    let mut conn = raw_redis(&url).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "2000", "ALL"])
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT PAUSE");
+    // Four calls go out at once and stall; the lookups asked after them queue, then go out in
+    // calls of their own when those time out.
+    let lookups: Vec<_> = (0..120u64)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i * 3)).await;
+                let asked = Instant::now();
+                let answer = cache.get(&hash).await;
+                (asked.elapsed(), answer.is_err())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for lookup in lookups {
+        let (took, failed) = lookup.await.expect("the lookup ends");
+        assert!(failed, "a stalled Redis cannot have answered");
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < timeout + Duration::from_millis(250),
+        "a lookup took {slowest:?} with a {timeout:?} Redis timeout"
+    );
+    // The pause ends by itself (a paused Redis also holds a new connection's UNPAUSE).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while let Err(e) = cache.get(&hash).await {
+        assert!(
+            Instant::now() < deadline,
+            "no answer after the pause ended: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Entries read before the failure are distrusted (an invalidation may have been lost); a
+    // fresh one is served.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(cache.store(entry(hash, Some(1), 2), ttl).await.expect("store"));
+    let fresh = cache.get(&hash).await.expect("a lookup").expect("the entry");
+    assert_eq!(fresh.data_version, 2);
 }
 
 /// A lookup that gets the same entry back from Redis reuses the session decoded the time
