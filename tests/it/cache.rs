@@ -481,7 +481,10 @@ async fn lookups_wait_at_most_the_redis_timeout_even_when_queued() {
     let timeout = Duration::from_millis(600);
     let cache = std::sync::Arc::new(redis_cache_within(&url, "it-stall:", ttl, timeout).await);
     let hash = session_server::token::generate().hash;
-    assert!(cache.store(entry(hash, Some(1), 1), ttl).await.expect("store"));
+    assert!(cache
+        .store(entry(hash, Some(1), 1), ttl)
+        .await
+        .expect("store"));
     let mut conn = raw_redis(&url).await;
     let _: () = redis::cmd("CLIENT")
         .arg(&["PAUSE", "2000", "ALL"])
@@ -523,8 +526,15 @@ async fn lookups_wait_at_most_the_redis_timeout_even_when_queued() {
     // Entries read before the failure are distrusted (an invalidation may have been lost); a
     // fresh one is served.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(cache.store(entry(hash, Some(1), 2), ttl).await.expect("store"));
-    let fresh = cache.get(&hash).await.expect("a lookup").expect("the entry");
+    assert!(cache
+        .store(entry(hash, Some(1), 2), ttl)
+        .await
+        .expect("store"));
+    let fresh = cache
+        .get(&hash)
+        .await
+        .expect("a lookup")
+        .expect("the entry");
     assert_eq!(fresh.data_version, 2);
 }
 
