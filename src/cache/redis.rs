@@ -222,7 +222,9 @@ pub async fn connect(target: &RedisTarget, timeout: Duration) -> Result<RedisCon
     }
 }
 
-/// Appends `P{t:<token-hash>}`, the token's pointer key, to `out`.
+/// Appends `P{t:<token-hash>}`, the token's pointer key, to `out`. The hash stays last: the
+/// `read_entries` script (`read_batch`) takes it back from the key's end (its 64 hex digits
+/// before the closing brace) to name the entry in the user's slot.
 pub(super) fn push_pointer_key(out: &mut String, prefix: &str, hash: &TokenHash) {
     out.push_str(prefix);
     out.push_str("{t:");
