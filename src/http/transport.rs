@@ -141,10 +141,17 @@ struct GetParams {
 
 /// Whether the operation a request would run is a mutation (or subscription).
 fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
-    let Ok(doc) = async_graphql::parser::parse_query(query) else {
-        return false; // execution reports the syntax error
-    };
-    let ty = match &doc.operations {
+    matches!(
+        operation_type(query, operation_name),
+        Some(OperationType::Mutation | OperationType::Subscription)
+    )
+}
+
+/// The type of the operation a request would run; `None` when the query does not parse or
+/// names no single operation (execution reports those errors).
+pub(super) fn operation_type(query: &str, operation_name: Option<&str>) -> Option<OperationType> {
+    let doc = async_graphql::parser::parse_query(query).ok()?;
+    match &doc.operations {
         DocumentOperations::Single(op) => Some(op.node.ty),
         DocumentOperations::Multiple(ops) => match operation_name {
             Some(name) => ops.get(name).map(|op| op.node.ty),
@@ -154,11 +161,7 @@ fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
                 .filter(|_| ops.len() == 1)
                 .map(|op| op.node.ty),
         },
-    };
-    matches!(
-        ty,
-        Some(OperationType::Mutation | OperationType::Subscription)
-    )
+    }
 }
 
 pub(super) async fn graphql_get(State(app): State<AppState>, req: Request) -> Response {

@@ -23,6 +23,7 @@ use crate::graphql::{LazyClientInfo, LiveCredentials, RequestContext, TokenChang
 use crate::permission::Permission;
 use crate::token::TokenHash;
 use async_graphql::http::{WebSocketProtocols, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::parser::types::OperationType;
 use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -222,12 +223,58 @@ fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Conn> {
     c.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Just the routing part of a protocol message.
+/// Just the routing part of a protocol message (what the server sends is only routed).
+#[derive(serde::Deserialize)]
+struct Routing {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<String>,
+}
+
+/// A client's protocol message, with the payload that says what it would run.
 #[derive(serde::Deserialize)]
 struct Envelope {
     #[serde(rename = "type")]
     kind: String,
     id: Option<String>,
+    payload: Option<serde_json::Value>,
+}
+
+impl Envelope {
+    /// Whether a `subscribe`/`start` message would run a query or a mutation. Those run once,
+    /// with the session as it was at `connection_init`: a socket must not keep acting for a
+    /// session revoked, demoted or expired since (only a live subscription re-checks it), nor
+    /// run mutations over a `GET` upgrade. They go to `POST /graphql`.
+    fn runs_other_than_subscription(&self) -> bool {
+        let Some(payload) = self.payload.as_ref() else {
+            return false;
+        };
+        let Some(query) = payload.get("query").and_then(|q| q.as_str()) else {
+            return false; // async-graphql refuses the message itself
+        };
+        let name = payload.get("operationName").and_then(|n| n.as_str());
+        super::transport::operation_type(query, name)
+            .is_some_and(|ty| ty != OperationType::Subscription)
+    }
+}
+
+/// A protocol `error` message for operation `id`, with `code`.
+fn error_message(
+    protocol: WebSocketProtocols,
+    id: &str,
+    message: &str,
+    code: ErrorCode,
+) -> Message {
+    let error = serde_json::json!({
+        "message": message,
+        "extensions": { "code": code.as_str() }
+    });
+    let payload = match protocol {
+        WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+        WebSocketProtocols::SubscriptionsTransportWS => error,
+    };
+    let answer = serde_json::json!({ "id": id, "type": "error", "payload": payload });
+    Message::Text(answer.to_string().into())
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -252,7 +299,7 @@ fn judge(conn: &mut Conn, protocol: WebSocketProtocols, text: &str) -> Verdict {
     match msg.kind.as_str() {
         "connection_init" => conn.init_seen = true,
         "subscribe" | "start" => {
-            let id = msg.id.unwrap_or_default();
+            let id = msg.id.clone().unwrap_or_default();
             if !conn.init_seen {
                 return Verdict::Answer(close(4401, "Unauthorized"));
             }
@@ -260,20 +307,25 @@ fn judge(conn: &mut Conn, protocol: WebSocketProtocols, text: &str) -> Verdict {
                 let reason = format!("Subscriber for {} already exists", clip(&id));
                 return Verdict::Answer(close(4409, &reason));
             }
+            if msg.runs_other_than_subscription() {
+                return Verdict::Answer(error_message(
+                    protocol,
+                    &id,
+                    "only subscriptions run over the WebSocket; send queries and mutations \
+                     with POST /graphql",
+                    ErrorCode::BadUserInput,
+                ));
+            }
             if conn.active.len() >= MAX_SUBSCRIPTIONS {
                 let message = format!(
                     "at most {MAX_SUBSCRIPTIONS} subscriptions may run at once on one connection"
                 );
-                let error = serde_json::json!({
-                    "message": message,
-                    "extensions": { "code": ErrorCode::RateLimited.as_str() }
-                });
-                let payload = match protocol {
-                    WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
-                    WebSocketProtocols::SubscriptionsTransportWS => error,
-                };
-                let answer = serde_json::json!({ "id": id, "type": "error", "payload": payload });
-                return Verdict::Answer(Message::Text(answer.to_string().into()));
+                return Verdict::Answer(error_message(
+                    protocol,
+                    &id,
+                    &message,
+                    ErrorCode::RateLimited,
+                ));
             }
             conn.active.insert(id);
         }
@@ -295,7 +347,7 @@ fn clip(s: &str) -> String {
 /// Notes what the server tells the client: a finished subscription frees its slot.
 fn observe_outgoing(conn: &Shared, msg: &Message) {
     if let Message::Text(text) = msg {
-        if let Ok(env) = serde_json::from_str::<Envelope>(text.as_str()) {
+        if let Ok(env) = serde_json::from_str::<Routing>(text.as_str()) {
             if matches!(env.kind.as_str(), "complete" | "error") {
                 if let Some(id) = env.id {
                     lock(conn).active.remove(&id);

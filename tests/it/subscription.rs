@@ -23,6 +23,7 @@ crate::sqlite_only!(
     a_cookie_counts_only_from_an_allowed_origin,
     a_channel_scoped_admin_sees_only_their_channels,
     the_stream_ends_when_the_subscribers_session_is_revoked,
+    a_socket_runs_no_query_or_mutation,
     the_older_graphql_ws_protocol_works_too,
     the_connection_rules_hold,
     a_subscriber_that_stops_reading_is_dropped_while_others_keep_receiving,
@@ -533,6 +534,83 @@ async fn the_stream_ends_when_the_subscribers_session_is_revoked(v: Variant) {
         "{m}"
     );
     assert!(m["payload"]["data"].is_null(), "{m}");
+}
+
+/// A socket runs subscriptions only: a query or mutation sent over it would run once with the
+/// session as it was at `connection_init`, so a revoked admin could go on acting through an
+/// open socket (and a mutation would run over a `GET` upgrade).
+async fn a_socket_runs_no_query_or_mutation(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let role = app
+        .create_role(&admin, "ops", &["READ_SESSION", "READ_USER", "WRITE_USER"])
+        .await;
+    let olga_id = app
+        .create_user(&admin, "olga", "password-one", &[&role])
+        .await;
+    let olga = app.login("olga", "password-one").await.token;
+    let mut ws = subscriber(&app, &olga, Some(&["LOGIN_SUCCEEDED"])).await;
+    let mut legacy = Ws::open(app.port, LEGACY_WS, &[]).await;
+    legacy
+        .init(json!({ "authorization": format!("Bearer {olga}") }))
+        .await;
+    // Olga's sessions are revoked: her open sockets must not act for her any more.
+    app.gql_as(
+        &admin,
+        "mutation($id: ID!) { revokeSessionsByUser(userId: $id) }",
+        json!({ "id": olga_id }),
+    )
+    .await
+    .ok();
+    let create = "mutation { createUser(input: { identifier: \"backdoor\", password: \"password-two\" }) { id } }";
+    for (id, query, op) in [
+        ("m", create, None),
+        ("q", "{ users { totalCount } activeSession { id } }", None),
+        (
+            "n",
+            "subscription S { sessionEvents { id } } query Q { users { totalCount } }",
+            Some("Q"),
+        ),
+    ] {
+        ws.send(json!({ "id": id, "type": "subscribe",
+            "payload": { "query": query, "operationName": op } }))
+            .await;
+        let m = next_answer_for(&mut ws, id).await;
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(
+            m["payload"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{m}"
+        );
+        legacy
+            .send(json!({ "id": id, "type": "start", "payload": { "query": query, "operationName": op } }))
+            .await;
+        let m = next_answer_for(&mut legacy, id).await;
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(m["payload"]["extensions"]["code"], "BAD_USER_INPUT", "{m}");
+    }
+    let r = app
+        .gql_as(&admin, "{ users { nodes { identifier } } }", json!({}))
+        .await
+        .ok();
+    let names: Vec<&str> = r.data()["users"]["nodes"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter_map(|u| u["identifier"].as_str())
+        .collect();
+    assert!(!names.contains(&"backdoor"), "{names:?}");
+}
+
+/// The next message about operation `id`, skipping the other operations' messages.
+async fn next_answer_for(ws: &mut Ws, id: &str) -> Value {
+    loop {
+        let m = ws.expect_json().await;
+        if m["id"] == id {
+            return m;
+        }
+    }
 }
 
 /// The periodic re-check observes the subscriber's session without using it: a subscription
