@@ -475,14 +475,31 @@ async fn bootstrap(
 ) -> AppResult<Bootstrapped> {
     let default_channel = directory::ensure_channel(db, "default").await?;
     let super_role = directory::ensure_super_admin_role(db).await?;
-    let admin = directory::ensure_user(
-        db,
-        passwords,
-        &config.superadmin_identifier,
-        &config.superadmin_password,
-        &[super_role.id],
-    )
-    .await?;
+    // The superadmin is the first holder of the role once there is one: SUPERADMIN_IDENTIFIER
+    // names the user created on the first start only. Looking the identifier up again on each
+    // start would hand the role to whoever took that name after the superadmin was renamed.
+    let admin = match directory::first_holder_of(db, super_role.id).await? {
+        Some(admin) => {
+            if admin.identifier != entity::user::normalize_identifier(&config.superadmin_identifier)
+            {
+                tracing::info!(
+                    superadmin = %admin.identifier,
+                    "the superadmin was renamed: SUPERADMIN_IDENTIFIER only names the user created on the first start"
+                );
+            }
+            admin
+        }
+        None => {
+            directory::ensure_user(
+                db,
+                passwords,
+                &config.superadmin_identifier,
+                &config.superadmin_password,
+                &[super_role.id],
+            )
+            .await?
+        }
+    };
     // Where it matters (reachable from other hosts), the stored hash decides, not the setting:
     // a password changed since is fine, and a new SUPERADMIN_PASSWORD does not change an
     // existing superadmin. Elsewhere the setting is enough for a warning (no hashing cost).

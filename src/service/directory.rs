@@ -230,6 +230,25 @@ fn check_code(what: &str, code: &str) -> AppResult<String> {
     Ok(code.to_string())
 }
 
+/// Longest role description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+/// A role's description: free text of at most [`MAX_DESCRIPTION_BYTES`], line breaks and tabs
+/// allowed, no other control characters (PostgreSQL refuses a NUL in text outright).
+fn check_description(description: &str) -> AppResult<()> {
+    if description.len() > MAX_DESCRIPTION_BYTES
+        || description
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(AppError::bad_input(format!(
+            "description must be at most {MAX_DESCRIPTION_BYTES} bytes, without control \
+             characters other than line breaks and tabs"
+        )));
+    }
+    Ok(())
+}
+
 /// The directory service: users, roles and channels, with the authorization rules for
 /// changing them.
 pub struct Directory {
@@ -610,6 +629,7 @@ impl Directory {
         origin: &Origin,
     ) -> AppResult<role::Model> {
         let code = check_code("role code", &new.code)?;
+        check_description(&new.description)?;
         self.require_channels(&new.channel_ids).await?;
         let permissions: PermissionSet = new.permissions.into_iter().collect();
         self.authz
@@ -641,6 +661,9 @@ impl Directory {
         changes: RoleChanges,
         origin: &Origin,
     ) -> AppResult<role::Model> {
+        if let Some(description) = &changes.description {
+            check_description(description)?;
+        }
         if let Some(ids) = &changes.channel_ids {
             self.require_channels(ids).await?;
         }
@@ -860,6 +883,23 @@ async fn ensure_role<C: ConnectionTrait>(
     .await?;
     link_channels(db, role.id, channel_ids).await?;
     Ok(role)
+}
+
+/// The first user (lowest id) holding role `role_id`: the superadmin created on the first start,
+/// whatever it has been renamed to since (it can be neither deleted nor lose the role).
+pub async fn first_holder_of<C: ConnectionTrait>(
+    db: &C,
+    role_id: i64,
+) -> AppResult<Option<user::Model>> {
+    let Some(link) = user_role::Entity::find()
+        .filter(user_role::Column::RoleId.eq(role_id))
+        .order_by_asc(user_role::Column::UserId)
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(user::Entity::find_by_id(link.user_id).one(db).await?)
 }
 
 /// The verified user `identifier` (normalized as logins are), created with `password` when

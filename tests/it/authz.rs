@@ -19,6 +19,7 @@ crate::all_caches!(
     concurrent_role_changes_cannot_combine_into_an_escalation,
     update_role_cannot_change_holders_the_caller_may_not_change,
 );
+crate::variants!(the_superadmin_identifier_names_no_one_after_a_rename);
 
 const CREATE_ROLE: &str =
     "mutation($i: CreateRoleInput!) { createRole(input: $i) { id code permissions } }";
@@ -1041,4 +1042,72 @@ async fn update_role_cannot_change_holders_the_caller_may_not_change(v: Variant)
     )
     .await
     .ok();
+}
+
+/// `SUPERADMIN_IDENTIFIER` names the user created on the first start only: once the superadmin
+/// is renamed, whoever takes the name (a channel admin renaming themselves) gains nothing when
+/// an instance starts, and the renamed superadmin stays the superadmin.
+async fn the_superadmin_identifier_names_no_one_after_a_rename(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let root = app.admin_token().await;
+    let root_id = my_id(&app, &root).await;
+    let default = app.default_channel_id(&root).await;
+    let (mallory, mallory_t) = user_admin(&app, &root, &default).await;
+    app.gql_as(
+        &root,
+        UPDATE_USER,
+        json!({ "i": { "id": root_id, "identifier": "root@corp" } }),
+    )
+    .await
+    .ok();
+    app.gql_as(
+        &mallory_t,
+        UPDATE_USER,
+        json!({ "i": { "id": mallory, "identifier": ADMIN } }),
+    )
+    .await
+    .ok();
+
+    // A new instance of the deployment bootstraps on the same database.
+    let next = app.sibling().await;
+    let holds_super_admin = |r: &Gql| {
+        r.data()["me"]["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .any(|c| {
+                c["permissions"]
+                    .as_array()
+                    .expect("permissions")
+                    .contains(&json!("SUPER_ADMIN"))
+            })
+    };
+    let (taker, _) = login(&app, ADMIN, "mallory-pw").await;
+    let r = next.gql_as(&taker, ME, json!({})).await.ok();
+    assert!(
+        !holds_super_admin(&r),
+        "the name's new holder became superadmin: {}",
+        r.body
+    );
+    let r = next.gql_as(&taker, STATS, json!({})).await;
+    refused(&r, "sessionStats", "a channel admin reads the statistics");
+    assert_eq!(
+        roles_of(&app, &root, &mallory).await,
+        vec!["user-admin".to_string()]
+    );
+
+    let (renamed, _) = login(&app, "root@corp", ADMIN_PASSWORD).await;
+    let r = next.gql_as(&renamed, ME, json!({})).await.ok();
+    assert!(holds_super_admin(&r), "the renamed superadmin: {}", r.body);
+    // The new instance still protects the renamed superadmin.
+    let r = next
+        .gql_as(
+            &taker,
+            UPDATE_USER,
+            json!({ "i": { "id": root_id, "password": "owned-password" } }),
+        )
+        .await;
+    refused(&r, "updateUser", "take over the renamed superadmin");
 }
