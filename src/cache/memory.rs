@@ -1,6 +1,8 @@
 //! The `memory` strategy: a bounded in-process cache with a per-user index, so one user's
 //! sessions can be dropped without scanning the cache, and tombstones for revoked tokens, so a
-//! request still in flight when its session was revoked cannot put the entry back.
+//! request still in flight when its session was revoked cannot put the entry back, and per-user
+//! marks, so a request still in flight when a user's sessions were dropped (a role or identifier
+//! change) cannot put back an entry holding what was read before.
 //!
 //! The entries live in a `quick_cache` map: a lookup is a shared lock on one shard and a
 //! reference bit, with no access log to replay later, which matters because every request
@@ -13,6 +15,7 @@ use crate::token::TokenHash;
 use async_trait::async_trait;
 use moka::policy::EvictionPolicy;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -39,6 +42,13 @@ pub struct MemoryCache {
     /// Token hashes revoked within [`TOMBSTONE_TTL`]: never stored again. Consulted on writes
     /// only. Oldest first out when full: a new revocation matters more than an old one.
     tombstones: moka::sync::Cache<TokenHash, ()>,
+    /// User id -> when that user's entries were last dropped (ms), for [`TOMBSTONE_TTL`]: an
+    /// entry whose user was read (`loaded_at`) at or before it is never stored. A request that
+    /// read the session before a role change and writes it back after (a new active channel,
+    /// session data) would otherwise put back the old grants for a whole cache TTL.
+    user_marks: moka::sync::Cache<i64, i64>,
+    /// When every entry was last dropped (ms): entries read at or before it are never stored.
+    cleared_at: AtomicI64,
     writes: [Mutex<()>; WRITE_STRIPES],
     metrics: Arc<Metrics>,
 }
@@ -79,10 +89,16 @@ impl MemoryCache {
             .time_to_live(TOMBSTONE_TTL)
             .eviction_policy(EvictionPolicy::lru())
             .build();
+        let user_marks = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(TOMBSTONE_TTL)
+            .build();
         MemoryCache {
             entries,
             by_user: Mutex::default(),
             tombstones,
+            user_marks,
+            cleared_at: AtomicI64::new(0),
             writes: std::array::from_fn(|_| Mutex::new(())),
             metrics,
         }
@@ -110,11 +126,14 @@ impl MemoryCache {
         found
     }
 
-    /// Stores an entry unless its token was revoked; returns whether it was stored.
+    /// Stores an entry unless its token was revoked, or it was read before its user's entries
+    /// (or all entries) were dropped; returns whether it was stored.
     pub fn insert_sync(&self, session: Arc<CachedSession>) -> bool {
         let pushed_out = {
             let _write = self.write_lock(&session.token_hash);
-            if self.tombstones.contains_key(&session.token_hash) {
+            if self.tombstones.contains_key(&session.token_hash)
+                || self.read_before_a_drop(&session)
+            {
                 return false;
             }
             // Never go back to older data (a read or write that started before an update).
@@ -140,6 +159,18 @@ impl MemoryCache {
             }
         }
         true
+    }
+
+    /// Whether `session` was read at or before a drop of its user's entries or of all entries
+    /// (the same millisecond counts: a needless miss is harmless, stale grants are not).
+    fn read_before_a_drop(&self, session: &CachedSession) -> bool {
+        if session.loaded_at <= self.cleared_at.load(Ordering::Acquire) {
+            return true;
+        }
+        session
+            .user_id()
+            .and_then(|user_id| self.user_marks.get(&user_id))
+            .is_some_and(|dropped_at| session.loaded_at <= dropped_at)
     }
 
     /// Takes `key` out of `user_id`'s index entry unless the map holds it for that user now:
@@ -184,6 +215,13 @@ impl MemoryCache {
     }
 
     pub fn delete_user_sync(&self, user_id: i64) {
+        // Marked first: an insert checking after this refuses entries read before it; one that
+        // checked before overlaps this drop, and is in the set below or undone by the store
+        // (its epoch moved during the write).
+        let now = crate::clock::now_ms();
+        self.user_marks
+            .entry(user_id)
+            .and_upsert_with(|cur| cur.map_or(now, |e| (*e.value()).max(now)));
         let keys = self.index().remove(&user_id).unwrap_or_default();
         // Each under its key's write lock: an insert of the key that already indexed it (in
         // the set just taken) finishes storing first, and is then dropped here.
@@ -194,6 +232,8 @@ impl MemoryCache {
     }
 
     pub fn clear_sync(&self) {
+        self.cleared_at
+            .fetch_max(crate::clock::now_ms(), Ordering::AcqRel);
         // Every write lock, in order (nothing else holds two), so no insert is between
         // indexing and storing while the map and the index are emptied.
         let _writes: Vec<_> = self
@@ -356,6 +396,38 @@ mod tests {
         }
     }
 
+    /// A request that read a session before its user's entries were dropped (a role change)
+    /// and writes it back after (a new active channel) must not put the old grants back; an
+    /// entry read after the drop is stored, and other users are not concerned.
+    #[tokio::test]
+    async fn entries_read_before_a_drop_of_their_user_are_not_stored_again() {
+        let cache = MemoryCache::new(100, Arc::default());
+        let read_before = |user: i64| {
+            let s = session(Some(user));
+            let mut old = s.with_active(None, None);
+            old.loaded_at -= 5;
+            Arc::new(old)
+        };
+        let (a, b) = (read_before(1), read_before(2));
+        assert!(cache.insert_sync(a.clone()));
+        cache.delete_user(1).await.unwrap();
+        assert!(!cache.insert_sync(a.clone()), "the old grants came back");
+        assert!(cache.get(&a.token_hash).await.unwrap().is_none());
+        assert!(
+            cache.insert_sync(b.clone()),
+            "another user's entry is refused"
+        );
+        let mut fresh = a.with_active(None, None);
+        fresh.loaded_at = crate::clock::now_ms() + 1;
+        assert!(
+            cache.insert_sync(Arc::new(fresh)),
+            "an entry read after the drop"
+        );
+
+        cache.clear().await.unwrap();
+        assert!(!cache.insert_sync(b), "an entry read before a clear");
+    }
+
     #[tokio::test]
     async fn delete_user_drops_only_that_users_sessions() {
         let cache = MemoryCache::new(100, Arc::default());
@@ -380,12 +452,16 @@ mod tests {
         cache.delete(&dropped.token_hash).await.unwrap();
         cache.delete_user(1).await.unwrap();
         cache.clear().await.unwrap();
+        // Read again after the drops (entries read before them are refused, see below).
         for s in [&revoked, &dropped] {
-            cache.set(s.clone(), Duration::from_secs(60)).await.unwrap();
+            let mut again = s.with_active(None, None);
+            again.loaded_at = crate::clock::now_ms() + 1;
+            let again = Arc::new(again);
             cache
-                .replace(s.clone(), Duration::from_secs(60))
+                .set(again.clone(), Duration::from_secs(60))
                 .await
                 .unwrap();
+            cache.replace(again, Duration::from_secs(60)).await.unwrap();
         }
         assert!(cache.get(&revoked.token_hash).await.unwrap().is_none());
         assert!(cache.get(&dropped.token_hash).await.unwrap().is_some());

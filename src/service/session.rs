@@ -93,6 +93,9 @@ pub struct Issued {
 /// What a new session starts with.
 pub struct NewSession<'a> {
     pub user: Option<CachedUser>,
+    /// When `user` (row and grants) began to be read (ms): the entry's `loaded_at`, so a cache
+    /// refuses it if the user's entries were dropped since (a role change during a login).
+    pub read_at: i64,
     pub authentication_strategy: Option<String>,
     pub active_order_id: Option<i64>,
     pub active_channel_id: Option<i64>,
@@ -459,7 +462,11 @@ impl Sessions {
             .await?;
         self.metrics.session_event("created", 1);
         Ok(Issued {
-            session: Arc::new(CachedSession::from_model(&inserted, new.user, now)),
+            session: Arc::new(CachedSession::from_model(
+                &inserted,
+                new.user,
+                new.read_at.min(now),
+            )),
             token: token.token,
             refresh_token: refresh.map(|r| r.token),
         })
@@ -481,6 +488,7 @@ impl Sessions {
                 &txn,
                 NewSession {
                     user: None,
+                    read_at: now_ms(),
                     authentication_strategy: None,
                     active_order_id: None,
                     active_channel_id: channel_id,
