@@ -124,6 +124,12 @@ pub fn check_identifier(identifier: &str) -> AppResult<String> {
             "identifier must be at most {MAX_IDENTIFIER_BYTES} bytes"
         )));
     }
+    // PostgreSQL refuses a NUL in text outright; no identifier needs any control character.
+    if normal.chars().any(char::is_control) {
+        return Err(AppError::bad_input(
+            "identifier must not contain control characters",
+        ));
+    }
     Ok(normal)
 }
 
@@ -241,11 +247,23 @@ impl Auth {
         // The user row first: its exclusive lock queues concurrent logins of the same user.
         // Taken after the session insert (whose foreign key share-locks the user row on
         // MariaDB), two such logins deadlocked.
-        user::Entity::update_many()
+        // Only if the credentials checked above still stand: a password change, a reset or an
+        // unverification that committed since (and ended the user's sessions) ends this login
+        // too, instead of leaving it a session the change never saw.
+        let still = user::Entity::update_many()
             .col_expr(user::Column::LastLoginAt, Expr::value(now))
             .filter(user::Column::Id.eq(found.id))
+            .filter(user::Column::PasswordHash.eq(found.password_hash.as_str()))
+            .filter(user::Column::Verified.eq(true))
             .exec(&txn)
             .await?;
+        if still.rows_affected == 0 {
+            txn.rollback().await?;
+            self.metrics.login("invalid_credentials");
+            let event = failed(Some(found.id), "credentials_changed");
+            self.sessions.record_now(vec![event]).await?;
+            return Ok(LoginOutcome::InvalidCredentials);
+        }
         // The presented session is replaced: claim it (only one login may consume it).
         let mut carried = (None, None);
         let mut carried_data = None;
@@ -291,6 +309,7 @@ impl Auth {
                 &txn,
                 NewSession {
                     user: Some(user.clone()),
+                    read_at: now,
                     authentication_strategy: Some("native".into()),
                     active_order_id: carried.0,
                     active_channel_id: carried.1,

@@ -545,3 +545,62 @@ async fn me_is_null_when_anonymous_and_lists_permissions(v: Variant) {
         .collect();
     assert!(perms.contains(&json!("SUPER_ADMIN")), "{}", r.body);
 }
+
+/// A login whose password check passed, but whose session opens after a password change
+/// committed, fails instead of leaving a session the change never ended. The change is held
+/// in the window: the test locks the user's row (so the login waits at its write), changes the
+/// password hash in that transaction, and commits while the login waits.
+async fn a_login_racing_a_password_change_does_not_outlive_it(v: Variant) {
+    use entity::user;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "paula", "password-0").await;
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    let change = db.begin().await.expect("begin");
+    user::Entity::find()
+        .filter(user::Column::Identifier.eq("paula"))
+        .lock_exclusive()
+        .one(&change)
+        .await
+        .expect("lock the user's row")
+        .expect("paula");
+    let login = tokio::spawn({
+        let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        async move { api.try_login("paula", "password-0").await }
+    });
+    // The login reads the user (not blocked) and checks the password, then waits for the row.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!login.is_finished(), "the login did not wait for the row");
+    user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::value("changed-meanwhile"))
+        .filter(user::Column::Identifier.eq("paula"))
+        .exec(&change)
+        .await
+        .expect("change the password");
+    change.commit().await.expect("commit");
+    let r = login.await.expect("login task");
+    assert_ne!(r.status, 500, "{}", r.body);
+    assert_eq!(
+        typename(&r),
+        "InvalidCredentialsError",
+        "a login checked against the old password opened a session: {}",
+        r.body
+    );
+    assert!(r.session_token().is_none());
+}
+
+/// Row locks (`SELECT … FOR UPDATE`) make the window reproducible on the server databases.
+mod a_login_racing_a_password_change_does_not_outlive_it {
+    use crate::helpers::Variant;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_login_racing_a_password_change_does_not_outlive_it(Variant::PostgresMemory).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::a_login_racing_a_password_change_does_not_outlive_it(Variant::MysqlMemory).await
+    }
+}

@@ -27,6 +27,7 @@ crate::variants!(
     made_up_channel_tokens_at_once_share_statements,
     a_channel_is_found_by_its_exact_token_right_after_a_miss,
     codes_and_tokens_that_differ_in_case_are_distinct,
+    control_characters_in_identifiers_and_descriptions_are_refused,
 );
 
 const STATS: &str =
@@ -809,4 +810,87 @@ async fn codes_and_tokens_that_differ_in_case_are_distinct(v: Variant) {
         "BAD_USER_INPUT",
         "a second role clerk",
     );
+}
+
+/// A NUL (which PostgreSQL refuses in text outright) or another control character in an
+/// identifier, or a NUL in a role description, is `BAD_USER_INPUT` on every database, never an
+/// internal error, and writes nothing.
+async fn control_characters_in_identifiers_and_descriptions_are_refused(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let login =
+        "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { __typename } }";
+    let create_user = "mutation($i: CreateUserInput!) { createUser(input: $i) { id } }";
+    let update_user = "mutation($i: UpdateUserInput!) { updateUser(input: $i) { id } }";
+    let create_role = "mutation($i: CreateRoleInput!) { createRole(input: $i) { id } }";
+    let update_role = "mutation($i: UpdateRoleInput!) { updateRole(input: $i) { id } }";
+    let bob = app.create_user(&admin, "bob", "password-one", &[]).await;
+    let default = app.default_channel_id(&admin).await;
+    let role = app.create_role(&admin, "clerk", &["READ_SESSION"]).await;
+    for bad in [
+        "a\u{0}b",
+        "\u{0}",
+        "tab\tinside",
+        "line\nbreak",
+        "bell\u{7}",
+    ] {
+        let r = app.gql(login, json!({ "u": bad, "p": "pw" })).await;
+        refused(&r, "BAD_USER_INPUT", &format!("login as {bad:?}"));
+        let r = app
+            .gql_as(
+                &admin,
+                create_user,
+                json!({ "i": { "identifier": bad, "password": "password-one" } }),
+            )
+            .await;
+        refused(&r, "BAD_USER_INPUT", &format!("createUser {bad:?}"));
+        let r = app
+            .gql_as(
+                &admin,
+                update_user,
+                json!({ "i": { "id": bob, "identifier": bad } }),
+            )
+            .await;
+        refused(&r, "BAD_USER_INPUT", &format!("rename to {bad:?}"));
+    }
+    for bad in ["a\u{0}b".to_string(), "d".repeat(4097)] {
+        let r = app
+            .gql_as(
+                &admin,
+                create_role,
+                json!({ "i": { "code": "nul-role", "description": bad,
+                "permissions": ["READ_SESSION"], "channelIds": [default] } }),
+            )
+            .await;
+        refused(&r, "BAD_USER_INPUT", "createRole with a bad description");
+        let r = app
+            .gql_as(
+                &admin,
+                update_role,
+                json!({ "i": { "id": role, "description": bad } }),
+            )
+            .await;
+        refused(&r, "BAD_USER_INPUT", "updateRole with a bad description");
+    }
+    // Line breaks and tabs are fine in a description.
+    app.gql_as(
+        &admin,
+        update_role,
+        json!({ "i": { "id": role, "description": "line one\n\tline two" } }),
+    )
+    .await
+    .ok();
+    let r = app
+        .gql_as(
+            &admin,
+            "{ users(first: 100) { totalCount nodes { identifier } } roles { code } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["users"]["totalCount"], 2, "{}", r.body);
+    assert!(!r.body.to_string().contains("nul-role"), "{}", r.body);
+    app.login("bob", "password-one").await;
 }
