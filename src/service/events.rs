@@ -202,7 +202,9 @@ impl SessionEvents {
     }
 
     /// The events about one user (their logins, failed logins on their identifier, revocations,
-    /// password and account changes), newest first, whatever the channel.
+    /// password and account changes), newest first, whatever the channel. What another user
+    /// did to them (an admin's revocation or change) comes without that admin's address and
+    /// user agent: the user sees that it happened and who did it, not where the admin sits.
     pub async fn events_of_user(&self, user_id: i64, req: PageRequest) -> AppResult<Page<Event>> {
         let query = session_event::Entity::find().filter(session_event::Column::UserId.eq(user_id));
         let page = page_by_id(
@@ -213,7 +215,14 @@ impl SessionEvents {
             req,
         )
         .await?;
-        Ok(events(page))
+        let mut page = events(page);
+        for e in &mut page.items {
+            if e.actor_user_id.is_some_and(|actor| actor != user_id) {
+                e.ip_address = None;
+                e.user_agent = None;
+            }
+        }
+        Ok(page)
     }
 
     /// Deletes events older than `EVENT_RETENTION` in batches of `CLEANUP_BATCH_SIZE`; returns

@@ -17,6 +17,7 @@ variants!(
     expired_sessions_and_retention,
     listing_pages_and_filters,
     listing_is_scoped_to_the_callers_channels,
+    my_events_show_what_an_admin_did_but_not_where_from,
 );
 
 const UA: &str = "events-test/1.0";
@@ -970,4 +971,62 @@ async fn listing_is_scoped_to_the_callers_channels(v: Variant) {
     let all = all_events(&app, &admin).await;
     assert!(all.iter().any(|e| e["channelCode"] == "default"));
     assert_eq!(all.iter().filter(|e| e["channelCode"] == "eu").count(), 3);
+}
+
+/// `mySessionEvents` shows a user what an admin did to them (and who), but not the admin's
+/// address and user agent; the user's own logins keep theirs, as does the admin's listing.
+async fn my_events_show_what_an_admin_did_but_not_where_from(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let (root, root_id) = admin(&app).await;
+    app.create_user(&root, "uma", "password-one", &[]).await;
+    let (uma, _, uma_id, uma_sid) = sign_in(&app, "uma", "password-one").await;
+    let (other, _, _, _) = sign_in(&app, "uma", "password-one").await;
+    let revoke = app
+        .post(
+            "mutation($id: ID!) { revokeSession(id: $id) }",
+            json!({ "id": uma_sid }),
+        )
+        .bearer_auth(&root)
+        .header("user-agent", "admin-console/9");
+    assert_eq!(
+        TestApp::send(revoke).await.ok().data()["revokeSession"],
+        true
+    );
+
+    let q =
+        "{ mySessionEvents(first: 100) { nodes { type userId actorUserId ipAddress userAgent } } }";
+    let r = app.gql_as(&other, q, json!({})).await.ok();
+    let mine = r.data()["mySessionEvents"]["nodes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let revoked = mine
+        .iter()
+        .find(|e| e["type"] == "SESSION_REVOKED")
+        .unwrap_or_else(|| panic!("no revocation: {mine:?}"));
+    assert_eq!(revoked["actorUserId"], json!(root_id), "{revoked}");
+    assert_eq!(revoked["userId"], json!(uma_id), "{revoked}");
+    assert!(
+        revoked["ipAddress"].is_null(),
+        "the admin's address: {revoked}"
+    );
+    assert!(
+        revoked["userAgent"].is_null(),
+        "the admin's user agent: {revoked}"
+    );
+    let logins: Vec<_> = mine
+        .iter()
+        .filter(|e| e["type"] == "LOGIN_SUCCEEDED")
+        .collect();
+    assert_eq!(logins.len(), 2, "{mine:?}");
+    for l in logins {
+        assert_eq!(l["userAgent"], UA, "{l}");
+        assert!(!l["ipAddress"].is_null(), "{l}");
+    }
+    // The admin's own listing keeps where the revocation came from.
+    let seen = of_type(&app, &root, &["SESSION_REVOKED"]).await;
+    assert_eq!(seen[0]["userAgent"], "admin-console/9", "{seen:?}");
+    drop(uma);
 }
