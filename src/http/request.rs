@@ -45,6 +45,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The request's session token: the bearer token when both are present and allowed.
 pub fn presented_token(headers: &HeaderMap, methods: TokenMethods) -> Option<PresentedToken> {
     if methods.bearer {
+        // What clients send, `Bearer <token>` exactly, without the general parse below (the
+        // same answer: a well-formed token is visible ASCII with nothing to trim).
+        let exact = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(token::parse_bytes);
+        if let Some(hash) = exact {
+            return Some(PresentedToken {
+                source: TokenSource::Bearer,
+                hash: Some(hash),
+            });
+        }
         if let Some(raw) = bearer(headers) {
             return Some(PresentedToken {
                 source: TokenSource::Bearer,
@@ -136,6 +148,44 @@ fn forwarded_for(headers: &HeaderMap, hops: u8) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_a_bearer_token_gives_its_hash() {
+        let good = token::generate();
+        let methods = TokenMethods {
+            cookie: true,
+            bearer: true,
+        };
+        let t = &good.token;
+        for (value, hash) in [
+            (format!("Bearer {t}"), Some(good.hash)),
+            (format!("bearer {t}"), Some(good.hash)),
+            (format!("  BEARER   {t} "), Some(good.hash)),
+            (format!("Bearer {t}!"), None),
+            (format!("Bearer {}", &t[..42]), None),
+            (format!("Bearer  {}", &t[..42]), None),
+            (format!("Basic {t}"), None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&value).unwrap(),
+            );
+            let p = presented_token(&h, methods);
+            match value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("bearer ")
+            {
+                true => {
+                    let p = p.unwrap_or_else(|| panic!("{value:?}: no token"));
+                    assert_eq!(p.source, TokenSource::Bearer, "{value:?}");
+                    assert_eq!(p.hash, hash, "{value:?}");
+                }
+                false => assert!(p.is_none(), "{value:?}"),
+            }
+        }
+    }
 
     #[test]
     fn bearer_wins_over_cookie_and_malformed_tokens_have_no_hash() {
