@@ -4,7 +4,8 @@
 //! answers with headers only, without GraphQL.
 //!
 //! `?kind=authenticated` refuses anonymous sessions, `?require=PERM1,PERM2` refuses users who
-//! lack one of them in the request's channel, `?jwt=1` adds the session JWT.
+//! lack one of them in the request's channel; every answer carries the session JWT
+//! (`x-session-jwt`) unless `?jwt=0`.
 
 use super::request;
 use super::transport::error_response;
@@ -26,11 +27,21 @@ pub const X_PERMISSIONS: HeaderName = HeaderName::from_static("x-permissions");
 pub const X_SESSION_JWT: HeaderName = HeaderName::from_static("x-session-jwt");
 
 /// What the gateway asked for in the query string.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Check {
     authenticated_only: bool,
     required: PermissionSet,
     jwt: bool,
+}
+
+impl Default for Check {
+    fn default() -> Check {
+        Check {
+            authenticated_only: false,
+            required: PermissionSet::default(),
+            jwt: true,
+        }
+    }
 }
 
 /// Reads `kind`, `require` and `jwt`; other parameters are ignored. A value this check does
@@ -106,7 +117,7 @@ pub(super) async fn check(State(app): State<AppState>, uri: Uri, headers: Header
         return status_only(StatusCode::FORBIDDEN);
     }
     let jwt = if check.jwt {
-        match svc.jwt.identity_jwt(&identity, None).await {
+        match svc.jwt.gateway_jwt(&identity).await {
             Ok(jwt) => jwt,
             Err(e) => return identify_failed(e),
         }
@@ -212,6 +223,7 @@ mod tests {
         assert!(parse("kind=admin").unwrap_err().contains("kind"));
         assert!(parse("jwt=yes").unwrap_err().contains("jwt"));
         let none = parse("").unwrap();
-        assert!(!none.authenticated_only && !none.jwt && none.required == PermissionSet::default());
+        assert!(!none.authenticated_only && none.jwt && none.required == PermissionSet::default());
+        assert!(!parse("jwt=0").unwrap().jwt);
     }
 }

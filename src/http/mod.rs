@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
     // included.
     let gateway = Router::new()
         .route("/auth", any(gateway::check))
+        .route("/auth/", any(gateway::check))
         .route("/auth/{*rest}", any(gateway::check));
     Router::new()
         .route(

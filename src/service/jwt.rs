@@ -51,6 +51,7 @@ pub struct JwtKeys {
 }
 
 /// A signed session JWT and when it expires (ms).
+#[derive(Clone)]
 pub struct SignedJwt {
     pub token: String,
     pub expires_at: i64,
@@ -216,15 +217,78 @@ pub struct Jwt {
     db: sea_orm::DatabaseConnection,
     keys: JwtKeys,
     lifetimes: Lifetimes,
+    /// The gateway check's JWTs, by (session, channel): a gateway checks every request, and
+    /// signing each time would cost far more than the check. See [`Jwt::gateway_jwt`].
+    gateway: moka::sync::Cache<(i64, i64), Arc<GatewayJwt>>,
 }
+
+/// A JWT the gateway check handed out, with what it says.
+struct GatewayJwt {
+    kid: String,
+    user_id: Option<i64>,
+    kind: SessionKind,
+    channel_code: String,
+    permissions: crate::permission::PermissionSet,
+    jwt: SignedJwt,
+}
+
+/// Most gateway JWTs kept for reuse.
+const GATEWAY_JWTS: u64 = 100_000;
 
 impl Jwt {
     pub(super) fn new(db: sea_orm::DatabaseConnection, keys: JwtKeys, lifetimes: Lifetimes) -> Jwt {
+        // Reused only while at least half its lifetime is left: no entry is useful longer.
+        let reuse_for = Duration::from_millis(u64::try_from(keys.ttl_ms / 2).unwrap_or(0).max(1));
         Jwt {
             db,
             keys,
             lifetimes,
+            gateway: moka::sync::Cache::builder()
+                .max_capacity(GATEWAY_JWTS)
+                .time_to_live(reuse_for)
+                .build(),
         }
+    }
+
+    /// The session JWT of the gateway check (no audience): the one handed out for this session
+    /// and channel before, while it says exactly what a new one would (same user, kind, channel
+    /// code and permissions, signed with the current key) and has at least half of
+    /// `SESSION_JWT_TTL` left; else a new one. A permission change shows in the next check.
+    pub async fn gateway_jwt(&self, identity: &Identity) -> AppResult<Option<SignedJwt>> {
+        let Some(s) = identity.session.as_deref() else {
+            return Ok(None);
+        };
+        let permissions = identity.permissions();
+        let key = (s.id, identity.channel.id);
+        let now = now_ms();
+        let current_kid = self.keys.current(now).map(|k| k.kid.clone());
+        if let Some(kept) = self.gateway.get(&key) {
+            let same = Some(&kept.kid) == current_kid.as_ref()
+                && kept.user_id == s.user_id()
+                && kept.kind == s.kind
+                && kept.channel_code == identity.channel.code
+                && kept.permissions == permissions;
+            if same && kept.jwt.expires_at.saturating_sub(now) >= self.keys.ttl_ms / 2 {
+                return Ok(Some(kept.jwt.clone()));
+            }
+        }
+        let jwt = self
+            .session_jwt(s, &identity.channel, permissions, None)
+            .await?;
+        if let Some(kid) = current_kid {
+            self.gateway.insert(
+                key,
+                Arc::new(GatewayJwt {
+                    kid,
+                    user_id: s.user_id(),
+                    kind: s.kind,
+                    channel_code: identity.channel.code.clone(),
+                    permissions,
+                    jwt: jwt.clone(),
+                }),
+            );
+        }
+        Ok(Some(jwt))
     }
 
     /// The JWKS document: every published key.

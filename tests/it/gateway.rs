@@ -95,14 +95,26 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
     assert_eq!(c.header("x-session-id"), Some(anon_id.clone()));
     assert_eq!(c.header("x-session-kind").as_deref(), Some("anonymous"));
     assert_eq!(c.header("x-channel-code").as_deref(), Some("default"));
-    for h in [
-        "x-user-id",
-        "x-user-identifier",
-        "x-permissions",
-        "x-session-jwt",
-    ] {
+    for h in ["x-user-id", "x-user-identifier", "x-permissions"] {
         assert!(c.header(h).is_none(), "{h} on an anonymous check");
     }
+    // The session JWT comes with every check (anonymous too: no `sub`), unless `?jwt=0`.
+    let jwt = c
+        .header("x-session-jwt")
+        .expect("x-session-jwt on an anonymous check");
+    let (set, _) = jwks(&app).await;
+    let claims = verify(&set, &jwt, None).expect("the anonymous JWT verifies");
+    assert_eq!(claims["kind"], "anonymous");
+    assert_eq!(claims["sid"], anon_id.as_str());
+    assert!(claims.get("sub").is_none(), "{claims}");
+    assert!(check(&app, "/auth?jwt=0", Some(&anon))
+        .await
+        .header("x-session-jwt")
+        .is_none());
+    // `/auth/` (Envoy's check of the site root) is a path below `/auth` like any other.
+    let c = check(&app, "/auth/", Some(&anon)).await;
+    assert_eq!(c.status, 200, "/auth/: {}", c.body);
+    assert_eq!(c.header("x-session-id"), Some(anon_id.clone()));
     assert_unauthorized(
         &check(&app, "/auth?kind=authenticated", Some(&anon)).await,
         "anonymous with kind=authenticated",
@@ -199,9 +211,14 @@ async fn auth_answers_with_the_identity_headers(v: Variant) {
     assert!(c.body.contains("READ_EVERYTHING"), "{}", c.body);
     assert_eq!(check(&app, "/auth?kind=admin", Some(&t)).await.status, 400);
 
-    // ?jwt=1: the session JWT, verifiable with the published keys.
-    let c = check(&app, "/auth?jwt=1", Some(&t)).await;
+    // The session JWT, verifiable with the published keys; the next checks hand out the same
+    // one while it says the same and has most of its lifetime left (`?jwt=1` as before).
+    let c = check(&app, "/auth", Some(&t)).await;
     let jwt = c.header("x-session-jwt").expect("x-session-jwt");
+    for path in ["/auth", "/auth?jwt=1", "/auth/cart/items"] {
+        let again = check(&app, path, Some(&t)).await.header("x-session-jwt");
+        assert_eq!(again.as_deref(), Some(jwt.as_str()), "{path}");
+    }
     let (set, _) = jwks(&app).await;
     let claims = verify(&set, &jwt, None).expect("the gateway's JWT verifies");
     assert_eq!(claims["sid"], sid.as_str());
@@ -346,12 +363,23 @@ async fn auth_headers_follow_user_and_role_changes(v: Variant) {
     )
     .await
     .ok();
+    let before = check(&app, "/auth", Some(&t)).await;
     let c = check(&app, "/auth", Some(&t)).await;
     assert_eq!(c.status, 200, "{}", c.body);
     assert_eq!(
         c.header("x-user-identifier").as_deref(),
         Some("alice@shop.example")
     );
+    // The JWT handed out says the new permissions too (not the one issued before the change).
+    let (set, _) = jwks(&app).await;
+    let jwt = c.header("x-session-jwt").expect("x-session-jwt");
+    let claims = verify(&set, &jwt, None).expect("verifies");
+    assert_eq!(
+        claims["perms"],
+        json!(["READ_SESSION", "READ_USER"]),
+        "{claims}"
+    );
+    assert_eq!(before.header("x-session-jwt"), c.header("x-session-jwt"));
     assert_eq!(
         c.header("x-permissions").as_deref(),
         Some("READ_SESSION,READ_USER")
