@@ -264,6 +264,7 @@ impl Metrics {
         self.webhook_oldest_pending_age.set(oldest_age_seconds);
     }
 
+    /// The metrics in the OpenMetrics text format (`application/openmetrics-text`).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -271,6 +272,56 @@ impl Metrics {
         }
         out
     }
+
+    /// The metrics in the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), for
+    /// scrapers and parsers that do not ask for OpenMetrics.
+    pub fn render_prometheus_text(&self) -> String {
+        prometheus_text(&self.render())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: a counter family is named as its
+/// samples are (`…_total`), `info` families are gauges, and the `# UNIT` and `# EOF` lines,
+/// which 0.0.4 does not have, are left out. Samples are the same in both formats.
+fn prometheus_text(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# TYPE ")
+            .map(|rest| ("# TYPE ", rest))
+            .or_else(|| line.strip_prefix("# HELP ").map(|rest| ("# HELP ", rest)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(kind);
+                out.push_str(name);
+                if counters.contains(name) && !name.ends_with("_total") {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(if kind == "# TYPE " && tail == "info" {
+                    "gauge"
+                } else {
+                    tail
+                });
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Counter and histogram of one operation label, created up front so a request allocates nothing.
@@ -436,6 +487,24 @@ fn first_root_field(q: &str) -> Option<(bool, &str)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn prometheus_text_names_counter_families_as_their_samples() {
+        let open = "# HELP app_requests Requests.\n# TYPE app_requests counter\n\
+            app_requests_total{op=\"a\"} 3\n# HELP app_up Up.\n# TYPE app_up gauge\n\
+            app_up 1\n# TYPE app_build info\napp_build_info{v=\"1\"} 1\n\
+            # TYPE app_latency_seconds histogram\n# UNIT app_latency_seconds seconds\n\
+            app_latency_seconds_count 2\n# EOF\n";
+        let text = super::prometheus_text(open);
+        assert_eq!(
+            text,
+            "# HELP app_requests_total Requests.\n# TYPE app_requests_total counter\n\
+            app_requests_total{op=\"a\"} 3\n# HELP app_up Up.\n# TYPE app_up gauge\n\
+            app_up 1\n# TYPE app_build gauge\napp_build_info{v=\"1\"} 1\n\
+            # TYPE app_latency_seconds histogram\napp_latency_seconds_count 2\n"
+        );
+    }
+
     use super::{first_root_field, Metrics};
 
     /// The counters taken from the family on first use are the family's own: each tier and

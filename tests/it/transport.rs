@@ -38,6 +38,31 @@ async fn health_and_metrics_answer(v: Variant) {
     ] {
         assert!(text.contains(expected), "metrics lack {expected}:\n{text}");
     }
+    // Prometheus text 0.0.4 by default: a counter family is named as its samples, no `# EOF`.
+    assert!(
+        text.contains("# TYPE session_server_graphql_requests_total counter\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    // OpenMetrics to a scraper that asks for it.
+    let r = app
+        .client
+        .get(app.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let open = r.text().await.unwrap();
+    assert!(
+        open.contains("# TYPE session_server_graphql_requests counter\n"),
+        "{open}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
 }
 
 async fn graphiql_is_served_to_browsers(v: Variant) {
