@@ -184,6 +184,30 @@ fn parse_trust_proxy(s: &str) -> Result<TrustProxy, String> {
 }
 
 /// Durations are written like `500ms`, `30s`, `15m`, `12h` or `7d`.
+/// A duration in the units the settings are written in (`31d`, `1h 30m`, `250ms`), never in
+/// months or years as humantime would put it.
+fn display_duration(d: Duration) -> String {
+    let mut left = d.as_millis();
+    if left == 0 {
+        return "0s".to_string();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        let n = left / size;
+        if n > 0 {
+            parts.push(format!("{n}{unit}"));
+            left -= n * size;
+        }
+    }
+    parts.join(" ")
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("invalid duration '{s}' ({e}): expected a positive duration such as 500ms, 30s, 15m or 7d")
@@ -512,8 +536,8 @@ impl Config {
         }
         if self.session_idle_timeout > self.session_absolute_timeout {
             return Err(ConfigError::IdleLongerThanAbsolute {
-                idle: humantime::format_duration(self.session_idle_timeout).to_string(),
-                absolute: humantime::format_duration(self.session_absolute_timeout).to_string(),
+                idle: display_duration(self.session_idle_timeout),
+                absolute: display_duration(self.session_absolute_timeout),
             });
         }
         if self.jwt_key_rotation < Duration::from_secs(1) {
@@ -879,6 +903,14 @@ mod tests {
             #[test]
             fn arbitrary_duration_like_text_never_panics(raw in "[ -]?[0-9]{0,30}[ .]?[0-9]{0,5}(ns|us|ms|s|m|h|d|w|M|y|x)?") {
                 let _ = parse_duration(&raw);
+            }
+
+            #[test]
+            fn what_is_displayed_parses_back(ms in 0u64..10_000_000_000_000) {
+                let d = Duration::from_millis(ms);
+                let text = display_duration(d);
+                prop_assert!(!text.contains('M') && !text.contains('y'), "{}", text);
+                prop_assert_eq!(parse_duration(&text), Ok(d), "{}", text);
             }
 
             #[test]

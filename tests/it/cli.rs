@@ -43,10 +43,11 @@ fn start_up_refuses_bad_lifetimes() {
     refused(&[("SESSION_IDLE_TIMEOUT", "-5m")], "positive duration");
     refused(
         &[
-            ("SESSION_IDLE_TIMEOUT", "2d"),
-            ("SESSION_ABSOLUTE_TIMEOUT", "1d"),
+            ("SESSION_IDLE_TIMEOUT", "31d"),
+            ("SESSION_ABSOLUTE_TIMEOUT", "30d"),
         ],
-        "must not be longer than SESSION_ABSOLUTE_TIMEOUT",
+        // In the units the settings are written in (humantime would say "1month 13h 26m 24s").
+        "SESSION_IDLE_TIMEOUT (31d) must not be longer than SESSION_ABSOLUTE_TIMEOUT (30d)",
     );
     refused(&[("SESSION_CACHE", "redis")], "needs REDIS_URL");
 }
