@@ -494,17 +494,24 @@ async fn serve(
             Ok(msg) => {
                 let mut c = lock(&guard_conn);
                 c.last_heard = Some(Instant::now());
-                match msg {
-                    Message::Text(text) => match judge(&mut c, protocols, text.as_str()) {
-                        Verdict::Pass => true,
-                        Verdict::Answer(answer) => {
-                            if ctl_tx.try_send(answer).is_err() {
-                                c.flooded = true;
-                            }
-                            false
-                        }
+                // async-graphql reads a binary frame as a protocol message too: it passes the
+                // same rules (one that is not UTF-8 JSON cannot be a message; it closes).
+                let verdict = match msg {
+                    Message::Text(text) => judge(&mut c, protocols, text.as_str()),
+                    Message::Binary(bytes) => match std::str::from_utf8(bytes) {
+                        Ok(text) => judge(&mut c, protocols, text),
+                        Err(_) => Verdict::Answer(close(4400, "messages are UTF-8 JSON")),
                     },
-                    _ => true,
+                    _ => Verdict::Pass,
+                };
+                match verdict {
+                    Verdict::Pass => true,
+                    Verdict::Answer(answer) => {
+                        if ctl_tx.try_send(answer).is_err() {
+                            c.flooded = true;
+                        }
+                        false
+                    }
                 }
             }
             Err(_) => true,

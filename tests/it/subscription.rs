@@ -589,6 +589,19 @@ async fn a_socket_runs_no_query_or_mutation(v: Variant) {
         let m = next_answer_for(&mut legacy, id).await;
         assert_eq!(m["type"], "error", "{m}");
         assert_eq!(m["payload"]["extensions"]["code"], "BAD_USER_INPUT", "{m}");
+        // The same message in a binary frame (async-graphql reads those too).
+        let binary = json!({ "id": format!("{id}-bin"), "type": "subscribe",
+            "payload": { "query": query, "operationName": op } });
+        ws.stream
+            .send(Message::Binary(binary.to_string().into_bytes().into()))
+            .await
+            .expect("send a binary frame");
+        let m = next_answer_for(&mut ws, &format!("{id}-bin")).await;
+        assert_eq!(m["type"], "error", "binary frame: {m}");
+        assert_eq!(
+            m["payload"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{m}"
+        );
     }
     let r = app
         .gql_as(&admin, "{ users { nodes { identifier } } }", json!({}))
