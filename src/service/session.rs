@@ -685,11 +685,16 @@ impl Sessions {
             .col_expr(session::Column::ActiveOrderId, Expr::value(order))
             .col_expr(session::Column::ActiveChannelId, Expr::value(channel))
             .filter(session::Column::Id.eq(s.id))
+            // Through the token still current: one rotated out by a refresh while this request
+            // ran is dead, like a revoked one (its write would miss the new token's entry).
+            .filter(session::Column::TokenHash.eq(s.token_hash.to_hex()))
             .filter(session::Column::Invalidated.eq(false))
             .exec(db)
             .await?;
         if written.rows_affected == 0 {
-            return Err(AppError::unauthenticated("the session has been revoked"));
+            return Err(AppError::unauthenticated(
+                "the session has been revoked, or its token replaced",
+            ));
         }
         Ok(())
     }
@@ -749,16 +754,13 @@ impl Sessions {
             if let Some(old) = TokenHash::from_hex(&s.token_hash) {
                 self.revoke_token(&old).await;
             }
-            let Some(user) = self.load_cached_user(&self.db, user_id).await? else {
+            // Read afresh, as the next request would, not built from the row read before the
+            // rotation: a write through the old token that landed in between (session data,
+            // the active order or channel) went to the old token's entry, and a copy cached
+            // for the new token must not miss it. A session revoked since is none.
+            let Some(session) = self.resolve(&token.hash, Activity::Observe).await? else {
                 return Ok(Err(RefreshFailure::Unknown));
             };
-            let mut model = s;
-            model.token_hash = token.hash.to_hex();
-            model.token_issued_at = now;
-            model.last_active_at = now.max(model.last_active_at);
-            let session = Arc::new(CachedSession::from_model(&model, Some(user), now));
-            // Refused by the cache if the session was revoked since the rotation.
-            self.store.replace(session.clone()).await;
             self.metrics.session_event("refreshed", 1);
             return Ok(Ok(Issued {
                 session,

@@ -132,6 +132,7 @@ impl Sessions {
     ) -> AppResult<Arc<CachedSession>> {
         change.validate()?;
         let max = self.config.session_data_max_bytes;
+        let hash = s.token_hash.to_hex();
         for _ in 0..MAX_ROUNDS {
             let current: Option<Current> = session::Entity::find_by_id(s.id)
                 .select_only()
@@ -142,6 +143,8 @@ impl Sessions {
                     session::Column::ActiveChannelId,
                 ])
                 .filter(session::Column::Invalidated.eq(false))
+                // Through the token still current (see the write below).
+                .filter(session::Column::TokenHash.eq(hash.as_str()))
                 .into_tuple()
                 .one(&self.db)
                 .await?;
@@ -174,6 +177,9 @@ impl Sessions {
                     .filter(session::Column::Id.eq(s.id))
                     .filter(session::Column::DataVersion.eq(version))
                     .filter(session::Column::Invalidated.eq(false))
+                    // A token rotated out by a refresh meanwhile is dead: its write would go
+                    // to its own cache entry, and the new token's would miss it.
+                    .filter(session::Column::TokenHash.eq(hash.as_str()))
                     .exec(&self.db)
                     .await?
                     .rows_affected)

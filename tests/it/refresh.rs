@@ -244,3 +244,99 @@ async fn anonymous_sessions_have_no_refresh_token(v: Variant) {
     assert!(r.refresh_token().is_none());
     assert!(r.cookie("session_refresh").is_none());
 }
+
+/// A write through the session token in flight while a refresh rotates it: the new token's
+/// cached session must show every write that succeeded. The test holds the session's row
+/// locked (so both requests wait at their writes after reading it) and lets them go in one
+/// order, then the other: a write queued before the rotation shows through the new token; one
+/// queued after it finds its token rotated out (`UNAUTHENTICATED`), as if revoked.
+async fn a_write_racing_a_refresh_shows_through_the_new_token(v: Variant) {
+    use entity::session;
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    const SET: &str = "mutation($s: JSON) { updateSessionData(set: $s) { dataVersion } }";
+    const READ: &str = "{ activeSession { data dataVersion } }";
+    for write_first in [true, false] {
+        let login = user_login(&app).await;
+        app.gql_as(&login.token, SET, json!({ "s": { "step": "zero" } }))
+            .await
+            .ok();
+        let sid = app.active_session(&login.token).await["id"].clone();
+        let sid: i64 = sid.as_str().expect("id").parse().expect("numeric id");
+        let lock = db.begin().await.expect("begin");
+        session::Entity::find()
+            .filter(session::Column::Id.eq(sid))
+            .lock_exclusive()
+            .one(&lock)
+            .await
+            .expect("lock the session's row");
+        let api = || crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        let write = {
+            let (api, token) = (api(), login.token.clone());
+            async move {
+                api.gql_as(&token, SET, json!({ "s": { "step": "one" } }))
+                    .await
+            }
+        };
+        let refresh = {
+            let (api, r) = (api(), login.refresh_token.clone());
+            async move { api.gql(REFRESH, json!({ "r": r })).await }
+        };
+        let (write, refresh) = if write_first {
+            let w = tokio::spawn(write);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let r = tokio::spawn(refresh);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            (w, r)
+        } else {
+            let r = tokio::spawn(refresh);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let w = tokio::spawn(write);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            (w, r)
+        };
+        assert!(
+            !write.is_finished() && !refresh.is_finished(),
+            "both wait for the row"
+        );
+        lock.commit().await.expect("release the row");
+        let (write, refresh) = (write.await.unwrap(), refresh.await.unwrap().ok());
+        let new = rotated(&refresh);
+        let seen = app.gql_as(&new.token, READ, json!({})).await.ok();
+        let seen = &seen.data()["activeSession"];
+        if write_first {
+            assert_eq!(
+                write.body["data"]["updateSessionData"]["dataVersion"], 2,
+                "{}",
+                write.body
+            );
+            assert_eq!(seen["data"], json!({ "step": "one" }), "{seen}");
+            assert_eq!(seen["dataVersion"], 2, "{seen}");
+        } else {
+            assert_eq!(
+                write.error_code(),
+                Some("UNAUTHENTICATED"),
+                "{}",
+                write.body
+            );
+            assert_eq!(seen["data"], json!({ "step": "zero" }), "{seen}");
+            assert_eq!(seen["dataVersion"], 1, "{seen}");
+        }
+    }
+}
+
+/// Row locks make the interleaving reproducible on the server databases.
+mod a_write_racing_a_refresh_shows_through_the_new_token {
+    use crate::helpers::Variant;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_write_racing_a_refresh_shows_through_the_new_token(Variant::PostgresMemory).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::a_write_racing_a_refresh_shows_through_the_new_token(Variant::MysqlMemory).await
+    }
+}
