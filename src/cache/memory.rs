@@ -214,6 +214,8 @@ impl MemoryCache {
         }
     }
 
+    /// Drops a user's entries and marks the user (see `user_marks`): the `memory` strategy's
+    /// invalidation after a change to the user.
     pub fn delete_user_sync(&self, user_id: i64) {
         // Marked first: an insert checking after this refuses entries read before it; one that
         // checked before overlaps this drop, and is in the set below or undone by the store
@@ -222,6 +224,14 @@ impl MemoryCache {
         self.user_marks
             .entry(user_id)
             .and_upsert_with(|cur| cur.map_or(now, |e| (*e.value()).max(now)));
+        self.forget_user_sync(user_id);
+    }
+
+    /// Drops a user's entries without marking the user: for the tiered strategy's local tier,
+    /// whose entries come through Redis, which refuses stale writes itself (a mark here, taken
+    /// at this instance's clock, would also refuse entries other instances read after the
+    /// change, and send this user's lookups to Redis until it expired).
+    pub fn forget_user_sync(&self, user_id: i64) {
         let keys = self.index().remove(&user_id).unwrap_or_default();
         // Each under its key's write lock: an insert of the key that already indexed it (in
         // the set just taken) finishes storing first, and is then dropped here.
@@ -231,9 +241,18 @@ impl MemoryCache {
         }
     }
 
+    /// Drops every entry and refuses entries read before now (`clearSessionCache` on the
+    /// `memory` strategy).
     pub fn clear_sync(&self) {
         self.cleared_at
             .fetch_max(crate::clock::now_ms(), Ordering::AcqRel);
+        self.forget_all_sync();
+    }
+
+    /// Drops every entry without a mark: the tiered strategy's local tier (subscription lost or
+    /// regained, a peer's clear), as for [`Self::forget_user_sync`]. A mark there would keep
+    /// every session already in Redis out of the local tier until it was read again.
+    pub fn forget_all_sync(&self) {
         // Every write lock, in order (nothing else holds two), so no insert is between
         // indexing and storing while the map and the index are emptied.
         let _writes: Vec<_> = self

@@ -227,7 +227,7 @@ impl TieredCache {
     /// Forgets the local tier (subscription lost or regained).
     fn drop_local(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.local.clear_sync();
+        self.local.forget_all_sync();
     }
 
     fn apply(&self, msg: Message) {
@@ -245,7 +245,7 @@ impl TieredCache {
             }
             Message::User(user_id, id) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
-                self.local.delete_user_sync(user_id);
+                self.local.forget_user_sync(user_id);
                 id
             }
             Message::Clear(id) => {
@@ -526,14 +526,14 @@ impl SessionCache for TieredCache {
     }
 
     async fn delete_user(&self, user_id: i64) -> Result<(), CacheError> {
-        self.local.delete_user_sync(user_id);
+        self.local.forget_user_sync(user_id);
         let remote = self.remote.delete_user(user_id).await;
         let published = self.broadcast(format!("u:{user_id}")).await;
         remote.and(published)
     }
 
     async fn clear(&self) -> Result<(), CacheError> {
-        self.local.clear_sync();
+        self.local.forget_all_sync();
         let remote = self.remote.clear().await;
         let published = self.broadcast("*".to_string()).await;
         remote.and(published)

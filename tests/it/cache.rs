@@ -10,6 +10,47 @@ use std::time::Duration;
 
 variants!(stale_entries_are_reread_after_the_cache_ttl);
 
+mod a_new_instance_keeps_sessions_already_in_redis_in_its_local_tier {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_tiered() {
+        super::a_new_instance_keeps_sessions_already_in_redis_in_its_local_tier(
+            crate::helpers::Variant::SqliteTiered,
+        )
+        .await
+    }
+}
+
+/// A tiered instance that starts (or resubscribes) after a session was cached in Redis serves
+/// it from its own tier after the first lookup: forgetting the local tier on (re)subscription
+/// must not keep out what Redis already holds.
+async fn a_new_instance_keeps_sessions_already_in_redis_in_its_local_tier(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let token = app.admin_token().await;
+    app.active_session(&token).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let next = app.sibling().await;
+    let hits = |text: String| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "session_server_cache_lookups_total{tier=\"memory\",result=\"hit\"} ",
+                )
+            })
+            .map_or(0.0, |n| n.trim().parse::<f64>().unwrap_or(0.0))
+    };
+    let before = hits(next.metrics().await);
+    for _ in 0..5 {
+        assert!(!next.active_session(&token).await.is_null());
+    }
+    let after = hits(next.metrics().await);
+    assert!(
+        after - before >= 4.0,
+        "local-tier hits on the new instance: {before} -> {after}"
+    );
+}
+
 /// Renames the superadmin behind the server's back (no invalidation): the cache keeps serving
 /// the old name until its TTL, then the database is read again.
 async fn stale_entries_are_reread_after_the_cache_ttl(v: Variant) {
