@@ -232,6 +232,10 @@ pub(super) fn push_pointer_key(out: &mut String, prefix: &str, hash: &TokenHash)
     out.push('}');
 }
 
+/// KEYS: a pointer. Unlinks it unless it is a tombstone (`!`).
+const UNLINK_UNLESS_TOMBSTONE: &str =
+    "if redis.call('GET', KEYS[1]) == '!' then return 0 end return redis.call('UNLINK', KEYS[1])";
+
 /// Escapes the glob characters of a prefix for `SCAN MATCH`.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -646,12 +650,32 @@ impl SessionCache for RedisCache {
                     .to_owned();
                 let (next, keys): (u64, Vec<String>) =
                     bounded_for(limit, scan.query_async(&mut conn)).await?;
-                if !keys.is_empty() {
-                    // One UNLINK per key (keys of one node may span slots), one round trip per page.
-                    let mut pipe = redis::pipe();
-                    for key in &keys {
+                // Entries, pointers and indexes go; what guards against stale writes stays (the
+                // tombstones of revoked tokens, the users' invalidation marks), and so do the
+                // login and session-creation throttles: a clear must not hand out fresh attempts.
+                let mut pipe = redis::pipe();
+                let mut any = false;
+                for key in &keys {
+                    let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
+                        continue;
+                    };
+                    if rest.starts_with("{th:") || rest.ends_with(":inv") {
+                        continue;
+                    }
+                    any = true;
+                    // One command per key (keys of one node may span slots), one round trip
+                    // per page; a pointer only unless it is a tombstone, checked atomically.
+                    if rest.starts_with("{t:") {
+                        pipe.cmd("EVAL")
+                            .arg(UNLINK_UNLESS_TOMBSTONE)
+                            .arg(1)
+                            .arg(key)
+                            .ignore();
+                    } else {
                         pipe.cmd("UNLINK").arg(key).ignore();
                     }
+                }
+                if any {
                     bounded_for(limit, pipe.query_async::<()>(&mut conn)).await?;
                 }
                 if next == 0 {

@@ -558,6 +558,21 @@ async fn clear_session_cache_needs_super_admin(v_: Variant) {
     let (bob, _) = login(&app, "bob", "bob-pw").await;
     let (guest, guest_sid) = app.anonymous_session().await;
     stats(&app, &bob).await; // warm
+                             // Carol's identifier is throttled (five wrong passwords): a clear must not lift it.
+    app.create_user(&admin, "carol", "carol-pw", &[]).await;
+    for _ in 0..5 {
+        let r = app.try_login("carol", "wrong").await.ok();
+        assert_eq!(r.data()["login"]["__typename"], "InvalidCredentialsError");
+    }
+    // A revoked token's tombstone survives a clear too (Redis strategies keep it there).
+    let (revoked, revoked_sid) = app.anonymous_session().await;
+    app.gql_as(
+        &admin,
+        "mutation($id: ID!) { revokeSession(id: $id) }",
+        json!({ "id": revoked_sid }),
+    )
+    .await
+    .ok();
 
     let r = app
         .gql_as(&bob, "mutation { clearSessionCache }", json!({}))
@@ -578,6 +593,29 @@ async fn clear_session_cache_needs_super_admin(v_: Variant) {
         app.active_session(&admin).await["user"]["identifier"],
         ADMIN
     );
+    let r = app.try_login("carol", "carol-pw").await.ok();
+    assert_eq!(
+        r.data()["login"]["__typename"],
+        "TooManyAttemptsError",
+        "the clear lifted the throttle: {}",
+        r.body
+    );
+    assert!(app.active_session(&revoked).await.is_null());
+    // (On one Redis; the cluster variant's nodes are elsewhere.)
+    if app.variant.uses_redis() && app.variant != Variant::SqliteRedisCluster {
+        let hash = session_server::token::parse(&revoked)
+            .expect("a token")
+            .to_hex();
+        let client = redis::Client::open(std::env::var("TEST_REDIS_URL").unwrap()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let key = format!("{}{{t:{hash}}}", app.redis_prefix);
+        let kept: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(kept.as_deref(), Some("!"), "the tombstone of {key}");
+    }
 }
 
 async fn permission_checks_per_channel(v_: Variant) {
