@@ -888,9 +888,13 @@ impl Sessions {
             .into_tuple()
             .all(&self.db)
             .await?;
+        // Only sessions older than `keep` (ids follow the commits of one user's logins, which
+        // queue on the user's row): a login committing at the same moment is newer, and applies
+        // the cap itself, counting this one. Counting each other, two logins under a cap of one
+        // ended each other and left the user with none.
         let mut others: Vec<(i64, i64)> = rows
             .into_iter()
-            .filter(|(id, ..)| *id != keep)
+            .filter(|(id, ..)| *id < keep)
             .filter_map(|(id, last_active, absolute)| {
                 let last_active = last_active.max(self.activity.pending(id).unwrap_or(0));
                 (now < self.lifetimes.expires_at(last_active, absolute))

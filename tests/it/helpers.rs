@@ -191,7 +191,7 @@ pub struct TestApp {
     pub database_url: String,
     pub redis_prefix: String,
     /// The configuration it started with (a [`TestApp::sibling`] starts with the same).
-    config: Config,
+    pub config: Config,
     running: Running,
     _db: DbGuard,
 }

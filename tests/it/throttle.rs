@@ -21,6 +21,8 @@ crate::all_caches!(
     anonymous_sessions_are_limited_per_address,
 );
 
+crate::variants!(concurrent_logins_under_the_session_cap_leave_one_live);
+
 // The hashing queue does not depend on the database or the cache.
 crate::sqlite_only!(a_login_waits_for_hashing_at_most_the_queue_timeout);
 
@@ -598,3 +600,71 @@ per_database!(
     migration_normalizes_stored_identifiers,
     migration_refuses_identifiers_that_collide,
 );
+
+/// Logins at the same moment under `SESSION_MAX_PER_USER=1`: each ends only the sessions older
+/// than its own. Counting each other, two logins whose commits both came before either's count
+/// ended each other and left none. The interleaving is made exact: B logs in after A, then A's
+/// count runs (through a second instance of the deployment): it must leave B alone.
+async fn concurrent_logins_under_the_session_cap_leave_one_live(v: Variant) {
+    use session_server::service::events::Origin;
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.session_max_per_user = 1;
+        c.login_max_attempts = 1000;
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let nina: i64 = app
+        .create_user(&admin, "nina", "nina-password-1", &[])
+        .await
+        .parse()
+        .expect("numeric id");
+    let a = app.login("nina", "nina-password-1").await;
+    let a_id: i64 = a.body["data"]["login"]["session"]["id"]
+        .as_str()
+        .expect("session id")
+        .parse()
+        .expect("numeric id");
+    let b = app.login("nina", "nina-password-1").await;
+    assert!(
+        app.active_session(&a.token).await.is_null(),
+        "B's count ends the older A"
+    );
+    let other = session_server::startup::Application::build(app.config.clone())
+        .await
+        .expect("a second instance");
+    let origin = Origin {
+        actor_user_id: Some(nina),
+        client: Default::default(),
+        channel_id: None,
+    };
+    let ended = other
+        .services()
+        .sessions
+        .enforce_session_cap(nina, a_id, &origin)
+        .await
+        .expect("the cap");
+    assert_eq!(ended, 0, "A's count ended a newer session");
+    assert!(
+        !app.active_session(&b.token).await.is_null(),
+        "the newest login was ended"
+    );
+    // And logins at once leave exactly one live.
+    let logins =
+        futures_util::future::join_all((0..6).map(|_| app.try_login("nina", "nina-password-1")))
+            .await;
+    let mut live = 0;
+    for l in &logins {
+        assert_eq!(typename(l), "AuthenticationSuccess", "{}", l.body);
+        if !app
+            .active_session(&l.session_token().expect("token"))
+            .await
+            .is_null()
+        {
+            live += 1;
+        }
+    }
+    assert_eq!(live, 1, "live sessions under a cap of one");
+}
