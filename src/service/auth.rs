@@ -15,7 +15,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use entity::{order, session, user};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -286,21 +286,39 @@ impl Auth {
                 );
             }
             if claimed.rows_affected == 1 && old.user.is_none() {
-                carried = (old.active_order_id, old.active_channel_id);
-                // The data as committed (an update may have landed since this request
-                // began); the claim above already holds the row, so none can land now.
+                // The order, channel and data as committed, not as this request's copy of the
+                // session has them (a `createOrder` or `setActiveChannel` may have landed since
+                // it began); the claim above already holds the row, so none can land now.
+                let (order_id, channel_id): (Option<i64>, Option<i64>) =
+                    session::Entity::find_by_id(old.id)
+                        .select_only()
+                        .columns([
+                            session::Column::ActiveOrderId,
+                            session::Column::ActiveChannelId,
+                        ])
+                        .into_tuple()
+                        .one(&txn)
+                        .await?
+                        .unwrap_or((None, None));
                 carried_data = super::session_data::take_data(&txn, old.id).await?;
-                if let Some(order_id) = old.active_order_id {
-                    // The guest order becomes the user's.
-                    order::Entity::update_many()
+                let mut order_carried = None;
+                if let Some(order_id) = order_id {
+                    // The guest order becomes the user's, if it is still a cart (a
+                    // `placeOrder` may have won the race).
+                    let moved = order::Entity::update_many()
                         .col_expr(order::Column::UserId, Expr::value(found.id))
                         .col_expr(order::Column::SessionId, Expr::value(Option::<i64>::None))
                         .col_expr(order::Column::UpdatedAt, Expr::value(now))
                         .filter(order::Column::Id.eq(order_id))
                         .filter(order::Column::SessionId.eq(old.id))
+                        .filter(order::Column::State.eq(super::order::ACTIVE))
                         .exec(&txn)
                         .await?;
+                    if moved.rows_affected == 1 {
+                        order_carried = Some(order_id);
+                    }
                 }
+                carried = (order_carried, channel_id);
             }
         }
         let issued = self

@@ -604,3 +604,73 @@ mod a_login_racing_a_password_change_does_not_outlive_it {
         super::a_login_racing_a_password_change_does_not_outlive_it(Variant::MysqlMemory).await
     }
 }
+
+/// A guest's `createOrder` that lands while their login is under way: the login carries over
+/// the session's order as committed, not the copy it read when it began, so the new cart
+/// becomes the user's and stays active. The test holds the user's row (the login waits there,
+/// after reading the guest session) while the order is created.
+async fn a_cart_created_during_the_login_is_carried_over(v: Variant) {
+    use entity::user;
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "greta", "password-0").await;
+    let (guest, _) = app.anonymous_session().await;
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    let hold = db.begin().await.expect("begin");
+    user::Entity::find()
+        .filter(user::Column::Identifier.eq("greta"))
+        .lock_exclusive()
+        .one(&hold)
+        .await
+        .expect("lock the user's row")
+        .expect("greta");
+    let login = tokio::spawn({
+        let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        let guest = guest.clone();
+        async move {
+            api.gql_as(&guest, LOGIN, json!({ "u": "greta", "p": "password-0" }))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!login.is_finished(), "the login did not wait for the row");
+    let r = app
+        .gql_as(&guest, "mutation { createOrder { id } }", json!({}))
+        .await
+        .ok();
+    let order = r.data()["createOrder"]["id"].clone();
+    hold.commit().await.expect("release the row");
+    let r = login.await.expect("login task").ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+    let token = r.session_token().expect("session-token");
+    let r = app
+        .gql_as(
+            &token,
+            "{ activeOrder { id state user { identifier } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let active = &r.data()["activeOrder"];
+    assert_eq!(
+        active["id"], order,
+        "the cart made during the login: {}",
+        r.body
+    );
+    assert_eq!(active["state"], "ACTIVE");
+    assert_eq!(active["user"]["identifier"], "greta");
+}
+
+mod a_cart_created_during_the_login_is_carried_over {
+    use crate::helpers::Variant;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_cart_created_during_the_login_is_carried_over(Variant::PostgresMemory).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::a_cart_created_during_the_login_is_carried_over(Variant::MysqlMemory).await
+    }
+}
