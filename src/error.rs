@@ -257,10 +257,20 @@ fn is_deadlock(err: &DbErr) -> bool {
 impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
         if is_unavailable(&err) {
-            AppError::Unavailable(err)
-        } else {
-            AppError::Internal(InternalError::Db(err))
+            return AppError::Unavailable(err);
         }
+        // A row the write refers to, or the row it updates, was deleted by a concurrent
+        // request (a `deleteUser` racing an `assignRole` or `updateUser`): the caller's
+        // target no longer exists, which is not the server's fault.
+        let gone = matches!(err, DbErr::RecordNotUpdated)
+            || matches!(
+                err.sql_err(),
+                Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
+            );
+        if gone {
+            return AppError::not_found("what this refers to no longer exists");
+        }
+        AppError::Internal(InternalError::Db(err))
     }
 }
 

@@ -1047,3 +1047,69 @@ async fn superadmin_cannot_be_deleted(v_: Variant) {
     assert_eq!(r.data()["user"]["identifier"], ADMIN);
     app.login(ADMIN, ADMIN_PASSWORD).await;
 }
+
+/// `assignRole` for a user that `deleteUser` removes while it runs: `NOT_FOUND`, never an
+/// internal error. The test holds the role's row (the assignment waits there, after finding
+/// the user) while the user is deleted.
+async fn assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(v: Variant) {
+    use entity::role;
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
+    let dora = app.create_user(&admin, "dora", "dora-pw", &[]).await;
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    let hold = db.begin().await.expect("begin");
+    role::Entity::find()
+        .filter(role::Column::Code.eq("reader"))
+        .lock_exclusive()
+        .one(&hold)
+        .await
+        .expect("lock the role's row")
+        .expect("reader");
+    let assign = tokio::spawn({
+        let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        let (admin, dora, reader) = (admin.clone(), dora.clone(), reader.clone());
+        async move {
+            api.gql_as(
+                &admin,
+                "mutation($u: ID!, $r: ID!) { assignRole(userId: $u, roleId: $r) { id } }",
+                json!({ "u": dora, "r": reader }),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !assign.is_finished(),
+        "the assignment did not wait for the role"
+    );
+    let r = app
+        .gql_as(
+            &admin,
+            "mutation($id: ID!) { deleteUser(id: $id) }",
+            json!({ "id": dora }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data()["deleteUser"], true);
+    hold.commit().await.expect("release the role");
+    let r = assign.await.expect("assign task");
+    assert_ne!(r.status, 500, "{}", r.body);
+    assert_eq!(r.error_code(), Some("NOT_FOUND"), "{}", r.body);
+}
+
+mod assigning_a_role_to_a_user_deleted_meanwhile_is_not_found {
+    use crate::helpers::Variant;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(Variant::PostgresMemory)
+            .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(Variant::MysqlMemory).await
+    }
+}
