@@ -141,7 +141,12 @@ async fn keys_per_node(cluster: &Cluster, prefix: &str) -> Vec<usize> {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            n += keys.len();
+            // Session keys only: a clear keeps the throttle windows (`{th:…}`) and the users'
+            // invalidation marks (`…:inv`) on purpose.
+            n += keys
+                .iter()
+                .filter(|k| !k.contains("{th:") && !k.ends_with(":inv"))
+                .count();
             cursor = next;
             if cursor == 0 {
                 break;
