@@ -261,9 +261,10 @@ impl Jwt {
         let permissions = identity.permissions();
         let key = (s.id, identity.channel.id);
         let now = now_ms();
-        let current_kid = self.keys.current(now).map(|k| k.kid.clone());
+        let current = self.keys.current(now);
+        let current_kid = current.as_ref().map(|k| k.kid.as_str());
         if let Some(kept) = self.gateway.get(&key) {
-            let same = Some(&kept.kid) == current_kid.as_ref()
+            let same = Some(kept.kid.as_str()) == current_kid
                 && kept.user_id == s.user_id()
                 && kept.kind == s.kind
                 && kept.channel_code == identity.channel.code
@@ -279,7 +280,7 @@ impl Jwt {
             self.gateway.insert(
                 key,
                 Arc::new(GatewayJwt {
-                    kid,
+                    kid: kid.to_string(),
                     user_id: s.user_id(),
                     kind: s.kind,
                     channel_code: identity.channel.code.clone(),

@@ -27,6 +27,9 @@ crate::variants!(
     superadmin_cannot_be_deleted,
 );
 
+// Interleavings forced with row locks (see each test).
+crate::server_databases!(assigning_a_role_to_a_user_deleted_meanwhile_is_not_found,);
+
 const SESSIONS: &str = "query($f: SessionFilter, $first: Int, $after: String) {
     sessions(filter: $f, first: $first, after: $after) {
         totalCount
@@ -1053,7 +1056,7 @@ async fn superadmin_cannot_be_deleted(v_: Variant) {
 /// the user) while the user is deleted.
 async fn assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(v: Variant) {
     use entity::role;
-    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
@@ -1061,14 +1064,11 @@ async fn assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(v: Variant) {
     let reader = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
     let dora = app.create_user(&admin, "dora", "dora-pw", &[]).await;
     let db = Database::connect(&app.database_url).await.expect("connect");
-    let hold = db.begin().await.expect("begin");
-    role::Entity::find()
-        .filter(role::Column::Code.eq("reader"))
-        .lock_exclusive()
-        .one(&hold)
-        .await
-        .expect("lock the role's row")
-        .expect("reader");
+    let hold = crate::helpers::hold_rows(
+        &db,
+        role::Entity::find().filter(role::Column::Code.eq("reader")),
+    )
+    .await;
     let assign = tokio::spawn({
         let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
         let (admin, dora, reader) = (admin.clone(), dora.clone(), reader.clone());
@@ -1099,17 +1099,4 @@ async fn assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(v: Variant) {
     let r = assign.await.expect("assign task");
     assert_ne!(r.status, 500, "{}", r.body);
     assert_eq!(r.error_code(), Some("NOT_FOUND"), "{}", r.body);
-}
-
-mod assigning_a_role_to_a_user_deleted_meanwhile_is_not_found {
-    use crate::helpers::Variant;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(Variant::PostgresMemory)
-            .await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        super::assigning_a_role_to_a_user_deleted_meanwhile_is_not_found(Variant::MysqlMemory).await
-    }
 }

@@ -23,6 +23,12 @@ crate::variants!(
     me_is_null_when_anonymous_and_lists_permissions,
 );
 
+// Interleavings forced with row locks (see each test).
+crate::server_databases!(
+    a_login_racing_a_password_change_does_not_outlive_it,
+    a_cart_created_during_the_login_is_carried_over,
+);
+
 const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Boolean) {
     login(username: $u, password: $p, rememberMe: $r) {
         __typename
@@ -553,20 +559,17 @@ async fn me_is_null_when_anonymous_and_lists_permissions(v: Variant) {
 async fn a_login_racing_a_password_change_does_not_outlive_it(v: Variant) {
     use entity::user;
     use sea_orm::sea_query::Expr;
-    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
     setup_user(&app, "paula", "password-0").await;
     let db = Database::connect(&app.database_url).await.expect("connect");
-    let change = db.begin().await.expect("begin");
-    user::Entity::find()
-        .filter(user::Column::Identifier.eq("paula"))
-        .lock_exclusive()
-        .one(&change)
-        .await
-        .expect("lock the user's row")
-        .expect("paula");
+    let change = crate::helpers::hold_rows(
+        &db,
+        user::Entity::find().filter(user::Column::Identifier.eq("paula")),
+    )
+    .await;
     let login = tokio::spawn({
         let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
         async move { api.try_login("paula", "password-0").await }
@@ -592,40 +595,24 @@ async fn a_login_racing_a_password_change_does_not_outlive_it(v: Variant) {
     assert!(r.session_token().is_none());
 }
 
-/// Row locks (`SELECT … FOR UPDATE`) make the window reproducible on the server databases.
-mod a_login_racing_a_password_change_does_not_outlive_it {
-    use crate::helpers::Variant;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::a_login_racing_a_password_change_does_not_outlive_it(Variant::PostgresMemory).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        super::a_login_racing_a_password_change_does_not_outlive_it(Variant::MysqlMemory).await
-    }
-}
-
 /// A guest's `createOrder` that lands while their login is under way: the login carries over
 /// the session's order as committed, not the copy it read when it began, so the new cart
 /// becomes the user's and stays active. The test holds the user's row (the login waits there,
 /// after reading the guest session) while the order is created.
 async fn a_cart_created_during_the_login_is_carried_over(v: Variant) {
     use entity::user;
-    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
     setup_user(&app, "greta", "password-0").await;
     let (guest, _) = app.anonymous_session().await;
     let db = Database::connect(&app.database_url).await.expect("connect");
-    let hold = db.begin().await.expect("begin");
-    user::Entity::find()
-        .filter(user::Column::Identifier.eq("greta"))
-        .lock_exclusive()
-        .one(&hold)
-        .await
-        .expect("lock the user's row")
-        .expect("greta");
+    let hold = crate::helpers::hold_rows(
+        &db,
+        user::Entity::find().filter(user::Column::Identifier.eq("greta")),
+    )
+    .await;
     let login = tokio::spawn({
         let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
         let guest = guest.clone();
@@ -661,16 +648,4 @@ async fn a_cart_created_during_the_login_is_carried_over(v: Variant) {
     );
     assert_eq!(active["state"], "ACTIVE");
     assert_eq!(active["user"]["identifier"], "greta");
-}
-
-mod a_cart_created_during_the_login_is_carried_over {
-    use crate::helpers::Variant;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::a_cart_created_during_the_login_is_carried_over(Variant::PostgresMemory).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        super::a_cart_created_during_the_login_is_carried_over(Variant::MysqlMemory).await
-    }
 }

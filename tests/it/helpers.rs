@@ -116,6 +116,23 @@ macro_rules! all_caches {
     };
 }
 
+/// Generates tests on PostgreSQL and MariaDB only, for tests that force an interleaving with
+/// a row lock (`SELECT … FOR UPDATE` from the test), which SQLite does not have.
+#[macro_export]
+macro_rules! server_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::helpers::Variant;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { super::$name(Variant::PostgresMemory).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() { super::$name(Variant::MysqlMemory).await }
+            }
+        )*
+    };
+}
+
 /// Like [`variants!`] but only on SQLite with the memory cache: for transport rules that do
 /// not depend on the backend.
 #[macro_export]
@@ -715,4 +732,22 @@ impl Api {
         .data()["activeSession"]
             .clone()
     }
+}
+
+/// Holds the rows `query` selects (`SELECT … FOR UPDATE`) in a transaction of its own until
+/// it is committed: a request that writes them waits, so a test can let another request in
+/// between. Panics when the query selects nothing.
+pub async fn hold_rows<E: sea_orm::EntityTrait>(
+    db: &sea_orm::DatabaseConnection,
+    query: sea_orm::Select<E>,
+) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{QuerySelect, TransactionTrait};
+    let txn = db.begin().await.expect("begin");
+    let held = query
+        .lock_exclusive()
+        .all(&txn)
+        .await
+        .expect("lock the rows");
+    assert!(!held.is_empty(), "no row to hold");
+    txn
 }

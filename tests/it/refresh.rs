@@ -18,6 +18,9 @@ crate::variants!(
     anonymous_sessions_have_no_refresh_token,
 );
 
+// Interleavings forced with row locks (see each test).
+crate::server_databases!(a_write_racing_a_refresh_shows_through_the_new_token,);
+
 const REFRESH: &str = "mutation($r: String) { refreshSession(refreshToken: $r) {
     __typename
     ... on AuthenticationSuccess { user { id identifier } session { id kind } }
@@ -252,7 +255,7 @@ async fn anonymous_sessions_have_no_refresh_token(v: Variant) {
 /// queued after it finds its token rotated out (`UNAUTHENTICATED`), as if revoked.
 async fn a_write_racing_a_refresh_shows_through_the_new_token(v: Variant) {
     use entity::session;
-    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
@@ -266,13 +269,11 @@ async fn a_write_racing_a_refresh_shows_through_the_new_token(v: Variant) {
             .ok();
         let sid = app.active_session(&login.token).await["id"].clone();
         let sid: i64 = sid.as_str().expect("id").parse().expect("numeric id");
-        let lock = db.begin().await.expect("begin");
-        session::Entity::find()
-            .filter(session::Column::Id.eq(sid))
-            .lock_exclusive()
-            .one(&lock)
-            .await
-            .expect("lock the session's row");
+        let lock = crate::helpers::hold_rows(
+            &db,
+            session::Entity::find().filter(session::Column::Id.eq(sid)),
+        )
+        .await;
         let api = || crate::helpers::Api::new(app.port, Duration::from_secs(30));
         let write = {
             let (api, token) = (api(), login.token.clone());
@@ -325,18 +326,5 @@ async fn a_write_racing_a_refresh_shows_through_the_new_token(v: Variant) {
             assert_eq!(seen["data"], json!({ "step": "zero" }), "{seen}");
             assert_eq!(seen["dataVersion"], 1, "{seen}");
         }
-    }
-}
-
-/// Row locks make the interleaving reproducible on the server databases.
-mod a_write_racing_a_refresh_shows_through_the_new_token {
-    use crate::helpers::Variant;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        super::a_write_racing_a_refresh_shows_through_the_new_token(Variant::PostgresMemory).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn mysql() {
-        super::a_write_racing_a_refresh_shows_through_the_new_token(Variant::MysqlMemory).await
     }
 }
