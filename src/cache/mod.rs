@@ -18,7 +18,7 @@ mod windows;
 pub use self::memory::MemoryCache;
 pub use self::pubsub::PubSub;
 pub use self::redis::RedisCache;
-pub use self::store::{ReadTicket, SessionStore};
+pub use self::store::{ReadTicket, SessionStore, WriteTicket};
 pub use self::tiered::TieredCache;
 pub use self::windows::RedisWindows;
 

@@ -37,10 +37,22 @@ pub struct SessionStore {
     /// entry with older data (a write, or a database read, that lost a race with a newer
     /// write) is never cached, even after a conflict between writes dropped the newer entry.
     data_floor: moka::sync::Cache<TokenHash, Arc<AtomicI64>>,
+    /// Tickets of writes to session rows, taken while the row is locked (so, for one row, in
+    /// the order the database applies the writes).
+    write_seq: AtomicU64,
+    /// The newest write ticket whose entry was cached, per token: an older write's entry,
+    /// arriving late, is not cached over it.
+    written_seq: moka::sync::Cache<TokenHash, Arc<tokio::sync::Mutex<u64>>>,
     metrics: Arc<Metrics>,
     cache_ttl_ms: i64,
     idle_ms: i64,
 }
+
+/// A write of a session row in progress: its place in the order of writes (see
+/// [`SessionStore::write_ticket`]).
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct WriteTicket(u64);
 
 /// A database read in progress: what the store knew when it started.
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +159,11 @@ impl SessionStore {
                 .max_capacity(100_000)
                 .time_to_live(cache_ttl)
                 .build(),
+            write_seq: AtomicU64::new(1),
+            written_seq: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(cache_ttl)
+                .build(),
             metrics,
             cache_ttl_ms: crate::clock::ms(cache_ttl),
             idle_ms: crate::clock::ms(idle),
@@ -250,6 +267,25 @@ impl SessionStore {
         if self.epoch.load(Ordering::Acquire) != epoch {
             self.cache.evict_local(&s.token_hash);
         }
+    }
+
+    /// A ticket for a write of a session row, to be taken while the transaction holds the row
+    /// locked and used with [`SessionStore::replace_written`] after it commits.
+    pub fn write_ticket(&self) -> WriteTicket {
+        WriteTicket(self.write_seq.fetch_add(1, Ordering::AcqRel))
+    }
+
+    /// [`SessionStore::replace`] for a committed write of the row, unless a later write of it
+    /// (a higher ticket) has already been cached here: concurrent writes of one session that
+    /// finish out of order leave the last one's entry.
+    pub async fn replace_written(&self, s: Arc<CachedSession>, ticket: WriteTicket) {
+        let slot = self.written_seq.get_with(s.token_hash, Default::default);
+        let mut newest = slot.lock().await;
+        if ticket.0 < *newest {
+            return;
+        }
+        *newest = ticket.0;
+        self.replace(s).await;
     }
 
     /// Whether a newer version of the session's data has been written through meanwhile.
@@ -387,5 +423,34 @@ mod tests {
         let read = store.start_read();
         store.put_read(with_data_version(hash, 21), read).await;
         assert_eq!(cached_version(&store, &hash).await, Some(21));
+    }
+
+    /// Two writes of one session's active columns (same data version) finish out of order:
+    /// the entry of the write the database applied last stays cached.
+    #[tokio::test]
+    async fn a_late_earlier_write_does_not_replace_a_later_one() {
+        let store = SessionStore::for_mode(
+            CacheMode::Memory,
+            None,
+            100,
+            Arc::new(Metrics::default()),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        );
+        let hash = token::generate().hash;
+        let with_channel = |channel: i64| {
+            let mut s = with_data_version(hash, 3).with_active(Some(7), Some(channel));
+            s.loaded_at = crate::clock::now_ms();
+            Arc::new(s)
+        };
+        let cached_channel = || async { store.get(&hash).await.and_then(|s| s.active_channel_id) };
+        let first = store.write_ticket();
+        let second = store.write_ticket();
+        store.replace_written(with_channel(2), second).await;
+        store.replace_written(with_channel(1), first).await;
+        assert_eq!(cached_channel().await, Some(2));
+        let third = store.write_ticket();
+        store.replace_written(with_channel(3), third).await;
+        assert_eq!(cached_channel().await, Some(3));
     }
 }

@@ -206,7 +206,7 @@ impl Mutation {
             .ok_or_else(|| AppError::not_found("no channel has this token"))?;
         let updated = svc
             .sessions
-            .set_active(&s, s.active_order_id, Some(ch.id))
+            .set_active(&s, crate::service::ActiveChange::Channel(Some(ch.id)))
             .await?;
         ctx.request_ctx()?.set_session(Some(updated.clone()));
         Ok(Session::from_cached(&updated))

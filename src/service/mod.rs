@@ -41,7 +41,7 @@ use entity::channel;
 use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 
-pub use self::session::{ClientInfo, Issued};
+pub use self::session::{ActiveChange, ClientInfo, Issued};
 
 /// Shared state of the whole server; cheap to clone.
 pub type SharedServices = Arc<Services>;
@@ -170,7 +170,7 @@ impl Services {
                 channels.clone(),
                 passwords,
             ),
-            orders: order::Orders::new(db.clone(), sessions.clone(), store),
+            orders: order::Orders::new(db.clone(), sessions.clone()),
             admin: session_admin::SessionAdmin::new(
                 db.clone(),
                 sessions.clone(),

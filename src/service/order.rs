@@ -1,15 +1,15 @@
 //! Orders and the session's active order.
 
 use super::retry_deadlocks;
-use super::session::Sessions;
-use crate::cache::SessionStore;
+use super::session::{ActiveChange, Sessions};
 use crate::clock::now_ms;
 use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
 use entity::{order, session};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
 };
 use std::sync::Arc;
 
@@ -29,20 +29,11 @@ fn owns(s: &CachedSession, o: &order::Model) -> bool {
 pub struct Orders {
     db: sea_orm::DatabaseConnection,
     sessions: Sessions,
-    store: Arc<SessionStore>,
 }
 
 impl Orders {
-    pub(super) fn new(
-        db: sea_orm::DatabaseConnection,
-        sessions: Sessions,
-        store: Arc<SessionStore>,
-    ) -> Orders {
-        Orders {
-            db,
-            sessions,
-            store,
-        }
+    pub(super) fn new(db: sea_orm::DatabaseConnection, sessions: Sessions) -> Orders {
+        Orders { db, sessions }
     }
 
     pub async fn order_by_id(&self, id: i64) -> AppResult<Option<order::Model>> {
@@ -57,24 +48,21 @@ impl Orders {
         s: &CachedSession,
         channel_id: i64,
     ) -> AppResult<(order::Model, Arc<CachedSession>)> {
-        let created = retry_deadlocks(|| self.insert_active_order(s, channel_id)).await?;
-        let updated = Arc::new(s.with_active(Some(created.id), s.active_channel_id));
-        self.store.replace(updated.clone()).await;
-        Ok((created, updated))
+        retry_deadlocks(|| self.insert_active_order(s, channel_id)).await
     }
 
     async fn insert_active_order(
         &self,
         s: &CachedSession,
         channel_id: i64,
-    ) -> AppResult<order::Model> {
+    ) -> AppResult<(order::Model, Arc<CachedSession>)> {
         let now = now_ms();
         let txn = self.db.begin().await?;
         // Check the session is live and lock its row before the insert: the order's foreign key
         // would take a shared lock on the row, which two concurrent creations then both try to
         // upgrade (a deadlock on MySQL). On error the transaction rolls back as it is dropped.
         self.sessions
-            .write_active(&txn, s, s.active_order_id, s.active_channel_id)
+            .write_active(&txn, s, ActiveChange::Lock)
             .await?;
         let created = order::Entity::insert(order::ActiveModel {
             code: Set(crate::token::random_string(12).to_uppercase()),
@@ -89,97 +77,154 @@ impl Orders {
         .exec_with_returning(&txn)
         .await?;
         self.sessions
-            .write_active(&txn, s, Some(created.id), s.active_channel_id)
+            .write_active(&txn, s, ActiveChange::Order(Some(created.id)))
             .await?;
-        txn.commit().await?;
-        Ok(created)
+        let updated = self.sessions.commit_through(txn, s).await?;
+        Ok((created, updated))
     }
 
+    /// Locks one of the caller's orders for the rest of `txn` and checks that it is `ACTIVE`.
+    /// The lock is a write of the state to itself, limited to the caller's orders (another
+    /// caller's order is `NOT_FOUND` and not locked): a write lock on every backend (SQLite has
+    /// no `FOR UPDATE`), and one that PostgreSQL's foreign-key checks from session rows do not
+    /// wait for.
+    async fn lock_active_order(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        s: &CachedSession,
+        order_id: i64,
+        missing: &'static str,
+    ) -> AppResult<order::Model> {
+        let mine = match s.user_id() {
+            Some(uid) => Condition::any()
+                .add(order::Column::UserId.eq(uid))
+                .add(order::Column::SessionId.eq(s.id)),
+            None => Condition::all()
+                .add(order::Column::UserId.is_null())
+                .add(order::Column::SessionId.eq(s.id)),
+        };
+        let locked = order::Entity::update_many()
+            .col_expr(order::Column::State, Expr::col(order::Column::State))
+            .filter(order::Column::Id.eq(order_id))
+            .filter(mine)
+            .exec(txn)
+            .await?;
+        if locked.rows_affected == 0 {
+            return Err(AppError::not_found(missing));
+        }
+        let o = order::Entity::find_by_id(order_id)
+            .one(txn)
+            .await?
+            .filter(|o| owns(s, o))
+            .ok_or_else(|| AppError::not_found(missing))?;
+        if o.state != ACTIVE {
+            return Err(AppError::bad_input(format!(
+                "the order is {}, not ACTIVE",
+                o.state
+            )));
+        }
+        Ok(o)
+    }
+
+    /// Makes one of the caller's `ACTIVE` orders the session's active order. Locks the session
+    /// row, then the order (the order of `placeOrder` and of the login's carry-over), so a
+    /// concurrent `placeOrder` either finishes first (then this is `BAD_USER_INPUT`) or waits
+    /// and then finds this session among the order's holders.
     pub async fn set_active_order(
         &self,
         s: &CachedSession,
         order_id: i64,
     ) -> AppResult<Arc<CachedSession>> {
-        let o = self
-            .order_by_id(order_id)
-            .await?
-            .filter(|o| owns(s, o))
-            .ok_or_else(|| AppError::not_found("no such order among yours"))?;
-        if o.state != ACTIVE {
-            return Err(AppError::bad_input(format!(
-                "the order is {}, not ACTIVE",
-                o.state
-            )));
-        }
-        self.sessions
-            .set_active(s, Some(o.id), s.active_channel_id)
-            .await
+        retry_deadlocks(|| async {
+            let txn = self.db.begin().await?;
+            self.sessions
+                .write_active(&txn, s, ActiveChange::Lock)
+                .await?;
+            self.lock_active_order(&txn, s, order_id, "no such order among yours")
+                .await?;
+            self.sessions
+                .write_active(&txn, s, ActiveChange::Order(Some(order_id)))
+                .await?;
+            self.sessions.commit_through(txn, s).await
+        })
+        .await
     }
 
     pub async fn unset_active_order(&self, s: &CachedSession) -> AppResult<Arc<CachedSession>> {
-        self.sessions.set_active(s, None, s.active_channel_id).await
+        self.sessions.set_active(s, ActiveChange::Order(None)).await
     }
 
-    /// Moves the active order to `PLACED` and unsets it on every session that has it active.
+    /// Moves the session's active order to `PLACED` and unsets it on every session that has it
+    /// active. One transaction, which first locks the caller's row (a session revoked meanwhile
+    /// is `UNAUTHENTICATED` and places nothing), then the order, then its holders' rows.
     pub async fn place_order(&self, s: &CachedSession) -> AppResult<order::Model> {
-        let order_id = s
-            .active_order_id
-            .ok_or_else(|| AppError::bad_input("there is no active order to place"))?;
-        let o = self
-            .order_by_id(order_id)
+        let (placed, holders) = retry_deadlocks(|| self.place_active_order(s)).await?;
+        // In a task of its own: a request dropped after the commit still drops the entries.
+        let sessions = self.sessions.clone();
+        let _ = tokio::spawn(async move {
+            for hash in holders
+                .iter()
+                .filter_map(|h| crate::token::TokenHash::from_hex(h))
+            {
+                sessions.invalidate_token(&hash).await;
+            }
+        })
+        .await;
+        Ok(placed)
+    }
+
+    async fn place_active_order(
+        &self,
+        s: &CachedSession,
+    ) -> AppResult<(order::Model, Vec<String>)> {
+        let txn = self.db.begin().await?;
+        self.sessions
+            .write_active(&txn, s, ActiveChange::Lock)
+            .await?;
+        // The order the row has active now (the request's copy may be older).
+        let order_id: Option<i64> = session::Entity::find_by_id(s.id)
+            .select_only()
+            .column(session::Column::ActiveOrderId)
+            .into_tuple::<Option<i64>>()
+            .one(&txn)
             .await?
-            .filter(|o| owns(s, o))
-            .ok_or_else(|| AppError::not_found("the active order no longer exists"))?;
-        if o.state != ACTIVE {
-            return Err(AppError::bad_input(format!(
-                "the order is {}, not ACTIVE",
-                o.state
-            )));
-        }
+            .flatten();
+        let order_id =
+            order_id.ok_or_else(|| AppError::bad_input("there is no active order to place"))?;
+        let o = self
+            .lock_active_order(&txn, s, order_id, "the active order no longer exists")
+            .await?;
         let now = now_ms();
-        let placed = order::Entity::update_many()
+        order::Entity::update_many()
             .col_expr(order::Column::State, Expr::value(PLACED))
             .col_expr(order::Column::UpdatedAt, Expr::value(now))
             .filter(order::Column::Id.eq(o.id))
-            .filter(order::Column::State.eq(ACTIVE))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
-        if placed.rows_affected != 1 {
-            return Err(AppError::bad_input(
-                "the order was placed or changed concurrently",
-            ));
-        }
         let holders: Vec<String> = session::Entity::find()
             .select_only()
             .column(session::Column::TokenHash)
             .filter(session::Column::ActiveOrderId.eq(o.id))
+            .lock_exclusive()
             .into_tuple()
-            .all(&self.db)
+            .all(&txn)
             .await?;
         // Revoked rows stay as they are: nothing may write to a revoked session.
-        retry_deadlocks(|| async {
-            session::Entity::update_many()
-                .col_expr(
-                    session::Column::ActiveOrderId,
-                    Expr::value(Option::<i64>::None),
-                )
-                .filter(session::Column::ActiveOrderId.eq(o.id))
-                .filter(session::Column::Invalidated.eq(false))
-                .exec(&self.db)
-                .await
-                .map_err(AppError::from)
-        })
-        .await?;
-        for hash in holders
-            .iter()
-            .filter_map(|h| crate::token::TokenHash::from_hex(h))
-        {
-            self.sessions.invalidate_token(&hash).await;
-        }
-        Ok(order::Model {
+        session::Entity::update_many()
+            .col_expr(
+                session::Column::ActiveOrderId,
+                Expr::value(Option::<i64>::None),
+            )
+            .filter(session::Column::ActiveOrderId.eq(o.id))
+            .filter(session::Column::Invalidated.eq(false))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        let placed = order::Model {
             state: PLACED.into(),
             updated_at: now,
             ..o
-        })
+        };
+        Ok((placed, holders))
     }
 }

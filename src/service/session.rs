@@ -181,6 +181,19 @@ pub fn live_condition(now: i64, lifetimes: &Lifetimes) -> sea_orm::Condition {
         .add(session::Column::AbsoluteExpiresAt.gt(now))
 }
 
+/// The one active column a storefront write changes (the other stays as the row has it).
+#[derive(Clone, Copy, Debug)]
+pub enum ActiveChange {
+    Order(Option<i64>),
+    Channel(Option<i64>),
+    /// Neither: only lock the live row (a write of a column with its own value).
+    Lock,
+}
+
+/// What a write of a session row can change of its cached entry: active order, active channel,
+/// data, data version.
+type WrittenColumns = (Option<i64>, Option<i64>, Option<String>, i64);
+
 /// The session service: finds a request's session and channel, creates sessions, slides their
 /// expiry, ends them, rotates refresh tokens, and keeps session data. Cheap to clone.
 #[derive(Clone)]
@@ -658,32 +671,59 @@ impl Sessions {
         Ok(n)
     }
 
-    /// Updates a session's active order and channel, in the database and the cache. Fails with
-    /// `UNAUTHENTICATED`, and writes nothing, if the session was revoked since it was resolved.
+    /// Sets one of the session's active columns, in the database and the cache, leaving the
+    /// other as the row has it (a concurrent `createOrder` and `setActiveChannel` both land).
+    /// Fails with `UNAUTHENTICATED`, and writes nothing, if the session was revoked since it was
+    /// resolved.
     pub async fn set_active(
         &self,
         s: &CachedSession,
-        order: Option<i64>,
-        channel: Option<i64>,
+        change: ActiveChange,
     ) -> AppResult<Arc<CachedSession>> {
-        retry_deadlocks(|| self.write_active(&self.db, s, order, channel)).await?;
-        let updated = Arc::new(s.with_active(order, channel));
-        self.store.replace(updated.clone()).await;
-        Ok(updated)
+        retry_deadlocks(|| async {
+            let txn = self.db.begin().await?;
+            self.write_active(&txn, s, change).await?;
+            self.commit_through(txn, s).await
+        })
+        .await
     }
 
     /// The row update of [`Self::set_active`], for callers that need it in their transaction:
-    /// only a live row is changed, and a revoked one is `UNAUTHENTICATED`.
+    /// only a live row is changed, through its current token, and only the column named;
+    /// a revoked session is `UNAUTHENTICATED`. It locks the row until the transaction ends.
     pub(crate) async fn write_active<C: ConnectionTrait>(
         &self,
         db: &C,
         s: &CachedSession,
-        order: Option<i64>,
-        channel: Option<i64>,
+        change: ActiveChange,
+    ) -> AppResult<()> {
+        let (column, value) = match change {
+            ActiveChange::Order(order) => (session::Column::ActiveOrderId, order),
+            ActiveChange::Channel(channel) => (session::Column::ActiveChannelId, channel),
+            // Writes the column with its own value: locks the row and checks it is live.
+            ActiveChange::Lock => {
+                return self
+                    .write_live(
+                        db,
+                        s,
+                        session::Column::ActiveOrderId,
+                        Expr::col(session::Column::ActiveOrderId),
+                    )
+                    .await
+            }
+        };
+        self.write_live(db, s, column, Expr::value(value)).await
+    }
+
+    async fn write_live<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        s: &CachedSession,
+        column: session::Column,
+        value: Expr,
     ) -> AppResult<()> {
         let written = session::Entity::update_many()
-            .col_expr(session::Column::ActiveOrderId, Expr::value(order))
-            .col_expr(session::Column::ActiveChannelId, Expr::value(channel))
+            .col_expr(column, value)
             .filter(session::Column::Id.eq(s.id))
             // Through the token still current: one rotated out by a refresh while this request
             // ran is dead, like a revoked one (its write would miss the new token's entry).
@@ -697,6 +737,45 @@ impl Sessions {
             ));
         }
         Ok(())
+    }
+
+    /// Ends a transaction that wrote the session's row (which it holds locked): reads back what
+    /// the cache holds of the row, commits, then replaces the cached entry with what it read.
+    ///
+    /// The read-back is a locking read, so it sees every write committed before this one (on
+    /// MySQL too, whose plain reads may use an older snapshot), and its ticket is taken while
+    /// the row is still locked: on this instance, writes of one session replace the entry in
+    /// the order the database applied them, and a later write's entry is never overwritten by
+    /// an earlier one's. The replacement runs in a task of its own, so a request dropped after
+    /// the commit still updates the cache.
+    pub(crate) async fn commit_through(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        s: &CachedSession,
+    ) -> AppResult<Arc<CachedSession>> {
+        let row: Option<WrittenColumns> = session::Entity::find_by_id(s.id)
+            .select_only()
+            .columns([
+                session::Column::ActiveOrderId,
+                session::Column::ActiveChannelId,
+                session::Column::Data,
+                session::Column::DataVersion,
+            ])
+            .lock_exclusive()
+            .into_tuple()
+            .one(&txn)
+            .await?;
+        let (order, channel, data, data_version) =
+            row.ok_or_else(|| AppError::unauthenticated("the session has ended"))?;
+        let mut entry = s.with_active(order, channel);
+        entry.data = super::session_data::parse_stored(data.as_deref());
+        entry.data_version = data_version;
+        let entry = Arc::new(entry);
+        let ticket = self.store.write_ticket();
+        txn.commit().await?;
+        let (store, written) = (self.store.clone(), entry.clone());
+        let _ = tokio::spawn(async move { store.replace_written(written, ticket).await }).await;
+        Ok(entry)
     }
 
     /// Rotates both tokens of the session that owns `refresh_token`.

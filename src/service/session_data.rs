@@ -13,7 +13,9 @@ use crate::domain::{CachedSession, SessionData};
 use crate::error::{AppError, AppResult};
 use entity::session;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+};
 use std::sync::Arc;
 
 /// Longest key, in characters.
@@ -117,7 +119,7 @@ pub(crate) async fn take_data<C: ConnectionTrait>(
 }
 
 /// What an update reads of the row.
-type Current = (Option<String>, i64, Option<i64>, Option<i64>);
+type Current = (Option<String>, i64);
 
 impl Sessions {
     /// Applies `change` to the session's data and returns the session as it now is.
@@ -136,19 +138,14 @@ impl Sessions {
         for _ in 0..MAX_ROUNDS {
             let current: Option<Current> = session::Entity::find_by_id(s.id)
                 .select_only()
-                .columns([
-                    session::Column::Data,
-                    session::Column::DataVersion,
-                    session::Column::ActiveOrderId,
-                    session::Column::ActiveChannelId,
-                ])
+                .columns([session::Column::Data, session::Column::DataVersion])
                 .filter(session::Column::Invalidated.eq(false))
                 // Through the token still current (see the write below).
                 .filter(session::Column::TokenHash.eq(hash.as_str()))
                 .into_tuple()
                 .one(&self.db)
                 .await?;
-            let Some((stored, version, order, channel)) = current else {
+            let Some((stored, version)) = current else {
                 return Err(AppError::unauthenticated("the session has ended"));
             };
             if let Some(expected) = change.expected_version {
@@ -171,7 +168,8 @@ impl Sessions {
                 )));
             }
             let written = retry_deadlocks(|| async {
-                Ok(session::Entity::update_many()
+                let txn = self.db.begin().await?;
+                let written = session::Entity::update_many()
                     .col_expr(session::Column::Data, Expr::value(text.clone()))
                     .col_expr(session::Column::DataVersion, Expr::value(version + 1))
                     .filter(session::Column::Id.eq(s.id))
@@ -180,17 +178,17 @@ impl Sessions {
                     // A token rotated out by a refresh meanwhile is dead: its write would go
                     // to its own cache entry, and the new token's would miss it.
                     .filter(session::Column::TokenHash.eq(hash.as_str()))
-                    .exec(&self.db)
+                    .exec(&txn)
                     .await?
-                    .rows_affected)
+                    .rows_affected;
+                if written == 0 {
+                    return Ok(None);
+                }
+                // The active order and channel as the row has them now, not as first read.
+                self.commit_through(txn, s).await.map(Some)
             })
             .await?;
-            if written == 1 {
-                let mut updated = s.with_active(order, channel);
-                updated.data = (!merged.is_empty()).then(|| Arc::new(merged));
-                updated.data_version = version + 1;
-                let updated = Arc::new(updated);
-                self.store.replace(updated.clone()).await;
+            if let Some(updated) = written {
                 return Ok(updated);
             }
             // Another update (or a revocation) landed between the read and the write.

@@ -5,6 +5,7 @@
 use crate::helpers::{TestApp, Variant};
 use serde_json::{json, Value};
 use session_server::config::{TokenMethods, TrustProxy};
+use std::time::Duration;
 
 crate::variants!(
     anonymous_session_token_and_cookie,
@@ -18,6 +19,14 @@ crate::variants!(
     unset_and_place_order,
     connection_info_is_recorded,
     forwarded_for_only_with_trust_proxy,
+);
+
+// Interleavings forced with row locks (see each test).
+crate::server_databases!(
+    a_channel_switch_racing_create_order_keeps_both,
+    a_data_update_racing_a_channel_switch_keeps_the_channel,
+    an_order_activated_while_it_is_placed_is_not_left_active,
+    place_order_through_a_session_revoked_meanwhile_places_nothing,
 );
 
 const SESSION_FIELDS: &str = "{ activeSession { id kind ipAddress userAgent } }";
@@ -454,4 +463,229 @@ async fn forwarded_for_only_with_trust_proxy(v: Variant) {
     let (token, _) = app.anonymous_session().await;
     let r = app.gql_as(&token, SESSION_FIELDS, json!({})).await.ok();
     assert_eq!(r.data()["activeSession"]["ipAddress"], "127.0.0.1");
+}
+
+/// Runs `query` as `token` on its own task, so the test can go on while it waits for a row.
+fn spawn_as(
+    app: &TestApp,
+    token: &str,
+    query: &'static str,
+    variables: Value,
+) -> tokio::task::JoinHandle<crate::helpers::Gql> {
+    let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+    let token = token.to_string();
+    tokio::spawn(async move { api.gql_as(&token, query, variables).await })
+}
+
+/// A session's row, read from the database (not through the server's cache).
+async fn session_row(db: &sea_orm::DatabaseConnection, id: i64) -> entity::session::Model {
+    use sea_orm::EntityTrait;
+    entity::session::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .expect("read the session")
+        .expect("the session row")
+}
+
+/// Holds one session's row until the returned transaction is committed.
+async fn hold_session(db: &sea_orm::DatabaseConnection, id: i64) -> sea_orm::DatabaseTransaction {
+    use entity::session;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    crate::helpers::hold_rows(
+        db,
+        session::Entity::find().filter(session::Column::Id.eq(id)),
+    )
+    .await
+}
+
+fn number(v: &Value) -> i64 {
+    crate::helpers::str_of(v).parse().expect("a numeric id")
+}
+
+const SET_CHANNEL: &str =
+    "mutation($t: String!) { setActiveChannel(token: $t) { activeChannel { code } } }";
+const ACTIVE_PARTS: &str =
+    "{ activeSession { activeChannel { code } activeOrder { id state } data dataVersion } }";
+
+/// `setActiveChannel` and `createOrder` on one session at once both land, in the database and
+/// in the cache: neither writes the other's column back from its copy of the session. Both
+/// wait for the session's row (held by the test) and go on together.
+async fn a_channel_switch_racing_create_order_keeps_both(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
+    let (token, id) = app.anonymous_session().await;
+    let id: i64 = id.parse().expect("a numeric id");
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let hold = hold_session(&db, id).await;
+    let switch = spawn_as(&app, &token, SET_CHANNEL, json!({ "t": eu_token }));
+    let create = spawn_as(&app, &token, "mutation { createOrder { id } }", json!({}));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !switch.is_finished() && !create.is_finished(),
+        "the writes did not wait for the row"
+    );
+    hold.commit().await.expect("release the row");
+    switch.await.expect("setActiveChannel task").ok();
+    let created = create.await.expect("createOrder task").ok();
+    let order_id = number(&created.data()["createOrder"]["id"]);
+
+    let row = session_row(&db, id).await;
+    assert_eq!(
+        row.active_channel_id,
+        Some(eu_id.parse().unwrap()),
+        "{row:?}"
+    );
+    assert_eq!(row.active_order_id, Some(order_id), "{row:?}");
+    let r = app.gql_as(&token, ACTIVE_PARTS, json!({})).await.ok();
+    let s = &r.data()["activeSession"];
+    assert_eq!(s["activeChannel"]["code"], "eu", "{}", r.body);
+    assert_eq!(number(&s["activeOrder"]["id"]), order_id, "{}", r.body);
+}
+
+/// An `updateSessionData` that read the session before a `setActiveChannel` committed, and
+/// wrote after it, leaves the new channel in the cache (it used to cache the channel it first
+/// read). The test holds the row; the channel switch queues for it first, then the data update.
+async fn a_data_update_racing_a_channel_switch_keeps_the_channel(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let (_, eu_token) = app.create_channel(&admin, "eu").await;
+    let (token, id) = app.anonymous_session().await;
+    let id: i64 = id.parse().expect("a numeric id");
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let hold = hold_session(&db, id).await;
+    let switch = spawn_as(&app, &token, SET_CHANNEL, json!({ "t": eu_token }));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let update = spawn_as(
+        &app,
+        &token,
+        "mutation { updateSessionData(set: { step: 2 }) { dataVersion } }",
+        json!({}),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !switch.is_finished() && !update.is_finished(),
+        "the writes did not wait for the row"
+    );
+    hold.commit().await.expect("release the row");
+    switch.await.expect("setActiveChannel task").ok();
+    update.await.expect("updateSessionData task").ok();
+
+    let r = app.gql_as(&token, ACTIVE_PARTS, json!({})).await.ok();
+    let s = &r.data()["activeSession"];
+    assert_eq!(s["activeChannel"]["code"], "eu", "{}", r.body);
+    assert_eq!(s["data"], json!({ "step": 2 }), "{}", r.body);
+    assert_eq!(s["dataVersion"], 1, "{}", r.body);
+}
+
+/// Placing an order while another session of its owner activates it leaves no session with
+/// the placed order active. The test holds the second session's row, so the activation has
+/// checked (old code) or locked (now) the order when the placing runs.
+async fn an_order_activated_while_it_is_placed_is_not_left_active(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "olga", "password-0", &[]).await;
+    let one = app.login("olga", "password-0").await.token;
+    let two = app.login("olga", "password-0").await.token;
+    let r = app
+        .gql_as(&one, "mutation { createOrder { id } }", json!({}))
+        .await
+        .ok();
+    let order_id = number(&r.data()["createOrder"]["id"]);
+    let two_id = number(&app.active_session(&two).await["id"]);
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let hold = hold_session(&db, two_id).await;
+    let activate = spawn_as(
+        &app,
+        &two,
+        "mutation($o: ID!) { setActiveOrder(orderId: $o) { activeOrder { id } } }",
+        json!({ "o": order_id.to_string() }),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !activate.is_finished(),
+        "the activation did not wait for the row"
+    );
+    let place = spawn_as(
+        &app,
+        &one,
+        "mutation { placeOrder { id state } }",
+        json!({}),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    hold.commit().await.expect("release the row");
+    let activated = activate.await.expect("setActiveOrder task");
+    assert_ne!(activated.status, 500, "{}", activated.body);
+    let placed = place.await.expect("placeOrder task").ok();
+    assert_eq!(
+        placed.data()["placeOrder"]["state"],
+        "PLACED",
+        "{}",
+        placed.body
+    );
+
+    assert_eq!(session_row(&db, two_id).await.active_order_id, None);
+    for token in [&one, &two] {
+        let r = app.gql_as(token, ACTIVE_PARTS, json!({})).await.ok();
+        assert!(
+            r.data()["activeSession"]["activeOrder"].is_null(),
+            "a placed order is still active: {}",
+            r.body
+        );
+    }
+}
+
+/// A `placeOrder` whose session is revoked while it waits places nothing. The test holds the
+/// session's row and revokes it in that transaction.
+async fn place_order_through_a_session_revoked_meanwhile_places_nothing(v: Variant) {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let r = app
+        .gql("mutation { createOrder { id } }", json!({}))
+        .await
+        .ok();
+    let token = r.session_token().expect("a session token");
+    let order_id = number(&r.data()["createOrder"]["id"]);
+    let id = number(&app.active_session(&token).await["id"]);
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let revoke = hold_session(&db, id).await;
+    let place = spawn_as(
+        &app,
+        &token,
+        "mutation { placeOrder { id state } }",
+        json!({}),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    entity::session::Entity::update_many()
+        .col_expr(entity::session::Column::Invalidated, Expr::value(true))
+        .filter(entity::session::Column::Id.eq(id))
+        .exec(&revoke)
+        .await
+        .expect("revoke the session");
+    revoke.commit().await.expect("commit the revocation");
+    let r = place.await.expect("placeOrder task");
+    assert_eq!(r.error_code(), Some("UNAUTHENTICATED"), "{}", r.body);
+    let order = entity::order::Entity::find_by_id(order_id)
+        .one(&db)
+        .await
+        .expect("read the order")
+        .expect("the order");
+    assert_eq!(order.state, "ACTIVE", "a revoked session placed the order");
 }
