@@ -192,9 +192,11 @@ impl Auth {
         // The attempt is reserved before the password is checked, so concurrent guesses cannot
         // all pass the check: a wrong password keeps it (a counted failure), anything else gives
         // it back.
+        let turn = self.throttle.login_turn(&identifier).await;
         let reservation = match self.throttle.reserve_login(&identifier, address).await {
             Ok(r) => r,
             Err(throttled) => {
+                drop(turn);
                 self.metrics.login("throttled");
                 let event = origin
                     .event(EventType::LoginThrottled)
@@ -218,6 +220,7 @@ impl Auth {
             Ok((Some(found), true)) => found,
             Ok((found, _)) => {
                 // The reservation stays: it is this failure, counted.
+                drop(turn);
                 self.metrics.login("invalid_credentials");
                 let event = failed(found.map(|u| u.id), "bad_credentials");
                 self.sessions.record_now(vec![event]).await?;
@@ -237,6 +240,7 @@ impl Auth {
             return Ok(LoginOutcome::NotVerified);
         }
         self.throttle.clear_identifier(&identifier).await;
+        drop(turn);
         let Some(user) = self.sessions.load_cached_user(&self.db, found.id).await? else {
             return Ok(LoginOutcome::InvalidCredentials);
         };

@@ -6,9 +6,14 @@
 use crate::cache::{RedisCache, RedisWindows};
 use crate::clock::{ms, now_ms};
 use crate::error::{AppError, AppResult};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+/// Longest a login waits for the logins of the same identifier already being checked here.
+const LOGIN_TURN_WAIT: Duration = Duration::from_secs(5);
+/// Most logins of one identifier waiting for their turn at once; more go ahead without one.
+const LOGIN_TURN_WAITERS: usize = 8;
 
 /// Window of the anonymous-session limit (`ANONYMOUS_SESSIONS_PER_ADDRESS` is per minute).
 const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
@@ -200,6 +205,16 @@ pub struct Throttle {
     max_per_identifier: u32,
     max_per_address: u32,
     anonymous_per_address: u32,
+    /// One login of an identifier at a time in this process, from its reservation until it
+    /// is settled (see [`Throttle::login_turn`]).
+    login_turns: moka::sync::Cache<String, Arc<LoginTurn>>,
+}
+
+/// The turn of one identifier's logins, and how many wait for it.
+#[derive(Default)]
+struct LoginTurn {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    waiting: AtomicUsize,
 }
 
 impl Throttle {
@@ -211,7 +226,35 @@ impl Throttle {
             max_per_identifier: config.login_max_attempts,
             max_per_address: config.login_max_attempts_per_address,
             anonymous_per_address: config.anonymous_sessions_per_address,
+            login_turns: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(LOGIN_TURN_WAIT * 4)
+                .build(),
         }
+    }
+
+    /// Waits until no other login of this identifier is between its reservation and its
+    /// outcome in this process (at most [`LOGIN_TURN_WAIT`], and only behind fewer than
+    /// [`LOGIN_TURN_WAITERS`] others; else it goes ahead without a turn). Held until the attempt is settled, so an attempt still being checked never
+    /// counts against the next: six correct logins sent at once all succeed, where they used
+    /// to refuse each other as failures not yet known to be successes. Guesses gain nothing:
+    /// each is still reserved before it is checked, and refused ones return at once.
+    pub async fn login_turn(&self, identifier: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let turn = self
+            .login_turns
+            .get_with(identifier.to_string(), Default::default);
+        if let Ok(mine) = turn.lock.clone().try_lock_owned() {
+            return Some(mine);
+        }
+        // A flood of attempts (refused ones too) must not hold everyone else up: past a few
+        // waiters, an attempt goes ahead without a turn, as if there were none.
+        if turn.waiting.fetch_add(1, Ordering::AcqRel) >= LOGIN_TURN_WAITERS {
+            turn.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mine = tokio::time::timeout(LOGIN_TURN_WAIT, turn.lock.clone().lock_owned()).await;
+        turn.waiting.fetch_sub(1, Ordering::AcqRel);
+        mine.ok()
     }
 
     fn identifier_key(identifier: &str) -> String {

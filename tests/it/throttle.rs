@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 crate::all_caches!(
     concurrent_guesses_for_one_identifier_are_not_all_evaluated,
+    concurrent_right_passwords_for_one_identifier_all_succeed,
     concurrent_guesses_from_one_address_are_not_all_evaluated,
     change_password_is_throttled_per_user,
     identifiers_are_one_normalized_form,
@@ -76,6 +77,37 @@ async fn concurrent_guesses_for_one_identifier_are_not_all_evaluated(v: Variant)
     }
     // The identifier stays locked, even for the right password.
     let r = app.try_login("victim", "victim-password-1").await.ok();
+    assert_eq!(typename(&r), "TooManyAttemptsError", "{}", r.body);
+}
+
+/// Logins with the right password sent at once do not refuse each other: an attempt still
+/// being checked is not counted against the next (it used to be, as a failure not yet known to
+/// be a success, with a retry after the whole `LOGIN_WINDOW`). One hash at a time, so every
+/// reservation overlaps another.
+async fn concurrent_right_passwords_for_one_identifier_all_succeed(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.login_max_attempts = 2;
+        c.password_hash_concurrency = Some(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "double", "double-password-1", &[])
+        .await;
+    let app = &app;
+    let logins = (0..6).map(|_| async move { app.try_login("double", "double-password-1").await });
+    let responses: Vec<Gql> = join_all(logins).await.into_iter().map(Gql::ok).collect();
+    for r in &responses {
+        assert_eq!(typename(r), "AuthenticationSuccess", "{}", r.body);
+    }
+    // Guesses are still counted: two wrong passwords lock the identifier.
+    for _ in 0..2 {
+        let r = app.try_login("double", "wrong").await.ok();
+        assert_eq!(typename(&r), "InvalidCredentialsError", "{}", r.body);
+    }
+    let r = app.try_login("double", "double-password-1").await.ok();
     assert_eq!(typename(&r), "TooManyAttemptsError", "{}", r.body);
 }
 
