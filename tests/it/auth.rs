@@ -27,6 +27,7 @@ crate::variants!(
 crate::server_databases!(
     a_login_racing_a_password_change_does_not_outlive_it,
     a_cart_created_during_the_login_is_carried_over,
+    a_login_racing_a_role_removal_does_not_cache_the_old_grants,
 );
 
 const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Boolean) {
@@ -648,4 +649,57 @@ async fn a_cart_created_during_the_login_is_carried_over(v: Variant) {
     );
     assert_eq!(active["state"], "ACTIVE");
     assert_eq!(active["user"]["identifier"], "greta");
+}
+
+/// A login that read the user's grants before a role was removed, and opens its session after,
+/// does not cache the old grants: its entry counts as read when the login started, so the
+/// removal's mark refuses it. The test holds the user's row, so the login waits at its write
+/// (after reading the grants) while the role is removed.
+async fn a_login_racing_a_role_removal_does_not_cache_the_old_grants(v: Variant) {
+    use entity::user;
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let role = app.create_role(&admin, "reader", &["READ_SESSION"]).await;
+    let rita = app
+        .create_user(&admin, "rita", "password-0", &[role.as_str()])
+        .await;
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    let hold = crate::helpers::hold_rows(
+        &db,
+        user::Entity::find().filter(user::Column::Identifier.eq("rita")),
+    )
+    .await;
+    let login = tokio::spawn({
+        let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        async move { api.try_login("rita", "password-0").await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!login.is_finished(), "the login did not wait for the row");
+    let removed = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.gql_as(
+            &admin,
+            "mutation($u: ID!, $r: ID!) { removeRole(userId: $u, roleId: $r) { id } }",
+            json!({ "u": rita, "r": role }),
+        ),
+    )
+    .await
+    .expect("removeRole does not wait for the user's row");
+    removed.ok();
+    hold.commit().await.expect("release the row");
+    let r = login.await.expect("login task").ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+    let token = r.session_token().expect("a session token");
+    let me = app
+        .gql_as(&token, "{ me { channels { permissions } } }", json!({}))
+        .await
+        .ok();
+    assert!(
+        !me.body.to_string().contains("READ_SESSION"),
+        "the removed role's permission came back: {}",
+        me.body
+    );
 }
