@@ -2,6 +2,7 @@
 //! (throttled through `throttle`) with anonymous-session carry-over, password changes.
 
 use super::events::Origin;
+use super::retry_deadlocks;
 use super::session::Sessions;
 use super::session::{Issued, NewSession};
 use super::throttle::Throttle;
@@ -245,111 +246,121 @@ impl Auth {
             return Ok(LoginOutcome::InvalidCredentials);
         };
 
-        // Only writes inside the transaction: on SQLite a transaction that reads first and then
-        // writes can fail to upgrade its lock under concurrency.
-        let txn = self.db.begin().await?;
-        // The user row first: its exclusive lock queues concurrent logins of the same user.
-        // Taken after the session insert (whose foreign key share-locks the user row on
-        // MariaDB), two such logins deadlocked.
-        // Only if the credentials checked above still stand: a password change, a reset or an
-        // unverification that committed since (and ended the user's sessions) ends this login
-        // too, instead of leaving it a session the change never saw.
-        let still = user::Entity::update_many()
-            .col_expr(user::Column::LastLoginAt, Expr::value(now))
-            .filter(user::Column::Id.eq(found.id))
-            .filter(user::Column::PasswordHash.eq(found.password_hash.as_str()))
-            .filter(user::Column::Verified.eq(true))
-            .exec(&txn)
-            .await?;
-        if still.rows_affected == 0 {
-            txn.rollback().await?;
+        let as_user = origin.acting_as(found.id);
+        // One transaction, run again if the database picks it as a deadlock's victim (on
+        // MariaDB a `createOrder` of the presented session, whose insert share-locks the user
+        // row, can cross this login's locks). Only writes come first in it: on SQLite a
+        // transaction that reads first and then writes can fail to upgrade its lock under
+        // concurrency.
+        let opened = retry_deadlocks(|| async {
+            let txn = self.db.begin().await?;
+            // The user row first: its exclusive lock queues concurrent logins of the same user.
+            // Taken after the session insert (whose foreign key share-locks the user row on
+            // MariaDB), two such logins deadlocked.
+            // Only if the credentials checked above still stand: a password change, a reset or an
+            // unverification that committed since (and ended the user's sessions) ends this login
+            // too, instead of leaving it a session the change never saw.
+            let still = user::Entity::update_many()
+                .col_expr(user::Column::LastLoginAt, Expr::value(now))
+                .filter(user::Column::Id.eq(found.id))
+                .filter(user::Column::PasswordHash.eq(found.password_hash.as_str()))
+                .filter(user::Column::Verified.eq(true))
+                .exec(&txn)
+                .await?;
+            if still.rows_affected == 0 {
+                txn.rollback().await?;
+                return Ok(None);
+            }
+            // The presented session is replaced: claim it (only one login may consume it).
+            let mut carried = (None, None);
+            let mut carried_data = None;
+            let mut events = Vec::new();
+            if let Some(old) = &current {
+                let claimed = session::Entity::update_many()
+                    .col_expr(session::Column::Invalidated, Expr::value(true))
+                    .filter(session::Column::Id.eq(old.id))
+                    .filter(session::Column::Invalidated.eq(false))
+                    .exec(&txn)
+                    .await?;
+                if claimed.rows_affected == 1 {
+                    events.push(
+                        as_user
+                            .event(EventType::SessionRevoked)
+                            .session(old.id)
+                            .user(old.user_id())
+                            .reason("replaced"),
+                    );
+                }
+                if claimed.rows_affected == 1 && old.user.is_none() {
+                    // The order, channel and data as committed, not as this request's copy of the
+                    // session has them (a `createOrder` or `setActiveChannel` may have landed since
+                    // it began); the claim above already holds the row, so none can land now.
+                    let (order_id, channel_id): (Option<i64>, Option<i64>) =
+                        session::Entity::find_by_id(old.id)
+                            .select_only()
+                            .columns([
+                                session::Column::ActiveOrderId,
+                                session::Column::ActiveChannelId,
+                            ])
+                            .into_tuple()
+                            .one(&txn)
+                            .await?
+                            .unwrap_or((None, None));
+                    carried_data = super::session_data::take_data(&txn, old.id).await?;
+                    let mut order_carried = None;
+                    if let Some(order_id) = order_id {
+                        // The guest order becomes the user's, if it is still a cart (a
+                        // `placeOrder` may have won the race).
+                        let moved = order::Entity::update_many()
+                            .col_expr(order::Column::UserId, Expr::value(found.id))
+                            .col_expr(order::Column::SessionId, Expr::value(Option::<i64>::None))
+                            .col_expr(order::Column::UpdatedAt, Expr::value(now))
+                            .filter(order::Column::Id.eq(order_id))
+                            .filter(order::Column::SessionId.eq(old.id))
+                            .filter(order::Column::State.eq(super::order::ACTIVE))
+                            .exec(&txn)
+                            .await?;
+                        if moved.rows_affected == 1 {
+                            order_carried = Some(order_id);
+                        }
+                    }
+                    carried = (order_carried, channel_id);
+                }
+            }
+            let issued = self
+                .sessions
+                .insert_session(
+                    &txn,
+                    NewSession {
+                        user: Some(user.clone()),
+                        read_at: now,
+                        authentication_strategy: Some("native".into()),
+                        active_order_id: carried.0,
+                        active_channel_id: carried.1,
+                        data: carried_data,
+                        remember_me,
+                        client,
+                    },
+                )
+                .await?;
+            events.push(
+                as_user
+                    .event(EventType::LoginSucceeded)
+                    .session(issued.session.id)
+                    .user(Some(found.id))
+                    .identifier(&identifier),
+            );
+            let recorded = self.sessions.events().record(&txn, now, events).await?;
+            txn.commit().await?;
+            Ok(Some((issued, recorded)))
+        })
+        .await?;
+        let Some((issued, recorded)) = opened else {
             self.metrics.login("invalid_credentials");
             let event = failed(Some(found.id), "credentials_changed");
             self.sessions.record_now(vec![event]).await?;
             return Ok(LoginOutcome::InvalidCredentials);
-        }
-        // The presented session is replaced: claim it (only one login may consume it).
-        let mut carried = (None, None);
-        let mut carried_data = None;
-        let as_user = origin.acting_as(found.id);
-        let mut events = Vec::new();
-        if let Some(old) = &current {
-            let claimed = session::Entity::update_many()
-                .col_expr(session::Column::Invalidated, Expr::value(true))
-                .filter(session::Column::Id.eq(old.id))
-                .filter(session::Column::Invalidated.eq(false))
-                .exec(&txn)
-                .await?;
-            if claimed.rows_affected == 1 {
-                events.push(
-                    as_user
-                        .event(EventType::SessionRevoked)
-                        .session(old.id)
-                        .user(old.user_id())
-                        .reason("replaced"),
-                );
-            }
-            if claimed.rows_affected == 1 && old.user.is_none() {
-                // The order, channel and data as committed, not as this request's copy of the
-                // session has them (a `createOrder` or `setActiveChannel` may have landed since
-                // it began); the claim above already holds the row, so none can land now.
-                let (order_id, channel_id): (Option<i64>, Option<i64>) =
-                    session::Entity::find_by_id(old.id)
-                        .select_only()
-                        .columns([
-                            session::Column::ActiveOrderId,
-                            session::Column::ActiveChannelId,
-                        ])
-                        .into_tuple()
-                        .one(&txn)
-                        .await?
-                        .unwrap_or((None, None));
-                carried_data = super::session_data::take_data(&txn, old.id).await?;
-                let mut order_carried = None;
-                if let Some(order_id) = order_id {
-                    // The guest order becomes the user's, if it is still a cart (a
-                    // `placeOrder` may have won the race).
-                    let moved = order::Entity::update_many()
-                        .col_expr(order::Column::UserId, Expr::value(found.id))
-                        .col_expr(order::Column::SessionId, Expr::value(Option::<i64>::None))
-                        .col_expr(order::Column::UpdatedAt, Expr::value(now))
-                        .filter(order::Column::Id.eq(order_id))
-                        .filter(order::Column::SessionId.eq(old.id))
-                        .filter(order::Column::State.eq(super::order::ACTIVE))
-                        .exec(&txn)
-                        .await?;
-                    if moved.rows_affected == 1 {
-                        order_carried = Some(order_id);
-                    }
-                }
-                carried = (order_carried, channel_id);
-            }
-        }
-        let issued = self
-            .sessions
-            .insert_session(
-                &txn,
-                NewSession {
-                    user: Some(user.clone()),
-                    read_at: now,
-                    authentication_strategy: Some("native".into()),
-                    active_order_id: carried.0,
-                    active_channel_id: carried.1,
-                    data: carried_data,
-                    remember_me,
-                    client,
-                },
-            )
-            .await?;
-        events.push(
-            as_user
-                .event(EventType::LoginSucceeded)
-                .session(issued.session.id)
-                .user(Some(found.id))
-                .identifier(&identifier),
-        );
-        let recorded = self.sessions.events().record(&txn, now, events).await?;
-        txn.commit().await?;
+        };
         self.sessions.events().publish(recorded);
 
         if let Some(old) = &current {

@@ -28,6 +28,7 @@ crate::server_databases!(
     a_login_racing_a_password_change_does_not_outlive_it,
     a_cart_created_during_the_login_is_carried_over,
     a_login_racing_a_role_removal_does_not_cache_the_old_grants,
+    a_login_chosen_as_a_deadlock_victim_is_run_again,
 );
 
 const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Boolean) {
@@ -702,4 +703,80 @@ async fn a_login_racing_a_role_removal_does_not_cache_the_old_grants(v: Variant)
         "the removed role's permission came back: {}",
         me.body
     );
+}
+
+/// A login that the database picks as the victim of a deadlock is run again instead of
+/// answering INTERNAL. The deadlock is the one a re-login in one tab and a `createOrder` in
+/// another make on MariaDB: the login holds the user's row and waits for the presented
+/// session's row; the test's transaction holds that session's row (and has changed more rows,
+/// so it is not the victim) and inserts an order of the user, whose foreign key waits for the
+/// user's row. PostgreSQL's foreign-key lock does not wait there: no deadlock, same outcome.
+async fn a_login_chosen_as_a_deadlock_victim_is_run_again(v: Variant) {
+    use entity::{channel, order, session};
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ActiveValue::Set, ColumnTrait, Database, EntityTrait, QueryFilter};
+    let Some(app) = TestApp::spawn_with(v, |c| c.anonymous_sessions_per_address = 0).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let lena = app.create_user(&admin, "lena", "password-0", &[]).await;
+    let lena: i64 = lena.parse().expect("a numeric id");
+    for _ in 0..20 {
+        app.anonymous_session().await;
+    }
+    let first = app.login("lena", "password-0").await.token;
+    let first_id: i64 = crate::helpers::str_of(&app.active_session(&first).await["id"])
+        .parse()
+        .expect("a numeric id");
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    let default_channel = channel::Entity::find()
+        .filter(channel::Column::Code.eq("default"))
+        .one(&db)
+        .await
+        .expect("read the channels")
+        .expect("the default channel");
+    let tab = crate::helpers::hold_rows(
+        &db,
+        session::Entity::find().filter(session::Column::Id.eq(first_id)),
+    )
+    .await;
+    let login = tokio::spawn({
+        let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        let first = first.clone();
+        async move {
+            crate::helpers::Api::send(
+                api.post(LOGIN, json!({ "u": "lena", "p": "password-0" }))
+                    .bearer_auth(&first),
+            )
+            .await
+        }
+    });
+    // The login has the user's row and waits for the session's.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!login.is_finished(), "the login did not wait for the row");
+    session::Entity::update_many()
+        .col_expr(session::Column::UserAgent, Expr::value("another tab"))
+        .filter(session::Column::Id.ne(first_id))
+        .exec(&tab)
+        .await
+        .expect("change other rows");
+    let now = chrono::Utc::now().timestamp_millis();
+    order::Entity::insert(order::ActiveModel {
+        code: Set("DEADLOCK0001".into()),
+        state: Set("ACTIVE".into()),
+        user_id: Set(Some(lena)),
+        session_id: Set(None),
+        channel_id: Set(default_channel.id),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .exec(&tab)
+    .await
+    .expect("the test's transaction is not the victim");
+    tab.commit().await.expect("commit");
+    let r = login.await.expect("login task");
+    assert_ne!(r.status, 500, "{}", r.body);
+    let r = r.ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
 }
