@@ -288,6 +288,16 @@ impl SessionStore {
         self.replace(s).await;
     }
 
+    /// Drops a token's entry after a committed write of its row that does not cache the row
+    /// itself (a write of many rows, like `placeOrder` unsetting the order everywhere): a write
+    /// with a lower ticket that is replacing late cannot put its entry back after the drop.
+    pub async fn invalidate_written(&self, hash: &TokenHash, ticket: WriteTicket) {
+        let slot = self.written_seq.get_with(*hash, Default::default);
+        let mut newest = slot.lock().await;
+        *newest = (*newest).max(ticket.0);
+        self.invalidate(Invalidation::Token(*hash)).await;
+    }
+
     /// Whether a newer version of the session's data has been written through meanwhile.
     fn older_than_written(&self, s: &CachedSession) -> bool {
         self.data_floor
@@ -426,9 +436,10 @@ mod tests {
     }
 
     /// Two writes of one session's active columns (same data version) finish out of order:
-    /// the entry of the write the database applied last stays cached.
+    /// the entry of the write the database applied last stays cached; nor does a late write
+    /// come back after a later drop.
     #[tokio::test]
-    async fn a_late_earlier_write_does_not_replace_a_later_one() {
+    async fn a_late_earlier_write_does_not_replace_a_later_one_or_a_drop() {
         let store = SessionStore::for_mode(
             CacheMode::Memory,
             None,
@@ -452,5 +463,11 @@ mod tests {
         let third = store.write_ticket();
         store.replace_written(with_channel(3), third).await;
         assert_eq!(cached_channel().await, Some(3));
+        // A write committed before a drop of the row (placeOrder's), replacing after it.
+        let before = store.write_ticket();
+        let drop = store.write_ticket();
+        store.invalidate_written(&hash, drop).await;
+        store.replace_written(with_channel(4), before).await;
+        assert_eq!(cached_channel().await, None);
     }
 }

@@ -2,6 +2,7 @@
 
 use super::retry_deadlocks;
 use super::session::{ActiveChange, Sessions};
+use crate::cache::WriteTicket;
 use crate::clock::now_ms;
 use crate::domain::CachedSession;
 use crate::error::{AppError, AppResult};
@@ -158,15 +159,15 @@ impl Orders {
     /// active. One transaction, which first locks the caller's row (a session revoked meanwhile
     /// is `UNAUTHENTICATED` and places nothing), then the order, then its holders' rows.
     pub async fn place_order(&self, s: &CachedSession) -> AppResult<order::Model> {
-        let (placed, holders) = retry_deadlocks(|| self.place_active_order(s)).await?;
+        let (placed, holders, ticket) = retry_deadlocks(|| self.place_active_order(s)).await?;
         // In a task of its own: a request dropped after the commit still drops the entries.
-        let sessions = self.sessions.clone();
+        let store = self.sessions.store.clone();
         let _ = tokio::spawn(async move {
             for hash in holders
                 .iter()
                 .filter_map(|h| crate::token::TokenHash::from_hex(h))
             {
-                sessions.invalidate_token(&hash).await;
+                store.invalidate_written(&hash, ticket).await;
             }
         })
         .await;
@@ -176,7 +177,7 @@ impl Orders {
     async fn place_active_order(
         &self,
         s: &CachedSession,
-    ) -> AppResult<(order::Model, Vec<String>)> {
+    ) -> AppResult<(order::Model, Vec<String>, WriteTicket)> {
         let txn = self.db.begin().await?;
         self.sessions
             .write_active(&txn, s, ActiveChange::Lock)
@@ -209,6 +210,9 @@ impl Orders {
             .into_tuple()
             .all(&txn)
             .await?;
+        // Taken while the holders' rows are locked: a write of one of them that committed
+        // before, caching late, cannot undo the drop below.
+        let ticket = self.sessions.store.write_ticket();
         // Revoked rows stay as they are: nothing may write to a revoked session.
         session::Entity::update_many()
             .col_expr(
@@ -225,6 +229,6 @@ impl Orders {
             updated_at: now,
             ..o
         };
-        Ok((placed, holders))
+        Ok((placed, holders, ticket))
     }
 }
