@@ -73,11 +73,30 @@ pub struct Application {
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// Connects with settings that suit each backend (WAL and a busy timeout for SQLite).
+///
+/// Instances starting at once on one new SQLite file can find it locked while another switches
+/// it to WAL (SQLite answers that without waiting); such a connection is tried again, with a
+/// growing pause, until `timeout` has passed.
 pub async fn connect_database(
     url: &str,
     max_connections: u32,
     timeout: Duration,
 ) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match Database::connect(connect_options(url, max_connections, timeout)).await {
+            Err(e) if sqlite_locked(&e) && started.elapsed() + pause < timeout => {
+                tracing::debug!(error = %e, "the SQLite database is locked; connecting again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn connect_options(url: &str, max_connections: u32, timeout: Duration) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.max_connections(max_connections)
         .min_connections(1)
@@ -94,7 +113,22 @@ pub async fn connect_database(
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
-    Database::connect(opts).await
+    opts
+}
+
+/// SQLite's "database is locked" (`SQLITE_BUSY` and its extended codes, `SQLITE_LOCKED`).
+fn sqlite_locked(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// Which cache strategy [`assemble`] gives the services.
