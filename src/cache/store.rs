@@ -396,6 +396,18 @@ mod tests {
         CachedSession::for_tests(hash, None, data_version)
     }
 
+    /// An in-process store: 100 entries, a one-minute cache TTL, a one-hour idle timeout.
+    fn memory_store() -> SessionStore {
+        SessionStore::for_mode(
+            CacheMode::Memory,
+            None,
+            100,
+            Arc::new(Metrics::default()),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        )
+    }
+
     async fn cached_version(store: &SessionStore, hash: &TokenHash) -> Option<i64> {
         store.get(hash).await.map(|s| s.data_version)
     }
@@ -405,14 +417,7 @@ mod tests {
     /// read that started before write 21 may then cache older data.
     #[tokio::test]
     async fn out_of_order_data_writes_never_leave_older_data_cached() {
-        let store = SessionStore::for_mode(
-            CacheMode::Memory,
-            None,
-            100,
-            Arc::new(Metrics::default()),
-            Duration::from_secs(60),
-            Duration::from_secs(3600),
-        );
+        let store = memory_store();
         let hash = token::generate().hash;
         let stale_read = store.start_read();
         store.replace(with_data_version(hash, 21)).await;
@@ -440,14 +445,7 @@ mod tests {
     /// come back after a later drop.
     #[tokio::test]
     async fn a_late_earlier_write_does_not_replace_a_later_one_or_a_drop() {
-        let store = SessionStore::for_mode(
-            CacheMode::Memory,
-            None,
-            100,
-            Arc::new(Metrics::default()),
-            Duration::from_secs(60),
-            Duration::from_secs(3600),
-        );
+        let store = memory_store();
         let hash = token::generate().hash;
         let with_channel = |channel: i64| {
             let mut s = with_data_version(hash, 3).with_active(Some(7), Some(channel));

@@ -502,6 +502,37 @@ fn number(v: &Value) -> i64 {
     crate::helpers::str_of(v).parse().expect("a numeric id")
 }
 
+/// An anonymous session whose row the test holds, and a second channel (`eu`) to switch to.
+struct Held {
+    token: String,
+    id: i64,
+    db: sea_orm::DatabaseConnection,
+    hold: sea_orm::DatabaseTransaction,
+    eu_id: String,
+    eu_token: String,
+}
+
+impl Held {
+    async fn new(app: &TestApp) -> Held {
+        let admin = app.admin_token().await;
+        let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
+        let (token, id) = app.anonymous_session().await;
+        let id: i64 = id.parse().expect("a numeric id");
+        let db = sea_orm::Database::connect(&app.database_url)
+            .await
+            .expect("connect");
+        let hold = hold_session(&db, id).await;
+        Held {
+            token,
+            id,
+            db,
+            hold,
+            eu_id,
+            eu_token,
+        }
+    }
+}
+
 const SET_CHANNEL: &str =
     "mutation($t: String!) { setActiveChannel(token: $t) { activeChannel { code } } }";
 const ACTIVE_PARTS: &str =
@@ -514,14 +545,14 @@ async fn a_channel_switch_racing_create_order_keeps_both(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let admin = app.admin_token().await;
-    let (eu_id, eu_token) = app.create_channel(&admin, "eu").await;
-    let (token, id) = app.anonymous_session().await;
-    let id: i64 = id.parse().expect("a numeric id");
-    let db = sea_orm::Database::connect(&app.database_url)
-        .await
-        .expect("connect");
-    let hold = hold_session(&db, id).await;
+    let Held {
+        token,
+        id,
+        db,
+        hold,
+        eu_id,
+        eu_token,
+    } = Held::new(&app).await;
     let switch = spawn_as(&app, &token, SET_CHANNEL, json!({ "t": eu_token }));
     let create = spawn_as(&app, &token, "mutation { createOrder { id } }", json!({}));
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -554,14 +585,13 @@ async fn a_data_update_racing_a_channel_switch_keeps_the_channel(v: Variant) {
     let Some(app) = TestApp::spawn(v).await else {
         return;
     };
-    let admin = app.admin_token().await;
-    let (_, eu_token) = app.create_channel(&admin, "eu").await;
-    let (token, id) = app.anonymous_session().await;
-    let id: i64 = id.parse().expect("a numeric id");
-    let db = sea_orm::Database::connect(&app.database_url)
-        .await
-        .expect("connect");
-    let hold = hold_session(&db, id).await;
+    let Held {
+        token,
+        db: _db,
+        hold,
+        eu_token,
+        ..
+    } = Held::new(&app).await;
     let switch = spawn_as(&app, &token, SET_CHANNEL, json!({ "t": eu_token }));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let update = spawn_as(
