@@ -18,11 +18,15 @@ pub const ACTIVE: &str = "ACTIVE";
 pub const PLACED: &str = "PLACED";
 pub const CANCELLED: &str = "CANCELLED";
 
-/// Whether the order belongs to the caller: their user, or this guest session.
-fn owns(s: &CachedSession, o: &order::Model) -> bool {
+/// The caller's orders: their user's, or this guest session's.
+fn mine(s: &CachedSession) -> Condition {
     match s.user_id() {
-        Some(uid) => o.user_id == Some(uid) || o.session_id == Some(s.id),
-        None => o.user_id.is_none() && o.session_id == Some(s.id),
+        Some(uid) => Condition::any()
+            .add(order::Column::UserId.eq(uid))
+            .add(order::Column::SessionId.eq(s.id)),
+        None => Condition::all()
+            .add(order::Column::UserId.is_null())
+            .add(order::Column::SessionId.eq(s.id)),
     }
 }
 
@@ -86,7 +90,7 @@ impl Orders {
 
     /// Locks one of the caller's orders for the rest of `txn` and checks that it is `ACTIVE`.
     /// The lock is a write of the state to itself, limited to the caller's orders (another
-    /// caller's order is `NOT_FOUND` and not locked): a write lock on every backend (SQLite has
+    /// caller's order is `NOT_FOUND` and unchanged): a write lock on every backend (SQLite has
     /// no `FOR UPDATE`), and one that PostgreSQL's foreign-key checks from session rows do not
     /// wait for.
     async fn lock_active_order(
@@ -96,27 +100,19 @@ impl Orders {
         order_id: i64,
         missing: &'static str,
     ) -> AppResult<order::Model> {
-        let mine = match s.user_id() {
-            Some(uid) => Condition::any()
-                .add(order::Column::UserId.eq(uid))
-                .add(order::Column::SessionId.eq(s.id)),
-            None => Condition::all()
-                .add(order::Column::UserId.is_null())
-                .add(order::Column::SessionId.eq(s.id)),
-        };
         let locked = order::Entity::update_many()
             .col_expr(order::Column::State, Expr::col(order::Column::State))
             .filter(order::Column::Id.eq(order_id))
-            .filter(mine)
+            .filter(mine(s))
             .exec(txn)
             .await?;
         if locked.rows_affected == 0 {
             return Err(AppError::not_found(missing));
         }
+        // Locked above, so still the caller's.
         let o = order::Entity::find_by_id(order_id)
             .one(txn)
             .await?
-            .filter(|o| owns(s, o))
             .ok_or_else(|| AppError::not_found(missing))?;
         if o.state != ACTIVE {
             return Err(AppError::bad_input(format!(

@@ -698,30 +698,16 @@ impl Sessions {
         change: ActiveChange,
     ) -> AppResult<()> {
         let (column, value) = match change {
-            ActiveChange::Order(order) => (session::Column::ActiveOrderId, order),
-            ActiveChange::Channel(channel) => (session::Column::ActiveChannelId, channel),
-            // Writes the column with its own value: locks the row and checks it is live.
-            ActiveChange::Lock => {
-                return self
-                    .write_live(
-                        db,
-                        s,
-                        session::Column::ActiveOrderId,
-                        Expr::col(session::Column::ActiveOrderId),
-                    )
-                    .await
+            ActiveChange::Order(order) => (session::Column::ActiveOrderId, Expr::value(order)),
+            ActiveChange::Channel(channel) => {
+                (session::Column::ActiveChannelId, Expr::value(channel))
             }
+            // The column written with its own value: locks the row and checks it is live.
+            ActiveChange::Lock => (
+                session::Column::ActiveOrderId,
+                Expr::col(session::Column::ActiveOrderId),
+            ),
         };
-        self.write_live(db, s, column, Expr::value(value)).await
-    }
-
-    async fn write_live<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        s: &CachedSession,
-        column: session::Column,
-        value: Expr,
-    ) -> AppResult<()> {
         let written = session::Entity::update_many()
             .col_expr(column, value)
             .filter(session::Column::Id.eq(s.id))
