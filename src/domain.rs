@@ -137,8 +137,12 @@ impl CachedUser {
 /// hit without cloning or locking the entry.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct CachedSession {
-    /// The version of `data`. Declared first, so it is the first field of the serialised entry
-    /// (the Redis strategy reads it there to refuse older entries).
+    /// The row's revision (see `entity::session::Model::revision`): a cache never replaces an
+    /// entry with one of a lower revision. Declared first, so it is the first field of the
+    /// serialised entry (the Redis strategy reads it there).
+    #[serde(default)]
+    pub revision: i64,
+    /// The version of `data` (`Session.dataVersion`, compared by data updates).
     #[serde(default)]
     pub data_version: i64,
     pub id: i64,
@@ -173,13 +177,14 @@ pub type SessionData = serde_json::Map<String, serde_json::Value>;
 impl CachedSession {
     /// A live session for the unit and integration tests of the caches (the server builds
     /// sessions from rows only), loaded now: `user`'s (by id, without grants) or anonymous,
-    /// with data version `data_version` and the data `{"v": data_version}`.
+    /// with revision and data version `data_version` and the data `{"v": data_version}`.
     #[doc(hidden)]
     pub fn for_tests(token_hash: TokenHash, user: Option<i64>, data_version: i64) -> Arc<Self> {
         let now = crate::clock::now_ms();
         let mut data = SessionData::new();
         data.insert("v".to_string(), data_version.into());
         Arc::new(CachedSession {
+            revision: data_version,
             data_version,
             data: Some(Arc::new(data)),
             id: 1,

@@ -45,6 +45,10 @@ pub struct Model {
     pub data: Option<String>,
     /// Incremented by every update of `data`; updates compare it, so none is lost.
     pub data_version: i64,
+    /// Incremented by every write of what the cache holds of the row (active order and
+    /// channel, data, token, revocation; not the activity time). Caches compare it, so they
+    /// never go back to an older row.
+    pub revision: i64,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

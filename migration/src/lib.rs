@@ -11,6 +11,7 @@ mod m20261205_000001_jwt_key;
 mod m20261210_000001_session_event;
 mod m20261211_000001_webhook_outbox;
 mod m20261212_000001_exact_codes;
+mod m20261213_000001_session_revision;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000001_session_event::Migration),
             Box::new(m20261211_000001_webhook_outbox::Migration),
             Box::new(m20261212_000001_exact_codes::Migration),
+            Box::new(m20261213_000001_session_revision::Migration),
         ]
     }
 }

@@ -136,12 +136,10 @@ impl MemoryCache {
             {
                 return false;
             }
-            // Never go back to older data (a read or write that started before an update).
-            if self
-                .entries
-                .peek(&session.token_hash)
-                .is_some_and(|cur| cur.data_version > session.data_version)
-            {
+            // Never go back to an older row (a read or write that started before a write).
+            if self.entries.peek(&session.token_hash).is_some_and(|cur| {
+                cur.revision > session.revision || cur.data_version > session.data_version
+            }) {
                 return false;
             }
             if let Some(user_id) = session.user_id() {

@@ -62,7 +62,7 @@ pub trait SessionCache: Send + Sync {
     async fn set(&self, session: Arc<CachedSession>, ttl: Duration) -> Result<(), CacheError>;
     /// Stores a new version of an entry that other processes may hold (after a write to the
     /// session's row). Strategies with a per-process tier make the others drop their copies.
-    /// Returns whether it was stored: an entry with newer data (a higher `data_version`) or a
+    /// Returns whether it was stored: an entry of a newer row (a higher `revision`) or a
     /// revoked token is never overwritten.
     async fn replace(&self, session: Arc<CachedSession>, ttl: Duration)
         -> Result<bool, CacheError>;

@@ -273,12 +273,12 @@ pub struct RedisCache {
 }
 
 struct Scripts {
-    /// KEYS: pointer. ARGV: value, ttl ms, data version ('' for a pointer). Sets unless the
-    /// token has a tombstone or holds newer data.
+    /// KEYS: pointer. ARGV: value, ttl ms, revision and data version ('' for a
+    /// pointer). Sets unless the token has a tombstone or holds a newer revision or newer data.
     set_unless_revoked: redis::Script,
     /// KEYS: entry, index, invalidation mark. ARGV: value, ttl ms, token hash, loaded-at ms,
-    /// index ttl ms, data version. Sets unless the user's sessions were dropped after the
-    /// entry was read, or the entry holds newer data.
+    /// index ttl ms, revision, data version. Sets unless the user's sessions were dropped after
+    /// the entry was read, or the entry holds a newer revision or newer data.
     set_user_entry: redis::Script,
     /// KEYS: index, invalidation mark. ARGV: entry key prefix, now ms, mark ttl ms.
     drop_user: redis::Script,
@@ -287,27 +287,21 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            set_unless_revoked: redis::Script::new(&with_entry_version(
+            set_unless_revoked: redis::Script::new(&with_newer(
                 r#"
                 local cur = redis.call('GET', KEYS[1])
                 if cur == '!' then return 0 end
-                if cur and ARGV[3] ~= '' then
-                    local v = ENTRY_VERSION(cur)
-                    if v and v > tonumber(ARGV[3]) then return 0 end
-                end
+                if cur and ARGV[3] ~= '' and NEWER(cur, ARGV[3], ARGV[4]) then return 0 end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
                 return 1
                 "#,
             )),
-            set_user_entry: redis::Script::new(&with_entry_version(
+            set_user_entry: redis::Script::new(&with_newer(
                 r#"
                 local mark = tonumber(redis.call('GET', KEYS[3]) or '0')
                 if mark >= tonumber(ARGV[4]) then return 0 end
                 local cur = redis.call('GET', KEYS[1])
-                if cur then
-                    local v = ENTRY_VERSION(cur)
-                    if v and v > tonumber(ARGV[6]) then return 0 end
-                end
+                if cur and NEWER(cur, ARGV[6], ARGV[7]) then return 0 end
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
                 redis.call('SADD', KEYS[2], ARGV[3])
                 redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -327,22 +321,27 @@ impl Scripts {
     }
 }
 
-/// `script` with `ENTRY_VERSION(entry)`: the `data_version` of a stored entry (MessagePack, read
-/// with Redis's own `cmsgpack`; or JSON of an earlier version, where it is the first field), or
-/// nil when the entry cannot be read. Writes compare it so that the cache never goes back to
-/// older session data.
-fn with_entry_version(script: &str) -> String {
-    const ENTRY_VERSION: &str = r#"
-        local function ENTRY_VERSION(entry)
+/// `script` with `NEWER(entry, revision, data_version)`: whether a stored entry (MessagePack, read
+/// with Redis's own `cmsgpack`; or JSON of an earlier version, whose first field is the data
+/// version) holds a newer row revision or newer data than the entry about to be written. Writes
+/// never replace such an entry, so the cache never goes back to an older session row; the data
+/// version still counts for entries written by instances of a version before the revision.
+fn with_newer(script: &str) -> String {
+    const NEWER: &str = r#"
+        local function NEWER(entry, revision, data_version)
+            local r, d
             if string.sub(entry, 1, 1) == '{' then
-                return tonumber(string.match(entry, '^{"data_version":(%d+)'))
+                d = tonumber(string.match(entry, '^{"data_version":(%d+)'))
+            else
+                local ok, t = pcall(cmsgpack.unpack, entry)
+                if ok and type(t) == 'table' then
+                    r, d = tonumber(t['revision']), tonumber(t['data_version'])
+                end
             end
-            local ok, t = pcall(cmsgpack.unpack, entry)
-            if ok and type(t) == 'table' then return tonumber(t['data_version']) end
-            return nil
+            return (r ~= nil and r > tonumber(revision)) or (d ~= nil and d > tonumber(data_version))
         end
     "#;
-    format!("{ENTRY_VERSION}{script}")
+    format!("{NEWER}{script}")
 }
 
 fn ms(d: Duration) -> u64 {
@@ -554,6 +553,7 @@ impl RedisCache {
                     .arg(&hex)
                     .arg(session.loaded_at)
                     .arg(ms(self.index_ttl))
+                    .arg(session.revision)
                     .arg(session.data_version);
                 let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
                 if stored == 0 {
@@ -562,14 +562,20 @@ impl RedisCache {
                 format!("@{user_id}").into_bytes()
             }
         };
-        // Anonymous entries live at the pointer: never go back to older data there.
-        let version = if session.user.is_none() {
-            session.data_version.to_string()
+        // Anonymous entries live at the pointer: never go back to an older row there.
+        let (revision, data_version) = if session.user.is_none() {
+            (
+                session.revision.to_string(),
+                session.data_version.to_string(),
+            )
         } else {
-            String::new()
+            (String::new(), String::new())
         };
         let mut call = self.scripts.set_unless_revoked.key(pointer);
-        call.arg(pointer_value).arg(ms(ttl)).arg(version);
+        call.arg(pointer_value)
+            .arg(ms(ttl))
+            .arg(revision)
+            .arg(data_version);
         let stored: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
         Ok(stored == 1)
     }
@@ -709,6 +715,7 @@ mod tests {
             "nested": { "list": [1, "zwei", { "drei": true }], "emoji": "🛒 \"q\"" }
         });
         CachedSession {
+            revision: 11,
             data_version: 7,
             id: 42,
             token_hash: crate::token::generate().hash,

@@ -33,10 +33,10 @@ pub struct SessionStore {
     /// Bumped by every invalidation (the tiered strategy bumps it for remote ones too).
     epoch: Arc<AtomicU64>,
     unknown: moka::sync::Cache<TokenHash, ()>,
-    /// The newest session data version written through, per token, for one cache TTL. An
-    /// entry with older data (a write, or a database read, that lost a race with a newer
-    /// write) is never cached, even after a conflict between writes dropped the newer entry.
-    data_floor: moka::sync::Cache<TokenHash, Arc<AtomicI64>>,
+    /// The newest row revision written through, per token, for one cache TTL. An entry of an
+    /// older row (a write, or a database read, that lost a race with a newer write) is never
+    /// cached, even after a conflict between writes dropped the newer entry.
+    revision_floor: moka::sync::Cache<TokenHash, Arc<AtomicI64>>,
     /// Tickets of writes to session rows, taken while the row is locked (so, for one row, in
     /// the order the database applies the writes).
     write_seq: AtomicU64,
@@ -155,7 +155,7 @@ impl SessionStore {
                 .max_capacity(10_000)
                 .time_to_live(cache_ttl.min(Duration::from_secs(300)))
                 .build(),
-            data_floor: moka::sync::Cache::builder()
+            revision_floor: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(cache_ttl)
                 .build(),
@@ -235,12 +235,12 @@ impl SessionStore {
     /// Replaces a cached entry after a write to its row (write-through). If the cache cannot
     /// take the new version, the old one is dropped instead, so it cannot outlive the write.
     pub async fn replace(&self, s: Arc<CachedSession>) {
-        if s.data_version > 0 {
+        if s.revision > 0 {
             let floor = self
-                .data_floor
+                .revision_floor
                 .get_with(s.token_hash, || Arc::new(AtomicI64::new(0)));
-            if floor.fetch_max(s.data_version, Ordering::AcqRel) > s.data_version {
-                // A newer write of the data got here first: neither copy is trusted.
+            if floor.fetch_max(s.revision, Ordering::AcqRel) > s.revision {
+                // A newer write of the row got here first: neither copy is trusted.
                 self.invalidate(Invalidation::Token(s.token_hash)).await;
                 return;
             }
@@ -252,8 +252,9 @@ impl SessionStore {
             .await
         {
             Ok(true) => {}
-            // Newer data is cached (a concurrent update reached the cache first); this entry's
-            // other fields may be newer, so neither copy is trusted: the next read reloads.
+            // Refused: a newer revision of the row is cached, the token was dropped, or the
+            // entry was read before its user's entries were dropped (whatever is cached may
+            // then be older than this write). Neither copy is trusted: the next read reloads.
             Ok(false) => {
                 self.invalidate(Invalidation::Token(s.token_hash)).await;
                 return;
@@ -298,11 +299,11 @@ impl SessionStore {
         self.invalidate(Invalidation::Token(*hash)).await;
     }
 
-    /// Whether a newer version of the session's data has been written through meanwhile.
+    /// Whether a newer revision of the session's row has been written through meanwhile.
     fn older_than_written(&self, s: &CachedSession) -> bool {
-        self.data_floor
+        self.revision_floor
             .get(&s.token_hash)
-            .is_some_and(|floor| floor.load(Ordering::Acquire) > s.data_version)
+            .is_some_and(|floor| floor.load(Ordering::Acquire) > s.revision)
     }
 
     /// Drops an expired session's entry (it is dead; a failure only costs a later miss).

@@ -276,7 +276,7 @@ impl Auth {
             let mut carried_data = None;
             let mut events = Vec::new();
             if let Some(old) = &current {
-                let claimed = session::Entity::update_many()
+                let claimed = super::session::revise_sessions()
                     .col_expr(session::Column::Invalidated, Expr::value(true))
                     .filter(session::Column::Id.eq(old.id))
                     .filter(session::Column::Invalidated.eq(false))

@@ -210,7 +210,7 @@ impl Orders {
         // before, caching late, cannot undo the drop below.
         let ticket = self.sessions.store.write_ticket();
         // Revoked rows stay as they are: nothing may write to a revoked session.
-        session::Entity::update_many()
+        super::session::revise_sessions()
             .col_expr(
                 session::Column::ActiveOrderId,
                 Expr::value(Option::<i64>::None),

@@ -127,6 +127,7 @@ impl CachedSession {
     /// Builds the cache form from a row and its user (already with per-channel permissions).
     pub fn from_model(m: &session::Model, user: Option<CachedUser>, now: i64) -> CachedSession {
         CachedSession {
+            revision: m.revision,
             data_version: m.data_version,
             data: super::session_data::parse_stored(m.data.as_deref()),
             id: m.id,
@@ -151,6 +152,7 @@ impl CachedSession {
     /// A copy with a different active order and channel, keeping the activity counters.
     pub fn with_active(&self, order: Option<i64>, channel: Option<i64>) -> CachedSession {
         CachedSession {
+            revision: self.revision,
             data_version: self.data_version,
             data: self.data.clone(),
             id: self.id,
@@ -191,8 +193,18 @@ pub enum ActiveChange {
 }
 
 /// What a write of a session row can change of its cached entry: active order, active channel,
-/// data, data version.
-type WrittenColumns = (Option<i64>, Option<i64>, Option<String>, i64);
+/// data, data version; and the row's revision.
+type WrittenColumns = (Option<i64>, Option<i64>, Option<String>, i64, i64);
+
+/// An update of session rows that changes what caches hold of them (anything but the activity
+/// time): it increments their revision, so no cache goes back to the rows as they were.
+pub(crate) fn revise_sessions() -> sea_orm::UpdateMany<session::Entity> {
+    use sea_orm::sea_query::ExprTrait;
+    session::Entity::update_many().col_expr(
+        session::Column::Revision,
+        Expr::col(session::Column::Revision).add(1),
+    )
+}
 
 /// The session service: finds a request's session and channel, creates sessions, slides their
 /// expiry, ends them, rotates refresh tokens, and keeps session data. Cheap to clone.
@@ -468,6 +480,7 @@ impl Sessions {
             user_agent: Set(user_agent),
             data: Set(new.data.as_deref().map(super::session_data::to_stored)),
             data_version: Set(0),
+            revision: Set(0),
             ..Default::default()
         };
         let inserted = session::Entity::insert(model)
@@ -607,7 +620,7 @@ impl Sessions {
             let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
             let attempt = retry_deadlocks(|| async {
                 let txn = self.db.begin().await?;
-                let updated = session::Entity::update_many()
+                let updated = revise_sessions()
                     .col_expr(session::Column::Invalidated, Expr::value(true))
                     // Revocation deletes the session's data; the row stays for the listing.
                     .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
@@ -708,7 +721,7 @@ impl Sessions {
                 Expr::col(session::Column::ActiveOrderId),
             ),
         };
-        let written = session::Entity::update_many()
+        let written = revise_sessions()
             .col_expr(column, value)
             .filter(session::Column::Id.eq(s.id))
             // Through the token still current: one rotated out by a refresh while this request
@@ -746,16 +759,18 @@ impl Sessions {
                 session::Column::ActiveChannelId,
                 session::Column::Data,
                 session::Column::DataVersion,
+                session::Column::Revision,
             ])
             .lock_exclusive()
             .into_tuple()
             .one(&txn)
             .await?;
-        let (order, channel, data, data_version) =
+        let (order, channel, data, data_version, revision) =
             row.ok_or_else(|| AppError::unauthenticated("the session has ended"))?;
         let mut entry = s.with_active(order, channel);
         entry.data = super::session_data::parse_stored(data.as_deref());
         entry.data_version = data_version;
+        entry.revision = revision;
         let entry = Arc::new(entry);
         let ticket = self.store.write_ticket();
         txn.commit().await?;
@@ -882,7 +897,7 @@ impl Sessions {
         refreshed: &NewEvent,
     ) -> AppResult<Option<Vec<Event>>> {
         let txn = self.db.begin().await?;
-        let rotated = session::Entity::update_many()
+        let rotated = revise_sessions()
             .col_expr(session::Column::TokenHash, Expr::value(token.hash.to_hex()))
             .col_expr(session::Column::TokenIssuedAt, Expr::value(now))
             .col_expr(

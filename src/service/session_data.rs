@@ -109,7 +109,7 @@ pub(crate) async fn take_data<C: ConnectionTrait>(
         .await?;
     let data = parse_stored(stored.flatten().as_deref());
     if data.is_some() {
-        session::Entity::update_many()
+        super::session::revise_sessions()
             .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
             .filter(session::Column::Id.eq(session_id))
             .exec(db)
@@ -169,7 +169,7 @@ impl Sessions {
             }
             let written = retry_deadlocks(|| async {
                 let txn = self.db.begin().await?;
-                let written = session::Entity::update_many()
+                let written = super::session::revise_sessions()
                     .col_expr(session::Column::Data, Expr::value(text.clone()))
                     .col_expr(session::Column::DataVersion, Expr::value(version + 1))
                     .filter(session::Column::Id.eq(s.id))

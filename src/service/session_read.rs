@@ -37,7 +37,7 @@ const QUEUE: usize = 4096;
 /// The session's columns in the order [`SessionRead`] selects them, which is the order of
 /// [`session::Model`]'s fields that [`decode_all`] fills: position `i` of a row is
 /// `SESSION_COLUMNS[i]`, and the grant columns follow.
-const SESSION_COLUMNS: [session::Column; 20] = [
+const SESSION_COLUMNS: [session::Column; 21] = [
     session::Column::Id,
     session::Column::Kind,
     session::Column::TokenHash,
@@ -58,6 +58,7 @@ const SESSION_COLUMNS: [session::Column; 20] = [
     session::Column::UserAgent,
     session::Column::Data,
     session::Column::DataVersion,
+    session::Column::Revision,
 ];
 
 /// What the read finds: the session row and its user (`None` for an anonymous session, and for
@@ -329,6 +330,7 @@ where
             user_agent: first.try_get(17)?,
             data: first.try_get(18)?,
             data_version: first.try_get(19)?,
+            revision: first.try_get(20)?,
         };
         const U: usize = SESSION_COLUMNS.len();
         let user = match first.try_get::<Option<i64>, _>(U)? {

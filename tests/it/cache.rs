@@ -294,7 +294,7 @@ async fn delete_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str)
     }
 }
 
-/// The `data_version` of the entry Redis holds for `hash`.
+/// The `data_version` (in these tests also the revision) of the entry Redis holds for `hash`.
 async fn version_in_redis(
     cache: &session_server::cache::redis::RedisCache,
     hash: &session_server::token::TokenHash,
@@ -358,8 +358,10 @@ async fn redis_entries_never_go_back_to_older_data() {
         assert!(cache.store(entry(hash, user, 6), ttl).await.expect("store"));
         assert_eq!(version_in_redis(&cache, &hash).await, 6, "{user:?}");
 
-        // An earlier version's JSON entry with newer data.
-        let json_entry = serde_json::to_vec(&*entry(hash, user, 9)).expect("JSON");
+        // An earlier version's JSON entry with newer data: no revision, the data version first.
+        let json = serde_json::to_string(&*entry(hash, user, 9)).expect("JSON");
+        let json_entry = json.replacen(r#"{"revision":9,"#, "{", 1).into_bytes();
+        assert!(json_entry.starts_with(br#"{"data_version":9,"#));
         write_entry_behind(&mut conn, &prefix, user, &hash, json_entry).await;
         assert_eq!(
             version_in_redis(&cache, &hash).await,
@@ -665,7 +667,8 @@ async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached(
                 "{case}: the newer write"
             );
             // Instance b's write of version 20 arrives late: Redis refuses it, and b drops the
-            // entry, since its other fields may be newer than those of version 21.
+            // entry (a refusal may also mean the entry was read before a drop of its user's
+            // sessions, so what is cached is not trusted either).
             b.replace(entry(hash, user, 20)).await;
             for (name, store) in [("a", &a), ("b", &b), ("c", &c)] {
                 assert_eq!(
@@ -685,6 +688,77 @@ async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached(
                     "{case}: older data cached again on {name}"
                 );
             }
+        }
+    }
+    let mut conn = raw_redis(&url).await;
+    delete_keys(&mut conn, &prefix).await;
+}
+
+/// One instance switches a session's channel while another fills its cache from a database
+/// read that started before the switch (same data, older row): the older row never replaces
+/// the switch, on the `redis` and the `tiered` caches, for anonymous and authenticated
+/// sessions. Entries are compared by the row's revision, which every write raises; the data
+/// version alone, unchanged by a channel switch, let the stale fill win. (On `tiered`, b also
+/// hears of a's write before the fill and refuses it itself; `redis` has only the revision.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_from_before_another_instances_channel_switch_never_replaces_it() {
+    use session_server::cache::SessionStore;
+    use session_server::config::CacheMode;
+    let ttl = Duration::from_secs(60);
+    let Some(url) = test_redis_url() else {
+        return;
+    };
+    let prefix = format!("it-{}:", crate::helpers::random_suffix());
+    let instance = |mode: CacheMode| {
+        let url = url.clone();
+        let prefix = prefix.clone();
+        async move {
+            let redis = std::sync::Arc::new(redis_cache(&url, &prefix, ttl).await);
+            SessionStore::for_mode(
+                mode,
+                Some(redis),
+                1000,
+                std::sync::Arc::default(),
+                ttl,
+                Duration::from_secs(3600),
+            )
+        }
+    };
+    // The session at `revision`, in `channel`, with the same data (version 3) throughout.
+    let row = |hash, user, revision: i64, channel: i64| {
+        let mut s = entry(hash, user, 3).with_active(None, Some(channel));
+        s.revision = revision;
+        std::sync::Arc::new(s)
+    };
+    for mode in [CacheMode::Redis, CacheMode::Tiered] {
+        let (a, b) = (instance(mode).await, instance(mode).await);
+        if mode == CacheMode::Tiered {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        for user in [None, Some(6)] {
+            let case = format!("{mode:?}, user {user:?}");
+            let hash = session_server::token::generate().hash;
+            // b misses and reads the row at revision 4 (channel 1) ...
+            let read = b.start_read();
+            // ... a switches the channel (revision 5) and writes through ...
+            a.replace(row(hash, user, 5, 2)).await;
+            // ... and b's fill arrives.
+            b.put_read(row(hash, user, 4, 1), read).await;
+            for (name, store) in [("a", &a), ("b", &b)] {
+                let cached = store.get(&hash).await.map(|s| s.active_channel_id);
+                assert!(
+                    cached.is_none() || cached == Some(Some(2)),
+                    "{case}: {name} holds channel {cached:?}"
+                );
+            }
+            // A fresh instance reads what Redis holds: the switch.
+            let c = instance(mode).await;
+            let seen = c
+                .get(&hash)
+                .await
+                .map(|s| (s.revision, s.active_channel_id));
+            assert_eq!(seen, Some((5, Some(2))), "{case}: in Redis");
+            c.leave().await;
         }
     }
     let mut conn = raw_redis(&url).await;

@@ -19,6 +19,7 @@ crate::variants!(
     unset_and_place_order,
     connection_info_is_recorded,
     forwarded_for_only_with_trust_proxy,
+    every_write_of_cached_columns_raises_the_revision,
 );
 
 // Interleavings forced with row locks (see each test).
@@ -718,4 +719,51 @@ async fn place_order_through_a_session_revoked_meanwhile_places_nothing(v: Varia
         .expect("read the order")
         .expect("the order");
     assert_eq!(order.state, "ACTIVE", "a revoked session placed the order");
+}
+
+/// Every write of what the cache holds of a session raises its row's revision (the caches
+/// compare it, so no instance goes back to an older row): the channel, the order (created,
+/// unset, set, placed), the data, and the end of the session.
+async fn every_write_of_cached_columns_raises_the_revision(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    let (_, eu_token) = app.create_channel(&admin, "eu").await;
+    let (token, id) = app.anonymous_session().await;
+    let id: i64 = id.parse().expect("a numeric id");
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let mut revision = session_row(&db, id).await.revision;
+    let mut order = Value::Null;
+    let writes: [(&str, &str); 7] = [
+        ("setActiveChannel", SET_CHANNEL),
+        ("createOrder", "mutation { createOrder { id } }"),
+        (
+            "updateSessionData",
+            "mutation { updateSessionData(set: { step: 1 }) { dataVersion } }",
+        ),
+        ("unsetActiveOrder", "mutation { unsetActiveOrder { id } }"),
+        (
+            "setActiveOrder",
+            "mutation($o: ID!) { setActiveOrder(orderId: $o) { id } }",
+        ),
+        ("placeOrder", "mutation { placeOrder { id } }"),
+        ("logout", "mutation { logout }"),
+    ];
+    for (name, mutation) in writes {
+        let variables = match name {
+            "setActiveChannel" => json!({ "t": eu_token }),
+            "setActiveOrder" => json!({ "o": order }),
+            _ => json!({}),
+        };
+        let r = app.gql_as(&token, mutation, variables).await.ok();
+        if name == "createOrder" {
+            order = r.data()["createOrder"]["id"].clone();
+        }
+        let now = session_row(&db, id).await.revision;
+        assert!(now > revision, "{name}: revision {revision} -> {now}");
+        revision = now;
+    }
 }
