@@ -74,6 +74,9 @@ pub struct RequestContext {
     pub refresh_cookie: Option<String>,
     /// Tokens issued or cleared by this request's resolvers.
     tokens: TokenChanges,
+    /// Whether a `login` or `changePassword` already ran in this request (see
+    /// [`RequestContext::one_password_check`]).
+    password_checked: std::sync::atomic::AtomicBool,
 }
 
 impl RequestContext {
@@ -90,7 +93,23 @@ impl RequestContext {
             client,
             refresh_cookie,
             tokens,
+            password_checked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// One password check per request: a second `login` or `changePassword` in one document
+    /// (aliases) is `BAD_USER_INPUT` and checks nothing, so one request cannot multiply the
+    /// attempts, events and webhook deliveries the throttle allows per request.
+    pub fn one_password_check(&self) -> Result<(), AppError> {
+        if self
+            .password_checked
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(AppError::bad_input(
+                "one login or changePassword per request",
+            ));
+        }
+        Ok(())
     }
 
     pub fn session(&self) -> Option<Arc<CachedSession>> {

@@ -48,6 +48,7 @@ impl Mutation {
         remember_me: Option<bool>,
     ) -> Result<LoginResult> {
         let req = ctx.request_ctx()?;
+        req.one_password_check()?;
         let svc = services(ctx)?;
         let outcome = svc
             .auth
@@ -172,6 +173,7 @@ impl Mutation {
         new_password: String,
     ) -> Result<bool> {
         let s = require_user(ctx)?;
+        ctx.request_ctx()?.one_password_check()?;
         services(ctx)?
             .auth
             .change_password(&s, &current_password, &new_password, &origin(ctx)?)
@@ -359,11 +361,12 @@ impl Mutation {
         Ok(n.min(i32::MAX as u64) as i32)
     }
 
-    /// REVOKE_SESSION. Deletes expired and invalidated sessions, and session events past
-    /// EVENT_RETENTION; returns how many sessions.
+    /// REVOKE_SESSION. Deletes expired and invalidated sessions of the channels where the
+    /// caller holds it (and, for a super admin, session events past EVENT_RETENTION); returns
+    /// how many sessions.
     async fn clean_up_expired_sessions(&self, ctx: &Context<'_>) -> Result<i32> {
-        require_permission(ctx, Permission::RevokeSession)?;
-        let n = services(ctx)?.clean_up().await?;
+        let caller = require_caller(ctx, Permission::RevokeSession)?;
+        let n = services(ctx)?.clean_up_as(&caller).await?;
         Ok(n.min(i32::MAX as u64) as i32)
     }
 

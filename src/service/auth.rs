@@ -436,31 +436,43 @@ impl Auth {
             }
         }
         let hash = self.passwords.hash(new_password).await?;
-        let txn = self.db.begin().await?;
-        user::Entity::update_many()
-            .col_expr(user::Column::PasswordHash, Expr::value(hash))
-            .filter(user::Column::Id.eq(user_id))
-            .exec(&txn)
-            .await?;
-        let changed = origin
-            .event(EventType::PasswordChanged)
-            .session(current.id)
-            .user(Some(user_id));
-        let events = self.sessions.events();
-        let recorded = events.record(&txn, now_ms(), vec![changed]).await?;
-        txn.commit().await?;
-        events.publish(recorded);
-        self.sessions
-            .invalidate_sessions(
-                sea_orm::Condition::all()
-                    .add(session::Column::UserId.eq(user_id))
-                    .add(session::Column::Id.ne(current.id)),
-                &origin
-                    .event(EventType::SessionRevoked)
-                    .reason("password_changed"),
-                Vec::new(),
-            )
-            .await?;
+        // The user's other sessions end in the password's transaction: the change never lands
+        // without them ending.
+        let (ended, recorded) = retry_deadlocks(|| async {
+            let txn = self.db.begin().await?;
+            user::Entity::update_many()
+                .col_expr(user::Column::PasswordHash, Expr::value(hash.clone()))
+                .filter(user::Column::Id.eq(user_id))
+                .exec(&txn)
+                .await?;
+            let (ended, revoked) = self
+                .sessions
+                .end_in(
+                    &txn,
+                    sea_orm::Condition::all()
+                        .add(session::Column::UserId.eq(user_id))
+                        .add(session::Column::Id.ne(current.id)),
+                    &origin
+                        .event(EventType::SessionRevoked)
+                        .reason("password_changed"),
+                )
+                .await?;
+            let mut events = vec![origin
+                .event(EventType::PasswordChanged)
+                .session(current.id)
+                .user(Some(user_id))];
+            events.extend(revoked);
+            let recorded = self
+                .sessions
+                .events()
+                .record(&txn, now_ms(), events)
+                .await?;
+            txn.commit().await?;
+            Ok((ended, recorded))
+        })
+        .await?;
+        self.sessions.events().publish(recorded);
+        self.sessions.ended(ended).await;
         self.sessions.invalidate_user(user_id).await;
         Ok(())
     }

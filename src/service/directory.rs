@@ -422,37 +422,51 @@ impl Directory {
             model.password_hash = Set(self.passwords.hash(password).await?);
             ends_sessions = true;
         }
-        let txn = self.db.begin().await?;
-        let updated = user::Entity::update(model)
-            .exec(&txn)
-            .await
-            .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
-        let mut events = vec![origin
-            .event(EventType::UserUpdated)
-            .user(Some(updated.id))
-            .identifier(&updated.identifier)];
-        if changes.password.is_some() {
-            events.push(
-                origin
-                    .event(EventType::PasswordChanged)
-                    .user(Some(updated.id))
-                    .reason("admin"),
-            );
-        }
-        let recorded = self.events().record(&txn, now_ms(), events).await?;
-        txn.commit().await?;
+        let ending =
+            origin
+                .event(EventType::SessionRevoked)
+                .reason(if changes.password.is_some() {
+                    "password_changed"
+                } else {
+                    "unverified"
+                });
+        // The user's sessions end in the change's transaction: a new password or a withdrawn
+        // verification never lands without them ending.
+        let (updated, ended, recorded) = super::retry_deadlocks(|| async {
+            let txn = self.db.begin().await?;
+            let updated = user::Entity::update(model.clone())
+                .exec(&txn)
+                .await
+                .map_err(|e| AppError::conflict(e, "a user with this identifier"))?;
+            let mut events = vec![origin
+                .event(EventType::UserUpdated)
+                .user(Some(updated.id))
+                .identifier(&updated.identifier)];
+            if changes.password.is_some() {
+                events.push(
+                    origin
+                        .event(EventType::PasswordChanged)
+                        .user(Some(updated.id))
+                        .reason("admin"),
+                );
+            }
+            let mut ended = None;
+            if ends_sessions {
+                let filter = sea_orm::Condition::all().add(session::Column::UserId.eq(updated.id));
+                let (e, revoked) = self.sessions.end_in(&txn, filter, &ending).await?;
+                events.extend(revoked);
+                ended = Some(e);
+            }
+            let recorded = self.events().record(&txn, now_ms(), events).await?;
+            txn.commit().await?;
+            Ok((updated, ended, recorded))
+        })
+        .await?;
         self.events().publish(recorded);
-        if ends_sessions {
-            let reason = if changes.password.is_some() {
-                "password_changed"
-            } else {
-                "unverified"
-            };
-            let ending = origin.event(EventType::SessionRevoked).reason(reason);
-            self.sessions.end_user_sessions(updated.id, &ending).await?;
-        } else {
-            self.sessions.invalidate_user(updated.id).await;
+        if let Some(ended) = ended {
+            self.sessions.ended(ended).await;
         }
+        self.sessions.invalidate_user(updated.id).await;
         Ok(updated)
     }
 

@@ -214,12 +214,23 @@ impl Services {
         Health { database, redis }
     }
 
-    /// The clean-up (every `CLEANUP_INTERVAL` and `cleanUpExpiredSessions`): expired and
+    /// The clean-up (every `CLEANUP_INTERVAL`, and `session-server cleanup`): expired and
     /// invalidated sessions, then session events past `EVENT_RETENTION`. Returns how many
     /// sessions were deleted.
     pub async fn clean_up(&self) -> crate::error::AppResult<u64> {
-        let sessions = self.admin.clean_up_expired_sessions().await?;
+        let sessions = self.admin.clean_up_expired_sessions(None).await?;
         self.events.clean_up_old_events().await?;
+        Ok(sessions)
+    }
+
+    /// `cleanUpExpiredSessions`: the clean-up of the sessions `caller`'s `REVOKE_SESSION`
+    /// reaches (the channels where they hold it); events past `EVENT_RETENTION` too for a
+    /// super admin, whose reach is every channel.
+    pub async fn clean_up_as(&self, caller: &authz::Caller) -> crate::error::AppResult<u64> {
+        let sessions = self.admin.clean_up_expired_sessions(Some(caller)).await?;
+        if caller.is_super_admin() {
+            self.events.clean_up_old_events().await?;
+        }
         Ok(sessions)
     }
 

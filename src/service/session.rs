@@ -196,6 +196,14 @@ pub enum ActiveChange {
 /// data, data version; and the row's revision.
 type WrittenColumns = (Option<i64>, Option<i64>, Option<String>, i64, i64);
 
+/// Sessions ended in a transaction by [`Sessions::end_in`]: the tokens whose cached entries
+/// must go once it commits. Token hashes read with the rows locked, so no refresh can have
+/// rotated them since.
+#[must_use]
+pub(crate) struct EndedInTxn {
+    hashes: Vec<String>,
+}
+
 /// An update of session rows that changes what caches hold of them (anything but the activity
 /// time): it increments their revision, so no cache goes back to the rows as they were.
 pub(crate) fn revise_sessions() -> sea_orm::UpdateMany<session::Entity> {
@@ -672,6 +680,55 @@ impl Sessions {
 
     /// Ends every session of a user, in the database and in every cache, recording `ending`
     /// for each.
+    /// Ends the live sessions matching `filter` inside the caller's transaction, so they end
+    /// with the change that ends them (a password change) or not at all. Locks their rows, marks
+    /// them invalidated and returns one `ending` event per session, for the caller to record in
+    /// the same transaction; once it commits, pass the [`EndedInTxn`] to [`Sessions::ended`].
+    pub(crate) async fn end_in<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        filter: sea_orm::Condition,
+        ending: &NewEvent,
+    ) -> AppResult<(EndedInTxn, Vec<NewEvent>)> {
+        let rows: Vec<(i64, String, Option<i64>)> = session::Entity::find()
+            .select_only()
+            .columns([
+                session::Column::Id,
+                session::Column::TokenHash,
+                session::Column::UserId,
+            ])
+            .filter(filter)
+            .filter(session::Column::Invalidated.eq(false))
+            .lock_exclusive()
+            .into_tuple()
+            .all(txn)
+            .await?;
+        if !rows.is_empty() {
+            revise_sessions()
+                .col_expr(session::Column::Invalidated, Expr::value(true))
+                .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
+                .filter(session::Column::Id.is_in(rows.iter().map(|r| r.0)))
+                .exec(txn)
+                .await?;
+        }
+        let events = rows
+            .iter()
+            .map(|(id, _, user_id)| ending.clone().session(*id).user(*user_id))
+            .collect();
+        let hashes = rows.into_iter().map(|r| r.1).collect();
+        Ok((EndedInTxn { hashes }, events))
+    }
+
+    /// The transaction of [`Sessions::end_in`] committed: drops the ended sessions' cached
+    /// entries everywhere.
+    pub(crate) async fn ended(&self, ended: EndedInTxn) {
+        for hash in ended.hashes.iter().filter_map(|h| TokenHash::from_hex(h)) {
+            self.revoke_token(&hash).await;
+        }
+        self.metrics
+            .session_event("revoked", ended.hashes.len() as u64);
+    }
+
     pub async fn end_user_sessions(&self, user_id: i64, ending: &NewEvent) -> AppResult<u64> {
         let n = self
             .invalidate_sessions(

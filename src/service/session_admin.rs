@@ -280,16 +280,25 @@ impl SessionAdmin {
     }
 
     /// Deletes expired and invalidated sessions in batches of `CLEANUP_BATCH_SIZE` until none
-    /// is left; returns how many were deleted.
-    pub async fn clean_up_expired_sessions(&self) -> AppResult<u64> {
+    /// is left, every channel's (the background clean-up) or, for `cleanUpExpiredSessions`,
+    /// those of the channels where `caller` holds `REVOKE_SESSION`; returns how many were
+    /// deleted.
+    pub async fn clean_up_expired_sessions(&self, caller: Option<&Caller>) -> AppResult<u64> {
         let now = now_ms();
         // The stored activity may lag by up to the write interval: never delete a session that
         // could still be in use.
         let idle_cutoff = now - self.lifetimes.idle_ms - self.lifetimes.write_interval_ms;
-        let doomed = Condition::any()
-            .add(session::Column::Invalidated.eq(true))
-            .add(session::Column::LastActiveAt.lt(idle_cutoff))
-            .add(session::Column::AbsoluteExpiresAt.lte(now));
+        let doomed = Condition::all()
+            .add(
+                Condition::any()
+                    .add(session::Column::Invalidated.eq(true))
+                    .add(session::Column::LastActiveAt.lt(idle_cutoff))
+                    .add(session::Column::AbsoluteExpiresAt.lte(now)),
+            )
+            .add(match caller {
+                Some(caller) => self.authz.session_scope(caller, Permission::RevokeSession),
+                None => Condition::all(),
+            });
         let mut total = 0u64;
         loop {
             let doomed_ids: Vec<i64> = session::Entity::find()

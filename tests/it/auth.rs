@@ -29,6 +29,7 @@ crate::server_databases!(
     a_cart_created_during_the_login_is_carried_over,
     a_login_racing_a_role_removal_does_not_cache_the_old_grants,
     a_login_chosen_as_a_deadlock_victim_is_run_again,
+    a_password_change_lands_with_the_end_of_the_other_sessions,
 );
 
 const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Boolean) {
@@ -779,4 +780,67 @@ async fn a_login_chosen_as_a_deadlock_victim_is_run_again(v: Variant) {
     assert_ne!(r.status, 500, "{}", r.body);
     let r = r.ok();
     assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+}
+
+/// `changePassword` changes the password and ends the user's other sessions in one
+/// transaction: never the password without the sessions (a failure in between used to leave
+/// the new password with an attacker's session still live). The test holds the other
+/// session's row: while it waits, the old password is still the password; once released,
+/// both have happened.
+async fn a_password_change_lands_with_the_end_of_the_other_sessions(v: Variant) {
+    use entity::{session, user};
+    use sea_orm::{ColumnTrait, Database, EntityTrait, QueryFilter};
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    setup_user(&app, "olga", "olga-password-1").await;
+    let current = app.login("olga", "olga-password-1").await;
+    let other = app.login("olga", "olga-password-1").await;
+    let db = Database::connect(&app.database_url).await.expect("connect");
+    let stored_hash = || async {
+        user::Entity::find()
+            .filter(user::Column::Identifier.eq("olga"))
+            .one(&db)
+            .await
+            .expect("read the user")
+            .expect("the user")
+            .password_hash
+    };
+    let before = stored_hash().await;
+    let other_id: i64 = crate::helpers::str_of(&other.body["data"]["login"]["session"]["id"])
+        .parse()
+        .expect("a numeric id");
+    let hold = crate::helpers::hold_rows(
+        &db,
+        session::Entity::find().filter(session::Column::Id.eq(other_id)),
+    )
+    .await;
+    let change = tokio::spawn({
+        let api = crate::helpers::Api::new(app.port, Duration::from_secs(30));
+        let token = current.token.clone();
+        async move {
+            api.gql_as(
+                &token,
+                "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }",
+                json!({ "c": "olga-password-1", "n": "olga-password-2" }),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !change.is_finished(),
+        "the change did not wait for the session"
+    );
+    assert_eq!(
+        stored_hash().await,
+        before,
+        "the new password landed before the other session ended"
+    );
+    hold.commit().await.expect("release the row");
+    let r = change.await.expect("changePassword task").ok();
+    assert_eq!(r.data()["changePassword"], true, "{}", r.body);
+    assert_ne!(stored_hash().await, before);
+    assert!(app.active_session(&other.token).await.is_null());
+    assert!(!app.active_session(&current.token).await.is_null());
 }

@@ -18,6 +18,7 @@ crate::all_caches!(
     admins_can_do_what_they_hold_and_see_only_their_channels,
     concurrent_role_changes_cannot_combine_into_an_escalation,
     update_role_cannot_change_holders_the_caller_may_not_change,
+    clean_up_by_a_channel_admin_deletes_only_that_channels_sessions,
 );
 crate::variants!(the_superadmin_identifier_names_no_one_after_a_rename);
 
@@ -1110,4 +1111,60 @@ async fn the_superadmin_identifier_names_no_one_after_a_rename(v: Variant) {
         )
         .await;
     refused(&r, "updateUser", "take over the renamed superadmin");
+}
+
+/// `cleanUpExpiredSessions` by an admin holding `REVOKE_SESSION` in one channel deletes the
+/// revoked sessions of that channel only: those of another channel stay, for that channel's
+/// admins to see, until a super admin or the background clean-up deletes them.
+async fn clean_up_by_a_channel_admin_deletes_only_that_channels_sessions(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let root = app.admin_token().await;
+    let (eu, eu_token) = app.create_channel(&root, "eu").await;
+    let eu_admin = role_in(
+        &app,
+        &root,
+        "eu-revoker",
+        &["READ_SESSION", "REVOKE_SESSION"],
+        &[&eu],
+    )
+    .await;
+    let (_, admin, _) = user_with(&app, &root, "eurevoker", &[&eu_admin]).await;
+    // A guest session in each channel, both revoked by the superadmin.
+    let (_, default_sid) = app.anonymous_session().await;
+    let r = TestApp::send(
+        app.post("mutation { createAnonymousSession { id } }", json!({}))
+            .header("channel-token", &eu_token),
+    )
+    .await
+    .ok();
+    let eu_sid = str_of(&r.data()["createAnonymousSession"]["id"]);
+    for sid in [&default_sid, &eu_sid] {
+        let r = app.gql_as(&root, REVOKE, json!({ "id": sid })).await.ok();
+        assert_eq!(r.data()["revokeSession"], true, "{}", r.body);
+    }
+    let r = in_channel(
+        &app,
+        &admin,
+        &eu_token,
+        "mutation { cleanUpExpiredSessions }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(r.data()["cleanUpExpiredSessions"], 1, "{}", r.body);
+    let kept = json!({ "f": { "includeInvalidated": true, "includeExpired": true } });
+    let r = app.gql_as(&root, SESSIONS, kept.clone()).await.ok();
+    let left = ids(&r.data()["sessions"]);
+    assert!(left.contains(&default_sid), "{left:?}");
+    assert!(!left.contains(&eu_sid), "{left:?}");
+    // The superadmin's clean-up reaches every channel.
+    let r = app
+        .gql_as(&root, "mutation { cleanUpExpiredSessions }", json!({}))
+        .await
+        .ok();
+    assert_eq!(r.data()["cleanUpExpiredSessions"], 1, "{}", r.body);
+    let r = app.gql_as(&root, SESSIONS, kept).await.ok();
+    assert!(!ids(&r.data()["sessions"]).contains(&default_sid));
 }

@@ -20,6 +20,7 @@ crate::all_caches!(
     identifiers_are_one_normalized_form,
     login_beyond_session_max_ends_least_recently_used,
     anonymous_sessions_are_limited_per_address,
+    one_request_checks_one_password,
 );
 
 crate::variants!(concurrent_logins_under_the_session_cap_leave_one_live);
@@ -699,4 +700,40 @@ async fn concurrent_logins_under_the_session_cap_leave_one_live(v: Variant) {
         }
     }
     assert_eq!(live, 1, "live sessions under a cap of one");
+}
+
+/// A document with many aliased `login`s (or `changePassword`s) checks one password: the
+/// others are `BAD_USER_INPUT` and count as no attempt, so one request can neither lock an
+/// identifier out nor multiply the events the throttle allows.
+async fn one_request_checks_one_password(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| c.login_max_attempts = 3).await else {
+        return;
+    };
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "aliased", "aliased-password-1", &[])
+        .await;
+    let logins: String = (0..20)
+        .map(|i| {
+            format!("l{i}: login(username: \"aliased\", password: \"guess-{i}\") {{ __typename }} ")
+        })
+        .collect();
+    let r = app.gql(&format!("mutation {{ {logins}}}"), json!({})).await;
+    // The first login runs; the second is refused, which (its field being non-null) ends the
+    // document with `data: null`.
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.error_code(), Some("BAD_USER_INPUT"), "{}", r.body);
+    // One failure counted (of three allowed): the right password still logs in.
+    let r = app.try_login("aliased", "aliased-password-1").await.ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+    let token = r.session_token().expect("session-token");
+    let changes: String = (0..3)
+        .map(|i| format!("c{i}: changePassword(currentPassword: \"aliased-password-1\", newPassword: \"new-{i}-password\") "))
+        .collect();
+    let r = app
+        .gql_as(&token, &format!("mutation {{ {changes}}}"), json!({}))
+        .await;
+    assert_eq!(r.error_code(), Some("BAD_USER_INPUT"), "{}", r.body);
+    // The first change ran, and only it.
+    let r = app.try_login("aliased", "new-0-password").await.ok();
+    assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
 }
