@@ -23,6 +23,7 @@ fn ids(list: &[ID], what: &str) -> Result<Vec<i64>, AppError> {
 #[Object]
 impl Mutation {
     /// Starts an anonymous session; returns the current session instead if there is one.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn create_anonymous_session(&self, ctx: &Context<'_>) -> Result<Session> {
         let req = ctx.request_ctx()?;
         if let Some(s) = req.session() {
@@ -40,6 +41,7 @@ impl Mutation {
     }
 
     /// Logs in with an identifier and password; always issues a new session token.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn login(
         &self,
         ctx: &Context<'_>,
@@ -89,6 +91,7 @@ impl Mutation {
     }
 
     /// Ends this session only. False when there was no session.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn logout(&self, ctx: &Context<'_>) -> Result<bool> {
         let req = ctx.request_ctx()?;
         let Some(s) = req.session() else {
@@ -106,6 +109,7 @@ impl Mutation {
     }
 
     /// Ends every session of the logged-in user; returns how many were live.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn logout_everywhere(&self, ctx: &Context<'_>) -> Result<i32> {
         let s = require_user(ctx)?;
         let ending = origin(ctx)?
@@ -121,6 +125,7 @@ impl Mutation {
     }
 
     /// Rotates the session and refresh tokens (argument, else the `session_refresh` cookie).
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn refresh_session(
         &self,
         ctx: &Context<'_>,
@@ -166,6 +171,7 @@ impl Mutation {
     }
 
     /// Changes the caller's password and ends their other sessions.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn change_password(
         &self,
         ctx: &Context<'_>,
@@ -182,6 +188,7 @@ impl Mutation {
     }
 
     /// Revokes one of the caller's own sessions (a device). False if it is not theirs.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn revoke_my_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = require_user(ctx)?;
         let id = parse_id(&id, "session")?;
@@ -198,6 +205,7 @@ impl Mutation {
     }
 
     /// Sets the session's active channel.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn set_active_channel(&self, ctx: &Context<'_>, token: String) -> Result<Session> {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
@@ -219,6 +227,7 @@ impl Mutation {
     /// still that (else CONFLICT, nothing changes). Keys are 1 to 64 characters and the data, as
     /// JSON, at most SESSION_DATA_MAX_BYTES (else BAD_USER_INPUT, nothing changes). Starts an
     /// anonymous session first when there is none (its token is returned as for createOrder).
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn update_session_data(
         &self,
         ctx: &Context<'_>,
@@ -276,6 +285,7 @@ impl Mutation {
 
     /// Creates an ACTIVE order owned by the caller and makes it the active order; starts an
     /// anonymous session first when there is none.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn create_order(&self, ctx: &Context<'_>) -> Result<Order> {
         let req = ctx.request_ctx()?;
         let svc = services(ctx)?;
@@ -298,6 +308,7 @@ impl Mutation {
     }
 
     /// Makes one of the caller's orders the active order.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn set_active_order(&self, ctx: &Context<'_>, order_id: ID) -> Result<Session> {
         let s = require_session(ctx)?;
         let order_id = parse_id(&order_id, "order")?;
@@ -306,6 +317,7 @@ impl Mutation {
         Ok(Session::from_cached(&updated))
     }
 
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn unset_active_order(&self, ctx: &Context<'_>) -> Result<Session> {
         let s = require_session(ctx)?;
         let updated = services(ctx)?.orders.unset_active_order(&s).await?;
@@ -314,6 +326,7 @@ impl Mutation {
     }
 
     /// Moves the active order to PLACED and unsets it.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn place_order(&self, ctx: &Context<'_>) -> Result<Order> {
         let s = require_session(ctx)?;
         let svc = services(ctx)?;
@@ -325,6 +338,7 @@ impl Mutation {
     }
 
     /// REVOKE_SESSION. False when there is no such live session within the caller's channels.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let id = parse_id(&id, "session")?;
@@ -336,6 +350,7 @@ impl Mutation {
     }
 
     /// REVOKE_SESSION. Returns how many live sessions were ended.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn revoke_sessions_by_user(&self, ctx: &Context<'_>, user_id: ID) -> Result<i32> {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let user_id = parse_id(&user_id, "user")?;
@@ -347,6 +362,7 @@ impl Mutation {
     }
 
     /// REVOKE_SESSION. Returns how many live sessions were ended.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn revoke_sessions_by_active_order(
         &self,
         ctx: &Context<'_>,
@@ -364,6 +380,7 @@ impl Mutation {
     /// REVOKE_SESSION. Deletes expired and invalidated sessions of the channels where the
     /// caller holds it (and, for a super admin, session events past EVENT_RETENTION); returns
     /// how many sessions.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn clean_up_expired_sessions(&self, ctx: &Context<'_>) -> Result<i32> {
         let caller = require_caller(ctx, Permission::RevokeSession)?;
         let n = services(ctx)?.clean_up_as(&caller).await?;
@@ -371,6 +388,7 @@ impl Mutation {
     }
 
     /// SUPER_ADMIN. Empties the session cache; sessions are re-read from the database.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn clear_session_cache(&self, ctx: &Context<'_>) -> Result<bool> {
         require_permission(ctx, Permission::SuperAdmin)?;
         services(ctx)?.sessions.clear_cache().await?;
@@ -378,6 +396,7 @@ impl Mutation {
     }
 
     /// WRITE_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> Result<User> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let role_ids = ids(input.role_ids.as_deref().unwrap_or_default(), "role")?;
@@ -398,6 +417,7 @@ impl Mutation {
     }
 
     /// WRITE_USER. Setting `verified: false` or a new password ends the user's sessions.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn update_user(&self, ctx: &Context<'_>, input: UpdateUserInput) -> Result<User> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "user")?;
@@ -418,6 +438,7 @@ impl Mutation {
     }
 
     /// WRITE_USER. Deletes the user and ends their sessions.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&id, "user")?;
@@ -428,6 +449,7 @@ impl Mutation {
     }
 
     /// WRITE_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn create_role(&self, ctx: &Context<'_>, input: CreateRoleInput) -> Result<Role> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let channel_ids = ids(&input.channel_ids, "channel")?;
@@ -448,6 +470,7 @@ impl Mutation {
     }
 
     /// WRITE_USER. Takes effect on the next request of every holder of the role.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn update_role(&self, ctx: &Context<'_>, input: UpdateRoleInput) -> Result<Role> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let id = parse_id(&input.id, "role")?;
@@ -473,6 +496,7 @@ impl Mutation {
     }
 
     /// WRITE_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn assign_role(&self, ctx: &Context<'_>, user_id: ID, role_id: ID) -> Result<User> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
@@ -486,6 +510,7 @@ impl Mutation {
     }
 
     /// WRITE_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn remove_role(&self, ctx: &Context<'_>, user_id: ID, role_id: ID) -> Result<User> {
         let caller = require_caller(ctx, Permission::WriteUser)?;
         let user_id = parse_id(&user_id, "user")?;
@@ -499,6 +524,7 @@ impl Mutation {
     }
 
     /// WRITE_CHANNEL. The token is generated when not given.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn create_channel(
         &self,
         ctx: &Context<'_>,

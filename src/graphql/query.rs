@@ -31,6 +31,7 @@ impl Query {
     /// A short-lived JWT of this session (Ed25519, `alg: EdDSA`) for services that verify
     /// sessions themselves with the keys at `/.well-known/jwks.json`; `aud` is `audience` when
     /// given. Null without a live session.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn session_jwt(
         &self,
         ctx: &Context<'_>,
@@ -65,6 +66,7 @@ impl Query {
     }
 
     /// The session's active order, if any.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn active_order(&self, ctx: &Context<'_>) -> Result<Option<Order>> {
         let Some(order_id) = ctx.request_ctx()?.session().and_then(|s| s.active_order_id) else {
             return Ok(None);
@@ -78,6 +80,7 @@ impl Query {
 
     /// The logged-in user's live sessions (devices), newest first: at most `first` (0 to 100;
     /// 100 when absent), after the session whose `cursor` is `after`.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn my_sessions(
         &self,
         ctx: &Context<'_>,
@@ -101,6 +104,7 @@ impl Query {
     }
 
     /// Sessions newest first; expired and invalidated ones only when the filter asks. READ_SESSION.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn sessions(
         &self,
         ctx: &Context<'_>,
@@ -138,6 +142,7 @@ impl Query {
     }
 
     /// One session by id, live or not. READ_SESSION.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn session(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Session>> {
         let caller = require_caller(ctx, Permission::ReadSession)?;
         let id = parse_id(&id, "session")?;
@@ -149,6 +154,7 @@ impl Query {
     }
 
     /// Counts of sessions by state. READ_SESSION.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn session_stats(&self, ctx: &Context<'_>) -> Result<SessionStats> {
         let caller = require_caller(ctx, Permission::ReadSession)?;
         let (anonymous, authenticated, expired, invalidated) =
@@ -165,6 +171,7 @@ impl Query {
     /// Session events recorded in the channels where the caller holds READ_SESSION (every
     /// channel for a super admin), newest first: at most `first` (0 to 100, 20 when absent),
     /// after the event whose `cursor` is `after`.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn session_events(
         &self,
         ctx: &Context<'_>,
@@ -190,6 +197,7 @@ impl Query {
     /// The logged-in user's own events (logins with address and user agent, failed logins on
     /// their identifier, revocations, password changes), newest first; paged like
     /// `sessionEvents`.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn my_session_events(
         &self,
         ctx: &Context<'_>,
@@ -209,6 +217,7 @@ impl Query {
     }
 
     /// Users in id order. READ_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn users(
         &self,
         ctx: &Context<'_>,
@@ -231,6 +240,7 @@ impl Query {
     }
 
     /// One user by id. READ_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
         let caller = require_caller(ctx, Permission::ReadUser)?;
         let id = parse_id(&id, "user")?;
@@ -242,6 +252,7 @@ impl Query {
     }
 
     /// Roles in the channels where the caller holds READ_USER.
+    #[graphql(complexity = "super::DB_FIELD + child_complexity")]
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let caller = require_caller(ctx, Permission::ReadUser)?;
         Ok(Role::list(

@@ -20,6 +20,7 @@ crate::variants!(
     connection_info_is_recorded,
     forwarded_for_only_with_trust_proxy,
     every_write_of_cached_columns_raises_the_revision,
+    aliases_cannot_multiply_database_work,
 );
 
 // Interleavings forced with row locks (see each test).
@@ -766,4 +767,55 @@ async fn every_write_of_cached_columns_raises_the_revision(v: Variant) {
         assert!(now > revision, "{name}: revision {revision} -> {now}");
         revision = now;
     }
+}
+
+/// Root fields that go to the database cost 20 of the document's complexity limit of 1000:
+/// 60 aliased `createOrder`s (or `activeOrder`s) are refused before any runs, and nothing is
+/// created; a handful is fine.
+async fn aliases_cannot_multiply_database_work(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let (token, _) = app.anonymous_session().await;
+    let many = |field: &str, n: usize| -> String {
+        (0..n).map(|i| format!("a{i}: {field} {{ id }} ")).collect()
+    };
+    let r = app
+        .gql_as(
+            &token,
+            &format!("mutation {{ {}}}", many("createOrder", 60)),
+            json!({}),
+        )
+        .await;
+    assert_ne!(r.status, 500, "{}", r.body);
+    assert!(r.data().is_null(), "{}", r.body);
+    let message = r.body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too complex"), "{}", r.body);
+    let r = app
+        .gql_as(&token, "{ activeOrder { id } }", json!({}))
+        .await
+        .ok();
+    assert!(
+        r.data()["activeOrder"].is_null(),
+        "an order was created: {}",
+        r.body
+    );
+    let r = app
+        .gql_as(
+            &token,
+            &format!("{{ {}}}", many("activeOrder", 60)),
+            json!({}),
+        )
+        .await;
+    assert!(r.data().is_null(), "{}", r.body);
+    // A few are fine.
+    let r = app
+        .gql_as(
+            &token,
+            &format!("mutation {{ {}}}", many("createOrder", 3)),
+            json!({}),
+        )
+        .await
+        .ok();
+    assert!(r.data()["a2"]["id"].is_string(), "{}", r.body);
 }
