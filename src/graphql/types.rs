@@ -9,6 +9,7 @@ use crate::domain::SessionData;
 use crate::domain::{CachedSession, CachedUser, SessionKind};
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
+use crate::service::authz::{Caller, Scope};
 use crate::service::paging::Page;
 use crate::service::session_data::parse_stored;
 use async_graphql::{
@@ -299,16 +300,41 @@ impl User {
             User::Cached { session, .. } => Self::cached(session)?.verified,
         })
     }
+    /// The user's roles that the caller may see, as `roles` shows them: all to the user
+    /// themselves and to super admins, else those with a channel where the caller holds
+    /// `READ_USER` (none without it), so a user reached through a listed session or `user`
+    /// does not show what they hold in the caller's other channels.
     async fn roles(&self, ctx: &Context<'_>) -> Result<Vec<Role>> {
         let svc = services(ctx)?;
-        let (roles, batch) = self.batch()?.roles_of(svc, self.user_id()?).await?;
-        Ok(roles
-            .iter()
-            .map(|row| Role {
-                row: row.clone(),
-                batch: batch.clone(),
-            })
-            .collect())
+        let user_id = self.user_id()?;
+        let (roles, batch) = self.batch()?.roles_of(svc, user_id).await?;
+        let caller = ctx
+            .request_ctx()?
+            .session()
+            .and_then(|s| s.user.as_deref().map(Caller::of));
+        let scope = match &caller {
+            Some(c) if c.user_id == user_id => Scope::All,
+            Some(c) => c.scope(Permission::ReadUser),
+            None => Scope::Channels(Vec::new()),
+        };
+        let mut visible = Vec::with_capacity(roles.len());
+        for row in roles.iter() {
+            let shown = match &scope {
+                Scope::All => true,
+                Scope::Channels(ids) => batch
+                    .channels_of(svc, row.id)
+                    .await?
+                    .iter()
+                    .any(|c| ids.contains(&c.id)),
+            };
+            if shown {
+                visible.push(Role {
+                    row: row.clone(),
+                    batch: batch.clone(),
+                });
+            }
+        }
+        Ok(visible)
     }
     async fn created_at(&self, ctx: &Context<'_>) -> Result<DateTime> {
         Ok(DateTime(self.row(ctx).await?.created_at))

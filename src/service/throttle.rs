@@ -261,6 +261,25 @@ impl Throttle {
         format!("id:{identifier}")
     }
 
+    /// The part of a client address that per-address limits count: an IPv4 address (also one
+    /// written as IPv4-mapped IPv6), or the /64 network of an IPv6 address, which one client
+    /// usually holds whole (counting single IPv6 addresses would let it take a fresh one for
+    /// every attempt). Anything else counts as written.
+    fn address_key(address: &str) -> String {
+        use std::net::IpAddr;
+        match address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => v4.to_string(),
+            Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+            Err(_) => address.to_string(),
+        }
+    }
+
     /// Reserves a login attempt for a normalized identifier and the client address, before the
     /// password is verified. `Err` says which limit refused and how long to wait.
     pub async fn reserve_login(
@@ -274,7 +293,7 @@ impl Throttle {
         }];
         if let Some(addr) = address {
             counters.push(Counter {
-                key: format!("ip:{addr}"),
+                key: format!("ip:{}", Self::address_key(addr)),
                 max: self.max_per_address,
             });
         }
@@ -322,7 +341,7 @@ impl Throttle {
             return Ok(());
         };
         let counter = Counter {
-            key: format!("anon:{addr}"),
+            key: format!("anon:{}", Self::address_key(addr)),
             max,
         };
         match self.anonymous.reserve(&[counter], now_ms()).await {

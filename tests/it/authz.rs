@@ -19,6 +19,7 @@ crate::all_caches!(
     concurrent_role_changes_cannot_combine_into_an_escalation,
     update_role_cannot_change_holders_the_caller_may_not_change,
     clean_up_by_a_channel_admin_deletes_only_that_channels_sessions,
+    a_users_roles_show_only_within_the_callers_read_user_channels,
 );
 crate::variants!(the_superadmin_identifier_names_no_one_after_a_rename);
 
@@ -1167,4 +1168,97 @@ async fn clean_up_by_a_channel_admin_deletes_only_that_channels_sessions(v: Vari
     assert_eq!(r.data()["cleanUpExpiredSessions"], 1, "{}", r.body);
     let r = app.gql_as(&root, SESSIONS, kept).await.ok();
     assert!(!ids(&r.data()["sessions"]).contains(&default_sid));
+}
+
+/// A user reached through a listed session (or `user` / `users`) shows only the roles the
+/// caller may see, as `roles` does: those with a channel where the caller holds `READ_USER`.
+/// An eu admin listing eu sessions does not learn what their users hold in other channels, and
+/// an admin with `READ_SESSION` only sees who owns a session but none of their roles.
+async fn a_users_roles_show_only_within_the_callers_read_user_channels(v: Variant) {
+    let Some(app) = TestApp::spawn(v).await else {
+        return;
+    };
+    let root = app.admin_token().await;
+    let default = app.default_channel_id(&root).await;
+    let (eu, eu_token) = app.create_channel(&root, "eu").await;
+    let eu_reader = role_in(
+        &app,
+        &root,
+        "eu-reader",
+        &["READ_SESSION", "READ_USER"],
+        &[&eu],
+    )
+    .await;
+    let eu_watcher = role_in(&app, &root, "eu-watcher", &["READ_SESSION"], &[&eu]).await;
+    let eu_member = role_in(&app, &root, "eu-member", &[], &[&eu]).await;
+    let default_staff = role_in(&app, &root, "default-staff", &["READ_ORDER"], &[&default]).await;
+    // mia: a role in each channel, and a session active in eu.
+    let (mia, mia_t, _) = user_with(&app, &root, "mia", &[&eu_member, &default_staff]).await;
+    let r = app
+        .gql_as(
+            &mia_t,
+            "mutation($t: String!) { setActiveChannel(token: $t) { id } }",
+            json!({ "t": eu_token }),
+        )
+        .await
+        .ok();
+    assert!(r.data()["setActiveChannel"]["id"].is_string(), "{}", r.body);
+    let listed = "{ sessions(first: 100) { nodes { user { identifier roles { code } } } } }";
+    let mia_roles = |r: &Gql| -> Option<Vec<String>> {
+        r.data()["sessions"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["user"]["identifier"] == "mia")
+            .map(|n| {
+                n["user"]["roles"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("roles: {}", r.body))
+                    .iter()
+                    .map(|x| str_of(&x["code"]))
+                    .collect()
+            })
+    };
+    let (_, reader, _) = user_with(&app, &root, "eureader", &[&eu_reader]).await;
+    let r = in_channel(&app, &reader, &eu_token, listed, json!({}))
+        .await
+        .ok();
+    assert_eq!(
+        mia_roles(&r),
+        Some(vec!["eu-member".to_string()]),
+        "{}",
+        r.body
+    );
+    let r = in_channel(&app, &reader, &eu_token, USER, json!({ "id": mia }))
+        .await
+        .ok();
+    assert_eq!(
+        r.data()["user"]["roles"],
+        json!([{ "code": "eu-member" }]),
+        "{}",
+        r.body
+    );
+    let (_, watcher, _) = user_with(&app, &root, "euwatcher", &[&eu_watcher]).await;
+    let r = in_channel(&app, &watcher, &eu_token, listed, json!({}))
+        .await
+        .ok();
+    assert_eq!(mia_roles(&r), Some(vec![]), "{}", r.body);
+    // The superadmin sees every role; mia sees her own.
+    let r = in_channel(&app, &root, &eu_token, listed, json!({}))
+        .await
+        .ok();
+    let mut all = mia_roles(&r).expect("mia's session");
+    all.sort();
+    assert_eq!(all, ["default-staff", "eu-member"], "{}", r.body);
+    let r = app
+        .gql_as(
+            &mia_t,
+            "{ activeSession { user { roles { code } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    let own = r.data()["activeSession"]["user"]["roles"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(own, Some(2), "{}", r.body);
 }

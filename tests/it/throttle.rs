@@ -8,7 +8,7 @@ use crate::helpers::{services_required, str_of, Gql, TestApp, Variant, ADMIN, AD
 use futures_util::future::join_all;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, EntityTrait};
 use serde_json::json;
-use session_server::config::{CacheMode, Config};
+use session_server::config::{CacheMode, Config, TrustProxy};
 use session_server::startup::Application;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ crate::all_caches!(
     login_beyond_session_max_ends_least_recently_used,
     anonymous_sessions_are_limited_per_address,
     one_request_checks_one_password,
+    ipv6_clients_are_limited_per_64_network,
 );
 
 crate::variants!(concurrent_logins_under_the_session_cap_leave_one_live);
@@ -736,4 +737,43 @@ async fn one_request_checks_one_password(v: Variant) {
     // The first change ran, and only it.
     let r = app.try_login("aliased", "new-0-password").await.ok();
     assert_eq!(typename(&r), "AuthenticationSuccess", "{}", r.body);
+}
+
+/// Per-address limits count an IPv6 client by its /64 network, which one client usually holds
+/// whole: taking a fresh address in it for every attempt gains nothing. Other networks, and
+/// IPv4 clients (also written IPv4-mapped), are counted on their own.
+async fn ipv6_clients_are_limited_per_64_network(v: Variant) {
+    let Some(app) = TestApp::spawn_with(v, |c| {
+        c.anonymous_sessions_per_address = 2;
+        c.trust_proxy = TrustProxy::hops(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let create = |from: &'static str| {
+        let app = &app;
+        async move {
+            TestApp::send(
+                app.post("mutation { createAnonymousSession { id } }", json!({}))
+                    .header("x-forwarded-for", from),
+            )
+            .await
+        }
+    };
+    for from in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+        let r = create(from).await;
+        assert!(r.session_token().is_some(), "{from}: {}", r.body);
+    }
+    let r = create("2001:db8:1:2:abcd:1:2:3").await;
+    assert_eq!(r.error_code(), Some("RATE_LIMITED"), "{}", r.body);
+    for from in ["2001:db8:1:3::1", "198.51.100.7", "::ffff:198.51.100.8"] {
+        let r = create(from).await;
+        assert!(r.session_token().is_some(), "{from}: {}", r.body);
+    }
+    // 198.51.100.7 written IPv4-mapped is the same client.
+    let r = create("::ffff:198.51.100.7").await;
+    assert!(r.session_token().is_some(), "{}", r.body);
+    let r = create("198.51.100.7").await;
+    assert_eq!(r.error_code(), Some("RATE_LIMITED"), "{}", r.body);
 }
