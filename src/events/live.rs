@@ -1,6 +1,6 @@
 //! One live subscriber's stream of events: only the asked types, only events in channels the
 //! subscriber may read, the subscriber's own session checked again every
-//! [`RECHECK_EVERY`] while it runs, and an end (with an error) when it falls behind the bus.
+//! [`RECHECK_EVERY`] while it runs (and ended at once by an event that ends it), and an end (with an error) when it falls behind the bus.
 
 use super::{Event, EventBus, EventType};
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -25,9 +25,23 @@ pub struct Audience {
     pub scope: Scope,
     /// The channel an event without one belongs to (as for sessions).
     pub default_channel_id: i64,
+    /// The subscriber's own session: an event that ends it (revoked, logged out, expired)
+    /// ends the stream at once, on whichever instance it happened, without waiting for the
+    /// next re-check.
+    pub session_id: Option<i64>,
 }
 
 impl Audience {
+    /// Whether `e` ends the subscriber's own session.
+    pub fn ends(&self, e: &Event) -> bool {
+        self.session_id.is_some()
+            && e.session_id == self.session_id
+            && matches!(
+                e.kind,
+                EventType::SessionRevoked | EventType::LoggedOut | EventType::SessionExpired
+            )
+    }
+
     pub fn admits(&self, e: &Event) -> bool {
         if let Some(types) = &self.types {
             if !types.contains(&e.kind) {
@@ -95,6 +109,14 @@ where
             tokio::select! {
                 received = st.events.recv() => match received {
                     Ok(e) => {
+                        if st.audience.ends(&e) {
+                            st.done = true;
+                            if let Some(m) = &st.counted.0 {
+                                m.event_subscriber_dropped("session_ended");
+                            }
+                            let err = AppError::unauthenticated("this session has ended");
+                            return Some((Err(err), st));
+                        }
                         if st.audience.admits(&e) {
                             return Some((Ok(e), st));
                         }
@@ -163,6 +185,7 @@ mod tests {
             types: Some(vec![EventType::LoginSucceeded]),
             scope: Scope::Channels(vec![1, 5]),
             default_channel_id: 1,
+            session_id: None,
         };
         assert!(a.admits(&event(EventType::LoginSucceeded, Some(5))));
         // No channel: the default channel's.
@@ -180,6 +203,7 @@ mod tests {
             scope: Scope::All,
             types: None,
             default_channel_id: 1,
+            session_id: None,
         };
         assert!(all.admits(&event(EventType::RoleChanged, Some(99))));
     }
@@ -192,6 +216,7 @@ mod tests {
             types: None,
             scope: Scope::All,
             default_channel_id: 1,
+            session_id: None,
         };
         let mut s = Box::pin(stream(&bus, audience, || async { Ok(Scope::All) }));
         bus.publish(
@@ -212,6 +237,7 @@ mod tests {
             types: None,
             scope: Scope::All,
             default_channel_id: 1,
+            session_id: None,
         };
         let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let n = checks.clone();
@@ -241,5 +267,45 @@ mod tests {
         );
         assert!(s.next().await.is_none());
         assert_eq!(checks.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// An event that ends the subscriber's own session ends the stream at once, with
+    /// `UNAUTHENTICATED`, though the re-check (every two seconds) still passes; other
+    /// sessions' endings and its own other events do not.
+    #[tokio::test]
+    async fn the_end_of_the_subscribers_session_ends_the_stream_at_once() {
+        use futures_util::StreamExt;
+        let bus = EventBus::start(16, None, None);
+        let audience = Audience {
+            types: None,
+            scope: Scope::All,
+            default_channel_id: 1,
+            session_id: Some(42),
+        };
+        let mut s = Box::pin(stream(&bus, audience, || async { Ok(Scope::All) }));
+        let of = |kind, session| Event {
+            session_id: Some(session),
+            ..event(kind, None)
+        };
+        bus.publish(vec![
+            of(EventType::SessionRevoked, 41),
+            of(EventType::SessionRefreshed, 42),
+            of(EventType::LoggedOut, 42),
+        ]);
+        let within = Duration::from_millis(500);
+        for want in [41, 42] {
+            let e = tokio::time::timeout(within, s.next()).await;
+            let e = e.expect("at once").expect("an item").expect("an event");
+            assert_eq!(e.session_id, Some(want));
+        }
+        let end = tokio::time::timeout(within, s.next()).await;
+        let end = end
+            .expect("at once, not at the next re-check")
+            .expect("an item");
+        assert_eq!(
+            end.err().map(|e| e.code()),
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert!(s.next().await.is_none());
     }
 }

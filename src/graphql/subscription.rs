@@ -2,7 +2,7 @@
 //! callers holding `READ_SESSION`, served over WebSocket (see `http/websocket.rs`, which
 //! authenticates the connection and hands over its [`LiveCredentials`]).
 
-use super::context::{require_caller, services};
+use super::context::{require_caller, services, CtxExt};
 use super::events::{GqlSessionEventType, SessionEvent};
 use crate::error::AppError;
 use crate::events::live::{self, Audience};
@@ -80,6 +80,7 @@ impl Subscription {
             types: types.map(|t| t.into_iter().map(Into::into).collect()),
             scope,
             default_channel_id: svc.sessions.default_channel().id,
+            session_id: ctx.request_ctx()?.session().map(|s| s.id),
         };
         let recheck_svc = svc.clone();
         let recheck = move || {
