@@ -620,28 +620,13 @@ async fn unchanged_entries_are_decoded_once_and_changes_always_show() {
 /// instance also remembers the versions it wrote itself; this is about the ones it did not.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached() {
-    use session_server::cache::SessionStore;
     use session_server::config::CacheMode;
     let ttl = Duration::from_secs(60);
     let Some(url) = test_redis_url() else {
         return;
     };
     let prefix = format!("it-{}:", crate::helpers::random_suffix());
-    let instance = |mode: CacheMode| {
-        let url = url.clone();
-        let prefix = prefix.clone();
-        async move {
-            let redis = std::sync::Arc::new(redis_cache(&url, &prefix, ttl).await);
-            SessionStore::for_mode(
-                mode,
-                Some(redis),
-                1000,
-                std::sync::Arc::default(),
-                ttl,
-                Duration::from_secs(3600),
-            )
-        }
-    };
+    let instance = |mode: CacheMode| shared_store(&url, &prefix, ttl, mode);
     for mode in [CacheMode::Redis, CacheMode::Tiered] {
         let (a, b, c) = (
             instance(mode).await,
@@ -702,28 +687,13 @@ async fn conflicting_data_writes_on_two_instances_never_leave_older_data_cached(
 /// hears of a's write before the fill and refuses it itself; `redis` has only the revision.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_from_before_another_instances_channel_switch_never_replaces_it() {
-    use session_server::cache::SessionStore;
     use session_server::config::CacheMode;
     let ttl = Duration::from_secs(60);
     let Some(url) = test_redis_url() else {
         return;
     };
     let prefix = format!("it-{}:", crate::helpers::random_suffix());
-    let instance = |mode: CacheMode| {
-        let url = url.clone();
-        let prefix = prefix.clone();
-        async move {
-            let redis = std::sync::Arc::new(redis_cache(&url, &prefix, ttl).await);
-            SessionStore::for_mode(
-                mode,
-                Some(redis),
-                1000,
-                std::sync::Arc::default(),
-                ttl,
-                Duration::from_secs(3600),
-            )
-        }
-    };
+    let instance = |mode: CacheMode| shared_store(&url, &prefix, ttl, mode);
     // The session at `revision`, in `channel`, with the same data (version 3) throughout.
     let row = |hash, user, revision: i64, channel: i64| {
         let mut s = entry(hash, user, 3).with_active(None, Some(channel));
@@ -763,6 +733,26 @@ async fn a_fill_from_before_another_instances_channel_switch_never_replaces_it()
     }
     let mut conn = raw_redis(&url).await;
     delete_keys(&mut conn, &prefix).await;
+}
+
+/// One instance's session store on the Redis at `url`, under `prefix` (instances that share
+/// it share their entries): a cache TTL of `ttl`, 1,000 entries in process, a one-hour idle
+/// timeout.
+async fn shared_store(
+    url: &str,
+    prefix: &str,
+    ttl: Duration,
+    mode: session_server::config::CacheMode,
+) -> session_server::cache::SessionStore {
+    let redis = std::sync::Arc::new(redis_cache(url, prefix, ttl).await);
+    session_server::cache::SessionStore::for_mode(
+        mode,
+        Some(redis),
+        1000,
+        std::sync::Arc::default(),
+        ttl,
+        Duration::from_secs(3600),
+    )
 }
 
 /// The data version an instance's cache holds for `hash`, if any.
