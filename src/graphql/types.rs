@@ -9,7 +9,6 @@ use crate::domain::SessionData;
 use crate::domain::{CachedSession, CachedUser, SessionKind};
 use crate::error::AppError;
 use crate::permission::{Permission, PermissionSet};
-use crate::service::authz::{Caller, Scope};
 use crate::service::paging::Page;
 use crate::service::session_data::parse_stored;
 use async_graphql::{
@@ -308,25 +307,21 @@ impl User {
         let svc = services(ctx)?;
         let user_id = self.user_id()?;
         let (roles, batch) = self.batch()?.roles_of(svc, user_id).await?;
-        let caller = ctx
-            .request_ctx()?
-            .session()
-            .and_then(|s| s.user.as_deref().map(Caller::of));
-        let scope = match &caller {
-            Some(c) if c.user_id == user_id => Scope::All,
-            Some(c) => c.scope(Permission::ReadUser),
-            None => Scope::Channels(Vec::new()),
-        };
+        // Decided from the caller's cached grants, without building a `Caller` per user listed.
+        let session = ctx.request_ctx()?.session();
+        let viewer = session.as_deref().and_then(|s| s.user.as_deref());
+        let sees_all = viewer.is_some_and(|v| v.id == user_id || v.is_super_admin());
         let mut visible = Vec::with_capacity(roles.len());
         for row in roles.iter() {
-            let shown = match &scope {
-                Scope::All => true,
-                Scope::Channels(ids) => batch
-                    .channels_of(svc, row.id)
-                    .await?
-                    .iter()
-                    .any(|c| ids.contains(&c.id)),
-            };
+            let shown = sees_all
+                || match viewer {
+                    None => false,
+                    Some(v) => batch
+                        .channels_of(svc, row.id)
+                        .await?
+                        .iter()
+                        .any(|c| v.permissions_in(c.id).contains(Permission::ReadUser)),
+                };
             if shown {
                 visible.push(Role {
                     row: row.clone(),

@@ -214,6 +214,14 @@ pub(crate) fn revise_sessions() -> sea_orm::UpdateMany<session::Entity> {
     )
 }
 
+/// The update that ends sessions (a revision of their rows): marks them invalidated and deletes
+/// their data; the rows stay for the listing until the clean-up.
+fn end_sessions() -> sea_orm::UpdateMany<session::Entity> {
+    revise_sessions()
+        .col_expr(session::Column::Invalidated, Expr::value(true))
+        .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
+}
+
 /// The session service: finds a request's session and channel, creates sessions, slides their
 /// expiry, ends them, rotates refresh tokens, and keeps session data. Cheap to clone.
 #[derive(Clone)]
@@ -415,6 +423,13 @@ impl Sessions {
         self.store.revoke(hash).await;
     }
 
+    /// [`Sessions::revoke_token`] for each of the stored token digests (lowercase hex).
+    async fn revoke_tokens(&self, digests: &[String]) {
+        for hash in digests.iter().filter_map(|h| TokenHash::from_hex(h)) {
+            self.revoke_token(&hash).await;
+        }
+    }
+
     /// Drops every cached entry of one user (after a change to the user or their roles).
     pub async fn invalidate_user(&self, user_id: i64) {
         self.store.invalidate_user(user_id).await;
@@ -603,9 +618,7 @@ impl Sessions {
         }
         dead.sort_unstable();
         dead.dedup();
-        for hash in dead.iter().filter_map(|h| TokenHash::from_hex(h)) {
-            self.revoke_token(&hash).await;
-        }
+        self.revoke_tokens(&dead).await;
         self.metrics.session_event("revoked", live);
         Ok(live)
     }
@@ -628,10 +641,7 @@ impl Sessions {
             let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
             let attempt = retry_deadlocks(|| async {
                 let txn = self.db.begin().await?;
-                let updated = revise_sessions()
-                    .col_expr(session::Column::Invalidated, Expr::value(true))
-                    // Revocation deletes the session's data; the row stays for the listing.
-                    .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
+                let updated = end_sessions()
                     .filter(session::Column::Id.is_in(ids.clone()))
                     .filter(session::Column::Invalidated.eq(false))
                     .exec(&txn)
@@ -704,9 +714,7 @@ impl Sessions {
             .all(txn)
             .await?;
         if !rows.is_empty() {
-            revise_sessions()
-                .col_expr(session::Column::Invalidated, Expr::value(true))
-                .col_expr(session::Column::Data, Expr::value(Option::<String>::None))
+            end_sessions()
                 .filter(session::Column::Id.is_in(rows.iter().map(|r| r.0)))
                 .exec(txn)
                 .await?;
@@ -722,9 +730,7 @@ impl Sessions {
     /// The transaction of [`Sessions::end_in`] committed: drops the ended sessions' cached
     /// entries everywhere.
     pub(crate) async fn ended(&self, ended: EndedInTxn) {
-        for hash in ended.hashes.iter().filter_map(|h| TokenHash::from_hex(h)) {
-            self.revoke_token(&hash).await;
-        }
+        self.revoke_tokens(&ended.hashes).await;
         self.metrics
             .session_event("revoked", ended.hashes.len() as u64);
     }
